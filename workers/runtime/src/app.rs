@@ -1,0 +1,38 @@
+//! What a worker's `main` calls: parse flags, set up logging, pick the broker, run until
+//! ctrl-c or SIGTERM.
+
+use clap::Parser;
+
+use crate::{
+    config::{Broker, WorkerArgs},
+    console,
+    handler::Handler,
+    shutdown,
+};
+
+/// Run `handler` as a worker process configured by flags and environment variables.
+/// Without `--broker` it runs on the embedded in-memory broker with the dev console.
+pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
+    let args = WorkerArgs::parse();
+    init_logging(&args.log_format);
+    let settings = args.settings(H::NAME)?;
+    match settings.broker.clone() {
+        Broker::Memory => console::run(settings, handler).await,
+        Broker::Amqp(url) => {
+            let _ = (url, shutdown::signal);
+            anyhow::bail!("AMQP_PENDING")
+        }
+    }
+}
+
+/// Logs go to stderr: human-readable text, or one JSON object per line. `RUST_LOG`
+/// filters (default `info`).
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    if let Err(error) = result {
+        eprintln!("logging already initialised: {error}");
+    }
+}

@@ -1,0 +1,342 @@
+//! Worker configuration: one clap struct (every flag also an environment variable),
+//! validated at start-up into [`Settings`].
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::{
+    contract::naming,
+    retry::{InvalidRetryPolicy, RetryPolicy},
+    transport::Topology,
+};
+
+/// Flags and environment variables common to every worker.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    version,
+    about = "A Courier worker: consumes requests, publishes replies, retries and dead-letters failures."
+)]
+pub struct WorkerArgs {
+    /// Broker URL: amqp://user:pass@host:5672/%2f, amqps://…, or memory:// (the embedded
+    /// in-memory broker with an interactive console; the default when none is given).
+    #[arg(long, env = "COURIER_BROKER")]
+    pub broker: Option<String>,
+
+    /// Work queue/topic to consume [default: <worker>.requests].
+    #[arg(long, env = "COURIER_QUEUE")]
+    pub queue: Option<String>,
+
+    /// Default reply queue/topic, for requests without reply-to [default: <worker>.replies].
+    #[arg(long, env = "COURIER_REPLIES")]
+    pub replies: Option<String>,
+
+    /// Comma-separated patterns a request's reply-to must match (`*` matches anything).
+    #[arg(long, env = "COURIER_REPLY_ALLOW", default_value = "*.replies", value_delimiter = ',')]
+    pub reply_allow: Vec<String>,
+
+    /// Messages processed at once (also the broker prefetch).
+    #[arg(long, env = "COURIER_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Time limit of one handler invocation; a timeout is a transient failure.
+    #[arg(long, env = "COURIER_HANDLER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub handler_timeout: Duration,
+
+    /// Largest accepted payload in bytes; larger ones are dead-lettered as too-large.
+    #[arg(long, env = "COURIER_MAX_PAYLOAD_BYTES", default_value_t = 1_048_576)]
+    pub max_payload_bytes: usize,
+
+    /// Handler invocations per delivery round (in-process retries + 1).
+    #[arg(long, env = "COURIER_RETRY_ATTEMPTS", default_value_t = 3)]
+    pub retry_attempts: u32,
+
+    /// Backoff before the first in-process retry (doubles each retry).
+    #[arg(long, env = "COURIER_RETRY_BACKOFF", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub retry_backoff: Duration,
+
+    /// Upper bound of one in-process backoff.
+    #[arg(long, env = "COURIER_RETRY_MAX_BACKOFF", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub retry_max_backoff: Duration,
+
+    /// Add random jitter (0–100%) to in-process backoffs.
+    #[arg(long, env = "COURIER_RETRY_JITTER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub retry_jitter: bool,
+
+    /// Comma-separated delays of the broker-level retry tiers, e.g. `5s,30s,5m`; empty for none.
+    #[arg(long, env = "COURIER_RETRY_DELAYS", default_value = "5s,30s,5m", value_delimiter = ',', value_parser = parse_delay)]
+    pub retry_delays: Vec<Option<Duration>>,
+
+    /// On shutdown, how long in-flight messages may take before they are returned to the broker.
+    #[arg(long, env = "COURIER_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Name of this instance in dead-letter records [default: $HOSTNAME-<pid>].
+    #[arg(long, env = "COURIER_INSTANCE")]
+    pub instance: Option<String>,
+
+    /// Declare the work queue as a RabbitMQ quorum queue.
+    #[arg(long, env = "COURIER_QUORUM")]
+    pub quorum: bool,
+
+    /// Log format: `text` (for terminals) or `json` (for log pipelines).
+    #[arg(long, env = "COURIER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// An empty item (from an empty list) means "no tiers".
+fn parse_delay(s: &str) -> Result<Option<Duration>, humantime::DurationError> {
+    if s.trim().is_empty() { Ok(None) } else { humantime::parse_duration(s.trim()).map(Some) }
+}
+
+/// Which broker to use.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Broker {
+    /// The embedded in-memory broker (demo and tests).
+    Memory,
+    /// RabbitMQ at this URL (`amqp://` or `amqps://`).
+    Amqp(String),
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory://"),
+            Self::Amqp(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Validated settings of one worker.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The worker's name.
+    pub worker: String,
+    /// This instance's name.
+    pub instance: String,
+    /// Broker to connect to.
+    pub broker: Broker,
+    /// Work queue/topic.
+    pub queue: String,
+    /// Default reply destination.
+    pub replies: String,
+    /// Patterns allowed as reply-to.
+    pub reply_allow: Vec<String>,
+    /// Messages processed at once.
+    pub concurrency: usize,
+    /// Time limit of one handler invocation.
+    pub handler_timeout: Duration,
+    /// Largest accepted payload.
+    pub max_payload_bytes: usize,
+    /// In-process and delayed retries.
+    pub retry: RetryPolicy,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Quorum work queue (RabbitMQ).
+    pub quorum: bool,
+}
+
+/// A configuration that cannot work; the message names the flag and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag has a value outside its range.
+    #[error("--{flag}: {problem}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong and what is expected.
+        problem: String,
+    },
+    /// The retry flags do not form a usable policy.
+    #[error("retry flags: {0}")]
+    Retry(#[from] InvalidRetryPolicy),
+}
+
+fn invalid(flag: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { flag, problem: problem.into() }
+}
+
+impl WorkerArgs {
+    /// Check every value and derive the settings of worker `worker`.
+    pub fn settings(&self, worker: &str) -> Result<Settings, ConfigError> {
+        let broker = match self.broker.as_deref().map(str::trim) {
+            None | Some("") | Some("memory://") | Some("memory") => Broker::Memory,
+            Some(url) if url.starts_with("amqp://") || url.starts_with("amqps://") => Broker::Amqp(url.to_owned()),
+            Some(url) => {
+                return Err(invalid(
+                    "broker",
+                    format!("unsupported URL {}: use amqp://, amqps:// or memory://", redact(url)),
+                ));
+            }
+        };
+        let queue = self.queue.clone().unwrap_or_else(|| naming::requests(worker));
+        let replies = self.replies.clone().unwrap_or_else(|| naming::replies(worker));
+        for (flag, name) in [("queue", &queue), ("replies", &replies)] {
+            if !is_valid_name(name) {
+                return Err(invalid(
+                    flag,
+                    format!("{name:?} is not a valid name: use 1-200 characters of a-z A-Z 0-9 . _ -"),
+                ));
+            }
+        }
+        if queue == replies {
+            return Err(invalid("replies", "must differ from --queue"));
+        }
+        if self.reply_allow.iter().any(|p| p.trim().is_empty()) {
+            return Err(invalid("reply-allow", "empty pattern"));
+        }
+        if !(1..=10_000).contains(&self.concurrency) {
+            return Err(invalid("concurrency", format!("{} is outside 1..=10000", self.concurrency)));
+        }
+        if self.handler_timeout.is_zero() {
+            return Err(invalid("handler-timeout", "must be > 0"));
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(invalid("max-payload-bytes", "must be > 0"));
+        }
+        let delays: Vec<Duration> = self.retry_delays.iter().flatten().copied().collect();
+        let retry = RetryPolicy::new(
+            self.retry_attempts,
+            self.retry_backoff,
+            self.retry_max_backoff,
+            self.retry_jitter,
+            delays,
+        )?;
+        let instance = self.instance.clone().unwrap_or_else(default_instance);
+        Ok(Settings {
+            worker: worker.to_owned(),
+            instance,
+            broker,
+            queue,
+            replies,
+            reply_allow: self.reply_allow.iter().map(|p| p.trim().to_owned()).collect(),
+            concurrency: self.concurrency,
+            handler_timeout: self.handler_timeout,
+            max_payload_bytes: self.max_payload_bytes,
+            retry,
+            shutdown_grace: self.shutdown_grace,
+            quorum: self.quorum,
+        })
+    }
+}
+
+impl Settings {
+    /// Settings for `worker` with every default (in-memory broker).
+    pub fn defaults(worker: &str) -> Self {
+        WorkerArgs::parse_from([worker]).settings(worker).unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+
+    /// The queues/topics this worker uses.
+    pub fn topology(&self) -> Topology {
+        naming::topology(&self.queue, self.retry.delays(), &self.replies, self.quorum)
+    }
+
+    /// Whether a request may ask for its reply at `destination`.
+    pub fn reply_allowed(&self, destination: &str) -> bool {
+        destination == self.replies || self.reply_allow.iter().any(|p| glob(p, destination))
+    }
+}
+
+/// Names safe on both brokers (Kafka topics allow only these characters).
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=200).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn default_instance() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            let Some(rest) = text.strip_prefix(head) else { return false };
+            (0..=rest.len()).filter(|&i| rest.is_char_boundary(i)).any(|i| glob(tail, &rest[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, ConfigError> {
+        let mut argv = vec!["greeter"];
+        argv.extend_from_slice(args);
+        WorkerArgs::try_parse_from(argv).expect("flags parse").settings("greeter")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = parse(&[]).expect("valid");
+        assert_eq!(s.broker, Broker::Memory);
+        assert_eq!(s.queue, "greeter.requests");
+        assert_eq!(s.replies, "greeter.replies");
+        assert_eq!(s.retry.delays().len(), 3);
+        assert_eq!(s.topology().retry_tiers[0].name, "greeter.requests.retry.5s");
+    }
+
+    #[test]
+    fn empty_delay_list_means_no_tiers() {
+        assert!(parse(&["--retry-delays", ""]).expect("valid").retry.delays().is_empty());
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let cases: [(&[&str], &str); 7] = [
+            (&["--concurrency", "0"], "--concurrency"),
+            (&["--broker", "kafka9://x"], "--broker"),
+            (&["--queue", "a b"], "--queue"),
+            (&["--queue", "x", "--replies", "x"], "--replies"),
+            (&["--handler-timeout", "0s"], "--handler-timeout"),
+            (&["--retry-attempts", "0"], "retry flags"),
+            (&["--retry-delays", "5s,5s"], "retry flags"),
+        ];
+        for (args, flag) in cases {
+            let err = parse(args).expect_err(flag).to_string();
+            assert!(err.starts_with(flag), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unparsable_values_are_refused_by_clap() {
+        for args in [["--handler-timeout", "soon"], ["--concurrency", "-3"], ["--log-format", "xml"]] {
+            let mut argv = vec!["greeter"];
+            argv.extend_from_slice(&args);
+            assert!(WorkerArgs::try_parse_from(argv).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("amqp://guest:secret@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
+        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
+        let err = parse(&["--broker", "nats://u:pw@h"]).expect_err("unsupported").to_string();
+        assert!(!err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn reply_allowlist() {
+        let s = parse(&["--reply-allow", "*.replies,client-*"]).expect("valid");
+        assert!(s.reply_allowed("greeter.replies"));
+        assert!(s.reply_allowed("billing.replies"));
+        assert!(s.reply_allowed("client-42"));
+        assert!(!s.reply_allowed("greeter.requests"));
+        assert!(!s.reply_allowed("billing.replies.x"));
+    }
+}

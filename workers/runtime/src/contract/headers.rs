@@ -1,0 +1,250 @@
+//! Every header name of the wire contract, and the typed view of a request's headers.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use crate::contract::timestamp;
+
+/// Message headers: names to UTF-8 values. Values that are not text on the wire are
+/// converted by the transport (never a panic).
+pub type Headers = BTreeMap<String, String>;
+
+/// Unique id of this message (a UUID is a good choice). Also AMQP `message_id`.
+pub const MESSAGE_ID: &str = "courier-message-id";
+/// Ties a reply to its request; copied unchanged into the reply. Also AMQP `correlation_id`.
+pub const CORRELATION_ID: &str = "courier-correlation-id";
+/// Queue/topic the reply goes to; must match the worker's allowlist. Also AMQP `reply_to`.
+pub const REPLY_TO: &str = "courier-reply-to";
+/// Payload media type; `application/json` is the only one accepted.
+pub const CONTENT_TYPE: &str = "content-type";
+/// Optional RFC 3339 instant after which the request must not be processed.
+pub const DEADLINE: &str = "courier-deadline";
+/// W3C trace context, copied into replies, retries and dead-letter records.
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C trace state, copied along with `traceparent`.
+pub const TRACESTATE: &str = "tracestate";
+/// Delivery round of this request: 1 when first sent, +1 per delayed retry. Producers omit it.
+pub const ATTEMPT: &str = "courier-attempt";
+/// How often an operator replayed this message from a dead-letter queue.
+pub const REPLAY_COUNT: &str = "courier-replay-count";
+
+/// Reply status: `ok` or `error`.
+pub const STATUS: &str = "courier-status";
+/// On an error reply: the failure code (see `schemas/README.md`).
+pub const ERROR_CODE: &str = "courier-error-code";
+/// On an error reply: a human-readable message, at most [`MAX_ERROR_MESSAGE_BYTES`].
+pub const ERROR_MESSAGE: &str = "courier-error-message";
+
+/// Failure kind: transient, permanent, decode, schema, too-large, expired, unroutable.
+pub const FAILURE_KIND: &str = "courier-failure-kind";
+/// Error code given by the handler (or the runtime for its own kinds).
+pub const FAILURE_CODE: &str = "courier-failure-code";
+/// Error message, truncated to [`MAX_ERROR_MESSAGE_BYTES`].
+pub const FAILURE_MESSAGE: &str = "courier-failure-message";
+/// Hash of kind + worker + code: groups identical failures; never depends on the payload.
+pub const FAILURE_FINGERPRINT: &str = "courier-failure-fingerprint";
+/// Queue/topic the failed message was consumed from (replay sends it back there).
+pub const FAILURE_SOURCE: &str = "courier-failure-source";
+/// Kafka partition of the failed message.
+pub const FAILURE_PARTITION: &str = "courier-failure-partition";
+/// Kafka offset of the failed message.
+pub const FAILURE_OFFSET: &str = "courier-failure-offset";
+/// Handler invocations over all delivery rounds.
+pub const FAILURE_ATTEMPTS: &str = "courier-failure-attempts";
+/// RFC 3339 time of the first failure of this message.
+pub const FAILURE_FIRST_AT: &str = "courier-failure-first-at";
+/// RFC 3339 time of the last failure of this message.
+pub const FAILURE_LAST_AT: &str = "courier-failure-last-at";
+/// Name of the worker that gave up.
+pub const FAILURE_WORKER: &str = "courier-failure-worker";
+/// Instance (host/pod and pid) of the worker that gave up.
+pub const FAILURE_INSTANCE: &str = "courier-failure-instance";
+
+/// Every failure header: stripped on replay.
+pub const FAILURE_HEADERS: [&str; 12] = [
+    FAILURE_KIND,
+    FAILURE_CODE,
+    FAILURE_MESSAGE,
+    FAILURE_FINGERPRINT,
+    FAILURE_SOURCE,
+    FAILURE_PARTITION,
+    FAILURE_OFFSET,
+    FAILURE_ATTEMPTS,
+    FAILURE_FIRST_AT,
+    FAILURE_LAST_AT,
+    FAILURE_WORKER,
+    FAILURE_INSTANCE,
+];
+
+/// Error messages in headers are cut to this many bytes (at a character boundary).
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+/// The only content type a worker accepts (absent means JSON too).
+pub const JSON: &str = "application/json";
+
+/// The contract headers of a request, parsed and checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestMeta {
+    /// `courier-message-id`, if given.
+    pub message_id: Option<String>,
+    /// `courier-correlation-id`, else the message id, else empty.
+    pub correlation_id: String,
+    /// `courier-reply-to`, if given.
+    pub reply_to: Option<String>,
+    /// `courier-deadline`, if given.
+    pub deadline: Option<SystemTime>,
+    /// `traceparent`, if given and well-formed.
+    pub traceparent: Option<String>,
+    /// `courier-attempt` (1 when absent).
+    pub attempt: u32,
+    /// Handler invocations in earlier rounds (`courier-failure-attempts`, 0 when absent).
+    pub earlier_attempts: u32,
+    /// First failure time carried from an earlier round.
+    pub first_failure_at: Option<SystemTime>,
+}
+
+/// A contract header with a value that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("header `{name}` has an invalid value {value:?}: {expected}")]
+pub struct BadHeader {
+    /// The header.
+    pub name: &'static str,
+    /// Its value, cut to 64 bytes.
+    pub value: String,
+    /// What was expected.
+    pub expected: &'static str,
+}
+
+impl RequestMeta {
+    /// Parse the contract headers. Unknown headers are ignored; a known header with a
+    /// bad value is an error (the message is dead-lettered as `decode`).
+    pub fn parse(headers: &Headers) -> Result<Self, BadHeader> {
+        let get = |name: &str| headers.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let bad = |name: &'static str, value: &str, expected: &'static str| BadHeader {
+            name,
+            value: truncate(value, 64).to_owned(),
+            expected,
+        };
+        if let Some(ct) = get(CONTENT_TYPE) {
+            let media = ct.split(';').next().unwrap_or_default().trim();
+            if !media.eq_ignore_ascii_case(JSON) {
+                return Err(bad(CONTENT_TYPE, ct, "application/json"));
+            }
+        }
+        let deadline = get(DEADLINE)
+            .map(|v| timestamp::parse(v).ok_or_else(|| bad(DEADLINE, v, "an RFC 3339 timestamp")))
+            .transpose()?;
+        let first_failure_at = get(FAILURE_FIRST_AT)
+            .map(|v| timestamp::parse(v).ok_or_else(|| bad(FAILURE_FIRST_AT, v, "an RFC 3339 timestamp")))
+            .transpose()?;
+        let attempt = get(ATTEMPT)
+            .map(|v| v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| bad(ATTEMPT, v, "an integer >= 1")))
+            .transpose()?
+            .unwrap_or(1);
+        let earlier_attempts = get(FAILURE_ATTEMPTS)
+            .map(|v| v.parse::<u32>().map_err(|_| bad(FAILURE_ATTEMPTS, v, "an integer >= 0")))
+            .transpose()?
+            .unwrap_or(0);
+        let traceparent = get(TRACEPARENT)
+            .map(|v| if is_traceparent(v) { Ok(v.to_owned()) } else { Err(bad(TRACEPARENT, v, "W3C traceparent")) })
+            .transpose()?;
+        let message_id = get(MESSAGE_ID).map(str::to_owned);
+        let correlation_id = get(CORRELATION_ID).map(str::to_owned).or_else(|| message_id.clone()).unwrap_or_default();
+        Ok(Self {
+            message_id,
+            correlation_id,
+            reply_to: get(REPLY_TO).map(str::to_owned),
+            deadline,
+            traceparent,
+            attempt,
+            earlier_attempts,
+            first_failure_at,
+        })
+    }
+}
+
+/// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>` (version 00 layout).
+fn is_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() >= 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2)
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> Headers {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn empty_headers_give_defaults() {
+        let meta = RequestMeta::parse(&Headers::new()).expect("empty headers are valid");
+        assert_eq!(meta.attempt, 1);
+        assert_eq!(meta.correlation_id, "");
+        assert_eq!(meta.reply_to, None);
+    }
+
+    #[test]
+    fn correlation_id_falls_back_to_message_id() {
+        let meta = RequestMeta::parse(&headers(&[(MESSAGE_ID, "m-1")])).expect("valid");
+        assert_eq!(meta.correlation_id, "m-1");
+    }
+
+    #[test]
+    fn well_formed_headers_parse() {
+        let meta = RequestMeta::parse(&headers(&[
+            (CORRELATION_ID, "c-1"),
+            (REPLY_TO, "me.replies"),
+            (DEADLINE, "2030-01-01T00:00:00Z"),
+            (ATTEMPT, "3"),
+            (CONTENT_TYPE, "application/json; charset=utf-8"),
+            (TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ]))
+        .expect("valid");
+        assert_eq!(meta.attempt, 3);
+        assert_eq!(meta.reply_to.as_deref(), Some("me.replies"));
+        assert!(meta.deadline.is_some());
+        assert!(meta.traceparent.is_some());
+    }
+
+    #[test]
+    fn bad_values_are_errors_not_panics() {
+        let cases = [
+            (ATTEMPT, "0"),
+            (ATTEMPT, "-1"),
+            (ATTEMPT, "99999999999999999999"),
+            (ATTEMPT, "three"),
+            (DEADLINE, "tomorrow"),
+            (DEADLINE, "2030-13-45T99:99:99Z"),
+            (CONTENT_TYPE, "text/xml"),
+            (TRACEPARENT, "00-zz-11-01"),
+            (FAILURE_ATTEMPTS, "x"),
+            (FAILURE_FIRST_AT, "\u{0}\u{ffff}"),
+        ];
+        for (name, value) in cases {
+            let err = RequestMeta::parse(&headers(&[(name, value)])).expect_err(value);
+            assert_eq!(err.name, name);
+        }
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("héllo", 3), "hé");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

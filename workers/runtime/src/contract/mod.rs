@@ -1,0 +1,8 @@
+//! The wire contract in code: header names, naming rules, failure kinds. The prose
+//! version for producers in other languages is `schemas/README.md`; the two are kept
+//! equal by tests.
+
+pub mod failure;
+pub mod headers;
+pub mod naming;
+pub mod timestamp;

@@ -1,0 +1,25 @@
+//! Courier: the runtime of event-driven message-queue workers. A worker supplies a
+//! [`Handler`]; the runtime consumes requests from RabbitMQ (or the in-memory broker),
+//! validates them, calls the handler with timeouts and retries, publishes replies, and
+//! dead-letters what fails — acking each message only after its output is confirmed.
+//!
+//! Where does a delivery go after the handler fails? See [`pipeline`].
+
+pub mod app;
+pub mod config;
+pub mod console;
+pub mod contract;
+pub mod handler;
+pub mod pipeline;
+pub mod retry;
+pub mod schema;
+pub mod shutdown;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod transport;
+pub mod worker;
+
+pub use config::{Settings, WorkerArgs};
+pub use handler::{Context, Handler, HandlerError};
+pub use transport::{Message, Transport, memory::MemoryBroker};
+pub use worker::run;

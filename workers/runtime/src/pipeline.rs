@@ -1,0 +1,374 @@
+//! The delivery pipeline, top to bottom: what happens to one message.
+//!
+//! ```text
+//! size cap → contract headers → deadline → reply target → JSON + schema
+//!   → handler under a timeout, in-process retries with backoff (transient errors)
+//!   → ok:        publish reply ──────────────── confirmed → ack
+//!   → transient: publish to the next retry tier ─ confirmed → ack   (no tier left: dead-letter)
+//!   → otherwise: publish dead-letter copy ───── confirmed → ack, then an error reply
+//! any publish not confirmed → nack: the broker delivers the message again
+//! ```
+//!
+//! Nothing is acked before its output is confirmed by the broker, so a crash at any
+//! point loses nothing (at-least-once).
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{
+    config::Settings,
+    contract::{
+        failure::{FailureKind, fingerprint},
+        headers::{self as h, Headers, RequestMeta, truncate},
+        timestamp,
+    },
+    handler::{Context, Handler, HandlerError},
+    schema::{Refusal, RequestSchema},
+    transport::{Acker, Delivery, Message, PublishError, Source, Topology, Transport},
+};
+
+/// How a delivery is settled once processing ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settle {
+    /// Its output is confirmed: remove it from the broker.
+    Ack,
+    /// Not finished: the broker delivers it again.
+    Requeue,
+}
+
+/// Why a message did not produce an ok reply.
+#[derive(Clone, Debug)]
+struct Failure {
+    /// Failure kind (the contract's list).
+    kind: FailureKind,
+    /// Machine-readable code, part of the fingerprint.
+    code: String,
+    /// Human-readable message (truncated when written to headers).
+    message: String,
+}
+
+impl Failure {
+    fn new(kind: FailureKind, code: &str, message: impl Into<String>) -> Self {
+        Self { kind, code: code.to_owned(), message: message.into() }
+    }
+
+    fn from_handler(error: HandlerError) -> Self {
+        let kind = if error.is_transient() { FailureKind::Transient } else { FailureKind::Permanent };
+        Self { kind, code: error.code.into_owned(), message: error.message }
+    }
+}
+
+/// Everything needed to process deliveries of one worker; shared by all tasks.
+#[derive(Debug)]
+pub(crate) struct Pipeline<H, T> {
+    /// The business logic.
+    handler: H,
+    /// Where outputs are published.
+    transport: T,
+    /// The compiled request schema.
+    schema: RequestSchema,
+    /// Limits, retry policy, reply allowlist.
+    settings: Settings,
+    /// Names of the retry tiers and the dead-letter queue.
+    topology: Topology,
+}
+
+impl<H: Handler, T: Transport> Pipeline<H, T> {
+    pub(crate) fn new(handler: H, transport: T, schema: RequestSchema, settings: Settings) -> Self {
+        let topology = settings.topology();
+        Self { handler, transport, schema, settings, topology }
+    }
+
+    /// Process one delivery and settle it. If `hard_stop` fires first (shutdown grace
+    /// period over), the delivery is returned to the broker unfinished.
+    pub(crate) async fn deliver(&self, delivery: Delivery<T::Acker>, hard_stop: &CancellationToken) {
+        let Delivery { message, source, acker, .. } = delivery;
+        let span = info_span!("delivery", source = %source, correlation_id = tracing::field::Empty, attempt = tracing::field::Empty);
+        async {
+            let settle = tokio::select! {
+                biased;
+                () = hard_stop.cancelled() => {
+                    warn!("Shutdown grace period over; returning the message to the broker.");
+                    Settle::Requeue
+                }
+                settle = self.process(&message, &source) => settle,
+            };
+            let result = match settle {
+                Settle::Ack => acker.ack().await,
+                Settle::Requeue => acker.nack().await,
+            };
+            if let Err(error) = result {
+                // The broker will deliver it again; the output may then be duplicated.
+                warn!(%error, ?settle, "Could not settle the delivery.");
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn process(&self, message: &Message, source: &Source) -> Settle {
+        if message.payload.len() > self.settings.max_payload_bytes {
+            let why =
+                format!("payload is {} bytes, the limit is {}", message.payload.len(), self.settings.max_payload_bytes);
+            let failure = Failure::new(FailureKind::TooLarge, "payload_too_large", why);
+            let meta = RequestMeta::parse(&message.headers).unwrap_or_default();
+            return self.dead_letter(message, source, &meta, failure, 0).await;
+        }
+        let meta = match RequestMeta::parse(&message.headers) {
+            Ok(meta) => meta,
+            Err(bad) => {
+                let failure = Failure::new(FailureKind::Decode, "bad_header", bad.to_string());
+                return self.dead_letter(message, source, &RequestMeta::default(), failure, 0).await;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("correlation_id", meta.correlation_id.as_str());
+        span.record("attempt", meta.attempt);
+
+        if meta.deadline.is_some_and(|d| d <= SystemTime::now()) {
+            let failure = Failure::new(
+                FailureKind::Expired,
+                "deadline_exceeded",
+                "the request's deadline passed before processing",
+            );
+            return self.dead_letter(message, source, &meta, failure, 0).await;
+        }
+        let reply_to = meta.reply_to.clone().unwrap_or_else(|| self.settings.replies.clone());
+        if !self.settings.reply_allowed(&reply_to) {
+            let why = format!("reply-to {reply_to:?} is not in the allowlist {:?}", self.settings.reply_allow);
+            let failure = Failure::new(FailureKind::Unroutable, "reply_not_allowed", why);
+            return self.dead_letter(message, source, &meta, failure, 0).await;
+        }
+        let request = match self.schema.decode::<H::Request>(&message.payload) {
+            Ok(request) => request,
+            Err(Refusal::NotJson(why)) => {
+                let failure = Failure::new(FailureKind::Decode, "invalid_json", why);
+                return self.dead_letter(message, source, &meta, failure, 0).await;
+            }
+            Err(Refusal::Violation(why)) => {
+                let failure = Failure::new(FailureKind::Schema, "schema_violation", why);
+                return self.dead_letter(message, source, &meta, failure, 0).await;
+            }
+        };
+
+        let (result, invocations) = self.invoke(request, &meta, source).await;
+        match result {
+            Ok(reply) => match serde_json::to_vec(&reply) {
+                Ok(payload) => self.reply(message, source, &meta, &reply_to, payload, invocations).await,
+                Err(error) => {
+                    let failure = Failure::new(FailureKind::Permanent, "reply_not_serializable", error.to_string());
+                    self.dead_letter(message, source, &meta, failure, invocations).await
+                }
+            },
+            Err(error) if error.is_transient() => {
+                self.retry_later(message, source, &meta, Failure::from_handler(error), invocations).await
+            }
+            Err(error) => self.dead_letter(message, source, &meta, Failure::from_handler(error), invocations).await,
+        }
+    }
+
+    /// Call the handler under its timeout, retrying transient errors in-process with
+    /// exponential backoff. Returns the last result and the number of invocations.
+    async fn invoke(
+        &self,
+        request: H::Request,
+        meta: &RequestMeta,
+        source: &Source,
+    ) -> (Result<H::Reply, HandlerError>, u32) {
+        let mut backoff = self.settings.retry.backoff();
+        let mut context = Context {
+            correlation_id: meta.correlation_id.clone(),
+            attempt: meta.attempt,
+            invocation: meta.earlier_attempts,
+            deadline: meta.deadline,
+            source: source.clone(),
+        };
+        let mut invocations = 0;
+        loop {
+            invocations += 1;
+            context.invocation += 1;
+            let limit = self.settings.handler_timeout;
+            let result =
+                tokio::time::timeout(limit, self.handler.handle(request.clone(), &context)).await.unwrap_or_else(
+                    |_| Err(HandlerError::transient("timeout", format!("the handler took longer than {limit:?}"))),
+                );
+            match result {
+                Err(error) if error.is_transient() => match backoff.next() {
+                    Some(delay) => {
+                        debug!(%error, ?delay, invocations, "Transient failure; retrying in-process.");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => return (Err(error), invocations),
+                },
+                other => return (other, invocations),
+            }
+        }
+    }
+
+    async fn reply(
+        &self,
+        request: &Message,
+        source: &Source,
+        meta: &RequestMeta,
+        reply_to: &str,
+        payload: Vec<u8>,
+        invocations: u32,
+    ) -> Settle {
+        let mut headers = reply_headers(meta);
+        headers.insert(h::STATUS.into(), "ok".into());
+        let message = Message { payload: payload.into(), headers, key: request.key.clone() };
+        match self.publish(reply_to, message).await {
+            Ok(()) => {
+                debug!(reply_to, "Replied.");
+                Settle::Ack
+            }
+            Err(PublishError::Unroutable(_)) => {
+                let failure = Failure::new(
+                    FailureKind::Unroutable,
+                    "reply_unroutable",
+                    format!("no queue or topic named {reply_to:?}"),
+                );
+                self.dead_letter(request, source, meta, failure, invocations).await
+            }
+            Err(error) => {
+                warn!(%error, reply_to, "Reply not confirmed; the request will be delivered again.");
+                Settle::Requeue
+            }
+        }
+    }
+
+    /// Hand the message to the next delayed-retry tier, or dead-letter it when none is left.
+    async fn retry_later(
+        &self,
+        message: &Message,
+        source: &Source,
+        meta: &RequestMeta,
+        failure: Failure,
+        invocations: u32,
+    ) -> Settle {
+        let Some(tier) = self.topology.retry_tiers.get(meta.attempt as usize - 1) else {
+            return self.dead_letter(message, source, meta, failure, invocations).await;
+        };
+        let mut headers = self.failure_headers(message, source, meta, &failure, invocations);
+        headers.insert(h::ATTEMPT.into(), (meta.attempt + 1).to_string());
+        let retry = Message { payload: message.payload.clone(), headers, key: message.key.clone() };
+        match self.publish(&tier.name, retry).await {
+            Ok(()) => {
+                info!(tier = %tier.name, delay = ?tier.delay, code = %failure.code, "Transient failure; retrying after a delay.");
+                Settle::Ack
+            }
+            Err(error) => {
+                warn!(%error, tier = %tier.name, "Retry hand-off not confirmed; the request will be delivered again.");
+                Settle::Requeue
+            }
+        }
+    }
+
+    /// Publish the dead-letter copy; once confirmed, ack and tell the requester.
+    async fn dead_letter(
+        &self,
+        message: &Message,
+        source: &Source,
+        meta: &RequestMeta,
+        failure: Failure,
+        invocations: u32,
+    ) -> Settle {
+        let headers = self.failure_headers(message, source, meta, &failure, invocations);
+        let record = Message { payload: message.payload.clone(), headers, key: message.key.clone() };
+        if let Err(error) = self.publish(&self.topology.dead_letter, record).await {
+            warn!(%error, kind = %failure.kind, "Dead-letter copy not confirmed; the request will be delivered again.");
+            return Settle::Requeue;
+        }
+        info!(kind = %failure.kind, code = %failure.code, message = %failure.message, "Dead-lettered.");
+        self.error_reply(message, meta, &failure).await;
+        Settle::Ack
+    }
+
+    /// Best effort: the dead-letter copy is already safe, so a failed error reply is only logged.
+    async fn error_reply(&self, request: &Message, meta: &RequestMeta, failure: &Failure) {
+        let reply_to = meta.reply_to.as_deref().unwrap_or(&self.settings.replies);
+        if failure.kind == FailureKind::Unroutable || !self.settings.reply_allowed(reply_to) {
+            return;
+        }
+        let text = truncate(&failure.message, h::MAX_ERROR_MESSAGE_BYTES);
+        let body =
+            serde_json::json!({ "error": { "kind": failure.kind.as_str(), "code": failure.code, "message": text } });
+        let mut headers = reply_headers(meta);
+        headers.insert(h::STATUS.into(), "error".into());
+        headers.insert(h::ERROR_CODE.into(), failure.code.clone());
+        headers.insert(h::ERROR_MESSAGE.into(), text.to_owned());
+        let message = Message { payload: Bytes::from(body.to_string()), headers, key: request.key.clone() };
+        if let Err(error) = self.publish(reply_to, message).await {
+            warn!(%error, reply_to, "Error reply not delivered (the dead-letter copy is safe).");
+        }
+    }
+
+    /// The original headers with this failure's headers (replacing any earlier ones).
+    fn failure_headers(
+        &self,
+        message: &Message,
+        source: &Source,
+        meta: &RequestMeta,
+        failure: &Failure,
+        invocations: u32,
+    ) -> Headers {
+        let now = SystemTime::now();
+        let mut headers = message.headers.clone();
+        for name in h::FAILURE_HEADERS {
+            headers.remove(name);
+        }
+        let worker = &self.settings.worker;
+        let mut put = |name: &str, value: String| headers.insert(name.to_owned(), value);
+        put(h::FAILURE_KIND, failure.kind.as_str().to_owned());
+        put(h::FAILURE_CODE, failure.code.clone());
+        put(h::FAILURE_MESSAGE, truncate(&failure.message, h::MAX_ERROR_MESSAGE_BYTES).to_owned());
+        put(h::FAILURE_FINGERPRINT, fingerprint(failure.kind, worker, &failure.code));
+        put(h::FAILURE_SOURCE, source.queue.clone());
+        if let Some(partition) = source.partition {
+            put(h::FAILURE_PARTITION, partition.to_string());
+        }
+        if let Some(offset) = source.offset {
+            put(h::FAILURE_OFFSET, offset.to_string());
+        }
+        put(h::FAILURE_ATTEMPTS, (meta.earlier_attempts + invocations).to_string());
+        put(h::FAILURE_FIRST_AT, timestamp::format(meta.first_failure_at.unwrap_or(now)));
+        put(h::FAILURE_LAST_AT, timestamp::format(now));
+        put(h::FAILURE_WORKER, worker.clone());
+        put(h::FAILURE_INSTANCE, self.settings.instance.clone());
+        headers
+    }
+
+    /// Publish and wait for the confirm, retrying a few times if the broker is briefly
+    /// unavailable or refuses; an unroutable destination is reported at once.
+    async fn publish(&self, destination: &str, message: Message) -> Result<(), PublishError> {
+        const PUBLISH_BACKOFF: [Duration; 3] =
+            [Duration::from_millis(50), Duration::from_millis(200), Duration::from_millis(800)];
+        let mut result = self.transport.publish(destination, message.clone()).await;
+        for delay in PUBLISH_BACKOFF {
+            match &result {
+                Err(error) if error.is_transient() => {
+                    debug!(%error, destination, ?delay, "Publish not confirmed; trying again.");
+                    tokio::time::sleep(delay).await;
+                    result = self.transport.publish(destination, message.clone()).await;
+                }
+                _ => break,
+            }
+        }
+        result
+    }
+}
+
+/// Headers every reply carries: correlation id, content type, trace context, a new id.
+fn reply_headers(meta: &RequestMeta) -> Headers {
+    let mut headers = Headers::new();
+    headers.insert(h::CORRELATION_ID.into(), meta.correlation_id.clone());
+    headers.insert(h::MESSAGE_ID.into(), uuid::Uuid::new_v4().to_string());
+    headers.insert(h::CONTENT_TYPE.into(), h::JSON.into());
+    if let Some(traceparent) = &meta.traceparent {
+        headers.insert(h::TRACEPARENT.into(), traceparent.clone());
+    }
+    headers
+}

@@ -1,0 +1,470 @@
+//! The transport contract suite: one set of scenarios every transport must pass, run by
+//! each transport's tests through a [`Harness`] (see [`contract_suite!`]).
+//!
+//! Each scenario starts a real worker (the production pipeline) on the transport with
+//! a scripted handler, publishes requests, and checks replies and dead-letter records.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Settings,
+    contract::{
+        failure::fingerprint,
+        headers::{self as h, Headers},
+        naming, timestamp,
+    },
+    handler::{Context, Handler, HandlerError},
+    retry::RetryPolicy,
+    transport::{Message, Transport, memory::MemoryBroker},
+    worker::{self, WorkerError},
+};
+
+/// What the suite needs from a broker besides the [`Transport`] itself.
+pub trait Harness: Send + Sync + 'static {
+    /// The transport under test.
+    type Transport: Transport;
+    /// True when tokio time is paused: schedules are then asserted exactly.
+    const PAUSED_TIME: bool;
+    /// A transport connected to the broker under test.
+    fn transport(&self) -> impl Future<Output = Self::Transport> + Send;
+    /// Create a plain queue/topic; with `max_length`, publishes are refused when it is full.
+    fn declare_queue(&self, name: &str, max_length: Option<usize>) -> impl Future<Output = ()> + Send;
+    /// Take one message from `queue`, waiting up to `timeout`.
+    fn receive(&self, queue: &str, timeout: Duration) -> impl Future<Output = Option<Message>> + Send;
+    /// Drop every message waiting in `queue`.
+    fn purge(&self, queue: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// The in-memory broker as a harness.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryHarness {
+    /// The broker every transport of this harness shares.
+    pub broker: MemoryBroker,
+}
+
+impl Harness for MemoryHarness {
+    type Transport = MemoryBroker;
+    const PAUSED_TIME: bool = true;
+
+    async fn transport(&self) -> MemoryBroker {
+        self.broker.clone()
+    }
+
+    async fn declare_queue(&self, name: &str, max_length: Option<usize>) {
+        self.broker.declare_queue(name, max_length);
+    }
+
+    async fn receive(&self, queue: &str, timeout: Duration) -> Option<Message> {
+        self.broker.receive(queue, timeout).await
+    }
+
+    async fn purge(&self, queue: &str) {
+        self.broker.purge(queue);
+    }
+}
+
+/// Generates one test per scenario: `contract_suite!(#[tokio::test] make_harness().await);`
+#[macro_export]
+macro_rules! contract_suite {
+    (#[$attr:meta] $make:expr) => {
+        $crate::contract_suite!(@each #[$attr] $make;
+            request_reply, transient_failure_is_retried_with_backoff, permanent_failure_is_dead_lettered,
+            bad_input_is_dead_lettered_and_the_worker_keeps_running, exhausted_retries_are_dead_lettered,
+            unconfirmed_reply_redelivers_the_request, shutdown_loses_nothing_in_flight,
+            expired_request_is_not_processed, unknown_reply_target_is_dead_lettered);
+    };
+    (@each #[$attr:meta] $make:expr; $($name:ident),* $(,)?) => {
+        $( #[$attr] async fn $name() { $crate::testing::$name($make).await; } )*
+    };
+}
+
+/// The scripted request: `op` says how the handler behaves.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ScriptRequest {
+    /// Identifies the request in the call log.
+    pub id: String,
+    /// `echo`, `permanent`, `flaky` (fails transiently `n` times), `transient` (always), `slow` (`n` ms).
+    pub op: String,
+    /// Parameter of `flaky` and `slow`.
+    #[serde(default)]
+    pub n: u64,
+}
+
+/// Handler invocation times by request id.
+pub type CallLog = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
+
+/// A handler that does what each request tells it, and logs when it was called.
+#[derive(Clone, Debug, Default)]
+pub struct ScriptHandler {
+    /// When each request was handled.
+    pub calls: CallLog,
+}
+
+const SCRIPT_SCHEMA: &str = r#"{
+  "type": "object",
+  "required": ["id", "op"],
+  "properties": {
+    "id": {"type": "string"},
+    "op": {"enum": ["echo", "permanent", "flaky", "transient", "slow"]},
+    "n": {"type": "integer", "minimum": 0}
+  },
+  "additionalProperties": false
+}"#;
+
+impl Handler for ScriptHandler {
+    type Request = ScriptRequest;
+    type Reply = serde_json::Value;
+    const NAME: &'static str = "contract";
+    const REQUEST_SCHEMA: &'static str = SCRIPT_SCHEMA;
+
+    async fn handle(&self, request: ScriptRequest, context: &Context) -> Result<serde_json::Value, HandlerError> {
+        self.calls.lock().expect("call log").entry(request.id.clone()).or_default().push(Instant::now());
+        match request.op.as_str() {
+            "permanent" => Err(HandlerError::permanent("scripted_permanent", "the script says no")),
+            "transient" => Err(HandlerError::transient("scripted_transient", "the script says later")),
+            "flaky" if u64::from(context.invocation) <= request.n => {
+                Err(HandlerError::transient("scripted_flaky", format!("invocation {}", context.invocation)))
+            }
+            "slow" => {
+                tokio::time::sleep(Duration::from_millis(request.n)).await;
+                Ok(serde_json::json!({ "echo": request.id }))
+            }
+            _ => Ok(serde_json::json!({ "echo": request.id })),
+        }
+    }
+}
+
+/// A worker under test and the names it uses.
+struct Run<Hn: Harness> {
+    harness: Hn,
+    settings: Settings,
+    calls: CallLog,
+    stop: CancellationToken,
+    worker: JoinHandle<Result<(), WorkerError>>,
+}
+
+/// How long to wait for something that should happen (generous for real brokers).
+const PATIENCE: Duration = Duration::from_secs(20);
+/// How long to watch for something that should not happen.
+const QUIET: Duration = Duration::from_millis(500);
+
+fn suite_settings() -> Settings {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut settings = Settings::defaults(ScriptHandler::NAME);
+    settings.queue = naming::requests(&format!("contract-{}", &id[..12]));
+    settings.replies = naming::replies(&format!("contract-{}", &id[..12]));
+    settings.instance = "suite-1".into();
+    settings.concurrency = 8;
+    settings.max_payload_bytes = 64 * 1024;
+    settings.handler_timeout = Duration::from_secs(5);
+    settings.shutdown_grace = Duration::from_secs(5);
+    settings.retry = policy(3, &[]);
+    settings
+}
+
+fn policy(attempts: u32, delays: &[u64]) -> RetryPolicy {
+    let delays = delays.iter().map(|ms| Duration::from_millis(*ms)).collect();
+    RetryPolicy::new(attempts, Duration::from_millis(100), Duration::from_secs(1), false, delays).expect("valid policy")
+}
+
+impl<Hn: Harness> Run<Hn> {
+    async fn start(harness: Hn, tune: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = suite_settings();
+        tune(&mut settings);
+        let calls = CallLog::default();
+        let transport = harness.transport().await;
+        transport.declare(&settings.topology()).await.expect("declare topology");
+        let (stop, worker) = Self::spawn(&harness, &settings, &calls).await;
+        Self { harness, settings, calls, stop, worker }
+    }
+
+    async fn spawn(
+        harness: &Hn,
+        settings: &Settings,
+        calls: &CallLog,
+    ) -> (CancellationToken, JoinHandle<Result<(), WorkerError>>) {
+        let stop = CancellationToken::new();
+        let handler = ScriptHandler { calls: Arc::clone(calls) };
+        let transport = harness.transport().await;
+        let worker = tokio::spawn(worker::run(settings.clone(), transport, handler, stop.clone().cancelled_owned()));
+        (stop, worker)
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.worker.await.expect("worker task").expect("worker ends cleanly");
+    }
+
+    fn dlq(&self) -> String {
+        naming::dead_letter(&self.settings.queue)
+    }
+
+    async fn send(&self, payload: impl Into<bytes::Bytes>, extra: &[(&str, &str)]) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut headers: Headers =
+            [(h::MESSAGE_ID, id.as_str()), (h::CORRELATION_ID, id.as_str()), (h::CONTENT_TYPE, h::JSON)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        headers.insert(h::REPLY_TO.into(), self.settings.replies.clone());
+        for (k, v) in extra {
+            headers.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let message = Message { payload: payload.into(), headers, key: Some(id.clone()) };
+        let transport = self.harness.transport().await;
+        transport.publish(&self.settings.queue, message).await.expect("publish request");
+        id
+    }
+
+    async fn send_script(&self, op: &str, n: u64) -> String {
+        // The script id is the correlation id, so call-log entries match replies.
+        let id = uuid::Uuid::new_v4().to_string();
+        let body = serde_json::json!({ "id": id, "op": op, "n": n });
+        self.send_with_id(&id, body.to_string()).await
+    }
+
+    async fn send_with_id(&self, id: &str, payload: String) -> String {
+        self.send(payload, &[(h::MESSAGE_ID, id), (h::CORRELATION_ID, id)]).await;
+        id.to_owned()
+    }
+
+    async fn reply(&self) -> Message {
+        self.harness.receive(&self.settings.replies, PATIENCE).await.expect("a reply within the patience limit")
+    }
+
+    async fn dead_letter(&self) -> Message {
+        self.harness.receive(&self.dlq(), PATIENCE).await.expect("a dead-letter record within the patience limit")
+    }
+
+    fn calls(&self, id: &str) -> Vec<Instant> {
+        self.calls.lock().expect("call log").get(id).cloned().unwrap_or_default()
+    }
+}
+
+fn header<'m>(message: &'m Message, name: &str) -> &'m str {
+    message.headers.get(name).map_or("", String::as_str)
+}
+
+/// Checks `gap` against an expected delay: exact under paused time, within slack otherwise.
+fn assert_gap<Hn: Harness>(gap: Duration, expected: Duration, what: &str) {
+    if Hn::PAUSED_TIME {
+        assert_eq!(gap, expected, "{what}");
+    } else {
+        assert!(gap >= expected && gap < expected + Duration::from_millis(1500), "{what}: {gap:?} vs {expected:?}");
+    }
+}
+
+/// A request gets exactly one reply, with its correlation id and status ok.
+pub async fn request_reply<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |_| {}).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::json!({ "id": id, "op": "echo" }).to_string();
+    run.send(body, &[(h::CORRELATION_ID, &id), (h::TRACEPARENT, traceparent)]).await;
+    let reply = run.reply().await;
+    assert_eq!(header(&reply, h::CORRELATION_ID), id);
+    assert_eq!(header(&reply, h::STATUS), "ok");
+    assert_eq!(header(&reply, h::TRACEPARENT), traceparent);
+    let body: serde_json::Value = serde_json::from_slice(&reply.payload).expect("reply is JSON");
+    assert_eq!(body, serde_json::json!({ "echo": id }));
+    assert!(run.harness.receive(&run.settings.replies, QUIET).await.is_none(), "exactly one reply");
+    assert!(run.harness.receive(&run.dlq(), QUIET).await.is_none(), "nothing dead-lettered");
+    run.stop().await;
+}
+
+/// A transient failure is retried in-process with exponential backoff, then succeeds.
+pub async fn transient_failure_is_retried_with_backoff<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |s| s.retry = policy(4, &[])).await;
+    let id = run.send_script("flaky", 3).await;
+    let reply = run.reply().await;
+    assert_eq!(header(&reply, h::STATUS), "ok");
+    assert_eq!(header(&reply, h::CORRELATION_ID), id);
+    let calls = run.calls(&id);
+    assert_eq!(calls.len(), 4, "three failures, then success");
+    for (i, expected) in [100, 200, 400].into_iter().enumerate() {
+        assert_gap::<Hn>(calls[i + 1] - calls[i], Duration::from_millis(expected), &format!("backoff {i}"));
+    }
+    run.stop().await;
+}
+
+/// A permanent failure goes to the DLQ at once, with every failure header; the
+/// requester gets an error reply.
+pub async fn permanent_failure_is_dead_lettered<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |_| {}).await;
+    let before = SystemTime::now() - Duration::from_secs(1);
+    let id = uuid::Uuid::new_v4().to_string();
+    let payload = format!("{{ \"id\" : \"{id}\", \"op\": \"permanent\" }}"); // odd spacing: kept byte for byte
+    run.send_with_id(&id, payload.clone()).await;
+    let record = run.dead_letter().await;
+    assert_eq!(record.payload, payload.as_bytes(), "payload byte for byte");
+    assert_eq!(header(&record, h::CORRELATION_ID), id, "original headers kept");
+    assert_eq!(header(&record, h::REPLY_TO), run.settings.replies);
+    assert_eq!(header(&record, h::FAILURE_KIND), "permanent");
+    assert_eq!(header(&record, h::FAILURE_CODE), "scripted_permanent");
+    assert_eq!(header(&record, h::FAILURE_MESSAGE), "the script says no");
+    assert_eq!(
+        header(&record, h::FAILURE_FINGERPRINT),
+        fingerprint(crate::contract::failure::FailureKind::Permanent, "contract", "scripted_permanent")
+    );
+    assert_eq!(header(&record, h::FAILURE_SOURCE), run.settings.queue);
+    assert_eq!(header(&record, h::FAILURE_ATTEMPTS), "1", "permanent failures are not retried");
+    assert_eq!(header(&record, h::FAILURE_WORKER), "contract");
+    assert_eq!(header(&record, h::FAILURE_INSTANCE), "suite-1");
+    for name in [h::FAILURE_FIRST_AT, h::FAILURE_LAST_AT] {
+        let at = timestamp::parse(header(&record, name)).unwrap_or_else(|| panic!("{name} is RFC 3339"));
+        assert!(at >= before && at <= SystemTime::now() + Duration::from_secs(1), "{name}");
+    }
+    let reply = run.reply().await;
+    assert_eq!(header(&reply, h::STATUS), "error");
+    assert_eq!(header(&reply, h::ERROR_CODE), "scripted_permanent");
+    assert_eq!(header(&reply, h::CORRELATION_ID), id);
+    run.stop().await;
+}
+
+/// Invalid JSON, a schema violation, an oversized payload and a garbage header each land
+/// in the DLQ with their kind; the worker keeps serving.
+pub async fn bad_input_is_dead_lettered_and_the_worker_keeps_running<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |_| {}).await;
+    let oversized = format!(r#"{{"id":"big","op":"echo","pad":"{}"}}"#, "x".repeat(100 * 1024));
+    type Case<'a> = (Vec<u8>, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
+        (b"{not json".to_vec(), &[], "decode"),
+        (b"\xff\xfe\x00binary".to_vec(), &[], "decode"),
+        (br#"{"id": 7, "op": "echo"}"#.to_vec(), &[], "schema"),
+        (br#"{"id": "x", "op": "dance"}"#.to_vec(), &[], "schema"),
+        (oversized.into_bytes(), &[], "too-large"),
+        (br#"{"id": "x", "op": "echo"}"#.to_vec(), &[(h::ATTEMPT, "three")], "decode"),
+    ];
+    for (payload, headers, kind) in cases {
+        run.send(payload.clone(), headers).await;
+        let record = run.dead_letter().await;
+        assert_eq!(header(&record, h::FAILURE_KIND), kind);
+        assert_eq!(record.payload, payload, "{kind}: payload kept byte for byte");
+        assert!(!header(&record, h::FAILURE_MESSAGE).is_empty(), "{kind}: a reason is given");
+        let reply = run.reply().await;
+        assert_eq!(header(&reply, h::STATUS), "error", "{kind}: the requester is told");
+    }
+    let id = run.send_script("echo", 0).await;
+    assert_eq!(header(&run.reply().await, h::CORRELATION_ID), id, "still serving");
+    run.stop().await;
+}
+
+/// A failure that stays transient goes through every retry tier (each really delays),
+/// then to the DLQ with the total attempt count.
+pub async fn exhausted_retries_are_dead_lettered<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |s| s.retry = policy(2, &[300, 600])).await;
+    let id = run.send_script("transient", 0).await;
+    let record = run.dead_letter().await;
+    assert_eq!(header(&record, h::FAILURE_KIND), "transient");
+    assert_eq!(header(&record, h::FAILURE_CODE), "scripted_transient");
+    assert_eq!(header(&record, h::FAILURE_ATTEMPTS), "6", "2 invocations x 3 rounds");
+    assert_eq!(header(&record, h::ATTEMPT), "3", "the attempt count survived the round trips");
+    assert_eq!(header(&record, h::FAILURE_SOURCE), run.settings.queue);
+    let first = timestamp::parse(header(&record, h::FAILURE_FIRST_AT)).expect("first-at");
+    let last = timestamp::parse(header(&record, h::FAILURE_LAST_AT)).expect("last-at");
+    assert!(first <= last);
+    let calls = run.calls(&id);
+    assert_eq!(calls.len(), 6);
+    // Round boundaries: calls 1→2 and 3→4 are the tier delays (plus nothing else under paused time).
+    assert_gap::<Hn>(calls[2] - calls[1], Duration::from_millis(300), "tier 1");
+    assert_gap::<Hn>(calls[4] - calls[3], Duration::from_millis(600), "tier 2");
+    assert_eq!(header(&run.reply().await, h::STATUS), "error");
+    run.stop().await;
+}
+
+/// A reply the broker refuses leaves the request unacked: it is delivered again and
+/// answered once the reply can be published. Nothing is lost.
+pub async fn unconfirmed_reply_redelivers_the_request<Hn: Harness>(harness: Hn) {
+    let replies = format!("full-{}.replies", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    harness.declare_queue(&replies, Some(1)).await;
+    let filler = Message { payload: "filler".into(), ..Message::default() };
+    harness.transport().await.publish(&replies, filler).await.expect("fill the capped queue");
+    let run = Run::start(harness, |s| s.replies = replies.clone()).await;
+    let id = run.send_script("echo", 0).await;
+    // While the reply queue is full, the request keeps coming back.
+    let deadline = Instant::now() + PATIENCE;
+    while run.calls(&id).len() < 2 {
+        assert!(Instant::now() < deadline, "the request was not delivered again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(run.harness.receive(&run.dlq(), Duration::from_millis(10)).await.is_none(), "not dead-lettered");
+    run.harness.purge(&replies).await;
+    let reply = run.harness.receive(&replies, PATIENCE).await.expect("the reply once there is room");
+    assert_eq!(header(&reply, h::CORRELATION_ID), id);
+    run.stop().await;
+}
+
+/// Shutdown with messages in flight: what finishes within the grace period is answered,
+/// the rest goes back to the broker and is answered by the next worker. None is lost.
+pub async fn shutdown_loses_nothing_in_flight<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |s| {
+        s.concurrency = 4;
+        s.shutdown_grace = Duration::from_millis(300);
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        // Some finish within the grace period, some do not.
+        ids.push(run.send_script("slow", if i % 2 == 0 { 100 } else { 2_000 }).await);
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while run.calls.lock().expect("log").len() < 4 {
+        assert!(Instant::now() < deadline, "the worker did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let Run { harness, settings, calls, stop, worker } = run;
+    stop.cancel();
+    worker.await.expect("worker task").expect("clean stop");
+    let (stop, worker) = Run::spawn(&harness, &settings, &calls).await;
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < ids.len() {
+        let reply = harness.receive(&settings.replies, PATIENCE).await.expect("every request is answered");
+        answered.insert(header(&reply, h::CORRELATION_ID).to_owned());
+    }
+    assert!(ids.iter().all(|id| answered.contains(id)));
+    stop.cancel();
+    worker.await.expect("worker task").expect("clean stop");
+}
+
+/// A request whose deadline passed is not processed: it is dead-lettered as `expired`.
+pub async fn expired_request_is_not_processed<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |_| {}).await;
+    let past = timestamp::format(SystemTime::now() - Duration::from_secs(60));
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::json!({ "id": id, "op": "echo" }).to_string();
+    run.send(body, &[(h::DEADLINE, &past), (h::CORRELATION_ID, &id)]).await;
+    let record = run.dead_letter().await;
+    assert_eq!(header(&record, h::FAILURE_KIND), "expired");
+    assert_eq!(header(&record, h::DEADLINE), past);
+    assert!(run.calls(&id).is_empty(), "the handler never ran");
+    assert_eq!(header(&run.reply().await, h::ERROR_CODE), "deadline_exceeded");
+    run.stop().await;
+}
+
+/// A reply-to outside the allowlist, or naming no existing queue, is dead-lettered as
+/// `unroutable` instead of vanishing.
+pub async fn unknown_reply_target_is_dead_lettered<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |_| {}).await;
+    let missing = format!("nobody-{}.replies", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    for (reply_to, code) in [("orders.requests", "reply_not_allowed"), (missing.as_str(), "reply_unroutable")] {
+        let id = uuid::Uuid::new_v4().to_string();
+        let body = serde_json::json!({ "id": id, "op": "echo" }).to_string();
+        run.send(body, &[(h::REPLY_TO, reply_to)]).await;
+        let record = run.dead_letter().await;
+        assert_eq!(header(&record, h::FAILURE_KIND), "unroutable", "{reply_to}");
+        assert_eq!(header(&record, h::FAILURE_CODE), code, "{reply_to}");
+        assert_eq!(header(&record, h::REPLY_TO), reply_to);
+    }
+    let id = run.send_script("echo", 0).await;
+    assert_eq!(header(&run.reply().await, h::CORRELATION_ID), id, "still serving");
+    run.stop().await;
+}

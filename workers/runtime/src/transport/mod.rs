@@ -1,0 +1,178 @@
+//! What a broker must offer the runtime: declare a topology, deliver messages that are
+//! acked or nacked exactly once, and publish with the broker's confirmation.
+//!
+//! The traits fit both broker families: RabbitMQ acks each message; Kafka stores an
+//! offset once a message and every earlier one of its partition is settled. Either way
+//! the runtime settles each [`Delivery`] once, after its output is confirmed.
+
+pub mod memory;
+
+use std::{fmt, future::Future, time::Duration};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::contract::headers::Headers;
+
+/// A message as it travels on the wire: payload bytes, string headers, optional key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The payload, byte for byte (never re-encoded by the runtime).
+    pub payload: Bytes,
+    /// Headers (AMQP headers table / Kafka record headers); contract names in `contract::headers`.
+    pub headers: Headers,
+    /// Partitioning key (Kafka record key); transports without keys ignore it.
+    pub key: Option<String>,
+}
+
+/// Where a delivery came from, for dead-letter records and logs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Source {
+    /// Queue or topic the message was consumed from.
+    pub queue: String,
+    /// Kafka partition, when there is one.
+    pub partition: Option<i32>,
+    /// Kafka offset, when there is one.
+    pub offset: Option<i64>,
+}
+
+/// One received message and the handle that settles it.
+#[derive(Debug)]
+pub struct Delivery<A> {
+    /// The message as received.
+    pub message: Message,
+    /// Where it was received from.
+    pub source: Source,
+    /// Whether the broker says it delivered this message before (informational).
+    pub redelivered: bool,
+    /// Settles the delivery; consumed by `ack`/`nack`, so settling twice cannot compile.
+    pub acker: A,
+}
+
+/// Settles one delivery. Dropping an acker without settling it means "not done": the
+/// broker redelivers the message (at the latest when the consumer goes away).
+pub trait Acker: Send + 'static {
+    /// The message is finished (its reply or dead-letter copy is confirmed).
+    fn ack(self) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// The message is not finished: deliver it again.
+    fn nack(self) -> impl Future<Output = Result<(), TransportError>> + Send;
+}
+
+/// A broker the worker runs on.
+pub trait Transport: Clone + Send + Sync + 'static {
+    /// How this transport settles its deliveries.
+    type Acker: Acker;
+
+    /// Create the topology's queues/topics if missing (idempotent). A queue that exists
+    /// with different settings is an error, not silently reused.
+    fn declare(&self, topology: &Topology) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Start consuming the topology's work queue; at most `prefetch` unsettled deliveries
+    /// are handed out. Delayed retries come back through the same subscription.
+    fn subscribe(
+        &self,
+        topology: &Topology,
+        prefetch: usize,
+    ) -> impl Future<Output = Result<Subscription<Self::Acker>, TransportError>> + Send;
+
+    /// Publish to a queue/topic and return once the broker has confirmed it.
+    fn publish(&self, destination: &str, message: Message) -> impl Future<Output = Result<(), PublishError>> + Send;
+}
+
+/// A stream of deliveries. Dropping it stops consuming; unsettled deliveries return.
+#[derive(Debug)]
+pub struct Subscription<A> {
+    /// Fed by the transport's consumer task(s); closed when consuming ends for good.
+    receiver: mpsc::Receiver<Delivery<A>>,
+}
+
+impl<A> Subscription<A> {
+    /// A subscription fed through `receiver`.
+    pub fn new(receiver: mpsc::Receiver<Delivery<A>>) -> Self {
+        Self { receiver }
+    }
+
+    /// The next delivery; `None` once the transport has stopped for good.
+    pub async fn next(&mut self) -> Option<Delivery<A>> {
+        self.receiver.recv().await
+    }
+}
+
+/// The queues/topics a worker uses, named by the rules in `contract::naming`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    /// The work queue/topic requests arrive on.
+    pub queue: String,
+    /// Delayed-retry tiers, shortest first; each sends its messages back to `queue` after `delay`.
+    pub retry_tiers: Vec<RetryTier>,
+    /// Where terminal failures go.
+    pub dead_letter: String,
+    /// Where replay parks records that keep failing.
+    pub parking: String,
+    /// The default reply destination (for requests that name none).
+    pub replies: String,
+    /// Use a quorum queue for `queue` (RabbitMQ only).
+    pub quorum: bool,
+}
+
+/// One delayed-retry tier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryTier {
+    /// Queue/topic name of the tier.
+    pub name: String,
+    /// How long a message waits there before it is delivered again.
+    pub delay: Duration,
+}
+
+/// Why a publish was not confirmed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// No queue/topic of that name: the broker returned the message.
+    #[error("no queue or topic named `{0}`: the message was returned unroutable")]
+    Unroutable(String),
+    /// The broker refused the message (for example a full queue with `reject-publish`).
+    #[error("`{destination}` rejected the message: {reason}")]
+    Rejected {
+        /// The destination that refused.
+        destination: String,
+        /// What the broker said.
+        reason: String,
+    },
+    /// The broker could not be reached or the connection dropped before the confirm.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl PublishError {
+    /// Whether publishing the same message again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, Self::Unroutable(_))
+    }
+}
+
+/// A transport failure outside publishing.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Could not connect or lost the connection.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker has the topology, but with other settings than ours.
+    #[error("topology mismatch: {0}")]
+    TopologyMismatch(String),
+    /// Any other broker-side error.
+    #[error("{0}")]
+    Broker(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.queue)?;
+        if let Some(p) = self.partition {
+            write!(f, "[{p}]")?;
+        }
+        if let Some(o) = self.offset {
+            write!(f, "@{o}")?;
+        }
+        Ok(())
+    }
+}
