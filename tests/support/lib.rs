@@ -1,1 +1,4 @@
-//! Test support.
+//! Shared support for the black-box tests: broker harnesses for the contract suite,
+//! raw broker clients, and helpers that run the real worker binaries.
+
+pub mod rabbitmq;

@@ -8,6 +8,8 @@ use crate::{
     console,
     handler::Handler,
     shutdown,
+    transport::amqp::AmqpTransport,
+    worker,
 };
 
 /// Run `handler` as a worker process configured by flags and environment variables.
@@ -19,8 +21,10 @@ pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
     match settings.broker.clone() {
         Broker::Memory => console::run(settings, handler).await,
         Broker::Amqp(url) => {
-            let _ = (url, shutdown::signal);
-            anyhow::bail!("AMQP_PENDING")
+            let name = format!("{} {}", settings.worker, settings.instance);
+            let transport = AmqpTransport::connect(&url, &name).await?;
+            worker::run(settings, transport, handler, shutdown::signal()).await?;
+            Ok(())
         }
     }
 }

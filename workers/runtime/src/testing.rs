@@ -42,6 +42,8 @@ pub trait Harness: Send + Sync + 'static {
     fn receive(&self, queue: &str, timeout: Duration) -> impl Future<Output = Option<Message>> + Send;
     /// Drop every message waiting in `queue`.
     fn purge(&self, queue: &str) -> impl Future<Output = ()> + Send;
+    /// Remove queues a scenario created (brokers that keep state between tests).
+    fn delete(&self, queues: &[String]) -> impl Future<Output = ()> + Send;
 }
 
 /// The in-memory broker as a harness.
@@ -70,6 +72,8 @@ impl Harness for MemoryHarness {
     async fn purge(&self, queue: &str) {
         self.broker.purge(queue);
     }
+
+    async fn delete(&self, _queues: &[String]) {}
 }
 
 /// Generates one test per scenario: `contract_suite!(#[tokio::test] make_harness().await);`
@@ -202,6 +206,7 @@ impl<Hn: Harness> Run<Hn> {
     async fn stop(self) {
         self.stop.cancel();
         self.worker.await.expect("worker task").expect("worker ends cleanly");
+        self.harness.delete(&queues(&self.settings)).await;
     }
 
     fn dlq(&self) -> String {
@@ -248,6 +253,14 @@ impl<Hn: Harness> Run<Hn> {
     fn calls(&self, id: &str) -> Vec<Instant> {
         self.calls.lock().expect("call log").get(id).cloned().unwrap_or_default()
     }
+}
+
+/// Every queue a scenario's worker declared.
+fn queues(settings: &Settings) -> Vec<String> {
+    let topology = settings.topology();
+    let mut names = vec![topology.queue, topology.dead_letter, topology.parking, topology.replies];
+    names.extend(topology.retry_tiers.into_iter().map(|tier| tier.name));
+    names
 }
 
 fn header<'m>(message: &'m Message, name: &str) -> &'m str {
@@ -388,8 +401,10 @@ pub async fn unconfirmed_reply_redelivers_the_request<Hn: Harness>(harness: Hn) 
     harness.declare_queue(&replies, Some(1)).await;
     let filler = Message { payload: "filler".into(), ..Message::default() };
     harness.transport().await.publish(&replies, filler).await.expect("fill the capped queue");
-    let run = Run::start(harness, |s| s.replies = replies.clone()).await;
-    let id = run.send_script("echo", 0).await;
+    let run = Run::start(harness, |_| {}).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::json!({ "id": id, "op": "echo" }).to_string();
+    run.send(body, &[(h::CORRELATION_ID, &id), (h::REPLY_TO, &replies)]).await;
     // While the reply queue is full, the request keeps coming back.
     let deadline = Instant::now() + PATIENCE;
     while run.calls(&id).len() < 2 {
@@ -400,6 +415,7 @@ pub async fn unconfirmed_reply_redelivers_the_request<Hn: Harness>(harness: Hn) 
     run.harness.purge(&replies).await;
     let reply = run.harness.receive(&replies, PATIENCE).await.expect("the reply once there is room");
     assert_eq!(header(&reply, h::CORRELATION_ID), id);
+    run.harness.delete(std::slice::from_ref(&replies)).await;
     run.stop().await;
 }
 
@@ -433,6 +449,7 @@ pub async fn shutdown_loses_nothing_in_flight<Hn: Harness>(harness: Hn) {
     assert!(ids.iter().all(|id| answered.contains(id)));
     stop.cancel();
     worker.await.expect("worker task").expect("clean stop");
+    harness.delete(&queues(&settings)).await;
 }
 
 /// A request whose deadline passed is not processed: it is dead-lettered as `expired`.

@@ -5,6 +5,7 @@
 //! offset once a message and every earlier one of its partition is settled. Either way
 //! the runtime settles each [`Delivery`] once, after its output is confirmed.
 
+pub mod amqp;
 pub mod memory;
 
 use std::{fmt, future::Future, time::Duration};

@@ -1,0 +1,126 @@
+//! Our [`Message`] ↔ AMQP properties and headers table.
+//!
+//! Every contract header travels in the headers table as a long string. The AMQP
+//! properties `message_id`, `correlation_id`, `reply_to` and `content_type` mirror the
+//! matching headers, and fill them in when a producer sets only the property. Header
+//! values that are not text are converted to text (numbers, booleans); tables and arrays
+//! (such as the broker's own `x-death`) are not carried over.
+
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+use crate::{
+    contract::headers::{self as h, Headers},
+    transport::Message,
+};
+
+/// AMQP delivery mode 2: the broker writes the message to disk.
+const PERSISTENT: u8 = 2;
+
+/// Properties and headers for publishing `message`.
+pub(super) fn properties(message: &Message) -> BasicProperties {
+    let mut table = FieldTable::default();
+    for (name, value) in &message.headers {
+        if let Ok(name) = ShortString::try_new(name.clone()) {
+            table.insert(name, AMQPValue::LongString(LongString::from(value.as_bytes())));
+        }
+    }
+    let short = |name: &str| message.headers.get(name).and_then(|v| ShortString::try_new(v.clone()).ok());
+    let mut props = BasicProperties::default().with_delivery_mode(PERSISTENT).with_headers(table);
+    if let Some(v) = short(h::MESSAGE_ID) {
+        props = props.with_message_id(v);
+    }
+    if let Some(v) = short(h::CORRELATION_ID) {
+        props = props.with_correlation_id(v);
+    }
+    if let Some(v) = short(h::REPLY_TO) {
+        props = props.with_reply_to(v);
+    }
+    props.with_content_type(short(h::CONTENT_TYPE).unwrap_or_else(|| ShortString::from(h::JSON)))
+}
+
+/// Our headers from a received message's properties; never fails, whatever the producer sent.
+pub fn headers(props: &BasicProperties) -> Headers {
+    let mut headers = Headers::new();
+    if let Some(table) = props.headers() {
+        for (name, value) in table.inner() {
+            if let Some(text) = text(value) {
+                headers.insert(name.as_str().to_owned(), text);
+            }
+        }
+    }
+    let mut fill = |name: &str, value: &Option<ShortString>| {
+        if let Some(value) = value {
+            headers.entry(name.to_owned()).or_insert_with(|| value.as_str().to_owned());
+        }
+    };
+    fill(h::MESSAGE_ID, props.message_id());
+    fill(h::CORRELATION_ID, props.correlation_id());
+    fill(h::REPLY_TO, props.reply_to());
+    fill(h::CONTENT_TYPE, props.content_type());
+    headers
+}
+
+fn text(value: &AMQPValue) -> Option<String> {
+    Some(match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Float(n) => n.to_string(),
+        AMQPValue::Double(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        AMQPValue::ByteArray(bytes) => String::from_utf8_lossy(bytes.as_slice()).into_owned(),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_through_properties() {
+        let mut message = Message::default();
+        for (k, v) in [(h::CORRELATION_ID, "c-1"), (h::REPLY_TO, "x.replies"), ("custom", "héllo")] {
+            message.headers.insert(k.into(), v.into());
+        }
+        let props = properties(&message);
+        assert_eq!(props.correlation_id().as_ref().map(ShortString::as_str), Some("c-1"));
+        assert_eq!(props.delivery_mode(), &Some(PERSISTENT));
+        let back = headers(&props);
+        assert_eq!(back.get("custom").map(String::as_str), Some("héllo"));
+        assert_eq!(back.get(h::CONTENT_TYPE).map(String::as_str), Some(h::JSON));
+    }
+
+    #[test]
+    fn properties_fill_missing_headers_and_garbage_does_not_panic() {
+        let mut table = FieldTable::default();
+        table.insert("n".into(), AMQPValue::LongLongInt(-5));
+        table.insert("bin".into(), AMQPValue::LongString(LongString::from(&b"\xff\x00"[..])));
+        table.insert("nested".into(), AMQPValue::FieldTable(FieldTable::default()));
+        let props = BasicProperties::default().with_headers(table).with_reply_to("r.replies".into());
+        let back = headers(&props);
+        assert_eq!(back.get("n").map(String::as_str), Some("-5"));
+        assert_eq!(back.get("bin").map(String::as_str), Some("\u{fffd}\u{0}"));
+        assert!(!back.contains_key("nested"));
+        assert_eq!(back.get(h::REPLY_TO).map(String::as_str), Some("r.replies"));
+    }
+
+    #[test]
+    fn overlong_values_are_kept_in_the_table_only() {
+        let mut message = Message::default();
+        message.headers.insert(h::CORRELATION_ID.into(), "x".repeat(300));
+        let props = properties(&message);
+        assert!(props.correlation_id().is_none());
+        assert_eq!(headers(&props).get(h::CORRELATION_ID).map(String::len), Some(300));
+    }
+}
