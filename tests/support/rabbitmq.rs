@@ -91,3 +91,177 @@ impl Harness for RabbitHarness {
 pub async fn publish(transport: &AmqpTransport, queue: &str, message: Message) {
     transport.publish(queue, message).await.expect("publish");
 }
+
+/// A plain lapin client, as a producer in another language would use the broker.
+#[derive(Debug)]
+pub struct RawClient {
+    /// Kept open for the client's lifetime.
+    _connection: lapin::Connection,
+    /// Confirm-mode channel for publishing and reading.
+    pub channel: Channel,
+}
+
+impl RawClient {
+    /// Connect to the test broker.
+    pub async fn connect() -> Self {
+        let connection =
+            lapin::Connection::connect(&url(), lapin::ConnectionProperties::default()).await.expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        channel.confirm_select(Default::default()).await.expect("confirms");
+        Self { _connection: connection, channel }
+    }
+
+    /// Declare a plain durable queue (for replies).
+    pub async fn declare(&self, queue: &str) {
+        topology::declare_queue(&self.channel, queue, FieldTable::default()).await.expect("declare");
+    }
+
+    /// Publish raw bytes with raw properties and wait for the confirm.
+    pub async fn publish(&self, queue: &str, payload: &[u8], properties: lapin::BasicProperties) {
+        let confirm = self
+            .channel
+            .basic_publish("".into(), queue.into(), Default::default(), payload, properties)
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "broker refused the publish");
+    }
+
+    /// Publish `n` greeter requests (ids `<prefix>-<i>`) with replies to `reply_to`,
+    /// pipelining confirms in batches.
+    pub async fn publish_greetings(&self, queue: &str, reply_to: &str, prefix: &str, n: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for batch in (0..n).collect::<Vec<_>>().chunks(500) {
+            let mut confirms = Vec::with_capacity(batch.len());
+            for i in batch {
+                let id = format!("{prefix}-{i}");
+                let body = format!(r#"{{"message":"{id}"}}"#);
+                let props = lapin::BasicProperties::default()
+                    .with_correlation_id(id.as_str().into())
+                    .with_reply_to(reply_to.into())
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2);
+                confirms.push(
+                    self.channel
+                        .basic_publish("".into(), queue.into(), Default::default(), body.as_bytes(), props)
+                        .await
+                        .expect("publish"),
+                );
+                ids.push(id);
+            }
+            for confirm in confirms {
+                assert!(confirm.await.expect("confirm").is_ack());
+            }
+        }
+        ids
+    }
+
+    /// Count replies on `queue` until `expected` distinct correlation ids arrived,
+    /// `stop_early` says so, or `patience` passed without a reply.
+    pub async fn collect_replies(
+        &self,
+        queue: &str,
+        expected: usize,
+        replies: &mut Replies,
+        patience: Duration,
+        stop_early: impl Fn(&Replies) -> bool,
+    ) {
+        use futures::StreamExt;
+        // Manual acks: a reply is removed only once counted, so stopping early loses none.
+        self.channel.basic_qos(500, Default::default()).await.expect("qos");
+        let mut consumer = self
+            .channel
+            .basic_consume(queue.into(), "".into(), Default::default(), FieldTable::default())
+            .await
+            .expect("consume");
+        while replies.by_id.len() < expected && !stop_early(replies) {
+            match tokio::time::timeout(patience, consumer.next()).await {
+                Ok(Some(Ok(delivery))) => {
+                    delivery.ack(BasicAckOptions::default()).await.expect("ack reply");
+                    let headers = courier::transport::amqp::headers(&delivery.properties);
+                    let get = |name: &str| headers.get(name).cloned().unwrap_or_default();
+                    *replies.by_id.entry(get(courier::contract::headers::CORRELATION_ID)).or_default() += 1;
+                    *replies.by_instance.entry(get(courier::contract::headers::REPLIED_BY)).or_default() += 1;
+                }
+                Ok(other) => panic!("reply consumer ended: {other:?}"),
+                Err(_) => break,
+            }
+        }
+        let _ = self.channel.basic_cancel(consumer.tag(), Default::default()).await;
+        // Deliveries already buffered after the cancel go back to the queue.
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(Duration::from_millis(50), consumer.next()).await {
+            let _ = delivery.nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() }).await;
+        }
+    }
+
+    /// Messages waiting in `queue`.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        self.channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .expect("passive declare")
+            .message_count()
+    }
+}
+
+/// Replies seen, by correlation id and by the instance that sent them.
+#[derive(Debug, Default)]
+pub struct Replies {
+    /// Reply count per correlation id (more than 1 = duplicate).
+    pub by_id: std::collections::HashMap<String, usize>,
+    /// Reply count per `courier-replied-by`.
+    pub by_instance: std::collections::HashMap<String, usize>,
+}
+
+impl Replies {
+    /// Replies beyond the first per request.
+    pub fn duplicates(&self) -> usize {
+        self.by_id.values().map(|n| n - 1).sum()
+    }
+
+    /// Ids in `ids` without a reply.
+    pub fn missing<'a>(&self, ids: &'a [String]) -> Vec<&'a String> {
+        ids.iter().filter(|id| !self.by_id.contains_key(*id)).collect()
+    }
+}
+
+/// How long the black-box tests wait for progress.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+/// The greeter's concurrency (and prefetch) in the black-box tests.
+pub const CONCURRENCY: usize = 64;
+
+/// Unique work and reply queue names for one test.
+pub fn names(test: &str) -> (String, String) {
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    (format!("{test}-{id}.requests"), format!("{test}-{id}.replies"))
+}
+
+/// Start the greeter binary on the test broker (`label` names its instance and log).
+pub fn greeter(label: &str, queue: &str, replies: &str, extra: &[&str]) -> crate::process::Process {
+    let url = url();
+    let concurrency = CONCURRENCY.to_string();
+    let mut args = vec!["--broker", &url, "--queue", queue, "--replies", replies, "--instance", label];
+    args.extend(["--retry-delays", "1s", "--shutdown-grace", "5s"]);
+    if !extra.contains(&"--concurrency") {
+        args.extend(["--concurrency", &concurrency]);
+    }
+    args.extend_from_slice(extra);
+    let mut process = crate::process::Process::start("greeter", label, &args, &[]);
+    process.wait_for_log("Consuming.", PATIENCE);
+    process
+}
+
+/// Delete the queues a greeter test used.
+pub async fn cleanup(queue: &str, replies: &str) {
+    let harness = RabbitHarness::new().await;
+    let names = [
+        queue.to_owned(),
+        replies.to_owned(),
+        format!("{queue}.dlq"),
+        format!("{queue}.parking"),
+        format!("{queue}.retry.1s"),
+    ];
+    harness.delete(&names).await;
+}

@@ -217,7 +217,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         payload: Vec<u8>,
         invocations: u32,
     ) -> Settle {
-        let mut headers = reply_headers(meta);
+        let mut headers = reply_headers(meta, &self.settings.instance);
         headers.insert(h::STATUS.into(), "ok".into());
         let message = Message { payload: payload.into(), headers, key: request.key.clone() };
         match self.publish(reply_to, message).await {
@@ -296,7 +296,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let text = truncate(&failure.message, h::MAX_ERROR_MESSAGE_BYTES);
         let body =
             serde_json::json!({ "error": { "kind": failure.kind.as_str(), "code": failure.code, "message": text } });
-        let mut headers = reply_headers(meta);
+        let mut headers = reply_headers(meta, &self.settings.instance);
         headers.insert(h::STATUS.into(), "error".into());
         headers.insert(h::ERROR_CODE.into(), failure.code.clone());
         headers.insert(h::ERROR_MESSAGE.into(), text.to_owned());
@@ -361,9 +361,10 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     }
 }
 
-/// Headers every reply carries: correlation id, content type, trace context, a new id.
-fn reply_headers(meta: &RequestMeta) -> Headers {
+/// Headers every reply carries: correlation id, content type, trace context, a new id, who replied.
+fn reply_headers(meta: &RequestMeta, instance: &str) -> Headers {
     let mut headers = Headers::new();
+    headers.insert(h::REPLIED_BY.into(), instance.to_owned());
     headers.insert(h::CORRELATION_ID.into(), meta.correlation_id.clone());
     headers.insert(h::MESSAGE_ID.into(), uuid::Uuid::new_v4().to_string());
     headers.insert(h::CONTENT_TYPE.into(), h::JSON.into());

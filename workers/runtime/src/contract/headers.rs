@@ -28,6 +28,8 @@ pub const ATTEMPT: &str = "courier-attempt";
 /// How often an operator replayed this message from a dead-letter queue.
 pub const REPLAY_COUNT: &str = "courier-replay-count";
 
+/// On a reply: the worker instance that produced it (for operators and load checks).
+pub const REPLIED_BY: &str = "courier-replied-by";
 /// Reply status: `ok` or `error`.
 pub const STATUS: &str = "courier-status";
 /// On an error reply: the failure code (see `schemas/README.md`).

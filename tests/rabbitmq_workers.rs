@@ -1,0 +1,114 @@
+//! The greeter binary against the local RabbitMQ: kill -9 mid-load, competing
+//! consumers, malformed input from a raw client.
+
+use courier::{contract::headers as h, testing::Harness};
+use courier_tests::rabbitmq::{RabbitHarness, RawClient, Replies};
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+use courier_tests::rabbitmq::{CONCURRENCY, PATIENCE, cleanup, greeter, names};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_load_loses_nothing() {
+    let (queue, replies) = names("kill9");
+    let client = RawClient::connect().await;
+    client.declare(&queue).await;
+    client.declare(&replies).await;
+    let mut first = greeter("kill9-a", &queue, &replies, &[]);
+    let ids = client.publish_greetings(&queue, &replies, "k", 10_000).await;
+    let mut seen = Replies::default();
+    client.collect_replies(&replies, ids.len(), &mut seen, PATIENCE, |r| r.by_id.len() >= 2_000).await;
+    assert!(seen.by_id.len() >= 2_000, "the first worker made progress:\n{}", first.tail());
+    first.kill9();
+    let answered_before = seen.by_id.len();
+
+    let mut second = greeter("kill9-b", &queue, &replies, &[]);
+    client.collect_replies(&replies, ids.len(), &mut seen, PATIENCE, |_| false).await;
+    let missing = seen.missing(&ids);
+    println!(
+        "kill -9 after {answered_before} replies: {} of {} answered, {} lost, {} duplicates",
+        seen.by_id.len(),
+        ids.len(),
+        missing.len(),
+        seen.duplicates()
+    );
+    assert!(
+        missing.is_empty(),
+        "lost {} requests, e.g. {:?}\n{}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        second.tail()
+    );
+    assert!(seen.duplicates() <= CONCURRENCY + 1, "duplicates beyond the in-flight window: {}", seen.duplicates());
+    assert!(second.terminate(), "SIGTERM ends the worker cleanly:\n{}", second.tail());
+    cleanup(&queue, &replies).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_one_queue() {
+    let (queue, replies) = names("compete");
+    let client = RawClient::connect().await;
+    client.declare(&queue).await;
+    client.declare(&replies).await;
+    let mut a = greeter("compete-a", &queue, &replies, &["--concurrency", "4"]);
+    let mut b = greeter("compete-b", &queue, &replies, &["--concurrency", "4"]);
+    let ids = client.publish_greetings(&queue, &replies, "c", 2_000).await;
+    let mut seen = Replies::default();
+    client.collect_replies(&replies, ids.len(), &mut seen, PATIENCE, |_| false).await;
+    assert!(seen.missing(&ids).is_empty());
+    println!("competing consumers: {:?}", seen.by_instance);
+    for instance in ["compete-a", "compete-b"] {
+        let share = seen.by_instance.get(instance).copied().unwrap_or_default();
+        assert!(share >= ids.len() / 5, "{instance} handled only {share} of {}", ids.len());
+    }
+    assert!(a.terminate() && b.terminate());
+    cleanup(&queue, &replies).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_is_dead_lettered_and_the_worker_survives() {
+    let (queue, replies) = names("malformed");
+    let dlq = format!("{queue}.dlq");
+    let client = RawClient::connect().await;
+    client.declare(&queue).await;
+    client.declare(&replies).await;
+    let mut worker = greeter("malformed", &queue, &replies, &[]);
+    let harness = RabbitHarness::new().await;
+
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes()));
+    let mut garbage = FieldTable::default();
+    garbage.insert(h::ATTEMPT.into(), AMQPValue::FieldTable(FieldTable::default()));
+    garbage.insert(h::DEADLINE.into(), AMQPValue::LongLongInt(-1));
+    let mut bad_attempt = FieldTable::default();
+    bad_attempt.insert(h::ATTEMPT.into(), text("zero"));
+    let ten_mb = format!(r#"{{"message":"{}"}}"#, "x".repeat(10 * 1024 * 1024));
+    let plain = BasicProperties::default;
+    let cases: Vec<(&str, Vec<u8>, BasicProperties, &str)> = vec![
+        ("not json", b"hello?".to_vec(), plain(), "decode"),
+        ("wrong schema", br#"{"msg": 1}"#.to_vec(), plain(), "schema"),
+        ("too long a message", format!(r#"{{"message":"{}"}}"#, "y".repeat(1001)).into_bytes(), plain(), "schema"),
+        ("10 MB", ten_mb.into_bytes(), plain(), "too-large"),
+        ("garbage headers", br#"{"message":"x"}"#.to_vec(), plain().with_headers(garbage), "decode"),
+        ("bad attempt header", br#"{"message":"x"}"#.to_vec(), plain().with_headers(bad_attempt), "decode"),
+        ("xml content type", br#"{"message":"x"}"#.to_vec(), plain().with_content_type("text/xml".into()), "decode"),
+    ];
+    for (what, payload, properties, kind) in cases {
+        client.publish(&queue, &payload, properties).await;
+        let record = harness
+            .receive(&dlq, PATIENCE)
+            .await
+            .unwrap_or_else(|| panic!("{what}: no dead letter\n{}", worker.tail()));
+        assert_eq!(record.headers.get(h::FAILURE_KIND).map(String::as_str), Some(kind), "{what}");
+        assert_eq!(record.payload.len(), payload.len(), "{what}: payload kept");
+        assert!(worker.running(), "{what}: the worker is still running");
+    }
+    let ids = client.publish_greetings(&queue, &replies, "after", 1).await;
+    let mut seen = Replies::default();
+    // Error replies for the malformed requests (no correlation id) come first.
+    client.collect_replies(&replies, usize::MAX, &mut seen, PATIENCE, |r| r.by_id.contains_key(&ids[0])).await;
+    assert!(seen.missing(&ids).is_empty(), "still serving after malformed input\n{}", worker.tail());
+    assert!(worker.terminate());
+    cleanup(&queue, &replies).await;
+}
