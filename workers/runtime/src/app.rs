@@ -16,8 +16,10 @@ use crate::{
 /// Without `--broker` it runs on the embedded in-memory broker with the dev console.
 pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
     let args = WorkerArgs::parse();
-    init_logging(&args.log_format);
     let settings = args.settings(H::NAME)?;
+    // The console owns the terminal: only warnings and errors are logged beside it.
+    let default_level = if settings.broker == Broker::Memory { "warn" } else { "info" };
+    init_logging(&args.log_format, default_level);
     match settings.broker.clone() {
         Broker::Memory => console::run(settings, handler).await,
         Broker::Amqp(url) => {
@@ -30,10 +32,10 @@ pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr: human-readable text, or one JSON object per line. `RUST_LOG`
-/// filters (default `info`).
-pub fn init_logging(format: &str) {
+/// filters (default `default_level`).
+pub fn init_logging(format: &str, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = if format == "json" { builder.json().try_init() } else { builder.try_init() };
     if let Err(error) = result {

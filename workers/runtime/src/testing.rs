@@ -339,6 +339,9 @@ pub async fn permanent_failure_is_dead_lettered<Hn: Harness>(harness: Hn) {
     let reply = run.reply().await;
     assert_eq!(header(&reply, h::STATUS), "error");
     assert_eq!(header(&reply, h::ERROR_CODE), "scripted_permanent");
+    let envelope = include_str!("../../../schemas/envelope/error-reply.schema.json");
+    let envelope = crate::schema::RequestSchema::compile(envelope).expect("envelope schema");
+    envelope.decode::<serde_json::Value>(&reply.payload).expect("the error reply matches its documented schema");
     assert_eq!(header(&reply, h::CORRELATION_ID), id);
     run.stop().await;
 }

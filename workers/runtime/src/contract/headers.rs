@@ -78,6 +78,35 @@ pub const FAILURE_HEADERS: [&str; 12] = [
     FAILURE_INSTANCE,
 ];
 
+/// Every header the contract defines (the documentation test checks each is in `schemas/README.md`).
+pub const ALL: [&str; 25] = [
+    MESSAGE_ID,
+    CORRELATION_ID,
+    REPLY_TO,
+    CONTENT_TYPE,
+    DEADLINE,
+    TRACEPARENT,
+    TRACESTATE,
+    ATTEMPT,
+    REPLAY_COUNT,
+    REPLIED_BY,
+    STATUS,
+    ERROR_CODE,
+    ERROR_MESSAGE,
+    FAILURE_KIND,
+    FAILURE_CODE,
+    FAILURE_MESSAGE,
+    FAILURE_FINGERPRINT,
+    FAILURE_SOURCE,
+    FAILURE_PARTITION,
+    FAILURE_OFFSET,
+    FAILURE_ATTEMPTS,
+    FAILURE_FIRST_AT,
+    FAILURE_LAST_AT,
+    FAILURE_WORKER,
+    FAILURE_INSTANCE,
+];
+
 /// Error messages in headers are cut to this many bytes (at a character boundary).
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 
@@ -240,6 +269,17 @@ mod tests {
         for (name, value) in cases {
             let err = RequestMeta::parse(&headers(&[(name, value)])).expect_err(value);
             assert_eq!(err.name, name);
+        }
+    }
+
+    #[test]
+    fn every_header_and_kind_is_documented() {
+        let doc = include_str!("../../../../schemas/README.md");
+        for name in ALL {
+            assert!(doc.contains(&format!("`{name}`")), "{name} is missing from schemas/README.md");
+        }
+        for kind in crate::contract::failure::FailureKind::ALL {
+            assert!(doc.contains(&format!("`{kind}`")), "kind {kind} is missing from schemas/README.md");
         }
     }
 

@@ -1,0 +1,60 @@
+//! `courier`: the operators' command-line tool.
+
+use clap::{Parser, Subcommand};
+use courier::{
+    WorkerArgs,
+    config::Broker,
+    transport::{Transport, amqp::AmqpTransport},
+};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Courier operations: topology and dead-letter queues.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Queues/topics of a worker.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopologyCommand {
+    /// Create (idempotently) every queue a worker with these flags uses; fails with a
+    /// clear message when one exists with other settings.
+    Declare {
+        /// The worker's name (default queue names derive from it).
+        #[arg(long, env = "COURIER_WORKER")]
+        worker: String,
+        #[command(flatten)]
+        args: WorkerArgs,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Topology(TopologyCommand::Declare { worker, args }) => {
+            courier::app::init_logging(&args.log_format, "warn");
+            let settings = args.settings(&worker)?;
+            let Broker::Amqp(url) = &settings.broker else {
+                anyhow::bail!("--broker is required: the in-memory broker has no topology to declare");
+            };
+            let topology = settings.topology();
+            let transport = AmqpTransport::connect(url, "courier topology").await?;
+            transport.declare(&topology).await?;
+            println!("declared: {}", topology.queue);
+            for tier in &topology.retry_tiers {
+                println!("declared: {} (delay {:?}, back to {})", tier.name, tier.delay, topology.queue);
+            }
+            for name in [&topology.dead_letter, &topology.parking, &topology.replies] {
+                println!("declared: {name}");
+            }
+            Ok(())
+        }
+    }
+}
