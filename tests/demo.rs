@@ -23,7 +23,9 @@ fn the_demo_answers_and_dead_letters_with_reasons() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains(r#"reply ok: {"result":"Hello, world"}"#), "{stdout}");
-    for expected in ["kind=permanent code=empty_message", "kind=decode code=invalid_json", "kind=schema code=schema_violation"] {
+    for expected in
+        ["kind=permanent code=empty_message", "kind=decode code=invalid_json", "kind=schema code=schema_violation"]
+    {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
     assert!(stdout.contains("3 record(s) in greeter.requests.dlq"), "{stdout}");

@@ -1,5 +1,6 @@
 //! Shared support for the black-box tests: broker harnesses for the contract suite,
 //! raw broker clients, and helpers that run the real worker binaries.
 
+pub mod measure;
 pub mod process;
 pub mod rabbitmq;

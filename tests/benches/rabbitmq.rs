@@ -1,0 +1,149 @@
+//! RabbitMQ benchmark: the raw lapin pipe (`bench/raw_amqp_pipe.rs`) and the greeter
+//! worker, one after the other on the local broker, with the same prefetch, persistence
+//! and confirms. Prints throughput, CPU per 10k messages, latency at half the peak rate
+//! and peak RSS, with the worker's ratio to the raw pipe.
+//!
+//! Run with `scripts/bench` (builds the release greeter first).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use courier_tests::{
+    measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_table},
+    process::Process,
+    rabbitmq::{RawClient, cleanup, names, url},
+};
+use futures::StreamExt;
+use lapin::{BasicProperties, options::BasicConsumeOptions, types::FieldTable};
+
+const MESSAGES: usize = 30_000;
+const PREFETCH: &str = "64";
+const LATENCY_PHASE: Duration = Duration::from_secs(4);
+
+#[tokio::main]
+async fn main() {
+    let rows = vec![run("raw lapin pipe", "raw-amqp-pipe").await, run("greeter worker", "greeter").await];
+    print_table(
+        &format!(
+            "RabbitMQ ({MESSAGES} persistent messages, prefetch {PREFETCH}, confirms; latency at half the peak rate)"
+        ),
+        &rows,
+    );
+}
+
+async fn run(name: &str, binary: &str) -> Figures {
+    let (queue, replies) = names("bench");
+    let client = RawClient::connect().await;
+    client.declare(&queue).await;
+    client.declare(&replies).await;
+    client.publish_greetings(&queue, &replies, "t", MESSAGES).await;
+
+    let url = url();
+    let args: Vec<&str> = if binary == "greeter" {
+        vec![
+            "--broker",
+            &url,
+            "--queue",
+            &queue,
+            "--replies",
+            &replies,
+            "--concurrency",
+            PREFETCH,
+            "--retry-delays",
+            "",
+        ]
+    } else {
+        vec![&url, &queue, PREFETCH]
+    };
+    let mut process = Process::start(binary, &format!("bench-{binary}"), &args, &[("RUST_LOG", "warn")]);
+    let pid = process.pid();
+
+    // Throughput: the backlog is drained; time from the first reply to the last.
+    let consumer = client
+        .channel
+        .basic_consume(
+            replies.as_str().into(),
+            "".into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume replies");
+    let mut consumer = consumer;
+    consumer.next().await.expect("first reply").expect("delivery");
+    let (start, cpu_start) = (Instant::now(), cpu_seconds(pid));
+    for _ in 1..MESSAGES {
+        consumer.next().await.expect("reply").expect("delivery");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu_start;
+    let rate = (MESSAGES - 1) as f64 / elapsed;
+    let cpu_per_10k = cpu / (MESSAGES - 1) as f64 * 10_000.0;
+
+    // Latency at half the peak rate.
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let latencies = {
+        let sent = Arc::clone(&sent);
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while let Ok(Some(Ok(reply))) = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
+                let id = reply.properties.correlation_id().as_ref().map(|s| s.as_str().to_owned()).unwrap_or_default();
+                if let Some(at) = sent.lock().expect("sent").remove(&id) {
+                    latencies.push(at.elapsed());
+                }
+            }
+            latencies
+        })
+    };
+    let total = (rate / 2.0 * LATENCY_PHASE.as_secs_f64()) as usize;
+    let interval = Duration::from_secs_f64(LATENCY_PHASE.as_secs_f64() / total as f64);
+    let phase_start = Instant::now();
+    let mut confirms = Vec::new();
+    for i in 0..total {
+        let due = phase_start + interval * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let id = format!("lat-{i}");
+        let props = BasicProperties::default()
+            .with_correlation_id(id.as_str().into())
+            .with_reply_to(replies.as_str().into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        sent.lock().expect("sent").insert(id.clone(), Instant::now());
+        let body = format!(r#"{{"message":"{id}"}}"#);
+        confirms.push(
+            client
+                .channel
+                .basic_publish("".into(), queue.as_str().into(), Default::default(), body.as_bytes(), props)
+                .await
+                .expect("publish"),
+        );
+        if confirms.len() >= 256 {
+            for confirm in confirms.drain(..) {
+                confirm.await.expect("confirm");
+            }
+        }
+    }
+    for confirm in confirms {
+        confirm.await.expect("confirm");
+    }
+    let mut latencies = latencies.await.expect("latency task");
+    let rss_mib = peak_rss_mib(pid);
+    assert!(process.running(), "{name} died:\n{}", process.tail());
+    process.terminate();
+    cleanup(&queue, &replies).await;
+    let answered = latencies.len();
+    assert!(answered * 100 >= total * 99, "{name}: only {answered} of {total} latency probes answered");
+    Figures {
+        name: name.to_owned(),
+        rate,
+        cpu_per_10k,
+        p50: percentile(&mut latencies, 50.0),
+        p99: percentile(&mut latencies, 99.0),
+        rss_mib,
+    }
+}

@@ -1,0 +1,83 @@
+//! Process measurements for the benchmarks: CPU time and peak memory from /proc, and
+//! latency percentiles.
+
+use std::time::Duration;
+
+/// CPU seconds (user + system) the process `pid` used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    ticks / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Peak resident memory of `pid` in MiB (VmHWM).
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// The `p`-th percentile (0–100) of `samples` (sorted in place).
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+/// One benchmarked pipe's figures.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    /// Name in the table.
+    pub name: String,
+    /// Messages per second at full speed.
+    pub rate: f64,
+    /// CPU seconds per 10,000 messages.
+    pub cpu_per_10k: f64,
+    /// Median request→reply latency at half the peak rate.
+    pub p50: Duration,
+    /// 99th percentile latency at half the peak rate.
+    pub p99: Duration,
+    /// Peak RSS in MiB.
+    pub rss_mib: f64,
+}
+
+/// Print figures as a Markdown table, with each row's ratio to the first (the baseline).
+pub fn print_table(title: &str, rows: &[Figures]) {
+    println!("\n{title}\n");
+    println!(
+        "| pipe | msg/s | CPU s / 10k msg | p50 latency | p99 latency | peak RSS | throughput vs raw | CPU vs raw |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let base = rows.first().cloned().unwrap_or_default();
+    for row in rows {
+        println!(
+            "| {} | {:.0} | {:.3} | {:.1} ms | {:.1} ms | {:.1} MiB | {:.2}x | {:.2}x |",
+            row.name,
+            row.rate,
+            row.cpu_per_10k,
+            row.p50.as_secs_f64() * 1e3,
+            row.p99.as_secs_f64() * 1e3,
+            row.rss_mib,
+            row.rate / base.rate,
+            row.cpu_per_10k / base.cpu_per_10k,
+        );
+    }
+}
