@@ -89,7 +89,7 @@ impl Harness for RabbitHarness {
 
 /// Publish `message` to `queue` with the transport (confirmed).
 pub async fn publish(transport: &AmqpTransport, queue: &str, message: Message) {
-    transport.publish(queue, message).await.expect("publish");
+    transport.publish(queue, &message).await.expect("publish");
 }
 
 /// A plain lapin client, as a producer in another language would use the broker.

@@ -71,7 +71,7 @@ async fn request(broker: &MemoryBroker, queue: &str, dead_letters: &str, payload
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    broker.publish(queue, Message { payload: payload.to_owned().into(), headers, key: None }).await?;
+    broker.publish(queue, &Message { payload: payload.to_owned().into(), headers, key: None }).await?;
     let deadline = tokio::time::Instant::now() + REPLY_WAIT;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

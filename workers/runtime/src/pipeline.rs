@@ -346,13 +346,13 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     async fn publish(&self, destination: &str, message: Message) -> Result<(), PublishError> {
         const PUBLISH_BACKOFF: [Duration; 3] =
             [Duration::from_millis(50), Duration::from_millis(200), Duration::from_millis(800)];
-        let mut result = self.transport.publish(destination, message.clone()).await;
+        let mut result = self.transport.publish(destination, &message).await;
         for delay in PUBLISH_BACKOFF {
             match &result {
                 Err(error) if error.is_transient() => {
                     debug!(%error, destination, ?delay, "Publish not confirmed; trying again.");
                     tokio::time::sleep(delay).await;
-                    result = self.transport.publish(destination, message.clone()).await;
+                    result = self.transport.publish(destination, &message).await;
                 }
                 _ => break,
             }

@@ -226,7 +226,7 @@ impl<Hn: Harness> Run<Hn> {
         }
         let message = Message { payload: payload.into(), headers, key: Some(id.clone()) };
         let transport = self.harness.transport().await;
-        transport.publish(&self.settings.queue, message).await.expect("publish request");
+        transport.publish(&self.settings.queue, &message).await.expect("publish request");
         id
     }
 
@@ -403,7 +403,7 @@ pub async fn unconfirmed_reply_redelivers_the_request<Hn: Harness>(harness: Hn) 
     let replies = format!("full-{}.replies", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     harness.declare_queue(&replies, Some(1)).await;
     let filler = Message { payload: "filler".into(), ..Message::default() };
-    harness.transport().await.publish(&replies, filler).await.expect("fill the capped queue");
+    harness.transport().await.publish(&replies, &filler).await.expect("fill the capped queue");
     let run = Run::start(harness, |_| {}).await;
     let id = uuid::Uuid::new_v4().to_string();
     let body = serde_json::json!({ "id": id, "op": "echo" }).to_string();

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use super::{Acker, Delivery, Message, PublishError, Source, Subscription, Topology, Transport, TransportError};
 
@@ -176,30 +176,23 @@ impl Transport for MemoryBroker {
         topology: &Topology,
         _prefetch: usize,
     ) -> Result<Subscription<MemoryAcker>, TransportError> {
-        // Capacity 1: the worker's own semaphore bounds what is in flight; this bounds
-        // what waits in between, so a full worker leaves messages in the queue.
-        let (sender, receiver) = mpsc::channel(1);
         let broker = self.clone();
         let queue = topology.queue.clone();
-        tokio::spawn(async move {
-            while let Ok(slot) = sender.reserve().await {
-                let stored = tokio::select! {
-                    stored = broker.next(&queue) => stored,
-                    () = slot_closed(&sender) => break,
-                };
-                let delivery = Delivery {
-                    source: Source { queue: queue.clone(), partition: None, offset: None },
-                    redelivered: stored.redelivered,
-                    message: stored.message.clone(),
-                    acker: MemoryAcker { broker: broker.clone(), queue: queue.clone(), stored: Some(stored) },
-                };
-                slot.send(delivery);
-            }
+        // Pops only when polled: the worker polls only when it has room for a message.
+        let stream = futures::stream::unfold((broker, queue), |(broker, queue)| async move {
+            let stored = broker.next(&queue).await;
+            let delivery = Delivery {
+                source: Source { queue: queue.clone(), partition: None, offset: None },
+                redelivered: stored.redelivered,
+                message: stored.message.clone(),
+                acker: MemoryAcker { broker: broker.clone(), queue: queue.clone(), stored: Some(stored) },
+            };
+            Some((delivery, (broker, queue)))
         });
-        Ok(Subscription::new(receiver))
+        Ok(Subscription::new(stream))
     }
 
-    async fn publish(&self, destination: &str, message: Message) -> Result<(), PublishError> {
+    async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
         let delay = {
             let state = self.lock();
             let Some(queue) = state.get(destination) else {
@@ -213,7 +206,7 @@ impl Transport for MemoryBroker {
             }
             queue.delay.as_ref().map(|(delay, _)| *delay)
         };
-        self.enqueue(destination, Stored { message, redelivered: false }, false);
+        self.enqueue(destination, Stored { message: message.clone(), redelivered: false }, false);
         if let Some(delay) = delay {
             let broker = self.clone();
             let tier = destination.to_owned();
@@ -224,10 +217,6 @@ impl Transport for MemoryBroker {
         }
         Ok(())
     }
-}
-
-async fn slot_closed<T>(sender: &mpsc::Sender<T>) {
-    sender.closed().await;
 }
 
 /// Settles one in-memory delivery; dropping it unsettled requeues the message.

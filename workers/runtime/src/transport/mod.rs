@@ -8,10 +8,10 @@
 pub mod amqp;
 pub mod memory;
 
-use std::{fmt, future::Future, time::Duration};
+use std::{fmt, future::Future, pin::Pin, time::Duration};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use futures::{Stream, StreamExt};
 
 use crate::contract::headers::Headers;
 
@@ -77,25 +77,32 @@ pub trait Transport: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Subscription<Self::Acker>, TransportError>> + Send;
 
     /// Publish to a queue/topic and return once the broker has confirmed it.
-    fn publish(&self, destination: &str, message: Message) -> impl Future<Output = Result<(), PublishError>> + Send;
+    fn publish(&self, destination: &str, message: &Message) -> impl Future<Output = Result<(), PublishError>> + Send;
 }
 
-/// A stream of deliveries. Dropping it stops consuming; unsettled deliveries return.
-#[derive(Debug)]
+/// A stream of deliveries, polled by the worker only when it has room for one more (so
+/// a full worker leaves messages with the broker). Dropping it stops consuming;
+/// unsettled deliveries return to the broker.
 pub struct Subscription<A> {
-    /// Fed by the transport's consumer task(s); closed when consuming ends for good.
-    receiver: mpsc::Receiver<Delivery<A>>,
+    /// The transport's deliveries; ends only when consuming stopped for good.
+    stream: Pin<Box<dyn Stream<Item = Delivery<A>> + Send>>,
 }
 
 impl<A> Subscription<A> {
-    /// A subscription fed through `receiver`.
-    pub fn new(receiver: mpsc::Receiver<Delivery<A>>) -> Self {
-        Self { receiver }
+    /// A subscription reading `stream`.
+    pub fn new(stream: impl Stream<Item = Delivery<A>> + Send + 'static) -> Self {
+        Self { stream: Box::pin(stream) }
     }
 
     /// The next delivery; `None` once the transport has stopped for good.
     pub async fn next(&mut self) -> Option<Delivery<A>> {
-        self.receiver.recv().await
+        self.stream.next().await
+    }
+}
+
+impl<A> fmt::Debug for Subscription<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Subscription")
     }
 }
 

@@ -1,8 +1,9 @@
 //! Our [`Message`] ↔ AMQP properties and headers table.
 //!
-//! Every contract header travels in the headers table as a long string. The AMQP
-//! properties `message_id`, `correlation_id`, `reply_to` and `content_type` mirror the
-//! matching headers, and fill them in when a producer sets only the property. Header
+//! Contract headers travel in the headers table as long strings, except the four with an
+//! AMQP property of their own (`message_id`, `correlation_id`, `reply_to`,
+//! `content_type`), which travel in the property. On receipt a property fills in its
+//! header unless the producer also set the header (the header wins). Header
 //! values that are not text are converted to text (numbers, booleans); tables and arrays
 //! (such as the broker's own `x-death`) are not carried over.
 
@@ -16,18 +17,26 @@ use crate::{
     transport::Message,
 };
 
+/// Contract headers that have an AMQP property of their own.
+const MIRRORED: [&str; 4] = [h::MESSAGE_ID, h::CORRELATION_ID, h::REPLY_TO, h::CONTENT_TYPE];
+
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
 
 /// Properties and headers for publishing `message`.
+/// The four headers with an AMQP property of their own travel in that property only
+/// (smaller frames); a value too long for a property (255 bytes) stays in the table.
 pub(super) fn properties(message: &Message) -> BasicProperties {
+    let short = |name: &str| message.headers.get(name).and_then(|v| ShortString::try_new(v.clone()).ok());
     let mut table = FieldTable::default();
     for (name, value) in &message.headers {
+        if MIRRORED.contains(&name.as_str()) && value.len() <= 255 {
+            continue;
+        }
         if let Ok(name) = ShortString::try_new(name.clone()) {
             table.insert(name, AMQPValue::LongString(LongString::from(value.as_bytes())));
         }
     }
-    let short = |name: &str| message.headers.get(name).and_then(|v| ShortString::try_new(v.clone()).ok());
     let mut props = BasicProperties::default().with_delivery_mode(PERSISTENT).with_headers(table);
     if let Some(v) = short(h::MESSAGE_ID) {
         props = props.with_message_id(v);
@@ -113,6 +122,18 @@ mod tests {
         assert_eq!(back.get("bin").map(String::as_str), Some("\u{fffd}\u{0}"));
         assert!(!back.contains_key("nested"));
         assert_eq!(back.get(h::REPLY_TO).map(String::as_str), Some("r.replies"));
+    }
+
+    #[test]
+    fn mirrored_headers_travel_as_properties_only() {
+        let mut message = Message::default();
+        message.headers.insert(h::MESSAGE_ID.into(), "m-1".into());
+        message.headers.insert(h::STATUS.into(), "ok".into());
+        let props = properties(&message);
+        let table = props.headers().as_ref().expect("table");
+        assert!(!table.contains_key(h::MESSAGE_ID));
+        assert!(table.contains_key(h::STATUS));
+        assert_eq!(props.message_id().as_ref().map(ShortString::as_str), Some("m-1"));
     }
 
     #[test]

@@ -20,11 +20,11 @@ use std::{
 
 use futures::StreamExt;
 use lapin::{
-    Acker as LapinAcker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    Acker as LapinAcker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions},
     types::{FieldTable, ShortString},
 };
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::{Acker, Delivery, Message, PublishError, Source, Subscription, Topology, Transport, TransportError};
@@ -51,8 +51,11 @@ struct Shared {
     url: String,
     /// Name shown in the management UI.
     name: String,
-    /// The live connection, replaced on reconnect. The lock also serialises reconnects.
-    session: Mutex<Option<Arc<Session>>>,
+    /// The live connection, replaced on reconnect; read on every publish (a plain
+    /// read lock, never held across an await).
+    session: std::sync::RwLock<Option<Arc<Session>>>,
+    /// Serialises reconnects, so a dead connection is replaced once.
+    reconnect: Mutex<()>,
     /// Whether every subscription is currently consuming (readiness).
     consuming: AtomicBool,
 }
@@ -80,7 +83,8 @@ impl AmqpTransport {
             shared: Arc::new(Shared {
                 url: url.to_owned(),
                 name: name.to_owned(),
-                session: Mutex::new(None),
+                session: std::sync::RwLock::new(None),
+                reconnect: Mutex::new(()),
                 consuming: AtomicBool::new(false),
             }),
         };
@@ -96,14 +100,22 @@ impl AmqpTransport {
 
     /// The current session, reconnecting once if the last one died.
     async fn session(&self) -> Result<Arc<Session>, TransportError> {
-        let mut current = self.shared.session.lock().await;
-        if let Some(session) = current.as_ref().filter(|s| s.alive()) {
-            return Ok(Arc::clone(session));
+        if let Some(session) = self.live_session() {
+            return Ok(session);
         }
-        *current = None;
+        let _reconnecting = self.shared.reconnect.lock().await;
+        // Another task may have reconnected while this one waited.
+        if let Some(session) = self.live_session() {
+            return Ok(session);
+        }
         let session = Arc::new(self.open().await?);
-        *current = Some(Arc::clone(&session));
+        *self.shared.session.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&session));
         Ok(session)
+    }
+
+    fn live_session(&self) -> Option<Arc<Session>> {
+        let current = self.shared.session.read().unwrap_or_else(|p| p.into_inner());
+        current.as_ref().filter(|s| s.alive()).map(Arc::clone)
     }
 
     async fn open(&self) -> Result<Session, TransportError> {
@@ -125,70 +137,80 @@ impl AmqpTransport {
         session.connection.create_channel().await.map_err(|e| TransportError::Unavailable(e.to_string()))
     }
 
-    /// Consume `queue` until the receiver is dropped, reconnecting as needed.
-    async fn consume_forever(self, topology: Topology, prefetch: u16, sender: mpsc::Sender<Delivery<AmqpAcker>>) {
-        let mut backoff = RECONNECT_MIN;
-        while !sender.is_closed() {
-            match self.consume_once(&topology, prefetch, &sender).await {
-                Ok(()) => return,
-                Err(error) => {
-                    self.shared.consuming.store(false, Ordering::Relaxed);
-                    warn!(%error, queue = %topology.queue, retry_in = ?backoff, "Consumer interrupted; reconnecting.");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = sender.closed() => return,
-                    }
-                    backoff = (backoff * 2).min(RECONNECT_MAX);
-                }
-            }
-        }
-    }
-
-    /// One consumer lifetime: Ok when the receiver went away, Err when the broker did.
-    async fn consume_once(
-        &self,
-        topology: &Topology,
-        prefetch: u16,
-        sender: &mpsc::Sender<Delivery<AmqpAcker>>,
-    ) -> Result<(), TransportError> {
+    /// Open a channel with the prefetch, (re)declare the topology and start consuming.
+    async fn start_consumer(&self, topology: &Topology, prefetch: u16) -> Result<(Channel, Consumer), TransportError> {
         let channel = self.channel().await?;
         let broker = |e: lapin::Error| TransportError::Unavailable(e.to_string());
         channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(broker)?;
         topology::declare(&channel, topology).await?;
         let queue = ShortString::try_new(topology.queue.clone()).map_err(|e| TransportError::Broker(e.to_string()))?;
-        let mut consumer = channel
+        let consumer = channel
             .basic_consume(queue, "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
             .map_err(broker)?;
-        self.shared.consuming.store(true, Ordering::Relaxed);
         info!(queue = %topology.queue, prefetch, "Consuming.");
+        Ok((channel, consumer))
+    }
+}
+
+/// A subscription's state between deliveries: the live consumer, or how long to wait
+/// before the next attempt to get one.
+struct Consuming {
+    transport: AmqpTransport,
+    topology: Topology,
+    prefetch: u16,
+    /// The channel and consumer, while the connection lives.
+    current: Option<(Channel, Consumer)>,
+    /// Wait before the next reconnect attempt (doubles up to [`RECONNECT_MAX`]).
+    backoff: Duration,
+}
+
+impl Consuming {
+    /// The next delivery, reconnecting (with backoff) for as long as it takes.
+    async fn next(&mut self) -> Delivery<AmqpAcker> {
         loop {
-            let item = tokio::select! {
-                item = consumer.next() => item,
-                () = sender.closed() => {
-                    // Stop receiving; the channel stays open until in-flight deliveries are settled.
-                    let _ = channel.basic_cancel(consumer.tag(), Default::default()).await;
-                    return Ok(());
+            if self.current.is_none() {
+                match self.transport.start_consumer(&self.topology, self.prefetch).await {
+                    Ok(consumer) => {
+                        self.current = Some(consumer);
+                        self.backoff = RECONNECT_MIN;
+                        self.transport.shared.consuming.store(true, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        self.pause(&error).await;
+                        continue;
+                    }
                 }
-            };
-            let delivery = match item {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => return Err(broker(error)),
-                None => return Err(TransportError::Unavailable("the broker cancelled the consumer".into())),
-            };
-            let message =
-                Message { payload: delivery.data.into(), headers: convert::headers(&delivery.properties), key: None };
-            let delivery = Delivery {
-                message,
-                source: Source { queue: topology.queue.clone(), partition: None, offset: None },
-                redelivered: delivery.redelivered,
-                acker: AmqpAcker { acker: Some(delivery.acker), _channel: channel.clone() },
-            };
-            if sender.send(delivery).await.is_err() {
-                let _ = channel.basic_cancel(consumer.tag(), Default::default()).await;
-                return Ok(());
             }
+            let Some((channel, consumer)) = self.current.as_mut() else { continue };
+            let error = match consumer.next().await {
+                Some(Ok(delivery)) => {
+                    let message = Message {
+                        payload: delivery.data.into(),
+                        headers: convert::headers(&delivery.properties),
+                        key: None,
+                    };
+                    return Delivery {
+                        message,
+                        source: Source { queue: self.topology.queue.clone(), partition: None, offset: None },
+                        redelivered: delivery.redelivered,
+                        acker: AmqpAcker { acker: Some(delivery.acker), _channel: channel.clone() },
+                    };
+                }
+                Some(Err(error)) => TransportError::Unavailable(error.to_string()),
+                None => TransportError::Unavailable("the broker cancelled the consumer".into()),
+            };
+            // Unacked deliveries of the lost channel come back from the broker.
+            self.current = None;
+            self.pause(&error).await;
         }
+    }
+
+    async fn pause(&mut self, error: &TransportError) {
+        self.transport.shared.consuming.store(false, Ordering::Relaxed);
+        warn!(%error, queue = %self.topology.queue, retry_in = ?self.backoff, "Consumer interrupted; reconnecting.");
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
     }
 }
 
@@ -204,19 +226,32 @@ impl Transport for AmqpTransport {
     }
 
     async fn subscribe(&self, topology: &Topology, prefetch: usize) -> Result<Subscription<AmqpAcker>, TransportError> {
-        let (sender, receiver) = mpsc::channel(1);
         let prefetch = u16::try_from(prefetch).unwrap_or(u16::MAX);
-        tokio::spawn(self.clone().consume_forever(topology.clone(), prefetch, sender));
-        Ok(Subscription::new(receiver))
+        let mut consuming = Consuming {
+            transport: self.clone(),
+            topology: topology.clone(),
+            prefetch,
+            current: None,
+            backoff: RECONNECT_MIN,
+        };
+        // Fail fast if the broker refuses the subscription at start-up; reconnect later.
+        consuming.current = Some(self.start_consumer(topology, prefetch).await?);
+        self.shared.consuming.store(true, Ordering::Relaxed);
+        // Dropping the stream drops the consumer, which cancels it at the broker.
+        let stream = futures::stream::unfold(consuming, |mut consuming| async move {
+            let delivery = consuming.next().await;
+            Some((delivery, consuming))
+        });
+        Ok(Subscription::new(stream))
     }
 
-    async fn publish(&self, destination: &str, message: Message) -> Result<(), PublishError> {
+    async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
         let Ok(routing_key) = ShortString::try_new(destination.to_owned()) else {
             return Err(PublishError::Unroutable(destination.to_owned()));
         };
         let unavailable = |e: &dyn std::fmt::Display| PublishError::Unavailable(e.to_string());
         let session = self.session().await.map_err(|e| unavailable(&e))?;
-        let props: BasicProperties = convert::properties(&message);
+        let props: BasicProperties = convert::properties(message);
         let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
         let confirm = session
             .publisher
