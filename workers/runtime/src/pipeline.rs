@@ -12,10 +12,13 @@
 //! Nothing is acked before its output is confirmed by the broker, so a crash at any
 //! point loses nothing (at-least-once).
 
-use std::time::{Duration, SystemTime};
+use std::{
+    panic::AssertUnwindSafe,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
+use futures::FutureExt;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
@@ -82,20 +85,13 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         Self { handler, transport, schema, settings, topology }
     }
 
-    /// Process one delivery and settle it. If `hard_stop` fires first (shutdown grace
-    /// period over), the delivery is returned to the broker unfinished.
-    pub(crate) async fn deliver(&self, delivery: Delivery<T::Acker>, hard_stop: &CancellationToken) {
+    /// Process one delivery and settle it. If the task is aborted (shutdown grace period
+    /// over), the unsettled acker is dropped and the broker delivers the message again.
+    pub(crate) async fn deliver(&self, delivery: Delivery<T::Acker>) {
         let Delivery { message, source, acker, .. } = delivery;
         let span = info_span!("delivery", source = %source, correlation_id = tracing::field::Empty, attempt = tracing::field::Empty);
         async {
-            let settle = tokio::select! {
-                biased;
-                () = hard_stop.cancelled() => {
-                    warn!("Shutdown grace period over; returning the message to the broker.");
-                    Settle::Requeue
-                }
-                settle = self.process(&message, &source) => settle,
-            };
+            let settle = self.process(&message, &source).await;
             let result = match settle {
                 Settle::Ack => acker.ack().await,
                 Settle::Requeue => acker.nack().await,
@@ -191,10 +187,12 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             invocations += 1;
             context.invocation += 1;
             let limit = self.settings.handler_timeout;
-            let result =
-                tokio::time::timeout(limit, self.handler.handle(request.clone(), &context)).await.unwrap_or_else(
-                    |_| Err(HandlerError::transient("timeout", format!("the handler took longer than {limit:?}"))),
-                );
+            let call = AssertUnwindSafe(self.handler.handle(request.clone(), &context)).catch_unwind();
+            let result = match tokio::time::timeout(limit, call).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => Err(HandlerError::permanent("handler_panicked", panic_message(panic.as_ref()))),
+                Err(_) => Err(HandlerError::transient("timeout", format!("the handler took longer than {limit:?}"))),
+            };
             match result {
                 Err(error) if error.is_transient() => match backoff.next() {
                     Some(delay) => {
@@ -372,4 +370,10 @@ fn reply_headers(meta: &RequestMeta, instance: &str) -> Headers {
         headers.insert(h::TRACEPARENT.into(), traceparent.clone());
     }
     headers
+}
+
+/// The text of a caught panic, for the dead-letter record.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+    format!("the handler panicked: {}", text.unwrap_or("(no message)"))
 }

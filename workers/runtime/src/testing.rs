@@ -84,7 +84,8 @@ macro_rules! contract_suite {
             request_reply, transient_failure_is_retried_with_backoff, permanent_failure_is_dead_lettered,
             bad_input_is_dead_lettered_and_the_worker_keeps_running, exhausted_retries_are_dead_lettered,
             unconfirmed_reply_redelivers_the_request, shutdown_loses_nothing_in_flight,
-            expired_request_is_not_processed, unknown_reply_target_is_dead_lettered);
+            expired_request_is_not_processed, unknown_reply_target_is_dead_lettered,
+            handler_panic_is_dead_lettered);
     };
     (@each #[$attr:meta] $make:expr; $($name:ident),* $(,)?) => {
         $( #[$attr] async fn $name() { $crate::testing::$name($make).await; } )*
@@ -96,7 +97,7 @@ macro_rules! contract_suite {
 pub struct ScriptRequest {
     /// Identifies the request in the call log.
     pub id: String,
-    /// `echo`, `permanent`, `flaky` (fails transiently `n` times), `transient` (always), `slow` (`n` ms).
+    /// `echo`, `permanent`, `flaky` (fails transiently `n` times), `transient` (always), `slow` (`n` ms), `panic`.
     pub op: String,
     /// Parameter of `flaky` and `slow`.
     #[serde(default)]
@@ -118,7 +119,7 @@ const SCRIPT_SCHEMA: &str = r#"{
   "required": ["id", "op"],
   "properties": {
     "id": {"type": "string"},
-    "op": {"enum": ["echo", "permanent", "flaky", "transient", "slow"]},
+    "op": {"enum": ["echo", "permanent", "flaky", "transient", "slow", "panic"]},
     "n": {"type": "integer", "minimum": 0}
   },
   "additionalProperties": false
@@ -134,6 +135,7 @@ impl Handler for ScriptHandler {
         self.calls.lock().expect("call log").entry(request.id.clone()).or_default().push(Instant::now());
         match request.op.as_str() {
             "permanent" => Err(HandlerError::permanent("scripted_permanent", "the script says no")),
+            "panic" => panic!("the script panics"),
             "transient" => Err(HandlerError::transient("scripted_transient", "the script says later")),
             "flaky" if u64::from(context.invocation) <= request.n => {
                 Err(HandlerError::transient("scripted_flaky", format!("invocation {}", context.invocation)))
@@ -484,6 +486,22 @@ pub async fn unknown_reply_target_is_dead_lettered<Hn: Harness>(harness: Hn) {
         assert_eq!(header(&record, h::FAILURE_CODE), code, "{reply_to}");
         assert_eq!(header(&record, h::REPLY_TO), reply_to);
     }
+    let id = run.send_script("echo", 0).await;
+    assert_eq!(header(&run.reply().await, h::CORRELATION_ID), id, "still serving");
+    run.stop().await;
+}
+
+/// A handler that panics does not take the worker down nor loop: the request is
+/// dead-lettered as permanent (`handler_panicked`).
+pub async fn handler_panic_is_dead_lettered<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |_| {}).await;
+    let id = run.send_script("panic", 0).await;
+    let record = run.dead_letter().await;
+    assert_eq!(header(&record, h::FAILURE_KIND), "permanent");
+    assert_eq!(header(&record, h::FAILURE_CODE), "handler_panicked");
+    assert!(header(&record, h::FAILURE_MESSAGE).contains("the script panics"));
+    assert_eq!(run.calls(&id).len(), 1, "not retried");
+    assert_eq!(header(&run.reply().await, h::ERROR_CODE), "handler_panicked");
     let id = run.send_script("echo", 0).await;
     assert_eq!(header(&run.reply().await, h::CORRELATION_ID), id, "still serving");
     run.stop().await;

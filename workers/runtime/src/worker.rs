@@ -2,8 +2,7 @@
 
 use std::{future::Future, sync::Arc};
 
-use tokio::sync::Semaphore;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio::{sync::Semaphore, task::JoinSet};
 use tracing::{info, warn};
 
 use crate::{
@@ -46,11 +45,15 @@ pub async fn run<H: Handler, T: Transport>(
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     info!(worker = %settings.worker, queue = %topology.queue, concurrency = settings.concurrency, "Worker started.");
     let pipeline = Arc::new(Pipeline::new(handler, transport, schema, settings));
-    let tracker = TaskTracker::new();
-    let hard_stop = CancellationToken::new();
+    // In-flight deliveries. Aborting one drops its unsettled acker, which returns the
+    // message to the broker.
+    let mut in_flight = JoinSet::new();
 
     tokio::pin!(shutdown);
     let outcome = loop {
+        while let Some(done) = in_flight.try_join_next() {
+            report(done);
+        }
         let permit = tokio::select! {
             () = &mut shutdown => break Ok(()),
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -63,22 +66,34 @@ pub async fn run<H: Handler, T: Transport>(
             },
         };
         let pipeline = Arc::clone(&pipeline);
-        let hard_stop = hard_stop.clone();
-        tracker.spawn(async move {
-            pipeline.deliver(delivery, &hard_stop).await;
+        in_flight.spawn(async move {
+            pipeline.deliver(delivery).await;
             drop(permit);
         });
     };
 
     // Stop receiving first: unstarted deliveries go back to the broker.
     drop(subscription);
-    tracker.close();
-    info!(in_flight = tracker.len(), ?grace, "Stopping: letting in-flight messages finish.");
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        warn!(in_flight = tracker.len(), "Grace period over; returning unfinished messages to the broker.");
-        hard_stop.cancel();
-        tracker.wait().await;
+    info!(in_flight = in_flight.len(), ?grace, "Stopping: letting in-flight messages finish.");
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(done) = in_flight.join_next().await {
+            report(done);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(in_flight = in_flight.len(), "Grace period over; returning unfinished messages to the broker.");
+        in_flight.abort_all();
+        while in_flight.join_next().await.is_some() {}
     }
     info!("Worker stopped.");
     outcome
+}
+
+/// A delivery task ended: only a bug in the runtime itself can make it fail (handler
+/// panics are caught by the pipeline).
+fn report(done: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = done {
+        tracing::error!(%error, "A delivery task failed; its message returns to the broker.");
+    }
 }
