@@ -48,13 +48,22 @@ impl Harness for RabbitHarness {
         self.transport.clone()
     }
 
-    async fn declare_queue(&self, name: &str, max_length: Option<usize>) {
+    async fn declare(&self, topology: &courier::transport::Topology) {
+        self.transport.declare(topology).await.expect("declare topology");
+    }
+
+    async fn declare_refusing(&self, name: &str) {
+        // A full queue with room for one refuses publishes (basic.nack).
         let mut args = FieldTable::default();
-        if let Some(max) = max_length {
-            args.insert("x-max-length".into(), AMQPValue::LongLongInt(max as i64));
-            args.insert("x-overflow".into(), AMQPValue::LongString(LongString::from(&b"reject-publish"[..])));
-        }
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+        args.insert("x-overflow".into(), AMQPValue::LongString(LongString::from(&b"reject-publish"[..])));
         topology::declare_queue(&self.channel().await, name, args).await.expect("declare queue");
+        let filler = Message { payload: "filler".into(), ..Message::default() };
+        self.transport.publish(name, &filler).await.expect("fill the capped queue");
+    }
+
+    async fn accept_publishes(&self, name: &str) {
+        self.channel().await.queue_purge(name.into(), QueuePurgeOptions::default()).await.expect("purge");
     }
 
     async fn receive(&self, queue: &str, timeout: Duration) -> Option<Message> {
@@ -73,10 +82,6 @@ impl Harness for RabbitHarness {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    async fn purge(&self, queue: &str) {
-        self.channel().await.queue_purge(queue.into(), QueuePurgeOptions::default()).await.expect("purge");
     }
 
     async fn delete(&self, queues: &[String]) {

@@ -8,7 +8,7 @@ use crate::{
     console,
     handler::Handler,
     shutdown,
-    transport::amqp::AmqpTransport,
+    transport::{amqp::AmqpTransport, kafka::KafkaTransport},
     worker,
 };
 
@@ -18,13 +18,18 @@ pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
     let args = WorkerArgs::parse();
     let settings = args.settings(H::NAME)?;
     // The console owns the terminal: only warnings and errors are logged beside it.
-    let default_level = if settings.broker == Broker::Memory { "warn" } else { "info" };
+    let default_level = if matches!(settings.broker, Broker::Memory) { "warn" } else { "info" };
     init_logging(&args.log_format, default_level);
     match settings.broker.clone() {
         Broker::Memory => console::run(settings, handler).await,
         Broker::Amqp(url) => {
             let name = format!("{} {}", settings.worker, settings.instance);
             let transport = AmqpTransport::connect(&url, &name).await?;
+            worker::run(settings, transport, handler, shutdown::signal()).await?;
+            Ok(())
+        }
+        Broker::Kafka(config) => {
+            let transport = KafkaTransport::connect(config).await?;
             worker::run(settings, transport, handler, shutdown::signal()).await?;
             Ok(())
         }

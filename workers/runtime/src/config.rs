@@ -18,8 +18,9 @@ use crate::{
     about = "A Courier worker: consumes requests, publishes replies, retries and dead-letters failures."
 )]
 pub struct WorkerArgs {
-    /// Broker URL: amqp://user:pass@host:5672/%2f, amqps://…, or memory:// (the embedded
-    /// in-memory broker with an interactive console; the default when none is given).
+    /// Broker URL: amqp://user:pass@host:5672/%2f, amqps://…, kafka://host:9092[,host:9092],
+    /// or memory:// (the embedded in-memory broker with an interactive console; the
+    /// default when none is given).
     #[arg(long, env = "COURIER_BROKER")]
     pub broker: Option<String>,
 
@@ -79,9 +80,37 @@ pub struct WorkerArgs {
     #[arg(long, env = "COURIER_QUORUM")]
     pub quorum: bool,
 
+    /// Kafka: consumer group [default: courier-<worker>].
+    #[arg(long, env = "COURIER_GROUP")]
+    pub group: Option<String>,
+
+    /// Kafka: what may run concurrently within a partition.
+    #[arg(long, env = "COURIER_ORDERING", value_enum, default_value = "partition")]
+    pub ordering: crate::transport::kafka::Ordering,
+
+    /// Kafka: partitions of the topics the worker creates.
+    #[arg(long, env = "COURIER_PARTITIONS", default_value_t = 3)]
+    pub partitions: i32,
+
+    /// Kafka: replication factor of the topics the worker creates.
+    #[arg(long, env = "COURIER_REPLICATION", default_value_t = 1)]
+    pub replication: i32,
+
+    /// Kafka: a librdkafka property passed through, `key=value` (repeatable, or
+    /// comma-separated in the variable), e.g. `security.protocol=SASL_SSL`.
+    #[arg(long = "kafka-property", env = "COURIER_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    pub kafka_properties: Vec<(String, String)>,
+
     /// Log format: `text` (for terminals) or `json` (for log pipelines).
     #[arg(long, env = "COURIER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("{s:?} is not key=value")),
+    }
 }
 
 /// An empty item (from an empty list) means "no tiers".
@@ -90,12 +119,14 @@ fn parse_delay(s: &str) -> Result<Option<Duration>, humantime::DurationError> {
 }
 
 /// Which broker to use.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Broker {
     /// The embedded in-memory broker (demo and tests).
     Memory,
     /// RabbitMQ at this URL (`amqp://` or `amqps://`).
     Amqp(String),
+    /// Kafka with these settings.
+    Kafka(crate::transport::kafka::KafkaConfig),
 }
 
 impl std::fmt::Debug for Broker {
@@ -103,6 +134,7 @@ impl std::fmt::Debug for Broker {
         match self {
             Self::Memory => f.write_str("memory://"),
             Self::Amqp(url) => f.write_str(&redact(url)),
+            Self::Kafka(config) => write!(f, "kafka://{}", config.bootstrap),
         }
     }
 }
@@ -175,10 +207,27 @@ impl WorkerArgs {
         let broker = match self.broker.as_deref().map(str::trim) {
             None | Some("") | Some("memory://") | Some("memory") => Broker::Memory,
             Some(url) if url.starts_with("amqp://") || url.starts_with("amqps://") => Broker::Amqp(url.to_owned()),
+            Some(url) if url.starts_with("kafka://") => {
+                let bootstrap = url.trim_start_matches("kafka://").trim_end_matches('/');
+                if bootstrap.is_empty() {
+                    return Err(invalid("broker", "kafka:// needs host:port"));
+                }
+                if self.partitions < 1 || self.replication < 1 {
+                    return Err(invalid("partitions", "partitions and replication must be at least 1"));
+                }
+                Broker::Kafka(crate::transport::kafka::KafkaConfig {
+                    bootstrap: bootstrap.to_owned(),
+                    group: self.group.clone().unwrap_or_else(|| format!("courier-{worker}")),
+                    ordering: self.ordering,
+                    partitions: self.partitions,
+                    replication: self.replication,
+                    properties: self.kafka_properties.clone(),
+                })
+            }
             Some(url) => {
                 return Err(invalid(
                     "broker",
-                    format!("unsupported URL {}: use amqp://, amqps:// or memory://", redact(url)),
+                    format!("unsupported URL {}: use amqp://, amqps://, kafka:// or memory://", redact(url)),
                 ));
             }
         };
@@ -284,7 +333,7 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let s = parse(&[]).expect("valid");
-        assert_eq!(s.broker, Broker::Memory);
+        assert!(matches!(s.broker, Broker::Memory));
         assert_eq!(s.queue, "greeter.requests");
         assert_eq!(s.replies, "greeter.replies");
         assert_eq!(s.retry.delays().len(), 3);
@@ -320,6 +369,27 @@ mod tests {
             argv.extend_from_slice(&args);
             assert!(WorkerArgs::try_parse_from(argv).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn kafka_urls_and_properties() {
+        let s = parse(&[
+            "--broker",
+            "kafka://a:9092,b:9092",
+            "--kafka-property",
+            "fetch.wait.max.ms=10",
+            "--ordering",
+            "key",
+        ])
+        .expect("valid");
+        let Broker::Kafka(config) = s.broker else { panic!("kafka") };
+        assert_eq!(config.bootstrap, "a:9092,b:9092");
+        assert_eq!(config.group, "courier-greeter");
+        assert_eq!(config.ordering, crate::transport::kafka::Ordering::Key);
+        assert_eq!(config.properties, vec![("fetch.wait.max.ms".to_owned(), "10".to_owned())]);
+        assert!(parse(&["--broker", "kafka://"]).is_err());
+        let mut argv = vec!["greeter", "--kafka-property", "novalue"];
+        assert!(WorkerArgs::try_parse_from(argv.drain(..)).is_err());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::{
     },
     handler::{Context, Handler, HandlerError},
     retry::RetryPolicy,
-    transport::{Message, Transport, memory::MemoryBroker},
+    transport::{Message, Topology, Transport, memory::MemoryBroker},
     worker::{self, WorkerError},
 };
 
@@ -36,12 +36,15 @@ pub trait Harness: Send + Sync + 'static {
     const PAUSED_TIME: bool;
     /// A transport connected to the broker under test.
     fn transport(&self) -> impl Future<Output = Self::Transport> + Send;
-    /// Create a plain queue/topic; with `max_length`, publishes are refused when it is full.
-    fn declare_queue(&self, name: &str, max_length: Option<usize>) -> impl Future<Output = ()> + Send;
+    /// Create a worker's queues/topics (as the worker would, or ahead of it where the
+    /// broker cannot create them on request).
+    fn declare(&self, topology: &Topology) -> impl Future<Output = ()> + Send;
+    /// Create a queue/topic whose publishes the broker refuses until `accept_publishes`.
+    fn declare_refusing(&self, name: &str) -> impl Future<Output = ()> + Send;
+    /// Let publishes to a queue from `declare_refusing` through again.
+    fn accept_publishes(&self, name: &str) -> impl Future<Output = ()> + Send;
     /// Take one message from `queue`, waiting up to `timeout`.
     fn receive(&self, queue: &str, timeout: Duration) -> impl Future<Output = Option<Message>> + Send;
-    /// Drop every message waiting in `queue`.
-    fn purge(&self, queue: &str) -> impl Future<Output = ()> + Send;
     /// Remove queues a scenario created (brokers that keep state between tests).
     fn delete(&self, queues: &[String]) -> impl Future<Output = ()> + Send;
 }
@@ -61,16 +64,23 @@ impl Harness for MemoryHarness {
         self.broker.clone()
     }
 
-    async fn declare_queue(&self, name: &str, max_length: Option<usize>) {
-        self.broker.declare_queue(name, max_length);
+    async fn declare(&self, topology: &Topology) {
+        self.broker.declare(topology).await.expect("declare topology");
+    }
+
+    async fn declare_refusing(&self, name: &str) {
+        // A full queue with room for one refuses publishes.
+        self.broker.declare_queue(name, Some(1));
+        let filler = Message { payload: "filler".into(), ..Message::default() };
+        self.broker.publish(name, &filler).await.expect("fill the capped queue");
+    }
+
+    async fn accept_publishes(&self, name: &str) {
+        self.broker.purge(name);
     }
 
     async fn receive(&self, queue: &str, timeout: Duration) -> Option<Message> {
         self.broker.receive(queue, timeout).await
-    }
-
-    async fn purge(&self, queue: &str) {
-        self.broker.purge(queue);
     }
 
     async fn delete(&self, _queues: &[String]) {}
@@ -186,9 +196,12 @@ impl<Hn: Harness> Run<Hn> {
     async fn start(harness: Hn, tune: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = suite_settings();
         tune(&mut settings);
+        harness.declare(&settings.topology()).await;
+        Self::start_with(harness, settings).await
+    }
+
+    async fn start_with(harness: Hn, settings: Settings) -> Self {
         let calls = CallLog::default();
-        let transport = harness.transport().await;
-        transport.declare(&settings.topology()).await.expect("declare topology");
         let (stop, worker) = Self::spawn(&harness, &settings, &calls).await;
         Self { harness, settings, calls, stop, worker }
     }
@@ -216,20 +229,11 @@ impl<Hn: Harness> Run<Hn> {
     }
 
     async fn send(&self, payload: impl Into<bytes::Bytes>, extra: &[(&str, &str)]) -> String {
-        let id = uuid::Uuid::new_v4().to_string();
-        let mut headers: Headers =
-            [(h::MESSAGE_ID, id.as_str()), (h::CORRELATION_ID, id.as_str()), (h::CONTENT_TYPE, h::JSON)]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
-        headers.insert(h::REPLY_TO.into(), self.settings.replies.clone());
-        for (k, v) in extra {
-            headers.insert((*k).to_owned(), (*v).to_owned());
-        }
-        let message = Message { payload: payload.into(), headers, key: Some(id.clone()) };
+        let mut message = request(payload, extra);
+        message.headers.entry(h::REPLY_TO.into()).or_insert_with(|| self.settings.replies.clone());
         let transport = self.harness.transport().await;
         transport.publish(&self.settings.queue, &message).await.expect("publish request");
-        id
+        message.headers.get(h::MESSAGE_ID).cloned().unwrap_or_default()
     }
 
     async fn send_script(&self, op: &str, n: u64) -> String {
@@ -255,6 +259,20 @@ impl<Hn: Harness> Run<Hn> {
     fn calls(&self, id: &str) -> Vec<Instant> {
         self.calls.lock().expect("call log").get(id).cloned().unwrap_or_default()
     }
+}
+
+/// A request message with fresh ids; `extra` headers override.
+fn request(payload: impl Into<bytes::Bytes>, extra: &[(&str, &str)]) -> Message {
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut headers: Headers =
+        [(h::MESSAGE_ID, id.as_str()), (h::CORRELATION_ID, id.as_str()), (h::CONTENT_TYPE, h::JSON)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+    for (k, v) in extra {
+        headers.insert((*k).to_owned(), (*v).to_owned());
+    }
+    Message { payload: payload.into(), headers, key: Some(id) }
 }
 
 /// Every queue a scenario's worker declared.
@@ -403,23 +421,31 @@ pub async fn exhausted_retries_are_dead_lettered<Hn: Harness>(harness: Hn) {
 /// answered once the reply can be published. Nothing is lost.
 pub async fn unconfirmed_reply_redelivers_the_request<Hn: Harness>(harness: Hn) {
     let replies = format!("full-{}.replies", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    harness.declare_queue(&replies, Some(1)).await;
-    let filler = Message { payload: "filler".into(), ..Message::default() };
-    harness.transport().await.publish(&replies, &filler).await.expect("fill the capped queue");
-    let run = Run::start(harness, |_| {}).await;
+    let settings = suite_settings();
+    let transport = harness.transport().await;
+    harness.declare(&settings.topology()).await;
+    // The request waits in the queue before the reply destination starts refusing.
     let id = uuid::Uuid::new_v4().to_string();
     let body = serde_json::json!({ "id": id, "op": "echo" }).to_string();
-    run.send(body, &[(h::CORRELATION_ID, &id), (h::REPLY_TO, &replies)]).await;
-    // While the reply queue is full, the request keeps coming back.
+    let request = request(body, &[(h::CORRELATION_ID, &id), (h::REPLY_TO, &replies)]);
+    transport.publish(&settings.queue, &request).await.expect("publish request");
+    harness.declare_refusing(&replies).await;
+    let run = Run::start_with(harness, settings).await;
+    // While the reply destination refuses, the request keeps coming back.
     let deadline = Instant::now() + PATIENCE;
     while run.calls(&id).len() < 2 {
         assert!(Instant::now() < deadline, "the request was not delivered again");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(run.harness.receive(&run.dlq(), Duration::from_millis(10)).await.is_none(), "not dead-lettered");
-    run.harness.purge(&replies).await;
-    let reply = run.harness.receive(&replies, PATIENCE).await.expect("the reply once there is room");
-    assert_eq!(header(&reply, h::CORRELATION_ID), id);
+    run.harness.accept_publishes(&replies).await;
+    let reply = loop {
+        let reply = run.harness.receive(&replies, PATIENCE).await.expect("the reply once publishes pass");
+        if header(&reply, h::CORRELATION_ID) == id {
+            break reply;
+        }
+    };
+    assert_eq!(header(&reply, h::STATUS), "ok");
     run.harness.delete(std::slice::from_ref(&replies)).await;
     run.stop().await;
 }

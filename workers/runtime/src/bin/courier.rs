@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use courier::{
     WorkerArgs,
     config::Broker,
-    transport::{Transport, amqp::AmqpTransport},
+    transport::{Transport, amqp::AmqpTransport, kafka::KafkaTransport},
 };
 
 #[derive(Debug, Parser)]
@@ -41,12 +41,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Topology(TopologyCommand::Declare { worker, args }) => {
             courier::app::init_logging(&args.log_format, "warn");
             let settings = args.settings(&worker)?;
-            let Broker::Amqp(url) = &settings.broker else {
-                anyhow::bail!("--broker is required: the in-memory broker has no topology to declare");
-            };
             let topology = settings.topology();
-            let transport = AmqpTransport::connect(url, "courier topology").await?;
-            transport.declare(&topology).await?;
+            match &settings.broker {
+                Broker::Amqp(url) => AmqpTransport::connect(url, "courier topology").await?.declare(&topology).await?,
+                Broker::Kafka(config) => KafkaTransport::connect(config.clone()).await?.declare(&topology).await?,
+                Broker::Memory => {
+                    anyhow::bail!("--broker is required: the in-memory broker has no topology to declare")
+                }
+            }
             println!("declared: {}", topology.queue);
             for tier in &topology.retry_tiers {
                 println!("declared: {} (delay {:?}, back to {})", tier.name, tier.delay, topology.queue);

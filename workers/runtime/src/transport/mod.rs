@@ -6,6 +6,7 @@
 //! the runtime settles each [`Delivery`] once, after its output is confirmed.
 
 pub mod amqp;
+pub mod kafka;
 pub mod memory;
 
 use std::{fmt, future::Future, pin::Pin, time::Duration};

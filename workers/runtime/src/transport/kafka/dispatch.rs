@@ -1,0 +1,431 @@
+//! The dispatcher: turns the consumer's stream of records into deliveries for the
+//! worker, keeping the ordering mode, holding retry-topic records until they are due
+//! (pausing their partition instead of sleeping in the poll loop), and pausing every
+//! partition while too much is buffered.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use rdkafka::{
+    Message as _, Offset, TopicPartitionList,
+    consumer::{Consumer, StreamConsumer},
+    message::{BorrowedMessage, Headers as _},
+};
+use tokio::{sync::mpsc, time::Instant};
+use tracing::{debug, warn};
+
+use super::{Ordering, RebalanceContext, Tracking};
+use crate::{
+    contract::headers::Headers,
+    transport::{Acker, Delivery, Message, Source, Subscription, Topology, TransportError},
+};
+
+/// Delay before a nacked record is handed out again.
+const REDELIVERY_DELAY: Duration = Duration::from_millis(500);
+
+type Partition = (String, i32);
+
+/// Which records must not run at the same time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    /// One at a time per partition.
+    Partition(Partition),
+    /// One at a time per key within a partition.
+    Key(Partition, Vec<u8>),
+    /// No constraint.
+    Free,
+}
+
+/// A record received and not yet finished.
+#[derive(Clone, Debug)]
+struct Pending {
+    message: Message,
+    source: Source,
+    partition: Partition,
+    offset: i64,
+    lane: Lane,
+    epoch: u64,
+}
+
+/// What ackers tell the dispatcher.
+#[derive(Debug)]
+enum Event {
+    /// A record of this lane finished: the next may go.
+    LaneFree(Lane),
+    /// Hand this record out again (its lane stays taken).
+    Redeliver(Box<Pending>),
+}
+
+/// Start dispatching; the returned subscription ends the dispatcher when dropped.
+pub(super) fn start(
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    tracking: Arc<Mutex<Tracking>>,
+    topology: &Topology,
+    ordering: Ordering,
+    prefetch: usize,
+) -> Subscription<KafkaAcker> {
+    let (out, receiver) = mpsc::channel(prefetch.max(1));
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let dispatcher = Dispatcher {
+        consumer,
+        tracking,
+        ordering,
+        queue: topology.queue.clone(),
+        tiers: topology.retry_tiers.iter().map(|t| (t.name.clone(), t.delay)).collect(),
+        out,
+        events,
+        events_tx,
+        waiting: HashMap::new(),
+        busy: HashSet::new(),
+        ready: VecDeque::new(),
+        held: BTreeMap::new(),
+        held_per_partition: HashMap::new(),
+        paused: HashSet::new(),
+        throttled: false,
+        buffer_limit: prefetch.max(1) * 4 + 100,
+        sequence: 0,
+    };
+    tokio::spawn(dispatcher.run());
+    Subscription::new(futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|delivery| (delivery, receiver))
+    }))
+}
+
+struct Dispatcher {
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    tracking: Arc<Mutex<Tracking>>,
+    ordering: Ordering,
+    /// The work topic (the `source` of every delivery, retries included).
+    queue: String,
+    /// Retry topics and their delays.
+    tiers: HashMap<String, Duration>,
+    /// To the worker.
+    out: mpsc::Sender<Delivery<KafkaAcker>>,
+    events: mpsc::UnboundedReceiver<Event>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    /// Records waiting for their lane.
+    waiting: HashMap<Lane, VecDeque<Pending>>,
+    /// Lanes with a record handed out.
+    busy: HashSet<Lane>,
+    /// Records free to go, waiting for room in `out`.
+    ready: VecDeque<Pending>,
+    /// Retry records not yet due, by due time.
+    held: BTreeMap<(Instant, u64), Pending>,
+    held_per_partition: HashMap<Partition, usize>,
+    /// Partitions currently paused at the broker.
+    paused: HashSet<Partition>,
+    /// Every partition paused because too much is buffered.
+    throttled: bool,
+    buffer_limit: usize,
+    sequence: u64,
+}
+
+impl Dispatcher {
+    async fn run(mut self) {
+        // A local handle: records borrow the consumer while `self` is updated.
+        let consumer = Arc::clone(&self.consumer);
+        let out = self.out.clone();
+        loop {
+            self.flush_ready();
+            if self.out.is_closed() {
+                return;
+            }
+            self.apply_pauses();
+            let next_due = self.held.keys().next().map(|(due, _)| *due);
+            let step = tokio::select! {
+                received = consumer.recv() => Step::Received(received),
+                Some(event) = self.events.recv() => Step::Event(event),
+                () = sleep_until(next_due) => Step::Due,
+                permit = out.reserve(), if !self.ready.is_empty() => match permit {
+                    Ok(permit) => Step::Room(permit),
+                    Err(_) => return,
+                },
+                () = out.closed() => return,
+            };
+            match step {
+                Step::Received(Ok(record)) => self.receive(&record),
+                Step::Received(Err(error)) => {
+                    warn!(%error, "Kafka consumer error.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Step::Event(event) => self.handle(event),
+                Step::Due => self.release_due(),
+                Step::Room(permit) => {
+                    if let Some(pending) = self.ready.pop_front() {
+                        permit.send(delivery(&self.consumer, &self.tracking, &self.events_tx, pending));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hand out ready records while the worker's channel has room.
+    fn flush_ready(&mut self) {
+        while let Some(pending) = self.ready.front() {
+            if !self.is_current(pending) {
+                let stale = self.ready.pop_front();
+                if let Some(stale) = stale {
+                    self.free_lane(stale.lane);
+                }
+                continue;
+            }
+            match self.out.try_reserve() {
+                Ok(permit) => {
+                    if let Some(pending) = self.ready.pop_front() {
+                        permit.send(delivery(&self.consumer, &self.tracking, &self.events_tx, pending));
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn is_current(&self, pending: &Pending) -> bool {
+        let tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
+        tracking.partitions.get(&pending.partition).is_some_and(|(epoch, _)| *epoch == pending.epoch)
+    }
+
+    fn receive(&mut self, record: &BorrowedMessage<'_>) {
+        let partition = (record.topic().to_owned(), record.partition());
+        let offset = record.offset();
+        let epoch = {
+            let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
+            let Some((epoch, offsets)) = tracking.partitions.get_mut(&partition) else {
+                debug!(topic = %partition.0, partition = partition.1, "Record of an unassigned partition; skipped.");
+                return;
+            };
+            offsets.start(offset);
+            *epoch
+        };
+        let message = to_message(record);
+        let delay = self.tiers.get(&partition.0).copied();
+        let lane = match (delay, self.ordering) {
+            (Some(_), _) | (None, Ordering::None) => Lane::Free,
+            (None, Ordering::Partition) => Lane::Partition(partition.clone()),
+            (None, Ordering::Key) => match record.key() {
+                Some(key) => Lane::Key(partition.clone(), key.to_vec()),
+                None => Lane::Partition(partition.clone()),
+            },
+        };
+        let source = Source { queue: self.queue.clone(), partition: Some(partition.1), offset: Some(offset) };
+        let pending = Pending { message, source, partition: partition.clone(), offset, lane, epoch };
+        if let Some(delay) = delay {
+            let written = record.timestamp().to_millis().and_then(|ms| u64::try_from(ms).ok());
+            let written = written.map_or_else(SystemTime::now, |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+            let wait = (written + delay).duration_since(SystemTime::now()).unwrap_or_default();
+            if !wait.is_zero() {
+                self.sequence += 1;
+                self.held.insert((Instant::now() + wait, self.sequence), pending);
+                *self.held_per_partition.entry(partition).or_default() += 1;
+                return;
+            }
+        }
+        self.admit(pending);
+    }
+
+    /// Queue a record behind its lane, or make it ready if the lane is free.
+    fn admit(&mut self, pending: Pending) {
+        if pending.lane == Lane::Free || self.busy.insert(pending.lane.clone()) {
+            self.ready.push_back(pending);
+        } else {
+            self.waiting.entry(pending.lane.clone()).or_default().push_back(pending);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::LaneFree(lane) => self.free_lane(lane),
+            Event::Redeliver(pending) => self.ready.push_front(*pending),
+        }
+    }
+
+    fn free_lane(&mut self, lane: Lane) {
+        if lane == Lane::Free {
+            return;
+        }
+        let next = self.waiting.get_mut(&lane).and_then(VecDeque::pop_front);
+        if self.waiting.get(&lane).is_some_and(VecDeque::is_empty) {
+            self.waiting.remove(&lane);
+        }
+        match next {
+            Some(next) => self.ready.push_back(next),
+            None => {
+                self.busy.remove(&lane);
+            }
+        }
+    }
+
+    fn release_due(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.held.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let pending = entry.remove();
+            if let Some(count) = self.held_per_partition.get_mut(&pending.partition) {
+                *count -= 1;
+                if *count == 0 {
+                    self.held_per_partition.remove(&pending.partition);
+                }
+            }
+            self.admit(pending);
+        }
+    }
+
+    /// Pause partitions with held retries, and everything while too much is buffered;
+    /// resume the rest. The poll loop keeps running either way.
+    fn apply_pauses(&mut self) {
+        let buffered = self.ready.len() + self.held.len() + self.waiting.values().map(VecDeque::len).sum::<usize>();
+        if buffered > self.buffer_limit {
+            self.throttled = true;
+        } else if buffered < self.buffer_limit / 2 {
+            self.throttled = false;
+        }
+        let assignment = match self.consumer.assignment() {
+            Ok(assignment) => assignment,
+            Err(_) => return,
+        };
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        for element in assignment.elements() {
+            let partition = (element.topic().to_owned(), element.partition());
+            let want = self.throttled || self.held_per_partition.contains_key(&partition);
+            let is = self.paused.contains(&partition);
+            if want && !is {
+                pause.add_partition(&partition.0, partition.1);
+                self.paused.insert(partition);
+            } else if !want && is {
+                resume.add_partition(&partition.0, partition.1);
+                self.paused.remove(&partition);
+            }
+        }
+        self.paused.retain(|p| assignment.find_partition(&p.0, p.1).is_some());
+        if pause.count() > 0
+            && let Err(error) = self.consumer.pause(&pause)
+        {
+            warn!(%error, "Could not pause partitions.");
+        }
+        if resume.count() > 0
+            && let Err(error) = self.consumer.resume(&resume)
+        {
+            warn!(%error, "Could not resume partitions.");
+        }
+    }
+}
+
+/// One turn of the dispatcher loop.
+enum Step<'c> {
+    Received(Result<BorrowedMessage<'c>, rdkafka::error::KafkaError>),
+    Event(Event),
+    Due,
+    Room(mpsc::Permit<'c, Delivery<KafkaAcker>>),
+}
+
+fn delivery(
+    consumer: &Arc<StreamConsumer<RebalanceContext>>,
+    tracking: &Arc<Mutex<Tracking>>,
+    events: &mpsc::UnboundedSender<Event>,
+    pending: Pending,
+) -> Delivery<KafkaAcker> {
+    Delivery {
+        message: pending.message.clone(),
+        source: pending.source.clone(),
+        redelivered: false,
+        acker: KafkaAcker {
+            pending: Some(pending),
+            consumer: Arc::clone(consumer),
+            tracking: Arc::clone(tracking),
+            events: events.clone(),
+        },
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn to_message(record: &BorrowedMessage<'_>) -> Message {
+    let mut headers = Headers::new();
+    if let Some(list) = record.headers() {
+        for header in list.iter() {
+            let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+            headers.insert(header.key.to_owned(), value);
+        }
+    }
+    Message {
+        payload: record.payload().map(bytes::Bytes::copy_from_slice).unwrap_or_default(),
+        headers,
+        key: record.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+    }
+}
+
+/// Settles one Kafka record: stores the partition's offset as far as every earlier
+/// record is finished, and frees the record's ordering lane.
+pub struct KafkaAcker {
+    /// The record, until settled.
+    pending: Option<Pending>,
+    /// Stores offsets (the consumer lives until its last acker is gone).
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    /// Offsets in flight per partition.
+    tracking: Arc<Mutex<Tracking>>,
+    /// Back to the dispatcher.
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl std::fmt::Debug for KafkaAcker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaAcker").field("pending", &self.pending.as_ref().map(|p| (&p.partition, p.offset))).finish()
+    }
+}
+
+impl Acker for KafkaAcker {
+    async fn ack(mut self) -> Result<(), TransportError> {
+        let Some(pending) = self.pending.take() else { return Ok(()) };
+        let store = {
+            let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
+            match tracking.partitions.get_mut(&pending.partition) {
+                Some((epoch, offsets)) if *epoch == pending.epoch => offsets.finish(pending.offset),
+                _ => None,
+            }
+        };
+        let _ = self.events.send(Event::LaneFree(pending.lane));
+        if let Some(next) = store {
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(&pending.partition.0, pending.partition.1, Offset::Offset(next))
+                .map_err(|e| TransportError::Broker(e.to_string()))?;
+            self.consumer.store_offsets(&list).map_err(|e| TransportError::Broker(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    async fn nack(mut self) -> Result<(), TransportError> {
+        self.redeliver();
+        Ok(())
+    }
+}
+
+impl KafkaAcker {
+    fn redeliver(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(REDELIVERY_DELAY).await;
+                let _ = events.send(Event::Redeliver(Box::new(pending)));
+            });
+        }
+    }
+}
+
+impl Drop for KafkaAcker {
+    fn drop(&mut self) {
+        if self.pending.is_some() && tokio::runtime::Handle::try_current().is_ok() {
+            self.redeliver();
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Kafka transport (rdkafka): one consumer group per worker, tracked at-least-once
+//! offset storage, ordering by partition, key or none, delayed retry topics held
+//! without blocking the poll loop, and an idempotent `acks=all` producer.
+//!
+//! An offset is stored only when its message and every earlier message of its partition
+//! are finished ([`offsets`]); librdkafka commits stored offsets every second and on
+//! close. A nacked message is handed out again by the dispatcher; its offset stays
+//! unstored until it finishes, so a crash never skips it.
+
+mod dispatch;
+pub mod offsets;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use rdkafka::{
+    ClientConfig, ClientContext,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord, Producer},
+    util::Timeout,
+};
+use tracing::{info, warn};
+
+pub use dispatch::KafkaAcker;
+
+use super::{Message, PublishError, Subscription, Topology, Transport, TransportError};
+
+/// How messages of one partition may run concurrently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ordering {
+    /// One message at a time per partition (Kafka's classic guarantee).
+    #[default]
+    Partition,
+    /// Messages with the same key in order; different keys of a partition concurrently.
+    Key,
+    /// No ordering: every message as soon as there is room.
+    None,
+}
+
+/// Everything the Kafka transport needs to connect.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port]`.
+    pub bootstrap: String,
+    /// Consumer group id (one per worker).
+    pub group: String,
+    /// Concurrency within a partition.
+    pub ordering: Ordering,
+    /// Partitions of topics this transport creates.
+    pub partitions: i32,
+    /// Replication factor of topics this transport creates.
+    pub replication: i32,
+    /// librdkafka properties passed through (`security.protocol`, `sasl.mechanisms`,
+    /// `fetch.wait.max.ms`, …); they override ours.
+    pub properties: Vec<(String, String)>,
+}
+
+/// A Kafka cluster; clones share the producer.
+#[derive(Clone)]
+pub struct KafkaTransport {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: KafkaConfig,
+    /// Idempotent, `acks=all`.
+    producer: FutureProducer,
+    /// Topics known to exist (publishing elsewhere is reported unroutable).
+    known_topics: RwLock<HashSet<String>>,
+}
+
+impl std::fmt::Debug for KafkaTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaTransport").field("config", &self.shared.config).finish_non_exhaustive()
+    }
+}
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl KafkaTransport {
+    /// Create the producer and check that the cluster answers.
+    pub async fn connect(config: KafkaConfig) -> Result<Self, TransportError> {
+        let producer: FutureProducer = client_config(
+            &config,
+            &[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("allow.auto.create.topics", "false"),
+                ("message.timeout.ms", "30000"),
+                ("linger.ms", "1"),
+            ],
+        )
+        .create()
+        .map_err(|e| TransportError::Unavailable(e.to_string()))?;
+        let transport =
+            Self { shared: Arc::new(Shared { config, producer, known_topics: RwLock::new(HashSet::new()) }) };
+        let producer = transport.shared.producer.clone();
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, METADATA_TIMEOUT))
+            .await
+            .map_err(|e| TransportError::Unavailable(e.to_string()))?
+            .map_err(|e| TransportError::Unavailable(format!("{}: {e}", transport.shared.config.bootstrap)))?;
+        info!(bootstrap = %transport.shared.config.bootstrap, "Connected to Kafka.");
+        Ok(transport)
+    }
+
+    /// The configuration this transport was created with.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.shared.config
+    }
+
+    /// Whether `topic` exists (cached once seen).
+    async fn topic_exists(&self, topic: &str) -> Result<bool, PublishError> {
+        if self.shared.known_topics.read().unwrap_or_else(|p| p.into_inner()).contains(topic) {
+            return Ok(true);
+        }
+        let producer = self.shared.producer.clone();
+        let name = topic.to_owned();
+        let metadata =
+            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&name), METADATA_TIMEOUT))
+                .await
+                .map_err(|e| PublishError::Unavailable(e.to_string()))?
+                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        let exists =
+            metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if exists {
+            self.shared.known_topics.write().unwrap_or_else(|p| p.into_inner()).insert(topic.to_owned());
+        }
+        Ok(exists)
+    }
+
+    /// Partition counts of the topics that exist among `names`.
+    pub async fn partition_counts(&self, names: &[&str]) -> Result<HashMap<String, usize>, TransportError> {
+        let producer = self.shared.producer.clone();
+        let metadata = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, METADATA_TIMEOUT))
+            .await
+            .map_err(|e| TransportError::Unavailable(e.to_string()))?
+            .map_err(|e| TransportError::Unavailable(e.to_string()))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && names.contains(&t.name()))
+            .map(|t| (t.name().to_owned(), t.partitions().len()))
+            .collect())
+    }
+
+    /// Create those of `names` that do not exist yet, with the configured partitions and
+    /// replication.
+    pub async fn create_topics(&self, names: &[&str]) -> Result<(), TransportError> {
+        let existing = self.partition_counts(names).await?;
+        let names: Vec<&str> = names.iter().copied().filter(|n| !existing.contains_key(*n)).collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(&self.shared.config, &[]).create().map_err(|e| TransportError::Unavailable(e.to_string()))?;
+        let (partitions, replication) = (self.shared.config.partitions, self.shared.config.replication);
+        let topics: Vec<NewTopic<'_>> =
+            names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication))).collect();
+        let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+        let results =
+            admin.create_topics(&topics, &options).await.map_err(|e| TransportError::Unavailable(e.to_string()))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(TransportError::Broker(format!("creating topic {topic}: {code}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Our client configuration: bootstrap, our defaults, then the pass-through properties.
+fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.bootstrap);
+    for (key, value) in defaults {
+        client.set(*key, *value);
+    }
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
+}
+
+impl Transport for KafkaTransport {
+    type Acker = KafkaAcker;
+
+    async fn declare(&self, topology: &Topology) -> Result<(), TransportError> {
+        let mut names = vec![topology.queue.as_str(), &topology.dead_letter, &topology.parking, &topology.replies];
+        names.extend(topology.retry_tiers.iter().map(|t| t.name.as_str()));
+        self.create_topics(&names).await?;
+        // Dead letters keep their source partition count, so per-partition order survives.
+        let counts = self.partition_counts(&names).await?;
+        let source = counts.get(&topology.queue).copied().unwrap_or_default();
+        for name in [&topology.dead_letter, &topology.parking] {
+            let count = counts.get(name).copied().unwrap_or_default();
+            if count < source {
+                return Err(TransportError::TopologyMismatch(format!(
+                    "topic {name} has {count} partitions, fewer than its source {} ({source})",
+                    topology.queue
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        topology: &Topology,
+        prefetch: usize,
+    ) -> Result<Subscription<KafkaAcker>, TransportError> {
+        let context = RebalanceContext::default();
+        let tracking = Arc::clone(&context.tracking);
+        let consumer: StreamConsumer<RebalanceContext> = client_config(
+            &self.shared.config,
+            &[
+                ("group.id", &self.shared.config.group),
+                ("enable.auto.commit", "true"),
+                ("auto.commit.interval.ms", "1000"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+            ],
+        )
+        .create_with_context(context)
+        .map_err(|e| TransportError::Unavailable(e.to_string()))?;
+        let mut topics = vec![topology.queue.as_str()];
+        topics.extend(topology.retry_tiers.iter().map(|t| t.name.as_str()));
+        consumer.subscribe(&topics).map_err(|e| TransportError::Unavailable(e.to_string()))?;
+        info!(topics = ?topics, group = %self.shared.config.group, ordering = ?self.shared.config.ordering, "Consuming.");
+        Ok(dispatch::start(Arc::new(consumer), tracking, topology, self.shared.config.ordering, prefetch))
+    }
+
+    async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
+        if !self.topic_exists(destination).await? {
+            return Err(PublishError::Unroutable(destination.to_owned()));
+        }
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (key, value) in &message.headers {
+            headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
+        }
+        let mut record = FutureRecord::to(destination).payload(&message.payload[..]).headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_bytes());
+        }
+        match self.shared.producer.send(record, Timeout::After(Duration::from_secs(5))).await {
+            Ok(_) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition), _)) => {
+                self.shared.known_topics.write().unwrap_or_else(|p| p.into_inner()).remove(destination);
+                Err(PublishError::Unroutable(destination.to_owned()))
+            }
+            Err((KafkaError::MessageProduction(code), _)) => {
+                Err(PublishError::Rejected { destination: destination.to_owned(), reason: code.to_string() })
+            }
+            Err((error, _)) => Err(PublishError::Unavailable(error.to_string())),
+        }
+    }
+}
+
+/// Per-partition offset tracking, shared by the dispatcher, the ackers and the
+/// rebalance callbacks. Each assignment of a partition gets a new epoch, so work from
+/// before a revocation never stores offsets for the new assignment.
+#[derive(Debug, Default)]
+pub(crate) struct Tracking {
+    /// (topic, partition) → (epoch, offsets in flight).
+    pub(crate) partitions: std::collections::HashMap<(String, i32), (u64, offsets::PartitionOffsets)>,
+    /// Last epoch handed out.
+    pub(crate) epoch: u64,
+}
+
+/// Consumer callbacks: on revocation, forget the revoked partitions' in-flight work
+/// (the new owner redoes it) and commit what is finished.
+#[derive(Default)]
+struct RebalanceContext {
+    tracking: Arc<Mutex<Tracking>>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(revoked) = rebalance {
+            let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
+            for element in revoked.elements() {
+                tracking.partitions.remove(&(element.topic().to_owned(), element.partition()));
+            }
+            drop(tracking);
+            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                // Nothing stored yet is a normal case, not a problem.
+                if error.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+                    warn!(%error, "Could not commit before the rebalance.");
+                }
+            }
+            info!(partitions = revoked.count(), "Partitions revoked.");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
+            tracking.epoch += 1;
+            let epoch = tracking.epoch;
+            for element in assigned.elements() {
+                tracking
+                    .partitions
+                    .insert((element.topic().to_owned(), element.partition()), (epoch, Default::default()));
+            }
+            info!(partitions = assigned.count(), "Partitions assigned.");
+        }
+    }
+}
