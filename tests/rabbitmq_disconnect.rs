@@ -2,7 +2,10 @@
 //! the greeter recovers by itself and loses nothing. Its own test binary, because closing
 //! every connection would disturb tests running beside it.
 
-use courier_tests::rabbitmq::{PATIENCE, RawClient, Replies, cleanup, greeter, names};
+use courier_tests::{
+    rabbitmq::{PATIENCE, RawClient, cleanup, greeter, names},
+    replies::Replies,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_closing_connections_mid_load_loses_nothing() {

@@ -2,7 +2,10 @@
 //! consumers, malformed input from a raw client.
 
 use courier::{contract::headers as h, testing::Harness};
-use courier_tests::rabbitmq::{RabbitHarness, RawClient, Replies};
+use courier_tests::{
+    rabbitmq::{RabbitHarness, RawClient},
+    replies::Replies,
+};
 use lapin::{
     BasicProperties,
     types::{AMQPValue, FieldTable, LongString},

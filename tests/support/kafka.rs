@@ -208,3 +208,162 @@ impl Harness for KafkaHarness {
 
     async fn delete(&self, _queues: &[String]) {}
 }
+
+/// The mock cluster in a process of its own (`mock-kafka`), for tests with several
+/// worker processes; stopped when dropped.
+#[derive(Debug)]
+pub struct MockKafkaProcess {
+    /// `host:port` of the brokers.
+    pub bootstrap: String,
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl MockKafkaProcess {
+    /// Start `mock-kafka` with these topics (`name`, partitions).
+    pub fn start(topics: &[(&str, i32)]) -> Self {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(crate::process::binary("mock-kafka"));
+        for (name, partitions) in topics {
+            command.args(["--topic", &format!("{name}:{partitions}")]);
+        }
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start mock-kafka");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("bootstrap line");
+        let bootstrap = line.trim().strip_prefix("bootstrap=").expect("bootstrap=").to_owned();
+        Self { bootstrap, child, stdin, stdout }
+    }
+
+    /// Send a command (see `tests/bin/mock_kafka.rs`) and wait for its `ok`.
+    pub fn command(&mut self, command: &str) {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{command}").expect("send command");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("command answer");
+    }
+}
+
+impl Drop for MockKafkaProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain rdkafka client, as a producer in another language would use Kafka.
+pub struct KafkaClient {
+    bootstrap: String,
+    producer: rdkafka::producer::FutureProducer,
+    /// One reader per topic, positioned after what it already read.
+    readers: HashMap<String, StreamConsumer>,
+}
+
+impl std::fmt::Debug for KafkaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaClient").field("bootstrap", &self.bootstrap).finish_non_exhaustive()
+    }
+}
+
+impl KafkaClient {
+    /// A client of the cluster at `bootstrap`.
+    pub fn new(bootstrap: &str) -> Self {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "200000")
+            .create()
+            .expect("producer");
+        Self { bootstrap: bootstrap.to_owned(), producer, readers: HashMap::new() }
+    }
+
+    /// Publish `n` greeter requests (ids `<prefix>-<i>`, keyed by id) asking for replies
+    /// on `reply_to`; returns the ids once every one is acknowledged.
+    pub async fn publish_greetings(&self, topic: &str, reply_to: &str, prefix: &str, n: usize) -> Vec<String> {
+        use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
+        let mut ids = Vec::with_capacity(n);
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for i in 0..n {
+            let id = format!("{prefix}-{i}");
+            let body = format!(r#"{{"message":"{id}"}}"#);
+            let headers = OwnedHeaders::new()
+                .insert(rdkafka::message::Header { key: "courier-correlation-id", value: Some(id.as_str()) })
+                .insert(rdkafka::message::Header { key: "courier-reply-to", value: Some(reply_to) });
+            let record = FutureRecord::to(topic).key(id.as_str()).payload(body.as_str()).headers(headers);
+            let delivery = self.producer.send_result(record).map_err(|(e, _)| e).expect("queue the request");
+            pending.push(delivery);
+            ids.push(id);
+            if pending.len() >= 10_000 {
+                drain(&mut pending).await;
+            }
+        }
+        drain(&mut pending).await;
+        ids
+    }
+
+    /// Count replies on `topic` until `expected` distinct correlation ids arrived,
+    /// `stop_early` says so, or `patience` passed without a reply.
+    pub async fn collect_replies(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+        expected: usize,
+        replies: &mut crate::replies::Replies,
+        patience: Duration,
+        stop_early: impl Fn(&crate::replies::Replies) -> bool,
+    ) {
+        let bootstrap = self.bootstrap.clone();
+        let reader = self.readers.entry(topic.to_owned()).or_insert_with(|| {
+            let reader: StreamConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", format!("replies-{}", uuid::Uuid::new_v4().simple()))
+                .set("enable.auto.commit", "false")
+                .set("fetch.wait.max.ms", "10")
+                .create()
+                .expect("reader");
+            let mut assignment = TopicPartitionList::new();
+            for partition in 0..partitions {
+                assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("offset");
+            }
+            reader.assign(&assignment).expect("assign");
+            reader
+        });
+        while replies.by_id.len() < expected && !stop_early(replies) {
+            match tokio::time::timeout(patience, reader.recv()).await {
+                Ok(Ok(record)) => {
+                    let mut id = String::new();
+                    let mut by = String::new();
+                    if let Some(headers) = record.headers() {
+                        for header in headers.iter() {
+                            let value = String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned();
+                            match header.key {
+                                "courier-correlation-id" => id = value,
+                                "courier-replied-by" => by = value,
+                                _ => {}
+                            }
+                        }
+                    }
+                    *replies.by_id.entry(id).or_default() += 1;
+                    *replies.by_instance.entry(by).or_default() += 1;
+                }
+                // The broker may be down on purpose; librdkafka reconnects by itself.
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+async fn drain(pending: &mut futures::stream::FuturesUnordered<rdkafka::producer::DeliveryFuture>) {
+    use futures::StreamExt;
+    while let Some(result) = pending.next().await {
+        result.expect("delivery report").expect("request delivered");
+    }
+}

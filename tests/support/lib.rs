@@ -5,3 +5,4 @@ pub mod kafka;
 pub mod measure;
 pub mod process;
 pub mod rabbitmq;
+pub mod replies;

@@ -1,0 +1,137 @@
+//! The greeter binary on Kafka (the mock cluster in a process of its own): a consumer
+//! group losing a member to kill -9 and gaining one mid-load, and produce errors
+//! injected by the broker. Nothing may be lost.
+
+use std::time::Duration;
+
+use courier_tests::{
+    kafka::{KafkaClient, MockKafkaProcess},
+    process::Process,
+    replies::Replies,
+};
+
+const PATIENCE: Duration = Duration::from_secs(45);
+const PARTITIONS: i32 = 6;
+
+struct Names {
+    queue: String,
+    replies: String,
+    group: String,
+}
+
+fn names(test: &str) -> Names {
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    Names {
+        queue: format!("{test}-{id}.requests"),
+        replies: format!("{test}-{id}.replies"),
+        group: format!("{test}-{id}"),
+    }
+}
+
+fn topics(names: &Names) -> Vec<(String, i32)> {
+    let q = &names.queue;
+    [q.clone(), names.replies.clone(), format!("{q}.dlq"), format!("{q}.parking"), format!("{q}.retry.1s")]
+        .into_iter()
+        .map(|t| (t, PARTITIONS))
+        .collect()
+}
+
+fn start_cluster(names: &Names) -> MockKafkaProcess {
+    let topics = topics(names);
+    let specs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+    MockKafkaProcess::start(&specs)
+}
+
+fn greeter(label: &str, cluster: &MockKafkaProcess, names: &Names) -> Process {
+    let broker = format!("kafka://{}", cluster.bootstrap);
+    let partitions = PARTITIONS.to_string();
+    let args = [
+        "--broker",
+        &broker,
+        "--queue",
+        &names.queue,
+        "--replies",
+        &names.replies,
+        "--group",
+        &names.group,
+        "--instance",
+        label,
+        "--retry-delays",
+        "1s",
+        "--partitions",
+        &partitions,
+        "--concurrency",
+        "64",
+        "--kafka-property",
+        "fetch.wait.max.ms=10",
+        "--kafka-property",
+        "auto.commit.interval.ms=200",
+    ];
+    let mut process = Process::start("greeter", label, &args, &[]);
+    process.wait_for_log("Partitions assigned.", PATIENCE);
+    process
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_member_killed_and_another_joining_lose_nothing() {
+    let names = names("group");
+    let cluster = start_cluster(&names);
+    let mut a = greeter("group-a", &cluster, &names);
+    let mut b = greeter("group-b", &cluster, &names);
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    let mut ids = client.publish_greetings(&names.queue, &names.replies, "g1", 5_000).await;
+    let mut seen = Replies::default();
+    client
+        .collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |r| r.by_id.len() >= 2_000)
+        .await;
+    assert!(seen.by_id.len() >= 2_000, "progress before the kill:\n{}\n{}", a.tail(), b.tail());
+    a.kill9();
+    // A new member joins while the group recovers from the lost one; then more load.
+    let mut c = greeter("group-c", &cluster, &names);
+    ids.extend(client.publish_greetings(&names.queue, &names.replies, "g2", 5_000).await);
+    client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |_| false).await;
+    let missing = seen.missing(&ids);
+    println!(
+        "kafka group: {} of {} answered, {} lost, {} duplicates; by instance {:?}",
+        seen.by_id.len(),
+        ids.len(),
+        missing.len(),
+        seen.duplicates(),
+        seen.by_instance
+    );
+    assert!(
+        missing.is_empty(),
+        "lost {} requests, e.g. {:?}\n{}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        b.tail()
+    );
+    assert!(seen.by_instance.contains_key("group-c"), "the joining member took partitions over");
+    assert!(b.terminate() && c.terminate(), "SIGTERM ends the workers cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_errors_and_outage_lose_nothing() {
+    let names = names("faults");
+    let mut cluster = start_cluster(&names);
+    let mut worker = greeter("faults", &cluster, &names);
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    let ids = client.publish_greetings(&names.queue, &names.replies, "f", 3_000).await;
+    let mut seen = Replies::default();
+    client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |r| r.by_id.len() >= 500).await;
+    // Replies refused by the broker for a while: requests are retried, none acked.
+    cluster.command("fail-produces 40");
+    client
+        .collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |r| r.by_id.len() >= 1_500)
+        .await;
+    // The broker goes away and comes back.
+    cluster.command("down 1");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.command("up 1");
+    client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |_| false).await;
+    let missing = seen.missing(&ids);
+    println!("kafka faults: {} answered, {} lost, {} duplicates", seen.by_id.len(), missing.len(), seen.duplicates());
+    assert!(missing.is_empty(), "lost {} requests\n{}", missing.len(), worker.tail());
+    assert!(worker.running(), "the worker recovered by itself:\n{}", worker.tail());
+    assert!(worker.terminate());
+}
