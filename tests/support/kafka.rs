@@ -152,9 +152,10 @@ impl KafkaHarness {
             .set("fetch.wait.max.ms", "10")
             .create()
             .expect("reader");
+        let counts = self.transport.partition_counts(&[topic]).await.expect("metadata");
         let mut assignment = TopicPartitionList::new();
-        for partition in 0..self.transport.config().partitions {
-            assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("offset");
+        for partition in 0..counts.get(topic).copied().unwrap_or(1) {
+            assignment.add_partition_offset(topic, partition as i32, Offset::Beginning).expect("offset");
         }
         reader.assign(&assignment).expect("assign");
         let reader = std::sync::Arc::new(reader);

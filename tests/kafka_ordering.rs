@@ -1,0 +1,143 @@
+//! Kafka-specific guarantees, in-process on the mock cluster: the stored offset never
+//! passes an unfinished message, and a message waiting in a retry topic does not hold up
+//! its partition.
+
+use std::time::{Duration, Instant};
+
+use courier::{
+    Message, Settings,
+    contract::headers as h,
+    retry::RetryPolicy,
+    testing::{Harness, ScriptHandler},
+    transport::{
+        Transport,
+        kafka::{KafkaTransport, Ordering},
+    },
+};
+use courier_tests::kafka::{KafkaHarness, config};
+use rdkafka::{
+    ClientConfig, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+};
+use tokio_util::sync::CancellationToken;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A worker on a one-partition topic with the given ordering and retry policy.
+async fn start(
+    harness: &KafkaHarness,
+    ordering: Ordering,
+    retry: RetryPolicy,
+) -> (Settings, KafkaTransport, ScriptHandler, CancellationToken, tokio::task::JoinHandle<()>) {
+    let mut config = config(&harness.cluster.bootstrap, ordering);
+    config.partitions = 1;
+    let transport = KafkaTransport::connect(config).await.expect("connect");
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let mut settings = Settings::defaults("ordering");
+    settings.queue = format!("ordering-{id}.requests");
+    settings.replies = format!("ordering-{id}.replies");
+    settings.concurrency = 8;
+    settings.retry = retry;
+    let topology = settings.topology();
+    let mut names = vec![topology.queue.as_str(), &topology.dead_letter, &topology.parking, &topology.replies];
+    names.extend(topology.retry_tiers.iter().map(|t| t.name.as_str()));
+    harness.cluster.create_topics(&names, 1);
+    let handler = ScriptHandler::default();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn({
+        let (settings, transport, handler, stop) = (settings.clone(), transport.clone(), handler.clone(), stop.clone());
+        async move { courier::run(settings, transport, handler, stop.cancelled_owned()).await.expect("worker") }
+    });
+    (settings, transport, handler, stop, worker)
+}
+
+async fn send(transport: &KafkaTransport, settings: &Settings, op: &str, n: u64) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut message = Message {
+        payload: serde_json::json!({ "id": id, "op": op, "n": n }).to_string().into(),
+        key: Some("same-key".into()),
+        ..Message::default()
+    };
+    message.headers.insert(h::CORRELATION_ID.into(), id.clone());
+    transport.publish(&settings.queue, &message).await.expect("publish");
+    id
+}
+
+/// The group's committed offset of partition 0 of `topic`.
+fn committed(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("consumer");
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, 0);
+    let committed = consumer.committed_offsets(list, Duration::from_secs(5)).expect("committed offsets");
+    match committed.find_partition(topic, 0).map(|p| p.offset()) {
+        Some(Offset::Offset(offset)) => Some(offset),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_offset_never_passes_an_unfinished_message() {
+    let harness = KafkaHarness::mock().await;
+    let retry = RetryPolicy::new(1, Duration::from_millis(100), Duration::from_secs(1), false, vec![]).expect("policy");
+    let (settings, transport, _, stop, worker) = start(&harness, Ordering::None, retry).await;
+    let group = transport.config().group.clone();
+    let slow = send(&transport, &settings, "slow", 6_000).await;
+    let mut fast = Vec::new();
+    for _ in 0..10 {
+        fast.push(send(&transport, &settings, "echo", 0).await);
+    }
+    let mut answered = Vec::new();
+    while answered.len() < fast.len() {
+        let reply = harness.receive(&settings.replies, PATIENCE).await.expect("fast replies first");
+        answered.push(reply.headers.get(h::CORRELATION_ID).cloned().unwrap_or_default());
+    }
+    assert!(!answered.contains(&slow), "the slow message is still running");
+    // Auto-commit runs every second: give it two turns.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let bootstrap = harness.cluster.bootstrap.clone();
+    let before = committed(&bootstrap, &group, &settings.queue);
+    assert!(before.unwrap_or(0) <= 0, "committed {before:?} past the unfinished message at offset 0");
+    let reply = harness.receive(&settings.replies, PATIENCE).await.expect("the slow reply");
+    assert_eq!(reply.headers.get(h::CORRELATION_ID), Some(&slow));
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let after = committed(&bootstrap, &group, &settings.queue);
+    assert_eq!(after, Some(11), "then the whole finished prefix is committed");
+    stop.cancel();
+    worker.await.expect("worker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_a_retry_topic_does_not_hold_up_its_partition() {
+    let harness = KafkaHarness::mock().await;
+    let tier = Duration::from_secs(3);
+    let retry =
+        RetryPolicy::new(1, Duration::from_millis(100), Duration::from_secs(1), false, vec![tier]).expect("policy");
+    let (settings, transport, handler, stop, worker) = start(&harness, Ordering::Partition, retry).await;
+    // Wait until the worker owns the partition (the group's first rebalance takes seconds).
+    let warm_up = send(&transport, &settings, "echo", 0).await;
+    let reply = harness.receive(&settings.replies, PATIENCE).await.expect("warm-up reply");
+    assert_eq!(reply.headers.get(h::CORRELATION_ID), Some(&warm_up));
+    let flaky = send(&transport, &settings, "flaky", 1).await;
+    let started = Instant::now();
+    let mut fast = Vec::new();
+    for _ in 0..5 {
+        fast.push(send(&transport, &settings, "echo", 0).await);
+    }
+    let mut order = Vec::new();
+    while order.len() < 6 {
+        let reply = harness.receive(&settings.replies, PATIENCE).await.expect("replies");
+        order.push((reply.headers.get(h::CORRELATION_ID).cloned().unwrap_or_default(), started.elapsed()));
+    }
+    let (last_id, _) = order.last().expect("six replies");
+    assert_eq!(last_id, &flaky, "the retried message comes last: {order:?}");
+    let calls = handler.calls.lock().expect("calls").get(&flaky).cloned().unwrap_or_default();
+    assert_eq!(calls.len(), 2);
+    let waited = calls[1] - calls[0];
+    assert!(waited >= tier && waited < tier + Duration::from_secs(3), "the retry tier delayed {waited:?}");
+    for (id, at) in &order[..5] {
+        assert!(*at < tier, "{id} waited {at:?} behind the retried message");
+    }
+    stop.cancel();
+    worker.await.expect("worker");
+}
