@@ -1,4 +1,4 @@
-//! RabbitMQ benchmark: the raw lapin pipe (`bench/raw_amqp_pipe.rs`) and the greeter
+//! RabbitMQ benchmark: the raw lapin pipe (`bin/raw_amqp_pipe.rs`) and the greeter
 //! worker, one after the other on the local broker, with the same prefetch, persistence
 //! and confirms. Prints throughput, CPU per 10k messages, latency at half the peak rate
 //! and peak RSS, with the worker's ratio to the raw pipe.

@@ -309,6 +309,18 @@ impl KafkaClient {
         ids
     }
 
+    /// Queue one greeter request without waiting for its acknowledgement.
+    pub fn publish_one(&self, topic: &str, reply_to: &str, id: &str) {
+        use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
+        let body = format!(r#"{{"message":"{id}"}}"#);
+        let headers = OwnedHeaders::new()
+            .insert(rdkafka::message::Header { key: "courier-correlation-id", value: Some(id) })
+            .insert(rdkafka::message::Header { key: "courier-reply-to", value: Some(reply_to) });
+        let record = FutureRecord::to(topic).key(id).payload(body.as_str()).headers(headers);
+        // The delivery report is not awaited: the reply is what the caller waits for.
+        drop(self.producer.send_result(record).map_err(|(e, _)| e).expect("queue the request"));
+    }
+
     /// Count replies on `topic` until `expected` distinct correlation ids arrived,
     /// `stop_early` says so, or `patience` passed without a reply.
     pub async fn collect_replies(

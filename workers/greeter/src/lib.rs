@@ -29,6 +29,8 @@ pub struct Reply {
 pub struct Greeter {
     /// Simulates a broken dependency: every request fails transiently (for DLQ drills).
     pub dependency_down: bool,
+    /// Simulates a slow dependency: each request takes this long (for benchmarks).
+    pub latency: Option<std::time::Duration>,
 }
 
 impl Handler for Greeter {
@@ -39,6 +41,9 @@ impl Handler for Greeter {
     const REQUEST_SCHEMA: &'static str = include_str!("../../../schemas/greeter/request.schema.json");
 
     async fn handle(&self, request: Request, _: &Context) -> Result<Reply, HandlerError> {
+        if let Some(latency) = self.latency {
+            tokio::time::sleep(latency).await;
+        }
         if self.dependency_down {
             return Err(HandlerError::transient("dependency_down", "the greeting dependency is unavailable"));
         }
@@ -91,7 +96,7 @@ mod tests {
 
     #[tokio::test]
     async fn broken_dependency_is_transient() {
-        let greeter = Greeter { dependency_down: true };
+        let greeter = Greeter { dependency_down: true, latency: None };
         let error = greeter.handle(Request { message: "x".into() }, &context()).await.expect_err("down");
         assert!(error.is_transient());
     }

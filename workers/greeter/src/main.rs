@@ -3,6 +3,9 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Drill switches (see the README): a broken dependency, a slow dependency.
     let dependency_down = std::env::var("GREETER_DEPENDENCY_DOWN").is_ok_and(|v| v == "1");
-    courier::app::main(greeter::Greeter { dependency_down }).await
+    let latency =
+        std::env::var("GREETER_LATENCY_MS").ok().and_then(|v| v.parse().ok()).map(std::time::Duration::from_millis);
+    courier::app::main(greeter::Greeter { dependency_down, latency }).await
 }

@@ -1,0 +1,203 @@
+//! Kafka benchmark on the mock cluster (its own process): the raw rdkafka pipe
+//! (`bin/raw_kafka_pipe.rs`) against the greeter worker, then a slow handler (20 ms) at
+//! concurrency 1, 8 and 64 in `partition` and `key` ordering on a 3-partition topic.
+//!
+//! Run with `scripts/bench` (builds the release greeter first).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use courier_tests::{
+    kafka::{KafkaClient, MockKafkaProcess},
+    measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_table},
+    process::Process,
+};
+use rdkafka::{
+    ClientConfig, Message as _, Offset, TopicPartitionList,
+    consumer::{Consumer, StreamConsumer},
+    message::Headers as _,
+};
+
+const MESSAGES: usize = 50_000;
+const PARTITIONS: i32 = 3;
+const LATENCY_PHASE: Duration = Duration::from_secs(3);
+const SLOW: Duration = Duration::from_millis(20);
+
+#[tokio::main]
+async fn main() {
+    let mut cluster = MockKafkaProcess::start(&[]);
+    let raw = run(&mut cluster, "raw rdkafka pipe", None).await;
+    let none = run(&mut cluster, "greeter worker, ordering none", Some(("none", None, 64))).await;
+    let partition = run(&mut cluster, "greeter worker, ordering partition", Some(("partition", None, 64))).await;
+    let raw_rate = raw.rate;
+    print_table(
+        &format!("Kafka, mock cluster ({MESSAGES} messages, {PARTITIONS} partitions; latency at half the peak rate)"),
+        &[raw, none, partition],
+    );
+
+    println!("\nSlow handler ({} ms), {PARTITIONS} partitions, many keys\n", SLOW.as_millis());
+    println!("| ordering | concurrency | msg/s | target | met |");
+    println!("|---|---:|---:|---:|---|");
+    for ordering in ["partition", "key"] {
+        for concurrency in [1usize, 8, 64] {
+            let ideal = match ordering {
+                "partition" => concurrency.min(PARTITIONS as usize) as f64 / SLOW.as_secs_f64(),
+                _ => (concurrency as f64 / SLOW.as_secs_f64()).min(raw_rate),
+            };
+            let target = 0.9 * ideal;
+            let label = format!("slow-{ordering}-{concurrency}");
+            let figures = run(&mut cluster, &label, Some((ordering, Some(SLOW), concurrency))).await;
+            let met = if figures.rate >= target { "yes" } else { "NO" };
+            println!("| {ordering} | {concurrency} | {:.0} | {target:.0} | {met} |", figures.rate);
+        }
+    }
+}
+
+/// One pipe: `None` is the raw pipe; otherwise the greeter with (ordering, handler delay, concurrency).
+async fn run(cluster: &mut MockKafkaProcess, name: &str, worker: Option<(&str, Option<Duration>, usize)>) -> Figures {
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let (queue, replies, group) =
+        (format!("bench-{id}.requests"), format!("bench-{id}.replies"), format!("bench-{id}"));
+    for topic in [&queue, &replies, &format!("{queue}.dlq"), &format!("{queue}.parking")] {
+        cluster.command(&format!("create {topic} {PARTITIONS}"));
+    }
+    let messages = match worker {
+        Some((ordering, Some(delay), concurrency)) => {
+            let lanes = if ordering == "partition" { concurrency.min(PARTITIONS as usize) } else { concurrency };
+            ((lanes as f64 / delay.as_secs_f64()) * 4.0).clamp(100.0, 10_000.0) as usize
+        }
+        _ => MESSAGES,
+    };
+    let client = KafkaClient::new(&cluster.bootstrap);
+    client.publish_greetings(&queue, &replies, "t", messages).await;
+
+    let broker = format!("kafka://{}", cluster.bootstrap);
+    let mut process = match worker {
+        None => Process::start("raw-kafka-pipe", "bench-raw-kafka", &[&cluster.bootstrap, &queue, &group], &[]),
+        Some((ordering, delay, concurrency)) => {
+            let concurrency = concurrency.to_string();
+            let partitions = PARTITIONS.to_string();
+            let args = [
+                "--broker",
+                &broker,
+                "--queue",
+                &queue,
+                "--replies",
+                &replies,
+                "--group",
+                &group,
+                "--ordering",
+                ordering,
+                "--concurrency",
+                &concurrency,
+                "--retry-delays",
+                "",
+                "--partitions",
+                &partitions,
+                "--kafka-property",
+                "fetch.wait.max.ms=10",
+            ];
+            let latency = delay.map(|d| d.as_millis().to_string()).unwrap_or_default();
+            let mut env = vec![("RUST_LOG", "warn")];
+            if delay.is_some() {
+                env.push(("GREETER_LATENCY_MS", latency.as_str()));
+            }
+            Process::start("greeter", &format!("bench-kafka-{ordering}-{concurrency}"), &args, &env)
+        }
+    };
+    let pid = process.pid();
+    let reader = reader(&cluster.bootstrap, &replies);
+
+    recv(&reader).await;
+    let (start, cpu_start) = (Instant::now(), cpu_seconds(pid));
+    for _ in 1..messages {
+        recv(&reader).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu_start;
+    let rate = (messages - 1) as f64 / elapsed;
+    let mut figures = Figures {
+        name: name.to_owned(),
+        rate,
+        cpu_per_10k: cpu / (messages - 1) as f64 * 10_000.0,
+        ..Figures::default()
+    };
+    if worker.is_none_or(|(_, delay, _)| delay.is_none()) {
+        let mut latencies = latency_phase(&client, &reader, &queue, &replies, rate / 2.0).await;
+        figures.p50 = percentile(&mut latencies, 50.0);
+        figures.p99 = percentile(&mut latencies, 99.0);
+    }
+    figures.rss_mib = peak_rss_mib(pid);
+    assert!(process.running(), "{name} died:\n{}", process.tail());
+    process.terminate();
+    figures
+}
+
+fn reader(bootstrap: &str, topic: &str) -> StreamConsumer {
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("bench-reader-{}", uuid::Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("reader");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("offset");
+    }
+    reader.assign(&assignment).expect("assign");
+    reader
+}
+
+/// The next reply's correlation id.
+async fn recv(reader: &StreamConsumer) -> String {
+    let record = tokio::time::timeout(Duration::from_secs(60), reader.recv())
+        .await
+        .expect("a reply within 60 s")
+        .expect("reply");
+    record
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "courier-correlation-id").and_then(|h| h.value))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+/// Publish at `rate` for [`LATENCY_PHASE`] and measure request→reply latencies.
+async fn latency_phase(
+    client: &KafkaClient,
+    reader: &StreamConsumer,
+    queue: &str,
+    replies: &str,
+    rate: f64,
+) -> Vec<Duration> {
+    let total = (rate * LATENCY_PHASE.as_secs_f64()).max(10.0) as usize;
+    let interval = LATENCY_PHASE.div_f64(total as f64);
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let publisher = async {
+        let phase_start = Instant::now();
+        for i in 0..total {
+            let due = phase_start + interval * i as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+            let id = format!("lat-{i}");
+            sent.lock().expect("sent").insert(id.clone(), Instant::now());
+            client.publish_one(queue, replies, &id);
+        }
+    };
+    let collector = async {
+        let mut latencies = Vec::with_capacity(total);
+        while latencies.len() < total {
+            let id = recv(reader).await;
+            if let Some(at) = sent.lock().expect("sent").remove(&id) {
+                latencies.push(at.elapsed());
+            }
+        }
+        latencies
+    };
+    let ((), latencies) = tokio::join!(publisher, collector);
+    latencies
+}
