@@ -85,6 +85,7 @@ pub(super) fn start(
         held_per_partition: HashMap::new(),
         paused: HashSet::new(),
         throttled: false,
+        waiting_len: 0,
         buffer_limit: prefetch.max(1) * 4 + 100,
         sequence: 0,
     };
@@ -119,6 +120,9 @@ struct Dispatcher {
     paused: HashSet<Partition>,
     /// Every partition paused because too much is buffered.
     throttled: bool,
+    /// Records in `waiting` (summed here, not recounted per record).
+    waiting_len: usize,
+
     buffer_limit: usize,
     sequence: u64,
 }
@@ -232,6 +236,7 @@ impl Dispatcher {
             self.ready.push_back(pending);
         } else {
             self.waiting.entry(pending.lane.clone()).or_default().push_back(pending);
+            self.waiting_len += 1;
         }
     }
 
@@ -251,7 +256,10 @@ impl Dispatcher {
             self.waiting.remove(&lane);
         }
         match next {
-            Some(next) => self.ready.push_back(next),
+            Some(next) => {
+                self.waiting_len -= 1;
+                self.ready.push_back(next);
+            }
             None => {
                 self.busy.remove(&lane);
             }
@@ -278,12 +286,15 @@ impl Dispatcher {
     /// Pause partitions with held retries, and everything while too much is buffered;
     /// resume the rest. The poll loop keeps running either way.
     fn apply_pauses(&mut self) {
-        let buffered = self.ready.len() + self.held.len() + self.waiting.values().map(VecDeque::len).sum::<usize>();
-        if buffered > self.buffer_limit {
-            self.throttled = true;
+        let buffered = self.ready.len() + self.held.len() + self.waiting_len;
+        let throttled = if buffered > self.buffer_limit {
+            true
         } else if buffered < self.buffer_limit / 2 {
-            self.throttled = false;
-        }
+            false
+        } else {
+            self.throttled
+        };
+        self.throttled = throttled;
         let assignment = match self.consumer.assignment() {
             Ok(assignment) => assignment,
             Err(_) => return,
