@@ -58,6 +58,10 @@ struct Shared {
     reconnect: Mutex<()>,
     /// Whether every subscription is currently consuming (readiness).
     consuming: AtomicBool,
+    /// Queues seen to exist. lapin pins a `basic.return` on whichever confirm comes next,
+    /// which under concurrent publishes may be another message's; so unroutable
+    /// destinations are found by a passive declare first, and returns are only a backstop.
+    known_queues: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 /// One connection and its publishing channel.
@@ -86,6 +90,7 @@ impl AmqpTransport {
                 session: std::sync::RwLock::new(None),
                 reconnect: Mutex::new(()),
                 consuming: AtomicBool::new(false),
+                known_queues: std::sync::RwLock::new(std::collections::HashSet::new()),
             }),
         };
         transport.session().await?;
@@ -129,6 +134,34 @@ impl AmqpTransport {
         let publisher = connection.create_channel().await.map_err(|e| unavailable(&e))?;
         publisher.confirm_select(Default::default()).await.map_err(|e| unavailable(&e))?;
         Ok(Session { connection, publisher })
+    }
+
+    /// Whether a queue named `name` exists (cached once seen): a passive declare on a
+    /// throwaway channel, since a missing queue closes the channel it was asked on.
+    async fn queue_exists(&self, name: &str) -> Result<bool, PublishError> {
+        if self.shared.known_queues.read().unwrap_or_else(|p| p.into_inner()).contains(name) {
+            return Ok(true);
+        }
+        let unavailable = |e: &dyn std::fmt::Display| PublishError::Unavailable(e.to_string());
+        let channel = self.channel().await.map_err(|e| unavailable(&e))?;
+        let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let queue = ShortString::try_new(name.to_owned()).map_err(|e| unavailable(&e))?;
+        match channel.queue_declare(queue, options, FieldTable::default()).await {
+            Ok(_) => {
+                let _ = channel.close(200, "checked".into()).await;
+                self.shared.known_queues.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned());
+                Ok(true)
+            }
+            Err(error) => match error.kind() {
+                lapin::ErrorKind::ProtocolError(amqp)
+                    if amqp.kind()
+                        == &lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND) =>
+                {
+                    Ok(false)
+                }
+                _ => Err(unavailable(&error)),
+            },
+        }
     }
 
     /// A fresh channel on the current connection (for declarations and consumers).
@@ -250,6 +283,9 @@ impl Transport for AmqpTransport {
             return Err(PublishError::Unroutable(destination.to_owned()));
         };
         let unavailable = |e: &dyn std::fmt::Display| PublishError::Unavailable(e.to_string());
+        if !self.queue_exists(destination).await? {
+            return Err(PublishError::Unroutable(destination.to_owned()));
+        }
         let session = self.session().await.map_err(|e| unavailable(&e))?;
         let props: BasicProperties = convert::properties(message);
         let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
@@ -262,7 +298,15 @@ impl Transport for AmqpTransport {
             .map_err(|e| unavailable(&e))?;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_returned)) => Err(PublishError::Unroutable(destination.to_owned())),
+            Confirmation::Ack(Some(returned))
+                if returned.delivery.routing_key.as_str() == destination
+                    && returned.delivery.data == message.payload =>
+            {
+                self.shared.known_queues.write().unwrap_or_else(|p| p.into_inner()).remove(destination);
+                Err(PublishError::Unroutable(destination.to_owned()))
+            }
+            // Another publish's return, pinned on this confirm by lapin: this one was routed.
+            Confirmation::Ack(Some(_)) => Ok(()),
             Confirmation::Nack(_) => Err(PublishError::Rejected {
                 destination: destination.to_owned(),
                 reason: "the broker nacked the message (queue full or unavailable)".into(),
