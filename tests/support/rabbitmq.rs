@@ -93,11 +93,6 @@ impl Harness for RabbitHarness {
     }
 }
 
-/// Publish `message` to `queue` with the transport (confirmed).
-pub async fn publish(transport: &AmqpTransport, queue: &str, message: Message) {
-    transport.publish(queue, &message).await.expect("publish");
-}
-
 /// A plain lapin client, as a producer in another language would use the broker.
 #[derive(Debug)]
 pub struct RawClient {
@@ -199,16 +194,6 @@ impl RawClient {
         while let Ok(Some(Ok(delivery))) = tokio::time::timeout(Duration::from_millis(50), consumer.next()).await {
             let _ = delivery.nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() }).await;
         }
-    }
-
-    /// Messages waiting in `queue`.
-    pub async fn depth(&self, queue: &str) -> u32 {
-        let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-        self.channel
-            .queue_declare(queue.into(), options, FieldTable::default())
-            .await
-            .expect("passive declare")
-            .message_count()
     }
 }
 

@@ -24,8 +24,6 @@ pub struct MemoryBroker {
 struct Queue {
     /// Messages waiting for a consumer, oldest first.
     ready: VecDeque<Stored>,
-    /// Messages handed to a consumer and not yet settled.
-    unacked: usize,
     /// For a retry tier: how long messages wait, and the queue they then move to.
     delay: Option<(Duration, String)>,
     /// Publishes are rejected while `ready` holds this many messages.
@@ -77,16 +75,6 @@ impl MemoryBroker {
     /// Messages waiting in `queue` (not those handed out), oldest first.
     pub fn peek(&self, queue: &str) -> Vec<Message> {
         self.lock().get(queue).map(|q| q.ready.iter().map(|s| s.message.clone()).collect()).unwrap_or_default()
-    }
-
-    /// Number of messages waiting in `queue` plus those handed out and unsettled.
-    pub fn depth(&self, queue: &str) -> usize {
-        self.lock().get(queue).map_or(0, |q| q.ready.len() + q.unacked)
-    }
-
-    /// Take the oldest waiting message of `queue` (removing it), if any.
-    pub fn take(&self, queue: &str) -> Option<Message> {
-        self.lock().get_mut(queue)?.ready.pop_front().map(|s| s.message)
     }
 
     /// Wait up to `timeout` for a message in `queue` and take it.
@@ -141,19 +129,12 @@ impl MemoryBroker {
                 let mut state = self.lock();
                 let q = state.entry(queue.to_owned()).or_default();
                 if let Some(stored) = q.ready.pop_front() {
-                    q.unacked += 1;
                     return stored;
                 }
                 Arc::clone(&q.arrived)
             };
             // `notify_one` stores a permit, so an arrival between unlock and here is not missed.
             arrived.notified().await;
-        }
-    }
-
-    fn settled(&self, queue: &str) {
-        if let Some(q) = self.lock().get_mut(queue) {
-            q.unacked = q.unacked.saturating_sub(1);
         }
     }
 }
@@ -234,7 +215,6 @@ impl MemoryAcker {
     fn requeue(&mut self) {
         if let Some(mut stored) = self.stored.take() {
             stored.redelivered = true;
-            self.broker.settled(&self.queue);
             self.broker.enqueue(&self.queue, stored, true);
         }
     }
@@ -242,9 +222,7 @@ impl MemoryAcker {
 
 impl Acker for MemoryAcker {
     async fn ack(mut self) -> Result<(), TransportError> {
-        if self.stored.take().is_some() {
-            self.broker.settled(&self.queue);
-        }
+        self.stored = None;
         Ok(())
     }
 
