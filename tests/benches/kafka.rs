@@ -11,15 +11,11 @@ use std::{
 };
 
 use courier_tests::{
-    kafka::{KafkaClient, MockKafkaProcess},
+    kafka::{KafkaClient, MockKafkaProcess, reader},
     measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_table},
     process::Process,
 };
-use rdkafka::{
-    ClientConfig, Message as _, Offset, TopicPartitionList,
-    consumer::{Consumer, StreamConsumer},
-    message::Headers as _,
-};
+use rdkafka::{Message as _, consumer::StreamConsumer, message::Headers as _};
 
 const MESSAGES: usize = 50_000;
 const PARTITIONS: i32 = 3;
@@ -109,7 +105,7 @@ async fn run(cluster: &mut MockKafkaProcess, name: &str, worker: Option<(&str, O
         }
     };
     let pid = process.pid();
-    let reader = reader(&cluster.bootstrap, &replies);
+    let reader = reader(&cluster.bootstrap, &replies, PARTITIONS);
 
     recv(&reader).await;
     let (start, cpu_start) = (Instant::now(), cpu_seconds(pid));
@@ -134,22 +130,6 @@ async fn run(cluster: &mut MockKafkaProcess, name: &str, worker: Option<(&str, O
     assert!(process.running(), "{name} died:\n{}", process.tail());
     process.terminate();
     figures
-}
-
-fn reader(bootstrap: &str, topic: &str) -> StreamConsumer {
-    let reader: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("bench-reader-{}", uuid::Uuid::new_v4().simple()))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("reader");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("offset");
-    }
-    reader.assign(&assignment).expect("assign");
-    reader
 }
 
 /// The next reply's correlation id.

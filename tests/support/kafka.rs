@@ -112,6 +112,24 @@ pub fn config(bootstrap: &str, ordering: Ordering) -> KafkaConfig {
     }
 }
 
+/// A consumer of every partition of `topic` from the beginning, outside any group
+/// (nothing is committed): how the tests read replies and dead letters.
+pub fn reader(bootstrap: &str, topic: &str, partitions: i32) -> StreamConsumer {
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("reader");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("offset");
+    }
+    reader.assign(&assignment).expect("assign");
+    reader
+}
+
 /// The contract-suite harness on a fresh mock cluster.
 pub struct KafkaHarness {
     /// The cluster (dropped with the harness).
@@ -145,19 +163,9 @@ impl KafkaHarness {
             return std::sync::Arc::clone(reader);
         }
         self.cluster.create_topics(&[topic], self.transport.config().partitions);
-        let reader: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.cluster.bootstrap)
-            .set("group.id", format!("reader-{}", uuid::Uuid::new_v4().simple()))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .expect("reader");
         let counts = self.transport.partition_counts(&[topic]).await.expect("metadata");
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..counts.get(topic).copied().unwrap_or(1) {
-            assignment.add_partition_offset(topic, partition as i32, Offset::Beginning).expect("offset");
-        }
-        reader.assign(&assignment).expect("assign");
+        let partitions = counts.get(topic).copied().unwrap_or(1) as i32;
+        let reader = reader(&self.cluster.bootstrap, topic, partitions);
         let reader = std::sync::Arc::new(reader);
         self.readers.lock().expect("readers").insert(topic.to_owned(), std::sync::Arc::clone(&reader));
         reader
@@ -333,21 +341,7 @@ impl KafkaClient {
         stop_early: impl Fn(&crate::replies::Replies) -> bool,
     ) {
         let bootstrap = self.bootstrap.clone();
-        let reader = self.readers.entry(topic.to_owned()).or_insert_with(|| {
-            let reader: StreamConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .set("group.id", format!("replies-{}", uuid::Uuid::new_v4().simple()))
-                .set("enable.auto.commit", "false")
-                .set("fetch.wait.max.ms", "10")
-                .create()
-                .expect("reader");
-            let mut assignment = TopicPartitionList::new();
-            for partition in 0..partitions {
-                assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("offset");
-            }
-            reader.assign(&assignment).expect("assign");
-            reader
-        });
+        let reader = self.readers.entry(topic.to_owned()).or_insert_with(|| reader(&bootstrap, topic, partitions));
         while replies.by_id.len() < expected && !stop_early(replies) {
             match tokio::time::timeout(patience, reader.recv()).await {
                 Ok(Ok(record)) => {
