@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod console;
 pub mod contract;
+pub mod dlq;
 pub mod handler;
 pub mod pipeline;
 pub mod retry;

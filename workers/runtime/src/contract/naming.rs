@@ -7,6 +7,10 @@
 //! | retry tier    | `<requests>.retry.<delay>`    | `greeter.requests.retry.5s`      |
 //! | dead letters  | `<requests>.dlq`              | `greeter.requests.dlq`           |
 //! | parked        | `<requests>.parking`          | `greeter.requests.parking`       |
+//! | replay ledger | `<dlq or parking>.ledger`     | `greeter.requests.dlq.ledger`    |
+//!
+//! The ledger exists on Kafka only: it records which dead-letter records were replayed,
+//! parked or purged (a topic is a log; its records cannot be removed one by one).
 
 use std::time::Duration;
 
@@ -36,6 +40,17 @@ pub fn dead_letter(queue: &str) -> String {
 /// The parking queue of `queue` (records replay gave up on).
 pub fn parking(queue: &str) -> String {
     format!("{queue}.parking")
+}
+
+/// The replay ledger of a Kafka dead-letter or parking topic.
+pub fn ledger(topic: &str) -> String {
+    format!("{topic}.ledger")
+}
+
+/// The work queue a message consumed from `source` belongs to: `source` itself, or the
+/// queue of which `source` is a retry tier.
+pub fn work_queue_of(source: &str) -> &str {
+    source.rsplit_once(".retry.").map_or(source, |(queue, _)| queue)
 }
 
 /// The whole topology of a work queue.
@@ -74,5 +89,8 @@ mod tests {
         assert_eq!(retry_tier("q", Duration::from_secs(7200)), "q.retry.2h");
         assert_eq!(dead_letter("greeter.requests"), "greeter.requests.dlq");
         assert_eq!(parking("greeter.requests"), "greeter.requests.parking");
+        assert_eq!(ledger("greeter.requests.dlq"), "greeter.requests.dlq.ledger");
+        assert_eq!(work_queue_of("greeter.requests.retry.5s"), "greeter.requests");
+        assert_eq!(work_queue_of("greeter.requests"), "greeter.requests");
     }
 }

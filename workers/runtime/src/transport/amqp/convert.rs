@@ -26,7 +26,7 @@ const PERSISTENT: u8 = 2;
 /// Properties and headers for publishing `message`.
 /// The four headers with an AMQP property of their own travel in that property only
 /// (smaller frames); a value too long for a property (255 bytes) stays in the table.
-pub(super) fn properties(message: &Message) -> BasicProperties {
+pub fn properties(message: &Message) -> BasicProperties {
     let short = |name: &str| message.headers.get(name).and_then(|v| ShortString::try_new(v.clone()).ok());
     let mut table = FieldTable::default();
     for (name, value) in &message.headers {

@@ -28,7 +28,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::{Acker, Delivery, Message, PublishError, Source, Subscription, Topology, Transport, TransportError};
-pub use convert::headers;
+pub use convert::{headers, properties};
 
 use crate::config::redact;
 
@@ -138,7 +138,7 @@ impl AmqpTransport {
 
     /// Whether a queue named `name` exists (cached once seen): a passive declare on a
     /// throwaway channel, since a missing queue closes the channel it was asked on.
-    async fn queue_exists(&self, name: &str) -> Result<bool, PublishError> {
+    pub async fn queue_exists(&self, name: &str) -> Result<bool, PublishError> {
         if self.shared.known_queues.read().unwrap_or_else(|p| p.into_inner()).contains(name) {
             return Ok(true);
         }

@@ -12,16 +12,13 @@ use std::{
 use rdkafka::{
     Message as _, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
-    message::{BorrowedMessage, Headers as _},
+    message::BorrowedMessage,
 };
 use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, warn};
 
 use super::{Ordering, RebalanceContext, Tracking};
-use crate::{
-    contract::headers::Headers,
-    transport::{Acker, Delivery, Message, Source, Subscription, Topology, TransportError},
-};
+use crate::transport::{Acker, Delivery, Message, Source, Subscription, Topology, TransportError};
 
 /// Delay before a nacked record is handed out again.
 const REDELIVERY_DELAY: Duration = Duration::from_millis(500);
@@ -204,7 +201,7 @@ impl Dispatcher {
             offsets.start(offset);
             *epoch
         };
-        let message = to_message(record);
+        let message = super::convert::to_message(record);
         let delay = self.tiers.get(&partition.0).copied();
         let lane = match (delay, self.ordering) {
             (Some(_), _) | (None, Ordering::None) => Lane::Free,
@@ -358,21 +355,6 @@ async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
-    }
-}
-
-fn to_message(record: &BorrowedMessage<'_>) -> Message {
-    let mut headers = Headers::new();
-    if let Some(list) = record.headers() {
-        for header in list.iter() {
-            let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-            headers.insert(header.key.to_owned(), value);
-        }
-    }
-    Message {
-        payload: record.payload().map(bytes::Bytes::copy_from_slice).unwrap_or_default(),
-        headers,
-        key: record.key().map(|k| String::from_utf8_lossy(k).into_owned()),
     }
 }
 

@@ -7,6 +7,7 @@
 //! close. A nacked message is handed out again by the dispatcher; its offset stays
 //! unstored until it finishes, so a crash never skips it.
 
+pub(crate) mod convert;
 mod dispatch;
 pub mod offsets;
 
@@ -22,7 +23,6 @@ use rdkafka::{
     client::DefaultClientContext,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
-    message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
 };
@@ -116,7 +116,7 @@ impl KafkaTransport {
     }
 
     /// Whether `topic` exists (cached once seen).
-    async fn topic_exists(&self, topic: &str) -> Result<bool, PublishError> {
+    pub async fn topic_exists(&self, topic: &str) -> Result<bool, PublishError> {
         if self.shared.known_topics.read().unwrap_or_else(|p| p.into_inner()).contains(topic) {
             return Ok(true);
         }
@@ -177,7 +177,7 @@ impl KafkaTransport {
 }
 
 /// Our client configuration: bootstrap, our defaults, then the pass-through properties.
-fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+pub(crate) fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.bootstrap);
     for (key, value) in defaults {
@@ -243,11 +243,8 @@ impl Transport for KafkaTransport {
         if !self.topic_exists(destination).await? {
             return Err(PublishError::Unroutable(destination.to_owned()));
         }
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-        for (key, value) in &message.headers {
-            headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
-        }
-        let mut record = FutureRecord::to(destination).payload(&message.payload[..]).headers(headers);
+        let mut record =
+            FutureRecord::to(destination).payload(&message.payload[..]).headers(convert::headers(&message.headers));
         if let Some(key) = &message.key {
             record = record.key(key.as_bytes());
         }

@@ -1,5 +1,7 @@
 //! `courier`: the operators' command-line tool.
 
+mod dlq;
+
 use clap::{Parser, Subcommand};
 use courier::{
     WorkerArgs,
@@ -19,6 +21,9 @@ enum Command {
     /// Queues/topics of a worker.
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// Dead-letter and parking queues: stats, show, replay, park, purge.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,6 +43,10 @@ enum TopologyCommand {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Dlq(command) => {
+            let code = dlq::main(command).await?;
+            std::process::exit(code);
+        }
         Command::Topology(TopologyCommand::Declare { worker, args }) => {
             courier::app::init_logging(&args.log_format, "warn");
             let settings = args.settings(&worker)?;

@@ -1,0 +1,250 @@
+//! `courier dlq …`: inspect, replay, park and purge dead-letter records.
+
+use std::io::{IsTerminal, Write as _};
+
+use clap::{Args, Subcommand};
+use courier::{
+    WorkerArgs,
+    dlq::{self, Filter, Operation, RunOptions, Store, Summary, report, run::Event},
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Which queue of which worker.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The worker's name (queue names derive from it).
+    #[arg(long, env = "COURIER_WORKER")]
+    worker: String,
+    /// Work on the parking queue instead of the dead-letter queue.
+    #[arg(long)]
+    parking: bool,
+    #[command(flatten)]
+    args: WorkerArgs,
+}
+
+/// How a changing command runs.
+#[derive(Debug, Args)]
+pub struct Change {
+    #[command(flatten)]
+    filter: Filter,
+    /// Handle at most this many records.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// At most this many records per second.
+    #[arg(long)]
+    rate: Option<u32>,
+    /// Print what would happen; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Records per atomic batch.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Count records by failure (fingerprint, kind, source, worker); removes and reorders nothing.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        filter: Filter,
+        /// JSON output, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print records: headers and pretty-printed payload; removes and reorders nothing.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        filter: Filter,
+        /// Print at most this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// One JSON object per line, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republish records to the queue they failed on (failure headers stripped, replay
+    /// count + 1); records replayed too often go to the parking queue instead.
+    Replay {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        change: Change,
+        /// Loop guard: records already replayed this many times are parked (not applied
+        /// when replaying the parking queue).
+        #[arg(long, default_value_t = 3)]
+        max_replays: u32,
+    },
+    /// Move records, unchanged, to the parking queue.
+    Park {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        change: Change,
+    },
+    /// Delete records (asks first unless --yes).
+    Purge {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        change: Change,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Run a `dlq` command; the exit code is 2 when some records could not be handled.
+pub async fn main(command: DlqCommand) -> anyhow::Result<i32> {
+    match command {
+        DlqCommand::Stats { target, filter, json } => {
+            let (mut store, queue) = open(&target, false).await?;
+            let mut stats = report::Stats::default();
+            read_all(&mut store, &filter, None, |record| stats.add(record)).await?;
+            store.close().await?;
+            if json {
+                println!("{}", stats.to_json(&queue));
+            } else {
+                print!("{}", stats.render(&queue));
+            }
+            Ok(0)
+        }
+        DlqCommand::Show { target, filter, limit, json } => {
+            let (mut store, _) = open(&target, false).await?;
+            let mut stdout = std::io::stdout().lock();
+            read_all(&mut store, &filter, limit, |record| {
+                let _ = if json {
+                    writeln!(stdout, "{}", report::show_json(record))
+                } else {
+                    writeln!(stdout, "{}", report::show(record))
+                };
+            })
+            .await?;
+            store.close().await?;
+            Ok(0)
+        }
+        DlqCommand::Replay { target, change, max_replays } => {
+            let parking = target.settings()?.topology().parking;
+            let max_replays = (!target.parking).then_some(max_replays);
+            change_records(&target, &change, &Operation::Replay { max_replays, parking }).await
+        }
+        DlqCommand::Park { target, change } => {
+            anyhow::ensure!(!target.parking, "these records are parked already");
+            let parking = target.settings()?.topology().parking;
+            change_records(&target, &change, &Operation::Park { parking }).await
+        }
+        DlqCommand::Purge { target, change, yes } => {
+            if !yes && !change.dry_run {
+                confirm_purge(&target, &change.filter)?;
+            }
+            change_records(&target, &change, &Operation::Purge).await
+        }
+    }
+}
+
+impl Target {
+    fn settings(&self) -> anyhow::Result<courier::Settings> {
+        Ok(self.args.settings(&self.worker)?)
+    }
+}
+
+/// The store and the name of the queue it reads.
+async fn open(target: &Target, writable: bool) -> anyhow::Result<(dlq::AnyStore, String)> {
+    let settings = target.settings()?;
+    courier::app::init_logging(&target.args.log_format, "warn");
+    let topology = settings.topology();
+    let queue = if target.parking { topology.parking } else { topology.dead_letter };
+    Ok((dlq::open(&settings.broker, &queue, writable).await?, queue))
+}
+
+/// Visit every record that matches (at most `limit`), leaving them all in place.
+async fn read_all(
+    store: &mut dlq::AnyStore,
+    filter: &Filter,
+    limit: Option<u64>,
+    mut visit: impl FnMut(&dlq::Record),
+) -> anyhow::Result<()> {
+    let mut shown = 0;
+    loop {
+        let batch = store.next_batch(500).await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for record in batch.iter().filter(|r| filter.matches(&r.message)) {
+            if limit.is_some_and(|limit| shown >= limit) {
+                return Ok(());
+            }
+            shown += 1;
+            visit(record);
+        }
+    }
+}
+
+async fn change_records(target: &Target, change: &Change, operation: &Operation) -> anyhow::Result<i32> {
+    let (mut store, queue) = open(target, !change.dry_run).await?;
+    let progress = ProgressBar::new(store.pending().unwrap_or(0));
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} {pos}/{len} read  {msg}  [{elapsed_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let dry_run = change.dry_run;
+    let options = RunOptions {
+        filter: change.filter.clone(),
+        limit: change.limit,
+        rate: change.rate,
+        dry_run,
+        batch: change.batch,
+    };
+    let mut observe = |event: Event<'_>| match event {
+        Event::Planned(record, action) if dry_run => {
+            progress.suspend(|| println!("would {} {}", describe(action), record.id));
+        }
+        Event::Planned(..) => {}
+        Event::Failed(record, reason) => progress.suspend(|| eprintln!("left in {queue}: {}: {reason}", record.id)),
+        Event::Progress(summary) => {
+            progress.set_position(summary.read);
+            progress.set_message(format!(
+                "{} replayed, {} parked, {} purged",
+                summary.replayed, summary.parked, summary.purged
+            ));
+        }
+    };
+    let summary = dlq::run::run(&mut store, operation, &options, &mut observe).await;
+    progress.finish_and_clear();
+    store.close().await?;
+    let summary = summary?;
+    print_summary(&summary, dry_run);
+    Ok(if summary.failed > 0 { 2 } else { 0 })
+}
+
+fn describe(action: &dlq::run::Action) -> String {
+    match action {
+        dlq::run::Action::Replay(to) => format!("replay to {to}:"),
+        dlq::run::Action::Park { to, guard: true } => format!("park (replayed too often) in {to}:"),
+        dlq::run::Action::Park { to, guard: false } => format!("park in {to}:"),
+        dlq::run::Action::Purge => "purge".to_owned(),
+    }
+}
+
+fn print_summary(summary: &Summary, dry_run: bool) {
+    let verb = if dry_run { "would be " } else { "" };
+    println!(
+        "{} read: {}{} replayed, {} parked, {} purged; {} skipped (not matching or over the limit), {} failed (left in place)",
+        summary.read, verb, summary.replayed, summary.parked, summary.purged, summary.skipped, summary.failed
+    );
+}
+
+fn confirm_purge(target: &Target, filter: &Filter) -> anyhow::Result<()> {
+    anyhow::ensure!(std::io::stdin().is_terminal(), "refusing to purge without --yes: stdin is not a terminal");
+    let topology = target.settings()?.topology();
+    let queue = if target.parking { topology.parking } else { topology.dead_letter };
+    let which = if filter.is_empty() { "EVERY record" } else { "the matching records" };
+    eprint!("Delete {which} of {queue}? This cannot be undone. Type yes: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    anyhow::ensure!(answer.trim() == "yes", "not purged");
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! A RabbitMQ dead-letter queue as a [`Store`]: records are fetched with `basic.get`
+//! (unacked) on a transactional channel; a batch is published and acked in one
+//! `tx.commit`. Closing the channel returns the records read but not settled to their
+//! original positions, so inspecting a queue removes and reorders nothing.
+
+use std::collections::HashMap;
+
+use lapin::{
+    Channel,
+    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions},
+    protocol::{AMQPErrorKind, AMQPSoftError},
+    types::{FieldTable, ShortString},
+};
+
+use crate::{
+    dlq::{DlqError, Record, RecordId, Settlement, Store},
+    transport::{
+        Message,
+        amqp::{self, AmqpTransport},
+    },
+};
+
+/// One dead-letter (or parking) queue, opened for reading and settling.
+#[derive(Debug)]
+pub struct AmqpStore {
+    transport: AmqpTransport,
+    queue: String,
+    /// Transactional channel holding the unacked records read so far.
+    channel: Channel,
+    /// Records in the queue when it was opened: reading stops there, so records that
+    /// arrive meanwhile (or come back) are not read twice.
+    snapshot: u64,
+    /// Records read so far.
+    read: u64,
+    /// Position → delivery tag of the records read and not settled.
+    tags: HashMap<u64, u64>,
+}
+
+impl AmqpStore {
+    /// Open `queue`; fails with [`DlqError::NotFound`] when it does not exist.
+    pub async fn open(transport: &AmqpTransport, queue: &str) -> Result<Self, DlqError> {
+        let channel = transport.channel().await.map_err(|e| DlqError::Unavailable(e.to_string()))?;
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let declared = channel
+            .queue_declare(short(queue)?, options, FieldTable::default())
+            .await
+            .map_err(|e| classify(queue, &e))?;
+        channel.tx_select().await.map_err(|e| DlqError::Broker(e.to_string()))?;
+        Ok(Self {
+            transport: transport.clone(),
+            queue: queue.to_owned(),
+            channel,
+            snapshot: u64::from(declared.message_count()),
+            read: 0,
+            tags: HashMap::new(),
+        })
+    }
+}
+
+impl Store for AmqpStore {
+    fn name(&self) -> &str {
+        &self.queue
+    }
+
+    fn pending(&self) -> Option<u64> {
+        Some(self.snapshot)
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, DlqError> {
+        let mut records = Vec::new();
+        while records.len() < max && self.read < self.snapshot {
+            let got = self
+                .channel
+                .basic_get(short(&self.queue)?, BasicGetOptions { no_ack: false })
+                .await
+                .map_err(|e| DlqError::Unavailable(e.to_string()))?;
+            let Some(got) = got else {
+                // Someone else consumed the rest.
+                self.snapshot = self.read;
+                break;
+            };
+            self.read += 1;
+            let delivery = got.delivery;
+            self.tags.insert(self.read, delivery.delivery_tag);
+            let message =
+                Message { payload: delivery.data.into(), headers: amqp::headers(&delivery.properties), key: None };
+            records.push(Record { id: RecordId::Position(self.read), message });
+        }
+        Ok(records)
+    }
+
+    async fn exists(&mut self, destination: &str) -> Result<bool, DlqError> {
+        self.transport.queue_exists(destination).await.map_err(|e| DlqError::Unavailable(e.to_string()))
+    }
+
+    async fn settle(&mut self, batch: Vec<Settlement>) -> Result<(), DlqError> {
+        let broker = |e: lapin::Error| DlqError::Unavailable(e.to_string());
+        for settlement in batch {
+            let RecordId::Position(position) = settlement.id else {
+                return Err(DlqError::Broker(format!("record {} is not from this queue", settlement.id)));
+            };
+            let Some(tag) = self.tags.remove(&position) else {
+                return Err(DlqError::Broker(format!("record {position} was not read or is already settled")));
+            };
+            if let Some((destination, message)) = settlement.output {
+                // In a transaction there are no confirms: the commit below is the confirmation.
+                self.channel
+                    .basic_publish(
+                        "".into(),
+                        short(&destination)?,
+                        BasicPublishOptions::default(),
+                        &message.payload,
+                        amqp::properties(&message),
+                    )
+                    .await
+                    .map_err(broker)?;
+            }
+            self.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(broker)?;
+        }
+        self.channel.tx_commit().await.map_err(broker)
+    }
+
+    async fn close(self) -> Result<(), DlqError> {
+        self.channel.close(200, "done".into()).await.map_err(|e| DlqError::Unavailable(e.to_string()))
+    }
+}
+
+fn short(name: &str) -> Result<ShortString, DlqError> {
+    ShortString::try_new(name.to_owned()).map_err(|_| DlqError::Broker(format!("{name:?} is longer than 255 bytes")))
+}
+
+fn classify(queue: &str, error: &lapin::Error) -> DlqError {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => {
+            DlqError::NotFound(queue.to_owned())
+        }
+        _ => DlqError::Unavailable(error.to_string()),
+    }
+}

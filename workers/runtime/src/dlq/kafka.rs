@@ -1,0 +1,299 @@
+//! A Kafka dead-letter topic as a [`Store`]. The topic is a log and is never rewritten:
+//! a record leaves the dead-letter queue when an entry for it is written to the ledger
+//! topic `<topic>.ledger` (key `<partition>:<offset>`). A batch is one Kafka transaction
+//! holding the outputs and their ledger entries, so after a crash either both or neither
+//! are visible (readers use `read_committed`). The transactional id is per topic: a new
+//! run fences an older one and aborts whatever batch it left open. Records filtered out
+//! stay pending and can be handled by a later run.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use rdkafka::{
+    Message as _, Offset, TopicPartitionList,
+    consumer::{Consumer, StreamConsumer},
+    error::KafkaError,
+    producer::{FutureProducer, FutureRecord, Producer},
+};
+
+use crate::{
+    contract::{naming, timestamp},
+    dlq::{DlqError, Record, RecordId, Settlement, Store},
+    transport::{
+        Message,
+        kafka::{KafkaTransport, client_config, convert},
+    },
+};
+
+/// How long a transaction step or a read may take before the broker counts as unavailable.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One dead-letter (or parking) topic, opened for reading and settling.
+pub struct KafkaStore {
+    transport: KafkaTransport,
+    topic: String,
+    ledger: String,
+    /// Records already replayed, parked or purged.
+    settled: HashSet<(i32, i64)>,
+    /// Reads the topic up to where it ended when opened.
+    reader: LogReader,
+    /// Transactional producer; `None` for a read-only store.
+    producer: Option<FutureProducer>,
+    /// Pending records seen so far.
+    seen: u64,
+}
+
+impl std::fmt::Debug for KafkaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaStore").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+impl KafkaStore {
+    /// Open `topic`. A store that will settle records (`writable`) creates the ledger
+    /// if it is missing and fences any earlier run on the same topic first.
+    pub async fn open(transport: &KafkaTransport, topic: &str, writable: bool) -> Result<Self, DlqError> {
+        let ledger = naming::ledger(topic);
+        let unavailable = |e: &dyn std::fmt::Display| DlqError::Unavailable(e.to_string());
+        let counts = transport.partition_counts(&[topic, &ledger]).await.map_err(|e| unavailable(&e))?;
+        let Some(&partitions) = counts.get(topic) else { return Err(DlqError::NotFound(topic.to_owned())) };
+        let producer = if writable {
+            if !counts.contains_key(&ledger) {
+                transport.create_topics(&[&ledger]).await.map_err(|e| unavailable(&e))?;
+            }
+            Some(transactional_producer(transport, topic).await?)
+        } else {
+            None
+        };
+        let ledger_partitions = match counts.get(&ledger) {
+            Some(&n) => n,
+            None if writable => transport
+                .partition_counts(&[&ledger])
+                .await
+                .map_err(|e| unavailable(&e))?
+                .get(&ledger)
+                .copied()
+                .unwrap_or(0),
+            None => 0,
+        };
+        let mut settled = HashSet::new();
+        if ledger_partitions > 0 {
+            let mut reader = LogReader::open(transport, &ledger, ledger_partitions)?;
+            while let Some(entry) = reader.next().await? {
+                if let Some(key) = entry.key.as_deref().and_then(parse_key) {
+                    settled.insert(key);
+                }
+            }
+        }
+        Ok(Self {
+            transport: transport.clone(),
+            topic: topic.to_owned(),
+            ledger,
+            settled,
+            reader: LogReader::open(transport, topic, partitions)?,
+            producer,
+            seen: 0,
+        })
+    }
+}
+
+impl Store for KafkaStore {
+    fn name(&self) -> &str {
+        &self.topic
+    }
+
+    fn pending(&self) -> Option<u64> {
+        self.reader.finished().then_some(self.seen)
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, DlqError> {
+        let mut records = Vec::new();
+        while records.len() < max {
+            let Some(entry) = self.reader.next().await? else { break };
+            if self.settled.contains(&(entry.partition, entry.offset)) {
+                continue;
+            }
+            self.seen += 1;
+            records.push(Record {
+                id: RecordId::Offset { partition: entry.partition, offset: entry.offset },
+                message: entry.message,
+            });
+        }
+        Ok(records)
+    }
+
+    async fn exists(&mut self, destination: &str) -> Result<bool, DlqError> {
+        self.transport.topic_exists(destination).await.map_err(|e| DlqError::Unavailable(e.to_string()))
+    }
+
+    async fn settle(&mut self, batch: Vec<Settlement>) -> Result<(), DlqError> {
+        let Some(producer) = self.producer.clone() else {
+            return Err(DlqError::Broker("this store was opened read-only".into()));
+        };
+        let ledger = self.ledger.clone();
+        let mut entries = Vec::with_capacity(batch.len());
+        for settlement in batch {
+            let RecordId::Offset { partition, offset } = settlement.id else {
+                return Err(DlqError::Broker(format!("record {} is not from a Kafka topic", settlement.id)));
+            };
+            entries.push(((partition, offset), settlement.output));
+        }
+        let ids: Vec<(i32, i64)> = entries.iter().map(|(id, _)| *id).collect();
+        tokio::task::spawn_blocking(move || commit(&producer, &ledger, &entries))
+            .await
+            .map_err(|e| DlqError::Broker(e.to_string()))??;
+        self.settled.extend(ids);
+        Ok(())
+    }
+
+    async fn close(self) -> Result<(), DlqError> {
+        Ok(())
+    }
+}
+
+/// Create the topic's transactional producer and fence any earlier one (its open
+/// transaction is aborted).
+async fn transactional_producer(transport: &KafkaTransport, topic: &str) -> Result<FutureProducer, DlqError> {
+    let id = format!("courier-dlq.{topic}");
+    let producer: FutureProducer = client_config(
+        transport.config(),
+        &[("transactional.id", &id), ("enable.idempotence", "true"), ("acks", "all")],
+    )
+    .create()
+    .map_err(|e| DlqError::Unavailable(e.to_string()))?;
+    let init = producer.clone();
+    tokio::task::spawn_blocking(move || init.init_transactions(TIMEOUT))
+        .await
+        .map_err(|e| DlqError::Broker(e.to_string()))?
+        .map_err(|e| DlqError::Unavailable(format!("starting transactions: {e}")))?;
+    Ok(producer)
+}
+
+/// One transaction: every output and a ledger entry per record.
+fn commit(
+    producer: &FutureProducer,
+    ledger: &str,
+    entries: &[((i32, i64), Option<(String, Message)>)],
+) -> Result<(), DlqError> {
+    let failed = |e: KafkaError| DlqError::Unavailable(format!("transaction: {e}"));
+    producer.begin_transaction().map_err(failed)?;
+    let sent = (|| {
+        let now = timestamp::format(std::time::SystemTime::now());
+        for ((partition, offset), output) in entries {
+            let (action, to) = match output {
+                Some((destination, message)) => {
+                    let mut record = FutureRecord::to(destination)
+                        .payload(&message.payload[..])
+                        .headers(convert::headers(&message.headers));
+                    if let Some(key) = &message.key {
+                        record = record.key(key.as_bytes());
+                    }
+                    producer.send_result(record).map_err(|(e, _)| e)?;
+                    ("moved", destination.as_str())
+                }
+                None => ("purged", ""),
+            };
+            let key = format!("{partition}:{offset}");
+            let entry = serde_json::json!({ "action": action, "to": to, "at": now }).to_string();
+            producer.send_result(FutureRecord::to(ledger).key(&key).payload(&entry)).map_err(|(e, _)| e)?;
+        }
+        producer.commit_transaction(TIMEOUT)
+    })();
+    if let Err(error) = sent {
+        let _ = producer.abort_transaction(TIMEOUT);
+        return Err(failed(error));
+    }
+    Ok(())
+}
+
+fn parse_key(key: &str) -> Option<(i32, i64)> {
+    let (partition, offset) = key.split_once(':')?;
+    Some((partition.parse().ok()?, offset.parse().ok()?))
+}
+
+/// One record read from a log.
+struct Entry {
+    partition: i32,
+    offset: i64,
+    key: Option<String>,
+    message: Message,
+}
+
+/// Reads every partition of a topic from the beginning to the end it had when opened
+/// (`read_committed`: aborted transactions are skipped), outside any consumer group.
+struct LogReader {
+    consumer: StreamConsumer,
+    /// Partition → offset where it ended when opened; removed once reached.
+    ends: HashMap<i32, i64>,
+}
+
+impl LogReader {
+    fn open(transport: &KafkaTransport, topic: &str, partitions: usize) -> Result<Self, DlqError> {
+        let group = format!("courier-dlq-reader-{}", uuid::Uuid::new_v4().simple());
+        let consumer: StreamConsumer = client_config(
+            transport.config(),
+            &[
+                ("group.id", &group),
+                ("enable.auto.commit", "false"),
+                ("enable.partition.eof", "true"),
+                ("isolation.level", "read_committed"),
+            ],
+        )
+        .create()
+        .map_err(|e| DlqError::Unavailable(e.to_string()))?;
+        let mut ends = HashMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, TIMEOUT)
+                .map_err(|e| DlqError::Unavailable(format!("{topic}[{partition}]: {e}")))?;
+            if high > low {
+                ends.insert(partition, high);
+                assignment
+                    .add_partition_offset(topic, partition, Offset::Beginning)
+                    .map_err(|e| DlqError::Broker(e.to_string()))?;
+            }
+        }
+        consumer.assign(&assignment).map_err(|e| DlqError::Unavailable(e.to_string()))?;
+        Ok(Self { consumer, ends })
+    }
+
+    /// Whether every partition has been read to its end.
+    fn finished(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The next record, or `None` once every partition is read to its end.
+    async fn next(&mut self) -> Result<Option<Entry>, DlqError> {
+        while !self.ends.is_empty() {
+            let received = tokio::time::timeout(TIMEOUT, self.consumer.recv())
+                .await
+                .map_err(|_| DlqError::Unavailable(format!("no progress reading for {TIMEOUT:?}")))?;
+            match received {
+                Ok(record) => {
+                    let partition = record.partition();
+                    let Some(&end) = self.ends.get(&partition) else { continue };
+                    if record.offset() + 1 >= end {
+                        self.ends.remove(&partition);
+                    }
+                    if record.offset() >= end {
+                        continue;
+                    }
+                    return Ok(Some(Entry {
+                        partition,
+                        offset: record.offset(),
+                        key: record.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        message: convert::to_message(&record),
+                    }));
+                }
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    self.ends.remove(&partition);
+                }
+                Err(error) => return Err(DlqError::Unavailable(error.to_string())),
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,394 @@
+//! Replay, park and purge: one loop over a [`Store`], the same on every broker.
+//!
+//! Records are read in batches; each matching record is decided on (replay, park, drop)
+//! and the batch is settled atomically, so a crash loses or repeats nothing. Records that
+//! do not match, or cannot be handled (not a Courier record, unknown destination), stay
+//! where they are.
+
+use std::{collections::HashMap, time::Duration};
+
+use tokio::time::Instant;
+
+use crate::{
+    contract::{headers as h, naming},
+    dlq::{DlqError, Filter, Record, Settlement, Store},
+    transport::Message,
+};
+
+/// What to do with the matching records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// Republish each record to the queue it failed on, without its failure headers,
+    /// with `courier-replay-count` + 1 and the attempt count starting again.
+    Replay {
+        /// Loop guard: a record already replayed this many times is parked instead
+        /// (`None`: no guard, for replaying from the parking queue).
+        max_replays: Option<u32>,
+        /// The parking queue.
+        parking: String,
+    },
+    /// Move each record, unchanged, to the parking queue.
+    Park {
+        /// The parking queue.
+        parking: String,
+    },
+    /// Delete each record.
+    Purge,
+}
+
+/// How to run an operation.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Which records.
+    pub filter: Filter,
+    /// Handle at most this many records.
+    pub limit: Option<u64>,
+    /// At most this many records per second.
+    pub rate: Option<u32>,
+    /// Decide and report, but change nothing.
+    pub dry_run: bool,
+    /// Records per atomic batch.
+    pub batch: usize,
+}
+
+/// What happened to each record read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Records read from the queue.
+    pub read: u64,
+    /// Republished to their source.
+    pub replayed: u64,
+    /// Moved to the parking queue (by `park`, or by the loop guard).
+    pub parked: u64,
+    /// Deleted.
+    pub purged: u64,
+    /// Left in place: they did not match the filter (or the limit was reached).
+    pub skipped: u64,
+    /// Left in place: they could not be handled (see the messages printed).
+    pub failed: u64,
+}
+
+/// What became of one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Republished to this queue/topic.
+    Replay(String),
+    /// Moved to this parking queue/topic (`guard`: by the loop guard).
+    Park {
+        /// The parking queue.
+        to: String,
+        /// Parked by the loop guard rather than by `park`.
+        guard: bool,
+    },
+    /// Deleted.
+    Purge,
+}
+
+/// Reported while running.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// This record is (dry run: would be) handled so.
+    Planned(&'a Record, &'a Action),
+    /// This record stays where it is, for this reason.
+    Failed(&'a Record, &'a str),
+    /// A batch was settled (or, in a dry run, decided).
+    Progress(&'a Summary),
+}
+
+/// Run `operation` over the records of `store` that match.
+pub async fn run<S: Store>(
+    store: &mut S,
+    operation: &Operation,
+    options: &RunOptions,
+    observe: &mut (dyn FnMut(Event<'_>) + Send),
+) -> Result<Summary, DlqError> {
+    let mut summary = Summary::default();
+    let mut destinations: HashMap<String, bool> = HashMap::new();
+    let batch_size = options.batch.max(1).min(options.rate.map_or(usize::MAX, |r| r.max(1) as usize));
+    let started = Instant::now();
+    loop {
+        let records = store.next_batch(batch_size).await?;
+        if records.is_empty() {
+            return Ok(summary);
+        }
+        let mut batch = Vec::with_capacity(records.len());
+        for record in &records {
+            summary.read += 1;
+            let handled = summary.replayed + summary.parked + summary.purged;
+            if !options.filter.matches(&record.message) || options.limit.is_some_and(|limit| handled >= limit) {
+                summary.skipped += 1;
+                continue;
+            }
+            let (action, output) = match decide(operation, &record.message) {
+                Ok(decision) => decision,
+                Err(reason) => {
+                    summary.failed += 1;
+                    observe(Event::Failed(record, &reason));
+                    continue;
+                }
+            };
+            if let Some((destination, _)) = &output {
+                if !destinations.contains_key(destination) {
+                    let exists = store.exists(destination).await?;
+                    destinations.insert(destination.clone(), exists);
+                }
+                if destinations.get(destination) != Some(&true) {
+                    summary.failed += 1;
+                    observe(Event::Failed(record, &format!("no queue or topic named `{destination}`")));
+                    continue;
+                }
+            }
+            match &action {
+                Action::Replay(_) => summary.replayed += 1,
+                Action::Park { .. } => summary.parked += 1,
+                Action::Purge => summary.purged += 1,
+            }
+            observe(Event::Planned(record, &action));
+            batch.push(Settlement { id: record.id, output });
+        }
+        if !options.dry_run && !batch.is_empty() {
+            store.settle(batch).await?;
+        }
+        observe(Event::Progress(&summary));
+        if let Some(rate) = options.rate.filter(|_| !options.dry_run) {
+            let handled = summary.replayed + summary.parked + summary.purged;
+            let due = Duration::from_secs_f64(handled as f64 / f64::from(rate.max(1)));
+            tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
+        }
+    }
+}
+
+/// The action for one record and the message it publishes, or why it cannot be handled.
+pub fn decide(operation: &Operation, record: &Message) -> Result<(Action, Option<(String, Message)>), String> {
+    match operation {
+        Operation::Purge => Ok((Action::Purge, None)),
+        Operation::Park { parking } => {
+            Ok((Action::Park { to: parking.clone(), guard: false }, Some((parking.clone(), record.clone()))))
+        }
+        Operation::Replay { max_replays, parking } => {
+            let source = record
+                .headers
+                .get(h::FAILURE_SOURCE)
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| format!("no `{}` header: not a Courier dead-letter record", h::FAILURE_SOURCE))?;
+            let replays = match record.headers.get(h::REPLAY_COUNT) {
+                None => 0,
+                Some(v) => {
+                    v.trim().parse::<u32>().map_err(|_| format!("`{}` is {v:?}, not a count", h::REPLAY_COUNT))?
+                }
+            };
+            if max_replays.is_some_and(|max| replays >= max) {
+                return Ok((
+                    Action::Park { to: parking.clone(), guard: true },
+                    Some((parking.clone(), record.clone())),
+                ));
+            }
+            let destination = naming::work_queue_of(source).to_owned();
+            let mut headers = record.headers.clone();
+            for name in h::FAILURE_HEADERS.iter().chain([&h::ATTEMPT]) {
+                headers.remove(*name);
+            }
+            headers.insert(h::REPLAY_COUNT.into(), (replays + 1).to_string());
+            let replay = Message { payload: record.payload.clone(), headers, key: record.key.clone() };
+            Ok((Action::Replay(destination.clone()), Some((destination, replay))))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, VecDeque};
+
+    use super::*;
+    use crate::dlq::RecordId;
+
+    /// A queue in a Vec: settled records leave it, outputs are collected.
+    #[derive(Default)]
+    struct VecStore {
+        records: VecDeque<Record>,
+        unread: VecDeque<Record>,
+        published: Vec<(String, Message)>,
+        queues: Vec<String>,
+        batches: usize,
+    }
+
+    impl VecStore {
+        fn new(records: Vec<Message>, queues: &[&str]) -> Self {
+            let records: VecDeque<Record> = records
+                .into_iter()
+                .enumerate()
+                .map(|(i, message)| Record { id: RecordId::Position(i as u64 + 1), message })
+                .collect();
+            Self {
+                unread: records.clone(),
+                records,
+                queues: queues.iter().map(|q| (*q).to_owned()).collect(),
+                ..Self::default()
+            }
+        }
+    }
+
+    impl Store for VecStore {
+        fn name(&self) -> &str {
+            "q.dlq"
+        }
+        fn pending(&self) -> Option<u64> {
+            Some(self.records.len() as u64)
+        }
+        async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, DlqError> {
+            let n = max.min(self.unread.len());
+            Ok(self.unread.drain(..n).collect())
+        }
+        async fn exists(&mut self, destination: &str) -> Result<bool, DlqError> {
+            Ok(self.queues.iter().any(|q| q == destination))
+        }
+        async fn settle(&mut self, batch: Vec<Settlement>) -> Result<(), DlqError> {
+            self.batches += 1;
+            for settlement in batch {
+                self.records.retain(|r| r.id != settlement.id);
+                self.published.extend(settlement.output);
+            }
+            Ok(())
+        }
+        async fn close(self) -> Result<(), DlqError> {
+            Ok(())
+        }
+    }
+
+    fn dead_letter(source: &str, kind: &str, replays: Option<u32>) -> Message {
+        let mut headers: BTreeMap<String, String> = [
+            (h::FAILURE_SOURCE, source),
+            (h::FAILURE_KIND, kind),
+            (h::FAILURE_ATTEMPTS, "9"),
+            (h::ATTEMPT, "4"),
+            (h::CORRELATION_ID, "c-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        if let Some(n) = replays {
+            headers.insert(h::REPLAY_COUNT.into(), n.to_string());
+        }
+        Message { payload: "{\"name\":\"Ada\"}".into(), headers, key: Some("k".into()) }
+    }
+
+    fn replay() -> Operation {
+        Operation::Replay { max_replays: Some(2), parking: "q.parking".into() }
+    }
+
+    fn options() -> RunOptions {
+        RunOptions { batch: 2, ..RunOptions::default() }
+    }
+
+    async fn go(store: &mut VecStore, operation: &Operation, options: &RunOptions) -> Summary {
+        run(store, operation, options, &mut |_| {}).await.expect("run")
+    }
+
+    #[tokio::test]
+    async fn replay_strips_failure_headers_and_counts_the_replay() {
+        let mut store = VecStore::new(vec![dead_letter("q", "transient", None)], &["q", "q.parking"]);
+        let summary = go(&mut store, &replay(), &options()).await;
+        assert_eq!((summary.replayed, store.records.len()), (1, 0));
+        let (to, message) = &store.published[0];
+        assert_eq!(to, "q");
+        assert_eq!(message.headers.get(h::REPLAY_COUNT).map(String::as_str), Some("1"));
+        assert_eq!(message.headers.get(h::CORRELATION_ID).map(String::as_str), Some("c-1"));
+        assert!(h::FAILURE_HEADERS.iter().chain([&h::ATTEMPT]).all(|name| !message.headers.contains_key(*name)));
+        assert_eq!(message.key.as_deref(), Some("k"));
+    }
+
+    #[tokio::test]
+    async fn retry_tier_sources_replay_to_the_work_queue() {
+        let mut store = VecStore::new(vec![dead_letter("q.retry.5s", "transient", None)], &["q"]);
+        go(&mut store, &replay(), &options()).await;
+        assert_eq!(store.published[0].0, "q");
+    }
+
+    #[tokio::test]
+    async fn the_loop_guard_parks_records_replayed_too_often() {
+        let records = vec![dead_letter("q", "transient", Some(1)), dead_letter("q", "transient", Some(2))];
+        let mut store = VecStore::new(records, &["q", "q.parking"]);
+        let summary = go(&mut store, &replay(), &options()).await;
+        assert_eq!((summary.replayed, summary.parked), (1, 1));
+        assert_eq!(store.published[1].0, "q.parking");
+        // Parked unchanged, failure headers and all, so it can be inspected there.
+        assert_eq!(store.published[1].1, dead_letter("q", "transient", Some(2)));
+        // Replaying from the parking queue has no guard.
+        let mut parked = VecStore::new(vec![dead_letter("q", "transient", Some(7))], &["q"]);
+        let unguarded = Operation::Replay { max_replays: None, parking: "q.parking".into() };
+        assert_eq!(go(&mut parked, &unguarded, &options()).await.replayed, 1);
+    }
+
+    #[tokio::test]
+    async fn filters_limits_and_dry_runs_leave_the_rest_in_place() {
+        let records = vec![
+            dead_letter("q", "transient", None),
+            dead_letter("q", "schema", None),
+            dead_letter("q", "transient", None),
+            dead_letter("q", "transient", None),
+        ];
+        let only_transient = RunOptions {
+            filter: Filter { kind: Some("transient".into()), ..Filter::default() },
+            limit: Some(2),
+            ..options()
+        };
+        let mut store = VecStore::new(records.clone(), &["q"]);
+        let summary = go(&mut store, &replay(), &only_transient).await;
+        assert_eq!((summary.read, summary.replayed, summary.skipped), (4, 2, 2));
+        let left: Vec<RecordId> = store.records.iter().map(|r| r.id).collect();
+        assert_eq!(left, [RecordId::Position(2), RecordId::Position(4)]);
+
+        let mut untouched = VecStore::new(records, &["q"]);
+        let dry = RunOptions { dry_run: true, ..options() };
+        assert_eq!(go(&mut untouched, &replay(), &dry).await.replayed, 4);
+        assert_eq!((untouched.records.len(), untouched.published.len(), untouched.batches), (4, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn records_that_cannot_be_replayed_stay_and_are_reported() {
+        let foreign = Message { payload: "x".into(), ..Message::default() };
+        let mut bad_count = dead_letter("q", "transient", None);
+        bad_count.headers.insert(h::REPLAY_COUNT.into(), "lots".into());
+        let records =
+            vec![foreign, bad_count, dead_letter("gone", "transient", None), dead_letter("q", "decode", None)];
+        let mut store = VecStore::new(records, &["q"]);
+        let mut reasons = Vec::new();
+        let summary = run(&mut store, &replay(), &options(), &mut |event| {
+            if let Event::Failed(_, reason) = event {
+                reasons.push(reason.to_owned());
+            }
+        })
+        .await
+        .expect("run");
+        assert_eq!((summary.failed, summary.replayed, store.records.len()), (3, 1, 3));
+        assert!(reasons[0].contains("not a Courier dead-letter record"), "{reasons:?}");
+        assert!(reasons[1].contains("not a count"), "{reasons:?}");
+        assert!(reasons[2].contains("no queue or topic named `gone`"), "{reasons:?}");
+    }
+
+    #[tokio::test]
+    async fn park_and_purge_move_and_drop() {
+        let records = vec![dead_letter("q", "transient", None), dead_letter("q", "schema", None)];
+        let mut store = VecStore::new(records.clone(), &["q.parking"]);
+        let summary = go(&mut store, &Operation::Park { parking: "q.parking".into() }, &options()).await;
+        assert_eq!((summary.parked, store.records.len()), (2, 0));
+        assert_eq!(
+            store.published,
+            vec![("q.parking".to_owned(), records[0].clone()), ("q.parking".into(), records[1].clone())]
+        );
+        let mut store = VecStore::new(records, &[]);
+        let summary = go(&mut store, &Operation::Purge, &options()).await;
+        assert_eq!((summary.purged, store.records.len(), store.published.len()), (2, 0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_paces_batches() {
+        let records = (0..10).map(|_| dead_letter("q", "transient", None)).collect();
+        let mut store = VecStore::new(records, &["q"]);
+        let started = tokio::time::Instant::now();
+        let paced = RunOptions { rate: Some(5), batch: 100, ..RunOptions::default() };
+        go(&mut store, &replay(), &paced).await;
+        assert_eq!(store.batches, 2, "batches no larger than one second's worth");
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+}
