@@ -374,3 +374,124 @@ async fn drain(pending: &mut futures::stream::FuturesUnordered<rdkafka::producer
         result.expect("delivery report").expect("request delivered");
     }
 }
+
+/// The dead-letter drills on a mock cluster of their own (one partition per topic, so
+/// record order is one order).
+pub struct KafkaDrill {
+    cluster: MockKafkaProcess,
+    producer: rdkafka::producer::FutureProducer,
+    readers: HashMap<String, StreamConsumer>,
+    queue: String,
+    replies: String,
+    group: String,
+}
+
+impl std::fmt::Debug for KafkaDrill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaDrill").field("queue", &self.queue).finish_non_exhaustive()
+    }
+}
+
+impl KafkaDrill {
+    /// A cluster with every topic a greeter on `<test>-<id>.requests` and its dead-letter
+    /// tools use (the mock has no CreateTopics).
+    pub fn new(test: &str) -> Self {
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let queue = format!("{test}-{id}.requests");
+        let replies = format!("{test}-{id}.replies");
+        let topics = [
+            queue.clone(),
+            replies.clone(),
+            format!("{queue}.dlq"),
+            format!("{queue}.parking"),
+            format!("{queue}.dlq.ledger"),
+            format!("{queue}.parking.ledger"),
+        ];
+        let specs: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), 1)).collect();
+        let cluster = MockKafkaProcess::start(&specs);
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &cluster.bootstrap)
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        Self { cluster, producer, readers: HashMap::new(), queue, replies, group: format!("{test}-{id}") }
+    }
+}
+
+impl crate::dlq::Drill for KafkaDrill {
+    fn flags(&self) -> Vec<String> {
+        let broker = format!("kafka://{}", self.cluster.bootstrap);
+        [
+            "--broker",
+            &broker,
+            "--queue",
+            &self.queue,
+            "--replies",
+            &self.replies,
+            "--group",
+            &self.group,
+            "--partitions",
+            "1",
+            "--retry-delays=",
+            "--kafka-property",
+            "fetch.wait.max.ms=10",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    fn replies(&self) -> &str {
+        &self.replies
+    }
+
+    async fn publish(&mut self, queue: &str, messages: Vec<Message>) {
+        use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for message in &messages {
+            let mut headers = OwnedHeaders::new();
+            for (key, value) in &message.headers {
+                headers = headers.insert(rdkafka::message::Header { key, value: Some(value.as_str()) });
+            }
+            let mut record = FutureRecord::to(queue).payload(&message.payload[..]).headers(headers);
+            if let Some(key) = &message.key {
+                record = record.key(key.as_str());
+            }
+            pending.push(self.producer.send_result(record).map_err(|(e, _)| e).expect("queue the message"));
+        }
+        drain(&mut pending).await;
+    }
+
+    async fn take(&mut self, queue: &str) -> Vec<Message> {
+        let bootstrap = self.cluster.bootstrap.clone();
+        let reader = self.readers.entry(queue.to_owned()).or_insert_with(|| reader(&bootstrap, queue, 1));
+        let mut messages = Vec::new();
+        // What arrives within a second, or until the topic is quiet for 300 ms.
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while let Ok(Ok(record)) = tokio::time::timeout(std::time::Duration::from_millis(300), reader.recv()).await {
+            if tokio::time::Instant::now() > until {
+                // Not lost: the next call starts after it, so keep it in this one.
+                messages.push(message(&record));
+                break;
+            }
+            messages.push(message(&record));
+        }
+        messages
+    }
+}
+
+/// A received record as a [`Message`].
+fn message(record: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+    let mut headers = Headers::new();
+    for header in record.headers().iter().flat_map(|list| list.iter()) {
+        headers.insert(header.key.to_owned(), String::from_utf8_lossy(header.value.unwrap_or_default()).into());
+    }
+    Message {
+        payload: record.payload().map(bytes::Bytes::copy_from_slice).unwrap_or_default(),
+        headers,
+        key: record.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+    }
+}

@@ -235,3 +235,79 @@ pub async fn cleanup(queue: &str, replies: &str) {
     ];
     harness.delete(&names).await;
 }
+
+/// The dead-letter drills on the local RabbitMQ; the queues are deleted when dropped.
+#[derive(Debug)]
+pub struct RabbitDrill {
+    client: RawClient,
+    queue: String,
+    replies: String,
+}
+
+impl RabbitDrill {
+    /// Fresh queue names for `test`.
+    pub async fn new(test: &str) -> Self {
+        let (queue, replies) = names(test);
+        Self { client: RawClient::connect().await, queue, replies }
+    }
+}
+
+impl crate::dlq::Drill for RabbitDrill {
+    fn flags(&self) -> Vec<String> {
+        ["--broker", &url(), "--queue", &self.queue, "--replies", &self.replies, "--retry-delays="]
+            .map(String::from)
+            .to_vec()
+    }
+
+    fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    fn replies(&self) -> &str {
+        &self.replies
+    }
+
+    async fn publish(&mut self, queue: &str, messages: Vec<Message>) {
+        for chunk in messages.chunks(500) {
+            let mut confirms = Vec::with_capacity(chunk.len());
+            for message in chunk {
+                let props = courier::transport::amqp::properties(message);
+                let publish = self.client.channel.basic_publish(
+                    "".into(),
+                    queue.into(),
+                    Default::default(),
+                    &message.payload,
+                    props,
+                );
+                confirms.push(publish.await.expect("publish"));
+            }
+            for confirm in confirms {
+                assert!(confirm.await.expect("confirm").is_ack(), "broker refused the publish");
+            }
+        }
+    }
+
+    async fn take(&mut self, queue: &str) -> Vec<Message> {
+        let mut messages = Vec::new();
+        while let Some(got) =
+            self.client.channel.basic_get(queue.into(), BasicGetOptions::default()).await.expect("basic.get")
+        {
+            got.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+            let headers = courier::transport::amqp::headers(&got.delivery.properties);
+            messages.push(Message { payload: got.delivery.data.into(), headers, key: None });
+        }
+        messages
+    }
+}
+
+impl Drop for RabbitDrill {
+    fn drop(&mut self) {
+        let (queue, replies) = (self.queue.clone(), self.replies.clone());
+        // A runtime of its own: the test's runtime may be shutting down.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("runtime");
+            runtime.block_on(cleanup(&queue, &replies));
+        })
+        .join();
+    }
+}

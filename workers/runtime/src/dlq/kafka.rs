@@ -12,8 +12,8 @@ use std::{
 };
 
 use rdkafka::{
-    Message as _, Offset, TopicPartitionList,
-    consumer::{Consumer, StreamConsumer},
+    ClientContext, Message as _, Offset, TopicPartitionList,
+    consumer::{Consumer, ConsumerContext, StreamConsumer},
     error::KafkaError,
     producer::{FutureProducer, FutureRecord, Producer},
 };
@@ -26,6 +26,9 @@ use crate::{
         kafka::{KafkaTransport, client_config, convert},
     },
 };
+
+/// Partition and offset of a record.
+type LogPosition = (i32, i64);
 
 /// How long a transaction step or a read may take before the broker counts as unavailable.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -175,7 +178,7 @@ async fn transactional_producer(transport: &KafkaTransport, topic: &str) -> Resu
 fn commit(
     producer: &FutureProducer,
     ledger: &str,
-    entries: &[((i32, i64), Option<(String, Message)>)],
+    entries: &[(LogPosition, Option<(String, Message)>)],
 ) -> Result<(), DlqError> {
     let failed = |e: KafkaError| DlqError::Unavailable(format!("transaction: {e}"));
     producer.begin_transaction().map_err(failed)?;
@@ -213,6 +216,21 @@ fn parse_key(key: &str) -> Option<(i32, i64)> {
     Some((partition.parse().ok()?, offset.parse().ok()?))
 }
 
+/// Reaching the end of a partition is how [`LogReader`] knows it is done, not an error
+/// to log; every other error is logged as usual.
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = |code| code == rdkafka::types::RDKafkaErrorCode::PartitionEOF;
+        if !matches!(error, KafkaError::PartitionEOF(_)) && !error.rdkafka_error_code().is_some_and(eof) {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
 /// One record read from a log.
 struct Entry {
     partition: i32,
@@ -224,7 +242,7 @@ struct Entry {
 /// Reads every partition of a topic from the beginning to the end it had when opened
 /// (`read_committed`: aborted transactions are skipped), outside any consumer group.
 struct LogReader {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<QuietEof>,
     /// Partition → offset where it ended when opened; removed once reached.
     ends: HashMap<i32, i64>,
 }
@@ -232,7 +250,7 @@ struct LogReader {
 impl LogReader {
     fn open(transport: &KafkaTransport, topic: &str, partitions: usize) -> Result<Self, DlqError> {
         let group = format!("courier-dlq-reader-{}", uuid::Uuid::new_v4().simple());
-        let consumer: StreamConsumer = client_config(
+        let consumer: StreamConsumer<QuietEof> = client_config(
             transport.config(),
             &[
                 ("group.id", &group),
@@ -241,7 +259,7 @@ impl LogReader {
                 ("isolation.level", "read_committed"),
             ],
         )
-        .create()
+        .create_with_context(QuietEof)
         .map_err(|e| DlqError::Unavailable(e.to_string()))?;
         let mut ends = HashMap::new();
         let mut assignment = TopicPartitionList::new();

@@ -1,0 +1,310 @@
+//! The dead-letter drills, written once and run on each broker: the greeter and the
+//! `courier` CLI as real processes, and a raw client to publish and read queues.
+
+use std::{collections::HashMap, time::Duration};
+
+use courier::{
+    Message,
+    contract::{failure::FailureKind, headers as h},
+};
+
+use crate::process::{Process, binary};
+
+/// How long a drill waits for progress.
+pub const PATIENCE: Duration = Duration::from_secs(45);
+
+/// One broker, as the drills need it. Queues are named after `queue`, the work queue.
+pub trait Drill {
+    /// Flags that point the greeter and the CLI at this broker and work queue.
+    fn flags(&self) -> Vec<String>;
+    /// The work queue.
+    fn queue(&self) -> &str;
+    /// The default reply queue.
+    fn replies(&self) -> &str;
+    /// Publish messages to a queue/topic, confirmed.
+    fn publish(&mut self, queue: &str, messages: Vec<Message>) -> impl Future<Output = ()>;
+    /// Messages that arrived on `queue` since the last call (RabbitMQ: consumed and acked;
+    /// Kafka: read from the log).
+    fn take(&mut self, queue: &str) -> impl Future<Output = Vec<Message>>;
+}
+
+/// Run `courier <args> <drill flags>`; returns (exit code, stdout, stderr).
+pub fn courier(drill: &impl Drill, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(binary("courier"))
+        .args(args)
+        .args(["--worker", "greeter"])
+        .args(drill.flags())
+        .env_remove("COURIER_BROKER")
+        .output()
+        .expect("run courier");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
+/// `courier <args>`, which must exit 0; returns its stdout.
+pub fn courier_ok(drill: &impl Drill, args: &[&str]) -> String {
+    let (code, stdout, stderr) = courier(drill, args);
+    assert_eq!(code, 0, "courier {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// Records in the dead-letter (or parking) queue, by `courier dlq stats --json`.
+pub fn dlq_total(drill: &impl Drill, parking: bool) -> u64 {
+    let mut args = vec!["dlq", "stats", "--json"];
+    if parking {
+        args.push("--parking");
+    }
+    let stats: serde_json::Value = serde_json::from_str(&courier_ok(drill, &args)).expect("stats JSON");
+    stats["total"].as_u64().expect("total")
+}
+
+/// Correlation ids of the records `courier dlq show --json` prints, in its order.
+pub fn shown_ids(drill: &impl Drill, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["dlq", "show", "--json"];
+    args.extend_from_slice(extra);
+    courier_ok(drill, &args)
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).expect("a JSON record per line");
+            record["headers"][h::CORRELATION_ID].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+/// Wait until the dead-letter queue holds `n` records.
+pub fn wait_for_dead_letters(drill: &impl Drill, n: u64, parking: bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let total = dlq_total(drill, parking);
+        if total == n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{total} dead letters, expected {n}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A greeter on the drill's broker; `down` makes its dependency fail (transient errors).
+pub fn greeter(drill: &impl Drill, label: &str, down: bool, extra: &[&str]) -> Process {
+    let mut args: Vec<String> = drill.flags();
+    args.extend(["--instance", label, "--retry-attempts", "1", "--shutdown-grace", "2s"].map(String::from));
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: &[(&str, &str)] = if down { &[("GREETER_DEPENDENCY_DOWN", "1")] } else { &[] };
+    let mut process = Process::start("greeter", label, &args, env);
+    process.wait_for_log("Consuming.", PATIENCE);
+    process
+}
+
+/// A greeter request with correlation id `id`.
+pub fn request(id: &str, reply_to: &str) -> Message {
+    let headers = [(h::CORRELATION_ID, id), (h::REPLY_TO, reply_to), (h::CONTENT_TYPE, h::JSON)];
+    Message {
+        payload: format!(r#"{{"message":"{id}"}}"#).into(),
+        headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+        key: Some(id.to_owned()),
+    }
+}
+
+/// A dead-letter record as a worker writes it: `request(id)` plus failure headers.
+pub fn dead_letter(id: &str, source: &str, reply_to: &str, kind: FailureKind) -> Message {
+    let mut record = request(id, reply_to);
+    let now = courier::contract::timestamp::format(std::time::SystemTime::now());
+    let fingerprint = courier::contract::failure::fingerprint(kind, "greeter", "drill");
+    for (name, value) in [
+        (h::FAILURE_KIND, kind.as_str()),
+        (h::FAILURE_CODE, "drill"),
+        (h::FAILURE_MESSAGE, "written by the drill"),
+        (h::FAILURE_FINGERPRINT, &fingerprint),
+        (h::FAILURE_SOURCE, source),
+        (h::FAILURE_WORKER, "greeter"),
+        (h::FAILURE_ATTEMPTS, "3"),
+        (h::FAILURE_FIRST_AT, &now),
+        (h::FAILURE_LAST_AT, &now),
+        (h::ATTEMPT, "2"),
+    ] {
+        record.headers.insert(name.to_owned(), value.to_owned());
+    }
+    record
+}
+
+/// Read `queue` until `done` holds for what arrived, or panic after [`PATIENCE`].
+pub async fn collect(drill: &mut impl Drill, queue: &str, done: impl Fn(&[Message]) -> bool) -> Vec<Message> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut all = Vec::new();
+    while !done(&all) {
+        assert!(tokio::time::Instant::now() < deadline, "{} messages on {queue}, not done yet", all.len());
+        let new = drill.take(queue).await;
+        if new.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        all.extend(new);
+    }
+    all
+}
+
+/// Count per correlation id.
+pub fn by_id(messages: &[Message]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for message in messages {
+        *counts.entry(message.headers.get(h::CORRELATION_ID).cloned().unwrap_or_default()).or_default() += 1;
+    }
+    counts
+}
+
+/// The `dlq` drills for one broker: `dlq_drills!(<expression giving a fresh Drill>)`.
+#[macro_export]
+macro_rules! dlq_drills {
+    ($drill:expr) => {
+        /// A worker whose dependency fails dead-letters every request; once fixed, a
+        /// replay gets each one answered and empties the dead-letter queue. Stats and a
+        /// dry run change nothing.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn replay_after_the_dependency_is_fixed_answers_every_request() {
+            use courier_tests::dlq::*;
+            let mut drill = $drill;
+            let (queue, replies) = (drill.queue().to_owned(), drill.replies().to_owned());
+            let mut broken = greeter(&drill, "dlq-broken", true, &[]);
+            let ids: Vec<String> = (0..20).map(|i| format!("fix-{i}")).collect();
+            drill.publish(&queue, ids.iter().map(|id| request(id, &replies)).collect()).await;
+            wait_for_dead_letters(&drill, 20, false);
+            broken.terminate();
+
+            let stats = courier_ok(&drill, &["dlq", "stats"]);
+            assert!(stats.contains("20 record(s) in 1 group(s)") && stats.contains("transient"), "{stats}");
+            let dry = courier_ok(&drill, &["dlq", "replay", "--dry-run"]);
+            assert!(dry.contains("20 read: would be 20 replayed"), "{dry}");
+            assert_eq!(dlq_total(&drill, false), 20, "a dry run changes nothing");
+
+            let _fixed = greeter(&drill, "dlq-fixed", false, &[]);
+            let replayed = courier_ok(&drill, &["dlq", "replay"]);
+            assert!(replayed.contains("20 read: 20 replayed"), "{replayed}");
+            let ok = |m: &courier::Message| {
+                m.headers.get(courier::contract::headers::STATUS).map(String::as_str) == Some("ok")
+            };
+            let answered = collect(&mut drill, &replies, |all| {
+                by_id(&all.iter().filter(|m| ok(m)).cloned().collect::<Vec<_>>()).len() == 20
+            })
+            .await;
+            let answered: Vec<courier::Message> = answered.into_iter().filter(|m| ok(m)).collect();
+            assert!(ids.iter().all(|id| by_id(&answered).contains_key(id)));
+            assert_eq!(dlq_total(&drill, false), 0);
+        }
+
+        /// Filters, limits, dry runs, purge and park touch exactly the matching records
+        /// and leave the rest in their order; reading removes and reorders nothing.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn filters_touch_exactly_the_matching_records() {
+            use courier::contract::{failure::FailureKind::*, headers as h};
+            use courier_tests::dlq::*;
+            let mut drill = $drill;
+            let (queue, replies) = (drill.queue().to_owned(), drill.replies().to_owned());
+            courier_ok(&drill, &["topology", "declare"]);
+            let kinds = [Transient, Schema, Transient, Decode, Transient, Schema];
+            let records =
+                kinds.iter().enumerate().map(|(i, kind)| dead_letter(&format!("d{i}"), &queue, &replies, *kind));
+            drill.publish(&format!("{queue}.dlq"), records.collect()).await;
+
+            let before = shown_ids(&drill, &[]);
+            assert_eq!(before.len(), 6);
+            courier_ok(&drill, &["dlq", "stats"]);
+            assert_eq!(shown_ids(&drill, &[]), before, "reading changed the queue");
+
+            let dry = courier_ok(&drill, &["dlq", "replay", "--dry-run", "--kind", "schema"]);
+            assert!(dry.contains("would be 2 replayed"), "{dry}");
+            let out = courier_ok(&drill, &["dlq", "replay", "--kind", "transient", "--limit", "2"]);
+            assert!(out.contains("2 replayed") && out.contains("4 skipped"), "{out}");
+            let replayed = collect(&mut drill, &queue, |all| all.len() >= 2).await;
+            let mut replayed_ids: Vec<&str> = replayed.iter().map(|m| m.headers[h::CORRELATION_ID].as_str()).collect();
+            replayed_ids.sort_unstable();
+            let first_two: Vec<&str> = before
+                .iter()
+                .filter(|id| ["d0", "d2", "d4"].contains(&id.as_str()))
+                .take(2)
+                .map(String::as_str)
+                .collect();
+            let mut expected = first_two.clone();
+            expected.sort_unstable();
+            assert_eq!(replayed_ids, expected);
+            for message in &replayed {
+                assert_eq!(message.headers.get(h::REPLAY_COUNT).map(String::as_str), Some("1"));
+                assert!(!message.headers.contains_key(h::FAILURE_KIND) && !message.headers.contains_key(h::ATTEMPT));
+            }
+            let left: Vec<String> = before.iter().filter(|id| !first_two.contains(&id.as_str())).cloned().collect();
+            assert_eq!(shown_ids(&drill, &[]), left, "the rest stays, in order");
+
+            let purged = courier_ok(&drill, &["dlq", "purge", "--kind", "decode", "--yes"]);
+            assert!(purged.contains("1 purged"), "{purged}");
+            let parked = courier_ok(&drill, &["dlq", "park", "--kind", "schema"]);
+            assert!(parked.contains("2 parked"), "{parked}");
+            let mut parked_ids = shown_ids(&drill, &["--parking"]);
+            parked_ids.sort();
+            assert_eq!(parked_ids, ["d1", "d5"]);
+            assert_eq!(shown_ids(&drill, &[]).len(), 1);
+            assert_eq!(drill.take(&queue).await.len(), 0, "nothing else was replayed");
+        }
+
+        /// kill -9 of a replay mid-way, then a rerun: each record is replayed exactly once.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_killed_replay_rerun_replays_each_record_exactly_once() {
+            use courier_tests::dlq::*;
+            const RECORDS: usize = 5_000;
+            let mut drill = $drill;
+            let (queue, replies) = (drill.queue().to_owned(), drill.replies().to_owned());
+            courier_ok(&drill, &["topology", "declare"]);
+            let records = (0..RECORDS).map(|i| {
+                dead_letter(&format!("k{i}"), &queue, &replies, courier::contract::failure::FailureKind::Transient)
+            });
+            drill.publish(&format!("{queue}.dlq"), records.collect()).await;
+
+            let mut args = vec![
+                "dlq".to_owned(),
+                "replay".into(),
+                "--worker".into(),
+                "greeter".into(),
+                "--rate".into(),
+                "500".into(),
+            ];
+            args.extend(drill.flags());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            assert!(drill.take(&queue).await.is_empty(), "the work queue starts empty");
+            let mut replay = courier_tests::process::Process::start("courier", "dlq-replay-killed", &args, &[]);
+            let before_kill = collect(&mut drill, &queue, |all| all.len() >= 500).await;
+            assert!(replay.running(), "the replay finished before the kill: slow the rate down");
+            replay.kill9();
+            let summary = courier_ok(&drill, &["dlq", "replay"]);
+            let rest = collect(&mut drill, &queue, |all| before_kill.len() + all.len() >= RECORDS).await;
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let late = drill.take(&queue).await;
+            let all: Vec<courier::Message> = before_kill.into_iter().chain(rest).chain(late).collect();
+            let counts = by_id(&all);
+            let twice = counts.values().filter(|n| **n > 1).count();
+            println!("replayed {} records ({} distinct, {twice} twice); rerun: {summary}", all.len(), counts.len());
+            assert_eq!((counts.len(), all.len()), (RECORDS, RECORDS), "every record replayed exactly once");
+            assert_eq!(dlq_total(&drill, false), 0);
+        }
+
+        /// A request that keeps failing is replayed `--max-replays` times, then parked.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_record_that_keeps_failing_is_parked_by_the_loop_guard() {
+            use courier_tests::dlq::*;
+            let mut drill = $drill;
+            let (queue, replies) = (drill.queue().to_owned(), drill.replies().to_owned());
+            let _broken = greeter(&drill, "dlq-loop", true, &[]);
+            drill.publish(&queue, vec![request("loop-1", &replies)]).await;
+            for round in 1..=2 {
+                wait_for_dead_letters(&drill, 1, false);
+                let out = courier_ok(&drill, &["dlq", "replay", "--max-replays", "2"]);
+                assert!(out.contains("1 replayed"), "round {round}: {out}");
+            }
+            wait_for_dead_letters(&drill, 1, false);
+            let out = courier_ok(&drill, &["dlq", "replay", "--max-replays", "2"]);
+            assert!(out.contains("0 replayed, 1 parked"), "{out}");
+            assert_eq!(dlq_total(&drill, false), 0);
+            let parked = courier_ok(&drill, &["dlq", "show", "--parking", "--json"]);
+            let record: serde_json::Value = serde_json::from_str(parked.trim()).expect("one parked record");
+            assert_eq!(record["headers"][courier::contract::headers::REPLAY_COUNT], "2");
+            assert_eq!(record["headers"][courier::contract::headers::CORRELATION_ID], "loop-1");
+        }
+    };
+}
