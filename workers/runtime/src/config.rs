@@ -101,6 +101,11 @@ pub struct WorkerArgs {
     #[arg(long = "kafka-property", env = "COURIER_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
     pub kafka_properties: Vec<(String, String)>,
 
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address, e.g. `0.0.0.0:9464`
+    /// [default: no HTTP server].
+    #[arg(long, env = "COURIER_HTTP_ADDR")]
+    pub http_addr: Option<std::net::SocketAddr>,
+
     /// Log format: `text` (for terminals) or `json` (for log pipelines).
     #[arg(long, env = "COURIER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -179,6 +184,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Quorum work queue (RabbitMQ).
     pub quorum: bool,
+    /// Where to serve metrics and health, if anywhere.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 /// A configuration that cannot work; the message names the flag and what to do.
@@ -278,6 +285,7 @@ impl WorkerArgs {
             retry,
             shutdown_grace: self.shutdown_grace,
             quorum: self.quorum,
+            http_addr: self.http_addr,
         })
     }
 }

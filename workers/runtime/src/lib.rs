@@ -6,11 +6,13 @@
 //! Where does a delivery go after the handler fails? See [`pipeline`].
 
 pub mod app;
+pub mod client;
 pub mod config;
 pub mod console;
 pub mod contract;
 pub mod dlq;
 pub mod handler;
+pub mod observe;
 pub mod pipeline;
 pub mod retry;
 pub mod schema;

@@ -26,8 +26,9 @@ use crate::{
     contract::{
         failure::{FailureKind, fingerprint},
         headers::{self as h, Headers, RequestMeta, truncate},
-        timestamp,
+        timestamp, trace,
     },
+    observe::Metrics,
     handler::{Context, Handler, HandlerError},
     schema::{Refusal, RequestSchema},
     transport::{Acker, Delivery, Message, PublishError, Source, Topology, Transport},
@@ -77,19 +78,29 @@ pub(crate) struct Pipeline<H, T> {
     settings: Settings,
     /// Names of the retry tiers and the dead-letter queue.
     topology: Topology,
+    /// Counters and timings.
+    metrics: Metrics,
 }
 
 impl<H: Handler, T: Transport> Pipeline<H, T> {
-    pub(crate) fn new(handler: H, transport: T, schema: RequestSchema, settings: Settings) -> Self {
+    pub(crate) fn new(handler: H, transport: T, schema: RequestSchema, settings: Settings, metrics: Metrics) -> Self {
         let topology = settings.topology();
-        Self { handler, transport, schema, settings, topology }
+        Self { handler, transport, schema, settings, topology, metrics }
     }
 
     /// Process one delivery and settle it. If the task is aborted (shutdown grace period
     /// over), the unsettled acker is dropped and the broker delivers the message again.
     pub(crate) async fn deliver(&self, delivery: Delivery<T::Acker>) {
         let Delivery { message, source, acker, .. } = delivery;
-        let span = info_span!("delivery", source = %source, correlation_id = tracing::field::Empty, attempt = tracing::field::Empty);
+        self.metrics.received();
+        let _in_flight = self.metrics.in_flight();
+        let span = info_span!(
+            "delivery",
+            source = %source,
+            correlation_id = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
         async {
             let settle = self.process(&message, &source).await;
             let result = match settle {
@@ -113,16 +124,20 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             let meta = RequestMeta::parse(&message.headers).unwrap_or_default();
             return self.dead_letter(message, source, &meta, failure, 0).await;
         }
-        let meta = match RequestMeta::parse(&message.headers) {
+        let mut meta = match RequestMeta::parse(&message.headers) {
             Ok(meta) => meta,
             Err(bad) => {
                 let failure = Failure::new(FailureKind::Decode, "bad_header", bad.to_string());
                 return self.dead_letter(message, source, &RequestMeta::default(), failure, 0).await;
             }
         };
+        // Outputs continue the request's trace with this delivery as their parent.
+        let traceparent = trace::child_of(meta.traceparent.as_deref());
         let span = tracing::Span::current();
         span.record("correlation_id", meta.correlation_id.as_str());
         span.record("attempt", meta.attempt);
+        span.record("trace_id", trace::trace_id(&traceparent).unwrap_or_default());
+        meta.traceparent = Some(traceparent);
 
         if meta.deadline.is_some_and(|d| d <= SystemTime::now()) {
             let failure = Failure::new(
@@ -188,7 +203,10 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             context.invocation += 1;
             let limit = self.settings.handler_timeout;
             let call = AssertUnwindSafe(self.handler.handle(request.clone(), &context)).catch_unwind();
-            let result = match tokio::time::timeout(limit, call).await {
+            let started = std::time::Instant::now();
+            let outcome = tokio::time::timeout(limit, call).await;
+            self.metrics.handler_took(started.elapsed());
+            let result = match outcome {
                 Ok(Ok(result)) => result,
                 Ok(Err(panic)) => Err(HandlerError::permanent("handler_panicked", panic_message(panic.as_ref()))),
                 Err(_) => Err(HandlerError::transient("timeout", format!("the handler took longer than {limit:?}"))),
@@ -221,6 +239,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         match self.publish(reply_to, message).await {
             Ok(()) => {
                 debug!(reply_to, "Replied.");
+                self.metrics.succeeded();
                 Settle::Ack
             }
             Err(PublishError::Unroutable(_)) => {
@@ -256,6 +275,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         match self.publish(&tier.name, retry).await {
             Ok(()) => {
                 info!(tier = %tier.name, delay = ?tier.delay, code = %failure.code, "Transient failure; retrying after a delay.");
+                self.metrics.failed(failure.kind.as_str());
+                self.metrics.retried(&tier.name);
                 Settle::Ack
             }
             Err(error) => {
@@ -275,11 +296,14 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         invocations: u32,
     ) -> Settle {
         let headers = self.failure_headers(message, source, meta, &failure, invocations);
+        let fingerprint = headers.get(h::FAILURE_FINGERPRINT).cloned().unwrap_or_default();
         let record = Message { payload: message.payload.clone(), headers, key: message.key.clone() };
         if let Err(error) = self.publish(&self.topology.dead_letter, record).await {
             warn!(%error, kind = %failure.kind, "Dead-letter copy not confirmed; the request will be delivered again.");
             return Settle::Requeue;
         }
+        self.metrics.failed(failure.kind.as_str());
+        self.metrics.dead_lettered(failure.kind.as_str(), &fingerprint);
         info!(kind = %failure.kind, code = %failure.code, message = %failure.message, "Dead-lettered.");
         self.error_reply(message, meta, &failure).await;
         Settle::Ack
@@ -317,6 +341,9 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let mut headers = message.headers.clone();
         for name in h::FAILURE_HEADERS {
             headers.remove(name);
+        }
+        if let Some(traceparent) = &meta.traceparent {
+            headers.insert(h::TRACEPARENT.to_owned(), traceparent.clone());
         }
         let worker = &self.settings.worker;
         let mut put = |name: &str, value: String| headers.insert(name.to_owned(), value);

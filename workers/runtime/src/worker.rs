@@ -8,9 +8,10 @@ use tracing::{info, warn};
 use crate::{
     config::Settings,
     handler::Handler,
+    observe::{Health, Metrics, server},
     pipeline::Pipeline,
     schema::{InvalidSchema, RequestSchema},
-    transport::{Transport, TransportError},
+    transport::{Backlog, Topology, Transport, TransportError},
 };
 
 /// Why a worker stopped other than by its shutdown signal.
@@ -25,6 +26,9 @@ pub enum WorkerError {
     /// The transport stopped delivering for good.
     #[error("the broker subscription ended")]
     SubscriptionEnded,
+    /// The metrics and health endpoints could not listen.
+    #[error("--http-addr {0}: {1}")]
+    Http(std::net::SocketAddr, std::io::Error),
 }
 
 /// Run a worker until `shutdown` completes: declare the topology, consume, process at
@@ -39,12 +43,23 @@ pub async fn run<H: Handler, T: Transport>(
 ) -> Result<(), WorkerError> {
     let schema = RequestSchema::compile(H::REQUEST_SCHEMA)?;
     let topology = settings.topology();
+    let metrics = Metrics::new(&settings.worker);
+    let health = Health::new({
+        let transport = transport.clone();
+        move || transport.is_ready()
+    });
+    if let Some(addr) = settings.http_addr {
+        let observed = server::Observed { metrics: metrics.clone(), health: health.clone() };
+        server::spawn(addr, server::routes(observed)).await.map_err(|e| WorkerError::Http(addr, e))?;
+    }
     transport.declare(&topology).await?;
     let mut subscription = transport.subscribe(&topology, settings.concurrency).await?;
+    health.set_running(true);
+    let sampler = tokio::spawn(sample_backlog(transport.clone(), topology.clone(), metrics.clone()));
     let grace = settings.shutdown_grace;
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     info!(worker = %settings.worker, queue = %topology.queue, concurrency = settings.concurrency, "Worker started.");
-    let pipeline = Arc::new(Pipeline::new(handler, transport, schema, settings));
+    let pipeline = Arc::new(Pipeline::new(handler, transport, schema, settings, metrics));
     // In-flight deliveries. Aborting one drops its unsettled acker, which returns the
     // message to the broker.
     let mut in_flight = JoinSet::new();
@@ -73,6 +88,8 @@ pub async fn run<H: Handler, T: Transport>(
     };
 
     // Stop receiving first: unstarted deliveries go back to the broker.
+    health.set_running(false);
+    sampler.abort();
     drop(subscription);
     info!(in_flight = in_flight.len(), ?grace, "Stopping: letting in-flight messages finish.");
     let drained = tokio::time::timeout(grace, async {
@@ -89,6 +106,23 @@ pub async fn run<H: Handler, T: Transport>(
     info!("Worker stopped.");
     outcome
 }
+
+/// Every few seconds, publish the transport's backlog (queue depths or lag) as metrics.
+async fn sample_backlog<T: Transport>(transport: T, topology: Topology, metrics: Metrics) {
+    let mut every = tokio::time::interval(BACKLOG_INTERVAL);
+    loop {
+        every.tick().await;
+        for backlog in transport.backlog(&topology).await {
+            match backlog {
+                Backlog::Queue { queue, messages } => metrics.set_queue_depth(&queue, messages),
+                Backlog::Lag { topic, partition, lag } => metrics.set_consumer_lag(&topic, partition, lag),
+            }
+        }
+    }
+}
+
+/// How often [`sample_backlog`] runs.
+const BACKLOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A delivery task ended: only a bug in the runtime itself can make it fail (handler
 /// panics are caught by the pipeline).

@@ -6,3 +6,4 @@ pub mod failure;
 pub mod headers;
 pub mod naming;
 pub mod timestamp;
+pub mod trace;

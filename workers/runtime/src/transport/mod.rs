@@ -79,6 +79,39 @@ pub trait Transport: Clone + Send + Sync + 'static {
 
     /// Publish to a queue/topic and return once the broker has confirmed it.
     fn publish(&self, destination: &str, message: &Message) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Whether the transport is connected and consuming (readiness).
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    /// Messages waiting for the worker: queue depths (RabbitMQ) or consumer lag (Kafka).
+    /// Called periodically; may also refresh what [`Transport::is_ready`] reports.
+    fn backlog(&self, topology: &Topology) -> impl Future<Output = Vec<Backlog>> + Send {
+        let _ = topology;
+        async { Vec::new() }
+    }
+}
+
+/// Messages waiting somewhere, for metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backlog {
+    /// Messages in a queue.
+    Queue {
+        /// The queue.
+        queue: String,
+        /// Messages ready in it.
+        messages: u64,
+    },
+    /// How far a consumer is behind the end of a partition.
+    Lag {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// High watermark minus the consumer's position.
+        lag: u64,
+    },
 }
 
 /// A stream of deliveries, polled by the worker only when it has room for one more (so
@@ -122,6 +155,21 @@ pub struct Topology {
     pub replies: String,
     /// Use a quorum queue for `queue` (RabbitMQ only).
     pub quorum: bool,
+}
+
+impl Topology {
+    /// Just a reply queue (for a request-reply client): every role names that one queue,
+    /// so declaring it creates nothing else.
+    pub fn replies_only(queue: &str) -> Self {
+        Self {
+            queue: queue.to_owned(),
+            retry_tiers: Vec::new(),
+            dead_letter: queue.to_owned(),
+            parking: queue.to_owned(),
+            replies: queue.to_owned(),
+            quorum: false,
+        }
+    }
 }
 
 /// One delayed-retry tier.

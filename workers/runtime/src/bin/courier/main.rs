@@ -24,6 +24,14 @@ enum Command {
     /// Dead-letter and parking queues: stats, show, replay, park, purge.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// GET an HTTP URL; exit 0 on status 200, else 1 (container health checks).
+    Probe {
+        /// e.g. http://127.0.0.1:9464/healthz
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -43,6 +51,17 @@ enum TopologyCommand {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Probe { url, timeout } => match courier::observe::probe::get(&url, timeout).await {
+            Ok((200, _)) => Ok(()),
+            Ok((status, body)) => {
+                eprintln!("{url}: HTTP {status}: {}", body.trim());
+                std::process::exit(1)
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                std::process::exit(1)
+            }
+        },
         Command::Dlq(command) => {
             let code = dlq::main(command).await?;
             std::process::exit(code);

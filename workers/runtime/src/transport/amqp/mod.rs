@@ -98,9 +98,15 @@ impl AmqpTransport {
         Ok(transport)
     }
 
-    /// Whether the transport is connected and its subscriptions are consuming.
-    pub fn is_ready(&self) -> bool {
-        self.shared.consuming.load(Ordering::Relaxed)
+    /// Messages ready in `queue` (a passive declare on a throwaway channel); `None` when
+    /// the broker cannot say.
+    async fn depth(&self, queue: &str) -> Option<u64> {
+        let channel = self.channel().await.ok()?;
+        let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let name = ShortString::try_new(queue.to_owned()).ok()?;
+        let declared = channel.queue_declare(name, options, FieldTable::default()).await.ok()?;
+        let _ = channel.close(200, "counted".into()).await;
+        Some(u64::from(declared.message_count()))
     }
 
     /// The current session, reconnecting once if the last one died.
@@ -249,6 +255,20 @@ impl Consuming {
 
 impl Transport for AmqpTransport {
     type Acker = AmqpAcker;
+
+    fn is_ready(&self) -> bool {
+        self.shared.consuming.load(Ordering::Relaxed)
+    }
+
+    async fn backlog(&self, topology: &Topology) -> Vec<super::Backlog> {
+        let mut backlog = Vec::new();
+        for queue in [&topology.queue, &topology.dead_letter] {
+            if let Some(messages) = self.depth(queue).await {
+                backlog.push(super::Backlog::Queue { queue: queue.clone(), messages });
+            }
+        }
+        backlog
+    }
 
     async fn declare(&self, topology: &Topology) -> Result<(), TransportError> {
         // A throwaway channel: a mismatch closes the channel it happened on.

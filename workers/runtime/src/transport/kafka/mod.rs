@@ -74,6 +74,10 @@ struct Shared {
     producer: FutureProducer,
     /// Topics known to exist (publishing elsewhere is reported unroutable).
     known_topics: RwLock<HashSet<String>>,
+    /// The subscription's consumer, once subscribed (for lag and readiness).
+    consumer: Mutex<Option<Arc<StreamConsumer<RebalanceContext>>>>,
+    /// Whether the last metadata request reached the cluster.
+    reachable: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for KafkaTransport {
@@ -100,7 +104,15 @@ impl KafkaTransport {
         .create()
         .map_err(|e| TransportError::Unavailable(e.to_string()))?;
         let transport =
-            Self { shared: Arc::new(Shared { config, producer, known_topics: RwLock::new(HashSet::new()) }) };
+            Self {
+            shared: Arc::new(Shared {
+                config,
+                producer,
+                known_topics: RwLock::new(HashSet::new()),
+                consumer: Mutex::new(None),
+                reachable: std::sync::atomic::AtomicBool::new(true),
+            }),
+        };
         let producer = transport.shared.producer.clone();
         tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, METADATA_TIMEOUT))
             .await
@@ -154,7 +166,9 @@ impl KafkaTransport {
     /// replication.
     pub async fn create_topics(&self, names: &[&str]) -> Result<(), TransportError> {
         let existing = self.partition_counts(names).await?;
-        let names: Vec<&str> = names.iter().copied().filter(|n| !existing.contains_key(*n)).collect();
+        let mut names: Vec<&str> = names.iter().copied().filter(|n| !existing.contains_key(*n)).collect();
+        names.sort_unstable();
+        names.dedup();
         if names.is_empty() {
             return Ok(());
         }
@@ -191,6 +205,47 @@ pub(crate) fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> 
 
 impl Transport for KafkaTransport {
     type Acker = KafkaAcker;
+
+    fn is_ready(&self) -> bool {
+        let subscribed = self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        subscribed && self.shared.reachable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Lag of every assigned partition; whether the watermark requests reach the cluster
+    /// is the readiness.
+    async fn backlog(&self, _: &Topology) -> Vec<super::Backlog> {
+        let consumer = self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let producer = self.shared.producer.clone();
+        let (reached, backlog) = tokio::task::spawn_blocking(move || {
+            let Some(consumer) = consumer else {
+                return (producer.client().fetch_metadata(None, METADATA_TIMEOUT).is_ok(), Vec::new());
+            };
+            let Ok(positions) = consumer.position() else { return (false, Vec::new()) };
+            let mut reached = true;
+            let mut backlog = Vec::new();
+            for element in positions.elements() {
+                let Ok((low, high)) = consumer.fetch_watermarks(element.topic(), element.partition(), METADATA_TIMEOUT)
+                else {
+                    reached = false;
+                    break;
+                };
+                let position = element.offset().to_raw().filter(|offset| *offset >= 0).unwrap_or(low);
+                backlog.push(super::Backlog::Lag {
+                    topic: element.topic().to_owned(),
+                    partition: element.partition(),
+                    lag: u64::try_from(high - position).unwrap_or(0),
+                });
+            }
+            if backlog.is_empty() {
+                reached = producer.client().fetch_metadata(None, METADATA_TIMEOUT).is_ok();
+            }
+            (reached, backlog)
+        })
+        .await
+        .unwrap_or((false, Vec::new()));
+        self.shared.reachable.store(reached, std::sync::atomic::Ordering::Relaxed);
+        backlog
+    }
 
     async fn declare(&self, topology: &Topology) -> Result<(), TransportError> {
         let mut names = vec![topology.queue.as_str(), &topology.dead_letter, &topology.parking, &topology.replies];
@@ -236,7 +291,9 @@ impl Transport for KafkaTransport {
         topics.extend(topology.retry_tiers.iter().map(|t| t.name.as_str()));
         consumer.subscribe(&topics).map_err(|e| TransportError::Unavailable(e.to_string()))?;
         info!(topics = ?topics, group = %self.shared.config.group, ordering = ?self.shared.config.ordering, "Consuming.");
-        Ok(dispatch::start(Arc::new(consumer), tracking, topology, self.shared.config.ordering, prefetch))
+        let consumer = Arc::new(consumer);
+        *self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&consumer));
+        Ok(dispatch::start(consumer, tracking, topology, self.shared.config.ordering, prefetch))
     }
 
     async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {

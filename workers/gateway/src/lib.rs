@@ -1,0 +1,119 @@
+//! The gateway's HTTP surface. `POST /process` takes a greeter request as JSON:
+//!
+//! | outcome | status | body |
+//! |---|---|---|
+//! | the worker replied ok | 200 | the reply (`{"result": …}`) |
+//! | not JSON, or not a valid greeter request | 400 | `{"error": {"kind": "decode"\|"schema", "message": …}}` |
+//! | the worker refused it (permanent, schema, …) | 422 | the worker's error reply |
+//! | the worker failed for good otherwise (transient, expired, …) | 502 | the worker's error reply |
+//! | no reply within `--timeout` | 504 | `{"error": {"kind": "timeout", …}}` |
+//! | the broker is unavailable (or the request queue missing) | 503 | `{"error": {"kind": "unavailable", …}}` |
+//!
+//! `/metrics`, `/healthz` and `/readyz` (connected and consuming replies) are served too.
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use courier::{
+    Handler,
+    client::{Client, RequestError},
+    contract::headers as h,
+    observe::{Health, Metrics, server},
+    schema::{Refusal, RequestSchema},
+    transport::Transport,
+};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use serde_json::json;
+
+/// Where requests go and how long to wait.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The workers' request queue/topic.
+    pub queue: String,
+    /// Reply timeout (also the request's deadline).
+    pub timeout: Duration,
+}
+
+struct Gateway<T> {
+    client: Client<T>,
+    options: Options,
+    schema: RequestSchema,
+    requests: IntCounterVec,
+    seconds: HistogramVec,
+}
+
+/// The routes: `/process` plus the observability endpoints.
+pub fn router<T: Transport>(client: Client<T>, options: Options) -> anyhow::Result<Router> {
+    let metrics = Metrics::new("gateway");
+    let requests = IntCounterVec::new(
+        Opts::new("courier_gateway_requests_total", "HTTP requests to /process, by response status."),
+        &["status"],
+    )?;
+    let seconds = HistogramVec::new(
+        HistogramOpts::new("courier_gateway_request_duration_seconds", "Time from HTTP request to response."),
+        &["status"],
+    )?;
+    metrics.registry().register(Box::new(requests.clone()))?;
+    metrics.registry().register(Box::new(seconds.clone()))?;
+    let health = Health::new({
+        let client = client.clone();
+        move || client.is_ready()
+    });
+    health.set_running(true);
+    let schema = RequestSchema::compile(greeter::Greeter::REQUEST_SCHEMA)?;
+    let gateway = std::sync::Arc::new(Gateway { client, options, schema, requests, seconds });
+    let process = Router::new().route("/process", post(process::<T>)).with_state(gateway);
+    Ok(process.merge(server::routes(server::Observed { metrics, health })))
+}
+
+async fn process<T: Transport>(
+    State(gateway): State<std::sync::Arc<Gateway<T>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let (status, body) = answer(&gateway, &headers, body).await;
+    let label = status.as_u16().to_string();
+    gateway.requests.with_label_values(&[&label]).inc();
+    gateway.seconds.with_label_values(&[&label]).observe(started.elapsed().as_secs_f64());
+    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn answer<T: Transport>(gateway: &Gateway<T>, headers: &HeaderMap, body: Bytes) -> (StatusCode, Vec<u8>) {
+    let fail = |status: StatusCode, kind: &str, message: String| {
+        (status, json!({ "error": { "kind": kind, "message": message } }).to_string().into_bytes())
+    };
+    match gateway.schema.decode::<greeter::Request>(&body) {
+        Ok(_) => {}
+        Err(Refusal::NotJson(why)) => return fail(StatusCode::BAD_REQUEST, "decode", why),
+        Err(Refusal::Violation(why)) => return fail(StatusCode::BAD_REQUEST, "schema", why),
+    }
+    let traceparent = headers.get(h::TRACEPARENT).and_then(|v| v.to_str().ok());
+    match gateway.client.request(&gateway.options.queue, body, traceparent, gateway.options.timeout).await {
+        Ok(reply) => {
+            let status = match reply.headers.get(h::STATUS).map(String::as_str) {
+                Some("ok") => StatusCode::OK,
+                _ => match serde_json::from_slice::<serde_json::Value>(&reply.payload)
+                    .ok()
+                    .and_then(|v| v["error"]["kind"].as_str().map(str::to_owned))
+                    .as_deref()
+                {
+                    Some("permanent" | "schema" | "decode" | "too-large") => StatusCode::UNPROCESSABLE_ENTITY,
+                    _ => StatusCode::BAD_GATEWAY,
+                },
+            };
+            (status, reply.payload.to_vec())
+        }
+        Err(RequestError::Timeout(after)) => {
+            fail(StatusCode::GATEWAY_TIMEOUT, "timeout", format!("no reply within {after:?}"))
+        }
+        Err(RequestError::Publish(error)) => fail(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string()),
+    }
+}

@@ -1,0 +1,170 @@
+//! The worker's Prometheus metrics (the `prometheus` crate's registry and text encoder).
+//! Names and labels are part of the operations contract (README, Grafana dashboard, alerts).
+
+use std::time::Duration;
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// Every metric of one worker process.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    worker: String,
+    received: IntCounterVec,
+    succeeded: IntCounterVec,
+    failed: IntCounterVec,
+    retried: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    handler_seconds: HistogramVec,
+    in_flight: IntGaugeVec,
+    ready: IntGaugeVec,
+    queue_depth: IntGaugeVec,
+    consumer_lag: IntGaugeVec,
+}
+
+impl Metrics {
+    /// A fresh registry for `worker`.
+    pub fn new(worker: &str) -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("registered once");
+            metric
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("registered once");
+            metric
+        };
+        let handler_seconds = HistogramVec::new(
+            HistogramOpts::new("courier_handler_duration_seconds", "Handler invocation time.")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["worker"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(handler_seconds.clone())).expect("registered once");
+        Self {
+            worker: worker.to_owned(),
+            received: counter("courier_messages_received_total", "Deliveries received.", &["worker"]),
+            succeeded: counter("courier_messages_succeeded_total", "Requests answered with an ok reply.", &["worker"]),
+            failed: counter("courier_messages_failed_total", "Failed handler rounds and refused inputs, by kind.", &["worker", "kind"]),
+            retried: counter("courier_messages_retried_total", "Requests handed to a delayed-retry tier.", &["worker", "tier"]),
+            dead_lettered: counter(
+                "courier_messages_dead_lettered_total",
+                "Dead-letter copies confirmed, by kind and fingerprint.",
+                &["worker", "kind", "fingerprint"],
+            ),
+            handler_seconds,
+            in_flight: gauge("courier_in_flight", "Deliveries being processed.", &["worker"]),
+            ready: gauge("courier_ready", "1 while connected and consuming.", &["worker"]),
+            queue_depth: gauge("courier_queue_depth", "Messages waiting in a RabbitMQ queue.", &["worker", "queue"]),
+            consumer_lag: gauge(
+                "courier_consumer_lag",
+                "Kafka: high watermark minus the consumer's position.",
+                &["worker", "topic", "partition"],
+            ),
+            registry,
+        }
+    }
+
+    /// The registry, for a process that adds metrics of its own.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A delivery arrived.
+    pub fn received(&self) {
+        self.received.with_label_values(&[&self.worker]).inc();
+    }
+
+    /// An ok reply was confirmed.
+    pub fn succeeded(&self) {
+        self.succeeded.with_label_values(&[&self.worker]).inc();
+    }
+
+    /// A delivery round failed with `kind`.
+    pub fn failed(&self, kind: &str) {
+        self.failed.with_label_values(&[&self.worker, kind]).inc();
+    }
+
+    /// A request went to the retry tier `tier`.
+    pub fn retried(&self, tier: &str) {
+        self.retried.with_label_values(&[&self.worker, tier]).inc();
+    }
+
+    /// A dead-letter copy was confirmed.
+    pub fn dead_lettered(&self, kind: &str, fingerprint: &str) {
+        self.dead_lettered.with_label_values(&[&self.worker, kind, fingerprint]).inc();
+    }
+
+    /// One handler invocation took `elapsed`.
+    pub fn handler_took(&self, elapsed: Duration) {
+        self.handler_seconds.with_label_values(&[&self.worker]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a delivery in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        let gauge = self.in_flight.with_label_values(&[&self.worker]);
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    /// Readiness as a gauge.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.with_label_values(&[&self.worker]).set(i64::from(ready));
+    }
+
+    /// Messages waiting in `queue`.
+    pub fn set_queue_depth(&self, queue: &str, messages: u64) {
+        self.queue_depth.with_label_values(&[&self.worker, queue]).set(i64::try_from(messages).unwrap_or(i64::MAX));
+    }
+
+    /// Lag of one partition.
+    pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: u64) {
+        let partition = partition.to_string();
+        self.consumer_lag
+            .with_label_values(&[&self.worker, topic, &partition])
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(%error, "Could not encode the metrics.");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Keeps a delivery counted in `courier_in_flight`.
+#[derive(Debug)]
+pub struct InFlight(prometheus::IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_in_the_text_exposition() {
+        let metrics = Metrics::new("greeter");
+        metrics.received();
+        metrics.failed("schema");
+        metrics.dead_lettered("schema", "abc");
+        metrics.set_consumer_lag("t", 2, 7);
+        let guard = metrics.in_flight();
+        let text = metrics.render();
+        assert!(text.contains(r#"courier_messages_received_total{worker="greeter"} 1"#), "{text}");
+        assert!(text.contains(r#"courier_messages_failed_total{kind="schema",worker="greeter"} 1"#), "{text}");
+        assert!(text.contains(r#"courier_consumer_lag{partition="2",topic="t",worker="greeter"} 7"#), "{text}");
+        assert!(text.contains(r#"courier_in_flight{worker="greeter"} 1"#), "{text}");
+        drop(guard);
+        assert!(metrics.render().contains(r#"courier_in_flight{worker="greeter"} 0"#));
+    }
+}

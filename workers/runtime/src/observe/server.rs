@@ -1,0 +1,54 @@
+//! The worker's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (alive),
+//! `/readyz` (connected, consuming, not shutting down).
+
+use std::net::SocketAddr;
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use tracing::info;
+
+use super::{Health, Metrics};
+
+/// What the endpoints read.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// Served on `/metrics`.
+    pub metrics: Metrics,
+    /// Served on `/readyz`.
+    pub health: Health,
+}
+
+/// The routes, for embedding in another router (the gateway adds its own).
+pub fn routes(observed: Observed) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(observed)
+}
+
+/// Bind `addr` and serve `router` in the background; returns the bound address (port 0
+/// picks a free one).
+pub async fn spawn(addr: SocketAddr, router: Router) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    info!(%bound, "HTTP endpoints: /metrics /healthz /readyz.");
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "The HTTP server stopped.");
+        }
+    });
+    Ok(bound)
+}
+
+async fn metrics(State(observed): State<Observed>) -> impl IntoResponse {
+    observed.metrics.set_ready(observed.health.ready());
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], observed.metrics.render())
+}
+
+async fn ready(State(observed): State<Observed>) -> impl IntoResponse {
+    if observed.health.ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
