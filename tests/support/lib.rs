@@ -2,6 +2,7 @@
 //! raw broker clients, and helpers that run the real worker binaries.
 
 pub mod dlq;
+pub mod http;
 pub mod kafka;
 pub mod measure;
 pub mod process;

@@ -42,18 +42,22 @@ async fn main() -> anyhow::Result<()> {
             serve(transport, &settings.replies, options, args.listen).await
         }
         Broker::Kafka(mut config) => {
-            // Each gateway reads all of its reply topic in a group of its own, from the end.
+            // Each gateway reads every partition of its reply topic, in a group of its own.
+            // It starts at the beginning (starting at the end could skip a reply that
+            // arrives while the end is being looked up): keep reply topics' retention short.
             config.group = format!("{}-{}", config.group, settings.instance);
-            if !config.properties.iter().any(|(k, _)| k == "auto.offset.reset") {
-                config.properties.push(("auto.offset.reset".into(), "latest".into()));
-            }
             let transport = KafkaTransport::connect(config).await?;
             serve(transport, &settings.replies, options, args.listen).await
         }
     }
 }
 
-async fn serve<T: Transport>(transport: T, replies: &str, options: gateway::Options, listen: SocketAddr) -> anyhow::Result<()> {
+async fn serve<T: Transport>(
+    transport: T,
+    replies: &str,
+    options: gateway::Options,
+    listen: SocketAddr,
+) -> anyhow::Result<()> {
     let client = Client::start(transport, replies).await?;
     let router = gateway::router(client, options)?;
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -28,8 +28,8 @@ use crate::{
         headers::{self as h, Headers, RequestMeta, truncate},
         timestamp, trace,
     },
-    observe::Metrics,
     handler::{Context, Handler, HandlerError},
+    observe::Metrics,
     schema::{Refusal, RequestSchema},
     transport::{Acker, Delivery, Message, PublishError, Source, Topology, Transport},
 };

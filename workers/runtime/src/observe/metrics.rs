@@ -47,8 +47,16 @@ impl Metrics {
             worker: worker.to_owned(),
             received: counter("courier_messages_received_total", "Deliveries received.", &["worker"]),
             succeeded: counter("courier_messages_succeeded_total", "Requests answered with an ok reply.", &["worker"]),
-            failed: counter("courier_messages_failed_total", "Failed handler rounds and refused inputs, by kind.", &["worker", "kind"]),
-            retried: counter("courier_messages_retried_total", "Requests handed to a delayed-retry tier.", &["worker", "tier"]),
+            failed: counter(
+                "courier_messages_failed_total",
+                "Failed handler rounds and refused inputs, by kind.",
+                &["worker", "kind"],
+            ),
+            retried: counter(
+                "courier_messages_retried_total",
+                "Requests handed to a delayed-retry tier.",
+                &["worker", "tier"],
+            ),
             dead_lettered: counter(
                 "courier_messages_dead_lettered_total",
                 "Dead-letter copies confirmed, by kind and fingerprint.",

@@ -46,9 +46,5 @@ async fn metrics(State(observed): State<Observed>) -> impl IntoResponse {
 }
 
 async fn ready(State(observed): State<Observed>) -> impl IntoResponse {
-    if observed.health.ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
+    if observed.health.ready() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
 }

@@ -103,8 +103,7 @@ impl KafkaTransport {
         )
         .create()
         .map_err(|e| TransportError::Unavailable(e.to_string()))?;
-        let transport =
-            Self {
+        let transport = Self {
             shared: Arc::new(Shared {
                 config,
                 producer,
