@@ -1,0 +1,62 @@
+//! What operators see of a greeter on RabbitMQ: `/metrics` counters move as requests are
+//! answered, retried and dead-lettered, and the request's trace id comes back in the
+//! reply, the retry and the dead-letter record.
+
+use courier::contract::{
+    failure::{FailureKind, fingerprint},
+    headers as h, trace,
+};
+use courier_tests::{
+    dlq::{Drill, collect, greeter, request},
+    http::{free_port, get, metric},
+    rabbitmq::RabbitDrill,
+};
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_trace_context_follow_each_outcome() {
+    let mut drill = RabbitDrill::new("observe").await;
+    let (queue, replies) = (drill.queue().to_owned(), drill.replies().to_owned());
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    // A broken dependency: every request is retried once through a 200 ms tier, then dead-lettered.
+    let _worker = greeter(&drill, "observe", true, &["--http-addr", &addr, "--retry-delays", "200ms"]);
+
+    let mut traced = request("traced", &replies);
+    traced.headers.insert(h::TRACEPARENT.into(), TRACEPARENT.into());
+    let garbage = courier::Message { payload: "{not json".into(), ..courier::Message::default() };
+    drill.publish(&queue, vec![traced, garbage]).await;
+
+    let records = collect(&mut drill, &format!("{queue}.dlq"), |all| all.len() >= 2).await;
+    let record = records.iter().find(|r| r.headers.get(h::CORRELATION_ID).map(String::as_str) == Some("traced"));
+    let record = record.expect("the traced request was dead-lettered");
+    let record_trace = record.headers.get(h::TRACEPARENT).expect("traceparent on the dead-letter record");
+    assert_eq!(trace::trace_id(record_trace), Some(TRACE_ID), "same trace");
+    assert_ne!(record_trace, TRACEPARENT, "the worker's own span is the parent");
+    let is_traced = |m: &courier::Message| m.headers.get(h::CORRELATION_ID).map(String::as_str) == Some("traced");
+    let error_replies = collect(&mut drill, &replies, |all| all.iter().any(is_traced)).await;
+    let reply = error_replies.iter().find(|m| is_traced(m)).expect("an error reply");
+    let reply_trace = reply.headers.get(h::TRACEPARENT).expect("traceparent on the error reply");
+    assert_eq!(trace::trace_id(reply_trace), Some(TRACE_ID));
+
+    let (_, text) = get(port, "/metrics").await;
+    let series = |s: &str| metric(&text, s);
+    assert_eq!(
+        series(r#"courier_messages_received_total{worker="greeter"}"#),
+        3.0,
+        "two requests, one retry round:\n{text}"
+    );
+    let tier = format!(r#"courier_messages_retried_total{{tier="{queue}.retry.200ms",worker="greeter"}}"#);
+    assert_eq!(series(&tier), 1.0, "{text}");
+    assert_eq!(series(r#"courier_messages_failed_total{kind="transient",worker="greeter"}"#), 2.0, "{text}");
+    assert_eq!(series(r#"courier_messages_failed_total{kind="decode",worker="greeter"}"#), 1.0, "{text}");
+    let transient = fingerprint(FailureKind::Transient, "greeter", "dependency_down");
+    let dead = format!(
+        r#"courier_messages_dead_lettered_total{{fingerprint="{transient}",kind="transient",worker="greeter"}}"#
+    );
+    assert_eq!(series(&dead), 1.0, "{text}");
+    assert_eq!(series(r#"courier_in_flight{worker="greeter"}"#), 0.0, "{text}");
+    assert_eq!(series(r#"courier_ready{worker="greeter"}"#), 1.0, "{text}");
+}
