@@ -35,11 +35,17 @@ async fn main() -> anyhow::Result<()> {
     }
     courier::app::init_logging(&args.worker.log_format, "info");
     let options = gateway::Options { queue: settings.queue.clone(), timeout: args.timeout };
+    let outcome = run(&settings, options, args.listen).await;
+    courier::observe::otlp::flush();
+    outcome
+}
+
+async fn run(settings: &courier::Settings, options: gateway::Options, listen: SocketAddr) -> anyhow::Result<()> {
     match settings.broker.clone() {
         Broker::Memory => anyhow::bail!("--broker is required: the gateway talks to workers through a broker"),
         Broker::Amqp(url) => {
             let transport = AmqpTransport::connect(&url, &format!("gateway {}", settings.instance)).await?;
-            serve(transport, &settings.replies, options, args.listen).await
+            serve(transport, &settings.replies, options, listen).await
         }
         Broker::Kafka(mut config) => {
             // Each gateway reads every partition of its reply topic, in a group of its own.
@@ -47,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
             // arrives while the end is being looked up): keep reply topics' retention short.
             config.group = format!("{}-{}", config.group, settings.instance);
             let transport = KafkaTransport::connect(config).await?;
-            serve(transport, &settings.replies, options, args.listen).await
+            serve(transport, &settings.replies, options, listen).await
         }
     }
 }

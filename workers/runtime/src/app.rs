@@ -7,6 +7,7 @@ use crate::{
     config::{Broker, WorkerArgs},
     console,
     handler::Handler,
+    observe::otlp,
     shutdown,
     transport::{amqp::AmqpTransport, kafka::KafkaTransport},
     worker,
@@ -20,6 +21,12 @@ pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
     // The console owns the terminal: only warnings and errors are logged beside it.
     let default_level = if matches!(settings.broker, Broker::Memory) { "warn" } else { "info" };
     init_logging(&args.log_format, default_level);
+    let outcome = run(settings, handler).await;
+    otlp::flush();
+    outcome
+}
+
+async fn run<H: Handler>(settings: crate::Settings, handler: H) -> anyhow::Result<()> {
     match settings.broker.clone() {
         Broker::Memory => console::run(settings, handler).await,
         Broker::Amqp(url) => {
@@ -37,12 +44,15 @@ pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr: human-readable text, or one JSON object per line. `RUST_LOG`
-/// filters (default `default_level`).
+/// filters (default `default_level`). Spans are exported over OTLP when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 pub fn init_logging(format: &str, default_level: &str) {
+    use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let output = if format == "json" { output.json().boxed() } else { output.boxed() };
+    let result = tracing_subscriber::registry().with(filter).with(output).with(otlp::layer()).try_init();
     if let Err(error) = result {
         eprintln!("logging already initialised: {error}");
     }

@@ -29,7 +29,7 @@ use crate::{
         timestamp, trace,
     },
     handler::{Context, Handler, HandlerError},
-    observe::Metrics,
+    observe::{Metrics, otlp},
     schema::{Refusal, RequestSchema},
     transport::{Acker, Delivery, Message, PublishError, Source, Topology, Transport},
 };
@@ -132,8 +132,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             }
         };
         // Outputs continue the request's trace with this delivery as their parent.
-        let traceparent = trace::child_of(meta.traceparent.as_deref());
         let span = tracing::Span::current();
+        let traceparent = otlp::continue_trace(&span, &message.headers, meta.traceparent.as_deref());
         span.record("correlation_id", meta.correlation_id.as_str());
         span.record("attempt", meta.attempt);
         span.record("trace_id", trace::trace_id(&traceparent).unwrap_or_default());

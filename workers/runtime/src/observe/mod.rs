@@ -1,7 +1,9 @@
-//! What a worker shows about itself: Prometheus metrics, health and readiness over HTTP.
+//! What a worker shows about itself: Prometheus metrics, health and readiness over HTTP,
+//! and OpenTelemetry traces.
 
 pub mod health;
 pub mod metrics;
+pub mod otlp;
 pub mod probe;
 pub mod server;
 
