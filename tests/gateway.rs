@@ -105,7 +105,7 @@ async fn gateway_on_rabbitmq() {
     let (mut greeter, _gateway) = start(&names, &broker, metrics_port, gateway_port, false);
     exercise(&mut greeter, metrics_port, gateway_port, async || {}).await;
     courier_tests::rabbitmq::cleanup(&names.queue, &names.replies).await;
-    courier_tests::rabbitmq::RabbitHarness::new().await.delete(&[names.gateway_replies.clone()]).await;
+    courier_tests::rabbitmq::RabbitHarness::new().await.delete(std::slice::from_ref(&names.gateway_replies)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
