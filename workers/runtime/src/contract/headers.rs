@@ -19,7 +19,8 @@ pub const REPLY_TO: &str = "courier-reply-to";
 pub const CONTENT_TYPE: &str = "content-type";
 /// Optional RFC 3339 instant after which the request must not be processed.
 pub const DEADLINE: &str = "courier-deadline";
-/// W3C trace context, copied into replies, retries and dead-letter records.
+/// W3C trace context, continued into replies, retries and dead-letter records (same
+/// trace id, the worker's delivery span as parent; see `contract::trace`).
 pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace state, copied along with `traceparent`.
 pub const TRACESTATE: &str = "tracestate";
