@@ -308,7 +308,7 @@ pub async fn request_reply<Hn: Harness>(harness: Hn) {
     assert_eq!(header(&reply, h::STATUS), "ok");
     // The same trace, with the worker's delivery as the parent span.
     let continued = header(&reply, h::TRACEPARENT);
-    assert_eq!(crate::contract::trace::trace_id(&continued), crate::contract::trace::trace_id(traceparent));
+    assert_eq!(crate::contract::trace::trace_id(continued), crate::contract::trace::trace_id(traceparent));
     assert_ne!(continued, traceparent);
     let body: serde_json::Value = serde_json::from_slice(&reply.payload).expect("reply is JSON");
     assert_eq!(body, serde_json::json!({ "echo": id }));
