@@ -29,7 +29,7 @@ async fn start(
     ordering: Ordering,
     retry: RetryPolicy,
 ) -> (Settings, KafkaTransport, ScriptHandler, CancellationToken, tokio::task::JoinHandle<()>) {
-    let mut config = config(&harness.cluster.bootstrap, ordering);
+    let mut config = config(&harness.bootstrap, ordering);
     config.partitions = 1;
     let transport = KafkaTransport::connect(config).await.expect("connect");
     let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
@@ -41,7 +41,7 @@ async fn start(
     let topology = settings.topology();
     let mut names = vec![topology.queue.as_str(), &topology.dead_letter, &topology.parking, &topology.replies];
     names.extend(topology.retry_tiers.iter().map(|t| t.name.as_str()));
-    harness.cluster.create_topics(&names, 1);
+    harness.cluster.as_ref().expect("the mock cluster").create_topics(&names, 1);
     let handler = ScriptHandler::default();
     let stop = CancellationToken::new();
     let worker = tokio::spawn({
@@ -95,7 +95,7 @@ async fn stored_offset_never_passes_an_unfinished_message() {
     assert!(!answered.contains(&slow), "the slow message is still running");
     // Auto-commit runs every second: give it two turns.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let bootstrap = harness.cluster.bootstrap.clone();
+    let bootstrap = harness.bootstrap.clone();
     let before = committed(&bootstrap, &group, &settings.queue);
     assert!(before.unwrap_or(0) <= 0, "committed {before:?} past the unfinished message at offset 0");
     let reply = harness.receive(&settings.replies, PATIENCE).await.expect("the slow reply");

@@ -132,8 +132,10 @@ pub fn reader(bootstrap: &str, topic: &str, partitions: i32) -> StreamConsumer {
 
 /// The contract-suite harness on a fresh mock cluster.
 pub struct KafkaHarness {
-    /// The cluster (dropped with the harness).
-    pub cluster: MockKafka,
+    /// The mock cluster (dropped with the harness); `None` on an external broker (tansu).
+    pub cluster: Option<MockKafka>,
+    /// `host:port` of the broker.
+    pub bootstrap: String,
     /// The transport under test.
     pub transport: KafkaTransport,
     /// One reader per topic, positioned after what was already received.
@@ -142,7 +144,7 @@ pub struct KafkaHarness {
 
 impl std::fmt::Debug for KafkaHarness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaHarness").field("cluster", &self.cluster).finish_non_exhaustive()
+        f.debug_struct("KafkaHarness").field("bootstrap", &self.bootstrap).finish_non_exhaustive()
     }
 }
 
@@ -155,17 +157,35 @@ impl KafkaHarness {
         let cluster = MockKafka::start(1);
         let transport =
             KafkaTransport::connect(config(&cluster.bootstrap, Ordering::Partition)).await.expect("connect");
-        Self { cluster, transport, readers: Mutex::default() }
+        Self { bootstrap: cluster.bootstrap.clone(), cluster: Some(cluster), transport, readers: Mutex::default() }
+    }
+
+    /// The independent broker tansu at `COURIER_TEST_TANSU` (default 127.0.0.1:9092, started
+    /// by `scripts/brokers/tansu-up`); topics are created through its CreateTopics API.
+    pub async fn tansu() -> Self {
+        let bootstrap = std::env::var("COURIER_TEST_TANSU").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+        let transport = KafkaTransport::connect(config(&bootstrap, Ordering::Partition))
+            .await
+            .expect("tansu answers (scripts/brokers/tansu-up starts it)");
+        Self { cluster: None, bootstrap, transport, readers: Mutex::default() }
+    }
+
+    /// Create topics: through the mock cluster, or the broker's CreateTopics API.
+    async fn create_topics(&self, names: &[&str]) {
+        match &self.cluster {
+            Some(cluster) => cluster.create_topics(names, self.transport.config().partitions),
+            None => self.transport.create_topics(names).await.expect("create topics"),
+        }
     }
 
     async fn reader(&self, topic: &str) -> std::sync::Arc<StreamConsumer> {
         if let Some(reader) = self.readers.lock().expect("readers").get(topic) {
             return std::sync::Arc::clone(reader);
         }
-        self.cluster.create_topics(&[topic], self.transport.config().partitions);
+        self.create_topics(&[topic]).await;
         let counts = self.transport.partition_counts(&[topic]).await.expect("metadata");
         let partitions = counts.get(topic).copied().unwrap_or(1) as i32;
-        let reader = reader(&self.cluster.bootstrap, topic, partitions);
+        let reader = reader(&self.bootstrap, topic, partitions);
         let reader = std::sync::Arc::new(reader);
         self.readers.lock().expect("readers").insert(topic.to_owned(), std::sync::Arc::clone(&reader));
         reader
@@ -183,17 +203,25 @@ impl Harness for KafkaHarness {
     async fn declare(&self, topology: &courier::transport::Topology) {
         let mut names = vec![topology.queue.as_str(), &topology.dead_letter, &topology.parking, &topology.replies];
         names.extend(topology.retry_tiers.iter().map(|t| t.name.as_str()));
-        self.cluster.create_topics(&names, self.transport.config().partitions);
+        self.create_topics(&names).await;
         self.transport.declare(topology).await.expect("declare topology");
     }
 
+    fn can_refuse(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     async fn declare_refusing(&self, name: &str) {
-        self.cluster.create_topics(&[name], self.transport.config().partitions);
-        self.cluster.command(Command::FailProduces(1_000));
+        self.create_topics(&[name]).await;
+        if let Some(cluster) = &self.cluster {
+            cluster.command(Command::FailProduces(1_000));
+        }
     }
 
     async fn accept_publishes(&self, _name: &str) {
-        self.cluster.command(Command::ClearProduceErrors);
+        if let Some(cluster) = &self.cluster {
+            cluster.command(Command::ClearProduceErrors);
+        }
     }
 
     async fn receive(&self, queue: &str, timeout: Duration) -> Option<Message> {

@@ -7,6 +7,7 @@
 
 pub mod amqp;
 pub mod kafka;
+pub mod lint;
 pub mod memory;
 
 use std::{fmt, future::Future, pin::Pin, time::Duration};

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use courier::{
     WorkerArgs,
     config::Broker,
-    transport::{Transport, amqp::AmqpTransport, kafka::KafkaTransport},
+    transport::{Transport, amqp::AmqpTransport, kafka::KafkaTransport, lint},
 };
 
 #[derive(Debug, Parser)]
@@ -36,6 +36,15 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TopologyCommand {
+    /// Check (changing nothing) that every queue/topic a worker with these flags uses
+    /// exists and, on Kafka, is sized right; exit 1 when something is wrong.
+    Lint {
+        /// The worker's name (default queue names derive from it).
+        #[arg(long, env = "COURIER_WORKER")]
+        worker: String,
+        #[command(flatten)]
+        args: WorkerArgs,
+    },
     /// Create (idempotently) every queue a worker with these flags uses; fails with a
     /// clear message when one exists with other settings.
     Declare {
@@ -65,6 +74,28 @@ async fn main() -> anyhow::Result<()> {
         Command::Dlq(command) => {
             let code = dlq::main(command).await?;
             std::process::exit(code);
+        }
+        Command::Topology(TopologyCommand::Lint { worker, args }) => {
+            courier::app::init_logging(&args.log_format, "warn");
+            let settings = args.settings(&worker)?;
+            let topology = settings.topology();
+            let findings = match &settings.broker {
+                Broker::Amqp(url) => {
+                    lint::amqp(&AmqpTransport::connect(url, "courier topology").await?, &topology).await?
+                }
+                Broker::Kafka(config) => {
+                    lint::kafka(&KafkaTransport::connect(config.clone()).await?, &topology).await?
+                }
+                Broker::Memory => anyhow::bail!("--broker is required: the in-memory broker has no topology to lint"),
+            };
+            for finding in &findings {
+                println!("problem: {}: {}", finding.name, finding.problem);
+            }
+            if !findings.is_empty() {
+                std::process::exit(1);
+            }
+            println!("ok: every queue/topic of {worker} is in place");
+            Ok(())
         }
         Command::Topology(TopologyCommand::Declare { worker, args }) => {
             courier::app::init_logging(&args.log_format, "warn");
