@@ -67,7 +67,7 @@ fn lint_finds_missing_and_mis_sized_topics_on_kafka() {
         "{out}"
     );
     let mut six = args("good.requests", "good.replies");
-    six.last_mut().map(|p| *p = "6".into());
+    six.push("--partitions=6".into());
     let (code, out) = run(six);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("problem: good.requests: has 3 partitions, --partitions says 6"), "{out}");
