@@ -60,3 +60,30 @@ async fn metrics_and_trace_context_follow_each_outcome() {
     assert_eq!(series(r#"courier_in_flight{worker="greeter"}"#), 0.0, "{text}");
     assert_eq!(series(r#"courier_ready{worker="greeter"}"#), 1.0, "{text}");
 }
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the worker exports its spans there: a stand-in
+/// collector sees it open an OTLP/gRPC (HTTP/2) connection after a delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
+    use tokio::io::AsyncReadExt;
+    let mut drill = RabbitDrill::new("otlp").await;
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", collector.local_addr().expect("address"));
+    let mut args = drill.flags();
+    args.extend(["--instance", "otlp"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let mut worker = courier_tests::process::Process::start("greeter", "otlp", &args, &env);
+    worker.wait_for_log("Consuming.", courier_tests::dlq::PATIENCE);
+    let (queue, replies) = (drill.queue().to_owned(), drill.replies().to_owned());
+    drill.publish(&queue, vec![request("exported", &replies)]).await;
+
+    let accepted = tokio::time::timeout(courier_tests::dlq::PATIENCE, collector.accept()).await;
+    let (mut stream, _) = accepted.expect("the worker connects to the collector").expect("accept");
+    let mut preface = [0u8; 24];
+    tokio::time::timeout(courier_tests::dlq::PATIENCE, stream.read_exact(&mut preface))
+        .await
+        .expect("the worker speaks")
+        .expect("read");
+    assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "an HTTP/2 (gRPC) client preface");
+}

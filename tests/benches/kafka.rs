@@ -29,7 +29,8 @@ async fn main() {
     // The raw pipe has no limit on messages in flight; the worker gets a generous one.
     let none = run(&mut cluster, "greeter worker, ordering none (concurrency 1024)", Some(("none", None, 1024))).await;
     let partition =
-        run(&mut cluster, "greeter worker, ordering partition (concurrency 1024)", Some(("partition", None, 1024))).await;
+        run(&mut cluster, "greeter worker, ordering partition (concurrency 1024)", Some(("partition", None, 1024)))
+            .await;
     if std::env::var_os("COURIER_BENCH_QUICK").is_some() {
         print_table("Kafka (quick)", &[raw, none, partition]);
         return;
