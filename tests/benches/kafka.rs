@@ -25,6 +25,15 @@ const SLOW: Duration = Duration::from_millis(20);
 #[tokio::main]
 async fn main() {
     let mut cluster = MockKafkaProcess::start(&[]);
+    // COURIER_BENCH_SLOW=key:64 runs just that slow-handler case (for experiments).
+    if let Some((ordering, concurrency)) =
+        std::env::var("COURIER_BENCH_SLOW").ok().as_deref().and_then(|s| s.split_once(':')).map(|(o, c)| (o.to_owned(), c.to_owned()))
+    {
+        let concurrency: usize = concurrency.parse().expect("COURIER_BENCH_SLOW=<ordering>:<concurrency>");
+        let figures = run(&mut cluster, "slow", Some((&ordering, Some(SLOW), concurrency))).await;
+        println!("slow {ordering} {concurrency}: {:.0} msg/s", figures.rate);
+        return;
+    }
     let raw = run(&mut cluster, "raw rdkafka pipe", None).await;
     // The raw pipe has no limit on messages in flight; the worker gets a generous one.
     let none = run(&mut cluster, "greeter worker, ordering none (concurrency 1024)", Some(("none", None, 1024))).await;

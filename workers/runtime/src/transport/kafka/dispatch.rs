@@ -23,6 +23,14 @@ use crate::transport::{Acker, Delivery, Message, Source, Subscription, Topology,
 /// Delay before a nacked record is handed out again.
 const REDELIVERY_DELAY: Duration = Duration::from_millis(500);
 
+/// Records the dispatcher may buffer before it pauses every partition. Pausing is costly
+/// (librdkafka drops what it prefetched and fetches it again on resume: a buffer of a few
+/// hundred records cut a 20 ms handler at concurrency 64 to a sixth of its rate), so it
+/// is a memory guard, not flow control.
+const MIN_BUFFERED_RECORDS: usize = 10_000;
+/// Payload bytes the dispatcher may buffer before it pauses every partition.
+const MAX_BUFFERED_BYTES: usize = 64 << 20;
+
 type Partition = (String, i32);
 
 /// Which records must not run at the same time.
@@ -83,7 +91,8 @@ pub(super) fn start(
         paused: HashSet::new(),
         throttled: false,
         waiting_len: 0,
-        buffer_limit: prefetch.max(1) * 4 + 100,
+        buffer_limit: (prefetch.max(1) * 4 + 100).max(MIN_BUFFERED_RECORDS),
+        buffered_bytes: 0,
         sequence: 0,
     };
     tokio::spawn(dispatcher.run());
@@ -119,6 +128,8 @@ struct Dispatcher {
     throttled: bool,
     /// Records in `waiting` (summed here, not recounted per record).
     waiting_len: usize,
+    /// Payload bytes of every record buffered (ready, waiting or held).
+    buffered_bytes: usize,
 
     buffer_limit: usize,
     sequence: u64,
@@ -156,6 +167,7 @@ impl Dispatcher {
                 Step::Due => self.release_due(),
                 Step::Room(permit) => {
                     if let Some(pending) = self.ready.pop_front() {
+                        self.buffered_bytes -= pending.message.payload.len();
                         permit.send(delivery(&self.consumer, &self.tracking, &self.events_tx, pending));
                     }
                 }
@@ -169,6 +181,7 @@ impl Dispatcher {
             if !self.is_current(pending) {
                 let stale = self.ready.pop_front();
                 if let Some(stale) = stale {
+                    self.buffered_bytes -= stale.message.payload.len();
                     self.free_lane(stale.lane);
                 }
                 continue;
@@ -176,6 +189,7 @@ impl Dispatcher {
             match self.out.try_reserve() {
                 Ok(permit) => {
                     if let Some(pending) = self.ready.pop_front() {
+                        self.buffered_bytes -= pending.message.payload.len();
                         permit.send(delivery(&self.consumer, &self.tracking, &self.events_tx, pending));
                     }
                 }
@@ -213,6 +227,7 @@ impl Dispatcher {
         };
         let source = Source { queue: self.queue.clone(), partition: Some(partition.1), offset: Some(offset) };
         let pending = Pending { message, source, partition: partition.clone(), offset, lane, epoch };
+        self.buffered_bytes += pending.message.payload.len();
         if let Some(delay) = delay {
             let written = record.timestamp().to_millis().and_then(|ms| u64::try_from(ms).ok());
             let written = written.map_or_else(SystemTime::now, |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
@@ -240,7 +255,10 @@ impl Dispatcher {
     fn handle(&mut self, event: Event) {
         match event {
             Event::LaneFree(lane) => self.free_lane(lane),
-            Event::Redeliver(pending) => self.ready.push_front(*pending),
+            Event::Redeliver(pending) => {
+                self.buffered_bytes += pending.message.payload.len();
+                self.ready.push_front(*pending);
+            }
         }
     }
 
@@ -284,9 +302,9 @@ impl Dispatcher {
     /// resume the rest. The poll loop keeps running either way.
     fn apply_pauses(&mut self) {
         let buffered = self.ready.len() + self.held.len() + self.waiting_len;
-        let throttled = if buffered > self.buffer_limit {
+        let throttled = if buffered > self.buffer_limit || self.buffered_bytes > MAX_BUFFERED_BYTES {
             true
-        } else if buffered < self.buffer_limit / 2 {
+        } else if buffered < self.buffer_limit / 2 && self.buffered_bytes < MAX_BUFFERED_BYTES / 2 {
             false
         } else {
             self.throttled
