@@ -113,6 +113,13 @@ async fn run(cluster: &mut MockKafkaProcess, name: &str, worker: Option<(&str, O
                 "--kafka-property",
                 "fetch.wait.max.ms=10",
             ];
+            let mut args = args.to_vec();
+            if delay.is_some() {
+                // Latency-bound (one message per lane at a time): send replies without
+                // lingering, as an operator would tune such a worker. The no-op rows keep the
+                // raw pipe's linger.ms=1.
+                args.extend(["--kafka-property", "linger.ms=0"]);
+            }
             let latency = delay.map(|d| d.as_millis().to_string()).unwrap_or_default();
             let mut env = vec![("RUST_LOG", "warn")];
             if delay.is_some() {
