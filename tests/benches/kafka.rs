@@ -26,8 +26,11 @@ const SLOW: Duration = Duration::from_millis(20);
 async fn main() {
     let mut cluster = MockKafkaProcess::start(&[]);
     // COURIER_BENCH_SLOW=key:64 runs just that slow-handler case (for experiments).
-    if let Some((ordering, concurrency)) =
-        std::env::var("COURIER_BENCH_SLOW").ok().as_deref().and_then(|s| s.split_once(':')).map(|(o, c)| (o.to_owned(), c.to_owned()))
+    if let Some((ordering, concurrency)) = std::env::var("COURIER_BENCH_SLOW")
+        .ok()
+        .as_deref()
+        .and_then(|s| s.split_once(':'))
+        .map(|(o, c)| (o.to_owned(), c.to_owned()))
     {
         let concurrency: usize = concurrency.parse().expect("COURIER_BENCH_SLOW=<ordering>:<concurrency>");
         let figures = run(&mut cluster, "slow", Some((&ordering, Some(SLOW), concurrency))).await;
