@@ -136,8 +136,10 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let traceparent = otlp::continue_trace(&span, &message.headers, meta.traceparent.as_deref());
         span.record("correlation_id", meta.correlation_id.as_str());
         span.record("attempt", meta.attempt);
-        span.record("trace_id", trace::trace_id(&traceparent).unwrap_or_default());
-        meta.traceparent = Some(traceparent);
+        if let Some(trace_id) = traceparent.as_deref().and_then(trace::trace_id) {
+            span.record("trace_id", trace_id);
+        }
+        meta.traceparent = traceparent;
 
         if meta.deadline.is_some_and(|d| d <= SystemTime::now()) {
             let failure = Failure::new(

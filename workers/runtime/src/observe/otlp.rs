@@ -45,20 +45,22 @@ pub fn flush() {
 
 /// Make `span` a child of the request's `traceparent` (when exporting), and return the
 /// `traceparent` for the delivery's outputs: the span's own ids when it is exported, else
-/// a new span id in the request's trace (see [`trace::child_of`]).
-pub fn continue_trace(span: &tracing::Span, headers: &Headers, incoming: Option<&str>) -> String {
+/// a new span id in the request's trace (see [`trace::child_of`]). A request without a
+/// valid one gets a new trace only when spans are exported (nobody could see it otherwise,
+/// and every header costs the broker work).
+pub fn continue_trace(span: &tracing::Span, headers: &Headers, incoming: Option<&str>) -> Option<String> {
     if PROVIDER.get().is_none() {
-        return trace::child_of(incoming);
+        return incoming.filter(|t| trace::trace_id(t).is_some()).map(|t| trace::child_of(Some(t)));
     }
     let parent = TraceContextPropagator::new().extract(&HeaderView(headers));
     let _ = span.set_parent(parent);
     let context = span.context();
     let span_context = context.span().span_context().clone();
-    if span_context.is_valid() {
+    Some(if span_context.is_valid() {
         format!("00-{}-{}-{:02x}", span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8())
     } else {
         trace::child_of(incoming)
-    }
+    })
 }
 
 /// Our headers as an OpenTelemetry carrier.
