@@ -17,8 +17,10 @@ use crate::{
     transport::Message,
 };
 
-/// Contract headers that have an AMQP property of their own.
-const MIRRORED: [&str; 4] = [h::MESSAGE_ID, h::CORRELATION_ID, h::REPLY_TO, h::CONTENT_TYPE];
+/// Contract headers that have an AMQP property of their own: the four standard ones, and
+/// on replies `courier-replied-by` as `app_id` and `courier-status` as `type` (fewer
+/// headers-table entries for the broker to parse on every reply).
+const MIRRORED: [&str; 6] = [h::MESSAGE_ID, h::CORRELATION_ID, h::REPLY_TO, h::CONTENT_TYPE, h::REPLIED_BY, h::STATUS];
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
@@ -37,7 +39,10 @@ pub fn properties(message: &Message) -> BasicProperties {
             table.insert(name, AMQPValue::LongString(LongString::from(value.as_bytes())));
         }
     }
-    let mut props = BasicProperties::default().with_delivery_mode(PERSISTENT).with_headers(table);
+    let mut props = BasicProperties::default().with_delivery_mode(PERSISTENT);
+    if !table.inner().is_empty() {
+        props = props.with_headers(table);
+    }
     if let Some(v) = short(h::MESSAGE_ID) {
         props = props.with_message_id(v);
     }
@@ -46,6 +51,12 @@ pub fn properties(message: &Message) -> BasicProperties {
     }
     if let Some(v) = short(h::REPLY_TO) {
         props = props.with_reply_to(v);
+    }
+    if let Some(v) = short(h::REPLIED_BY) {
+        props = props.with_app_id(v);
+    }
+    if let Some(v) = short(h::STATUS) {
+        props = props.with_type(v);
     }
     props.with_content_type(short(h::CONTENT_TYPE).unwrap_or_else(|| ShortString::from(h::JSON)))
 }
@@ -69,6 +80,8 @@ pub fn headers(props: &BasicProperties) -> Headers {
     fill(h::CORRELATION_ID, props.correlation_id());
     fill(h::REPLY_TO, props.reply_to());
     fill(h::CONTENT_TYPE, props.content_type());
+    fill(h::REPLIED_BY, props.app_id());
+    fill(h::STATUS, props.kind());
     headers
 }
 
@@ -129,11 +142,18 @@ mod tests {
         let mut message = Message::default();
         message.headers.insert(h::MESSAGE_ID.into(), "m-1".into());
         message.headers.insert(h::STATUS.into(), "ok".into());
+        message.headers.insert(h::REPLIED_BY.into(), "w-1".into());
+        message.headers.insert("custom".into(), "x".into());
         let props = properties(&message);
         let table = props.headers().as_ref().expect("table");
-        assert!(!table.contains_key(h::MESSAGE_ID));
-        assert!(table.contains_key(h::STATUS));
+        assert_eq!(table.inner().keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["custom"]);
         assert_eq!(props.message_id().as_ref().map(ShortString::as_str), Some("m-1"));
+        assert_eq!(props.kind().as_ref().map(ShortString::as_str), Some("ok"));
+        assert_eq!(props.app_id().as_ref().map(ShortString::as_str), Some("w-1"));
+        assert_eq!(
+            headers(&props),
+            message.headers.into_iter().chain([(h::CONTENT_TYPE.into(), h::JSON.into())]).collect()
+        );
     }
 
     #[test]
