@@ -135,8 +135,10 @@ async fn gateway_on_kafka() {
     exercise(&mut greeter, metrics_port, gateway_port, async || {
         cluster.command("down 1");
         wait_for_status(metrics_port, "/readyz", 503, PATIENCE).await;
+        wait_for_status(gateway_port, "/readyz", 503, PATIENCE).await;
         cluster.command("up 1");
         wait_for_status(metrics_port, "/readyz", 200, PATIENCE).await;
+        wait_for_status(gateway_port, "/readyz", 200, PATIENCE).await;
     })
     .await;
 }

@@ -45,6 +45,16 @@ impl<T: Transport> Client<T> {
         let topology = Topology::replies_only(replies);
         transport.declare(&topology).await?;
         let mut subscription = transport.subscribe(&topology, 256).await?;
+        // Readiness on Kafka is refreshed by the backlog probe (the worker's sampler does
+        // the same): keep it current while the client lives.
+        let probe = transport.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                every.tick().await;
+                probe.backlog(&topology).await;
+            }
+        });
         let waiters: Waiters = Arc::default();
         let routes = Arc::clone(&waiters);
         tokio::spawn(async move {

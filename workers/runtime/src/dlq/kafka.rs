@@ -64,7 +64,9 @@ impl KafkaStore {
         let Some(&partitions) = counts.get(topic) else { return Err(DlqError::NotFound(topic.to_owned())) };
         let producer = if writable {
             if !counts.contains_key(&ledger) {
-                transport.create_topics(&[&ledger]).await.map_err(|e| unavailable(&e))?;
+                // Compacted (keys are unique): entries never expire before their records.
+                let compact = [("cleanup.policy", "compact")];
+                transport.create_topics_with(&[&ledger], &compact).await.map_err(|e| unavailable(&e))?;
             }
             Some(transactional_producer(transport, topic).await?)
         } else {

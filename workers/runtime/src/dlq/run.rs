@@ -62,7 +62,8 @@ pub struct Summary {
     pub parked: u64,
     /// Deleted.
     pub purged: u64,
-    /// Left in place: they did not match the filter (or the limit was reached).
+    /// Left in place: read, but they did not match the filter (or the limit was reached
+    /// within their batch; records after it are not read at all).
     pub skipped: u64,
     /// Left in place: they could not be handled (see the messages printed).
     pub failed: u64,
@@ -107,6 +108,10 @@ pub async fn run<S: Store>(
     let batch_size = options.batch.max(1).min(options.rate.map_or(usize::MAX, |r| r.max(1) as usize));
     let started = Instant::now();
     loop {
+        // At the limit, stop reading: on RabbitMQ every record read stays unacked until close.
+        if options.limit.is_some_and(|limit| summary.replayed + summary.parked + summary.purged >= limit) {
+            return Ok(summary);
+        }
         let records = store.next_batch(batch_size).await?;
         if records.is_empty() {
             return Ok(summary);
@@ -337,6 +342,11 @@ mod tests {
         assert_eq!((summary.read, summary.replayed, summary.skipped), (4, 2, 2));
         let left: Vec<RecordId> = store.records.iter().map(|r| r.id).collect();
         assert_eq!(left, [RecordId::Position(2), RecordId::Position(4)]);
+
+        // At the limit, reading stops (RabbitMQ holds every record read until the end).
+        let mut big = VecStore::new(records.iter().cycle().take(40).cloned().collect(), &["q"]);
+        let one = RunOptions { limit: Some(1), ..options() };
+        assert_eq!(go(&mut big, &replay(), &one).await.read, 2, "one batch of two, then stop");
 
         let mut untouched = VecStore::new(records, &["q"]);
         let dry = RunOptions { dry_run: true, ..options() };

@@ -214,9 +214,14 @@ async fn change_records(target: &Target, change: &Change, operation: &Operation)
     };
     let summary = dlq::run::run(&mut store, operation, &options, &mut observe).await;
     progress.finish_and_clear();
-    store.close().await?;
+    // The run's own error (or summary) matters more than a failure to close afterwards:
+    // every batch settled so far is committed either way.
+    let closed = store.close().await;
     let summary = summary?;
     print_summary(&summary, dry_run);
+    if let Err(error) = closed {
+        eprintln!("closing {queue}: {error}");
+    }
     Ok(if summary.failed > 0 { 2 } else { 0 })
 }
 

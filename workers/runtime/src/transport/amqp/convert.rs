@@ -1,8 +1,9 @@
 //! Our [`Message`] ↔ AMQP properties and headers table.
 //!
-//! Contract headers travel in the headers table as long strings, except the four with an
+//! Contract headers travel in the headers table as long strings, except those with an
 //! AMQP property of their own (`message_id`, `correlation_id`, `reply_to`,
-//! `content_type`), which travel in the property. On receipt a property fills in its
+//! `content_type`, and on replies `app_id` for `courier-replied-by` and `type` for
+//! `courier-status`), which travel in the property. On receipt a property fills in its
 //! header unless the producer also set the header (the header wins). Header
 //! values that are not text are converted to text (numbers, booleans); tables and arrays
 //! (such as the broker's own `x-death`) are not carried over.
@@ -80,8 +81,12 @@ pub fn headers(props: &BasicProperties) -> Headers {
     fill(h::CORRELATION_ID, props.correlation_id());
     fill(h::REPLY_TO, props.reply_to());
     fill(h::CONTENT_TYPE, props.content_type());
-    fill(h::REPLIED_BY, props.app_id());
-    fill(h::STATUS, props.kind());
+    // `type` and `app_id` mean something else to other AMQP producers: only a Courier
+    // status (`ok`/`error`) marks a Courier reply.
+    if props.kind().as_ref().is_some_and(|status| matches!(status.as_str(), "ok" | "error")) {
+        fill(h::STATUS, props.kind());
+        fill(h::REPLIED_BY, props.app_id());
+    }
     headers
 }
 
@@ -135,6 +140,9 @@ mod tests {
         assert_eq!(back.get("bin").map(String::as_str), Some("\u{fffd}\u{0}"));
         assert!(!back.contains_key("nested"));
         assert_eq!(back.get(h::REPLY_TO).map(String::as_str), Some("r.replies"));
+        // Another producer's `type`/`app_id` are not Courier statuses.
+        let foreign = BasicProperties::default().with_type("OrderCreated".into()).with_app_id("shop".into());
+        assert!(headers(&foreign).keys().all(|k| k != h::STATUS && k != h::REPLIED_BY));
     }
 
     #[test]

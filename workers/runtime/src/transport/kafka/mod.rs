@@ -164,6 +164,11 @@ impl KafkaTransport {
     /// Create those of `names` that do not exist yet, with the configured partitions and
     /// replication.
     pub async fn create_topics(&self, names: &[&str]) -> Result<(), TransportError> {
+        self.create_topics_with(names, &[]).await
+    }
+
+    /// [`Self::create_topics`] with topic configuration (`cleanup.policy=compact`, …).
+    pub async fn create_topics_with(&self, names: &[&str], config: &[(&str, &str)]) -> Result<(), TransportError> {
         let existing = self.partition_counts(names).await?;
         let mut names: Vec<&str> = names.iter().copied().filter(|n| !existing.contains_key(*n)).collect();
         names.sort_unstable();
@@ -174,8 +179,16 @@ impl KafkaTransport {
         let admin: AdminClient<DefaultClientContext> =
             client_config(&self.shared.config, &[]).create().map_err(|e| TransportError::Unavailable(e.to_string()))?;
         let (partitions, replication) = (self.shared.config.partitions, self.shared.config.replication);
-        let topics: Vec<NewTopic<'_>> =
-            names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication))).collect();
+        let topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|n| {
+                config
+                    .iter()
+                    .fold(NewTopic::new(n, partitions, TopicReplication::Fixed(replication)), |topic, (k, v)| {
+                        topic.set(k, v)
+                    })
+            })
+            .collect();
         let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
         let results =
             admin.create_topics(&topics, &options).await.map_err(|e| TransportError::Unavailable(e.to_string()))?;
