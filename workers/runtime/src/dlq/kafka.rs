@@ -85,7 +85,7 @@ impl KafkaStore {
         };
         let mut settled = HashSet::new();
         if ledger_partitions > 0 {
-            let mut reader = LogReader::open(transport, &ledger, ledger_partitions)?;
+            let mut reader = LogReader::start(transport, &ledger, ledger_partitions).await?;
             while let Some(entry) = reader.next().await? {
                 if let Some(key) = entry.key.as_deref().and_then(parse_key) {
                     settled.insert(key);
@@ -97,7 +97,7 @@ impl KafkaStore {
             topic: topic.to_owned(),
             ledger,
             settled,
-            reader: LogReader::open(transport, topic, partitions)?,
+            reader: LogReader::start(transport, topic, partitions).await?,
             producer,
             seen: 0,
         })
@@ -250,6 +250,14 @@ struct LogReader {
 }
 
 impl LogReader {
+    /// [`LogReader::open`] off the async runtime (watermark requests block).
+    async fn start(transport: &KafkaTransport, topic: &str, partitions: usize) -> Result<Self, DlqError> {
+        let (transport, topic) = (transport.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || Self::open(&transport, &topic, partitions))
+            .await
+            .map_err(|e| DlqError::Broker(e.to_string()))?
+    }
+
     fn open(transport: &KafkaTransport, topic: &str, partitions: usize) -> Result<Self, DlqError> {
         let group = format!("courier-dlq-reader-{}", uuid::Uuid::new_v4().simple());
         let consumer: StreamConsumer<QuietEof> = client_config(
