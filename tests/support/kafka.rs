@@ -5,11 +5,10 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use courier::{
     Message,
-    contract::headers::Headers,
     testing::Harness,
     transport::{
         Transport,
-        kafka::{KafkaConfig, KafkaTransport, Ordering},
+        kafka::{KafkaConfig, KafkaTransport, Ordering, convert},
     },
 };
 use rdkafka::{
@@ -227,20 +226,7 @@ impl Harness for KafkaHarness {
     async fn receive(&self, queue: &str, timeout: Duration) -> Option<Message> {
         let reader = self.reader(queue).await;
         let record = tokio::time::timeout(timeout, reader.recv()).await.ok()?.expect("read");
-        let mut headers = Headers::new();
-        if let Some(list) = record.headers() {
-            for header in list.iter() {
-                headers.insert(
-                    header.key.to_owned(),
-                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
-                );
-            }
-        }
-        Some(Message {
-            payload: record.payload().map(bytes::Bytes::copy_from_slice).unwrap_or_default(),
-            headers,
-            key: record.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-        })
+        Some(convert::to_message(&record))
     }
 
     async fn delete(&self, _queues: &[String]) {}
@@ -477,14 +463,11 @@ impl crate::dlq::Drill for KafkaDrill {
     }
 
     async fn publish(&mut self, queue: &str, messages: Vec<Message>) {
-        use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
+        use rdkafka::producer::FutureRecord;
         let mut pending = futures::stream::FuturesUnordered::new();
         for message in &messages {
-            let mut headers = OwnedHeaders::new();
-            for (key, value) in &message.headers {
-                headers = headers.insert(rdkafka::message::Header { key, value: Some(value.as_str()) });
-            }
-            let mut record = FutureRecord::to(queue).payload(&message.payload[..]).headers(headers);
+            let mut record =
+                FutureRecord::to(queue).payload(&message.payload[..]).headers(convert::headers(&message.headers));
             if let Some(key) = &message.key {
                 record = record.key(key.as_str());
             }
@@ -502,24 +485,11 @@ impl crate::dlq::Drill for KafkaDrill {
         while let Ok(Ok(record)) = tokio::time::timeout(std::time::Duration::from_millis(300), reader.recv()).await {
             if tokio::time::Instant::now() > until {
                 // Not lost: the next call starts after it, so keep it in this one.
-                messages.push(message(&record));
+                messages.push(convert::to_message(&record));
                 break;
             }
-            messages.push(message(&record));
+            messages.push(convert::to_message(&record));
         }
         messages
-    }
-}
-
-/// A received record as a [`Message`].
-fn message(record: &rdkafka::message::BorrowedMessage<'_>) -> Message {
-    let mut headers = Headers::new();
-    for header in record.headers().iter().flat_map(|list| list.iter()) {
-        headers.insert(header.key.to_owned(), String::from_utf8_lossy(header.value.unwrap_or_default()).into());
-    }
-    Message {
-        payload: record.payload().map(bytes::Bytes::copy_from_slice).unwrap_or_default(),
-        headers,
-        key: record.key().map(|k| String::from_utf8_lossy(k).into_owned()),
     }
 }

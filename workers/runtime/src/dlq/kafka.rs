@@ -87,7 +87,7 @@ impl KafkaStore {
         if ledger_partitions > 0 {
             let mut reader = LogReader::start(transport, &ledger, ledger_partitions).await?;
             while let Some(entry) = reader.next().await? {
-                if let Some(key) = entry.key.as_deref().and_then(parse_key) {
+                if let Some(key) = entry.message.key.as_deref().and_then(parse_key) {
                     settled.insert(key);
                 }
             }
@@ -237,7 +237,6 @@ impl ConsumerContext for QuietEof {}
 struct Entry {
     partition: i32,
     offset: i64,
-    key: Option<String>,
     message: Message,
 }
 
@@ -312,7 +311,6 @@ impl LogReader {
                     return Ok(Some(Entry {
                         partition,
                         offset: record.offset(),
-                        key: record.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                         message: convert::to_message(&record),
                     }));
                 }

@@ -9,7 +9,7 @@ use rdkafka::{
 use crate::{contract::headers::Headers, transport::Message};
 
 /// The message a received record carries.
-pub(crate) fn to_message(record: &BorrowedMessage<'_>) -> Message {
+pub fn to_message(record: &BorrowedMessage<'_>) -> Message {
     let mut headers = Headers::new();
     if let Some(list) = record.headers() {
         for header in list.iter() {
@@ -25,7 +25,7 @@ pub(crate) fn to_message(record: &BorrowedMessage<'_>) -> Message {
 }
 
 /// Record headers for publishing.
-pub(crate) fn headers(headers: &Headers) -> OwnedHeaders {
+pub fn headers(headers: &Headers) -> OwnedHeaders {
     let mut owned = OwnedHeaders::new_with_capacity(headers.len());
     for (key, value) in headers {
         owned = owned.insert(Header { key, value: Some(value.as_bytes()) });
