@@ -7,9 +7,8 @@ use std::collections::HashMap;
 
 use lapin::{
     Channel,
-    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions},
-    protocol::{AMQPErrorKind, AMQPSoftError},
-    types::{FieldTable, ShortString},
+    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions},
+    types::ShortString,
 };
 
 use crate::{
@@ -39,18 +38,18 @@ pub struct AmqpStore {
 impl AmqpStore {
     /// Open `queue`; fails with [`DlqError::NotFound`] when it does not exist.
     pub async fn open(transport: &AmqpTransport, queue: &str) -> Result<Self, DlqError> {
-        let channel = transport.channel().await.map_err(|e| DlqError::Unavailable(e.to_string()))?;
-        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let declared = channel
-            .queue_declare(short(queue)?, options, FieldTable::default())
+        let snapshot = transport
+            .message_count(queue)
             .await
-            .map_err(|e| classify(queue, &e))?;
+            .map_err(|e| DlqError::Unavailable(e.to_string()))?
+            .ok_or_else(|| DlqError::NotFound(queue.to_owned()))?;
+        let channel = transport.channel().await.map_err(|e| DlqError::Unavailable(e.to_string()))?;
         channel.tx_select().await.map_err(|e| DlqError::Broker(e.to_string()))?;
         Ok(Self {
             transport: transport.clone(),
             queue: queue.to_owned(),
             channel,
-            snapshot: u64::from(declared.message_count()),
+            snapshot,
             read: 0,
             tags: HashMap::new(),
         })
@@ -127,13 +126,4 @@ impl Store for AmqpStore {
 
 fn short(name: &str) -> Result<ShortString, DlqError> {
     ShortString::try_new(name.to_owned()).map_err(|_| DlqError::Broker(format!("{name:?} is longer than 255 bytes")))
-}
-
-fn classify(queue: &str, error: &lapin::Error) -> DlqError {
-    match error.kind() {
-        lapin::ErrorKind::ProtocolError(amqp) if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => {
-            DlqError::NotFound(queue.to_owned())
-        }
-        _ => DlqError::Unavailable(error.to_string()),
-    }
 }

@@ -98,17 +98,6 @@ impl AmqpTransport {
         Ok(transport)
     }
 
-    /// Messages ready in `queue` (a passive declare on a throwaway channel); `None` when
-    /// the broker cannot say.
-    async fn depth(&self, queue: &str) -> Option<u64> {
-        let channel = self.channel().await.ok()?;
-        let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-        let name = ShortString::try_new(queue.to_owned()).ok()?;
-        let declared = channel.queue_declare(name, options, FieldTable::default()).await.ok()?;
-        let _ = channel.close(200, "counted".into()).await;
-        Some(u64::from(declared.message_count()))
-    }
-
     /// The current session, reconnecting once if the last one died.
     async fn session(&self) -> Result<Arc<Session>, TransportError> {
         if let Some(session) = self.live_session() {
@@ -142,28 +131,37 @@ impl AmqpTransport {
         Ok(Session { connection, publisher })
     }
 
-    /// Whether a queue named `name` exists (cached once seen): a passive declare on a
-    /// throwaway channel, since a missing queue closes the channel it was asked on.
+    /// Whether a queue named `name` exists (cached once seen).
     pub async fn queue_exists(&self, name: &str) -> Result<bool, PublishError> {
         if self.shared.known_queues.read().unwrap_or_else(|p| p.into_inner()).contains(name) {
             return Ok(true);
         }
+        let exists = self.message_count(name).await?.is_some();
+        if exists {
+            self.shared.known_queues.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned());
+        }
+        Ok(exists)
+    }
+
+    /// Messages ready in queue `name`, or `None` when there is no such queue: a passive
+    /// declare on a throwaway channel, since a missing queue closes the channel it was
+    /// asked on.
+    pub async fn message_count(&self, name: &str) -> Result<Option<u64>, PublishError> {
         let unavailable = |e: &dyn std::fmt::Display| PublishError::Unavailable(e.to_string());
         let channel = self.channel().await.map_err(|e| unavailable(&e))?;
         let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
         let queue = ShortString::try_new(name.to_owned()).map_err(|e| unavailable(&e))?;
         match channel.queue_declare(queue, options, FieldTable::default()).await {
-            Ok(_) => {
+            Ok(declared) => {
                 let _ = channel.close(200, "checked".into()).await;
-                self.shared.known_queues.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned());
-                Ok(true)
+                Ok(Some(u64::from(declared.message_count())))
             }
             Err(error) => match error.kind() {
                 lapin::ErrorKind::ProtocolError(amqp)
                     if amqp.kind()
                         == &lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND) =>
                 {
-                    Ok(false)
+                    Ok(None)
                 }
                 _ => Err(unavailable(&error)),
             },
@@ -262,8 +260,11 @@ impl Transport for AmqpTransport {
 
     async fn backlog(&self, topology: &Topology) -> Vec<super::Backlog> {
         let mut backlog = Vec::new();
-        for queue in [&topology.queue, &topology.dead_letter] {
-            if let Some(messages) = self.depth(queue).await {
+        let mut queues = vec![&topology.queue, &topology.dead_letter];
+        // A reply-only topology names one queue in every role: count it once.
+        queues.dedup();
+        for queue in queues {
+            if let Ok(Some(messages)) = self.message_count(queue).await {
                 backlog.push(super::Backlog::Queue { queue: queue.clone(), messages });
             }
         }
