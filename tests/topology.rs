@@ -1,19 +1,14 @@
 //! `courier topology declare` and `courier topology lint` as operators run them.
 
 use courier::testing::Harness;
-use courier_tests::{kafka::MockKafkaProcess, process::binary, rabbitmq};
+use courier_tests::{kafka::MockKafkaProcess, process, rabbitmq};
 
-/// Run `courier topology <command> --worker greeter <args>`: (exit code, stdout).
+/// Run `courier topology <command> --worker greeter <args>`: (exit code, stdout + stderr).
 fn topology(command: &str, args: &[&str]) -> (i32, String) {
-    let output = std::process::Command::new(binary("courier"))
-        .args(["topology", command, "--worker", "greeter"])
-        .args(args)
-        .env_remove("COURIER_BROKER")
-        .output()
-        .expect("run courier");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    (output.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+    let mut all: Vec<String> = ["topology", command, "--worker", "greeter"].map(String::from).to_vec();
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    let (code, stdout, stderr) = process::courier(&all);
+    (code, format!("{stdout}{stderr}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use courier::{
     contract::{failure::FailureKind, headers as h},
 };
 
-use crate::process::{Process, binary};
+use crate::process::Process;
 
 /// How long a drill waits for progress.
 pub const PATIENCE: Duration = Duration::from_secs(45);
@@ -30,15 +30,10 @@ pub trait Drill {
 
 /// Run `courier <args> <drill flags>`; returns (exit code, stdout, stderr).
 pub fn courier(drill: &impl Drill, args: &[&str]) -> (i32, String, String) {
-    let output = std::process::Command::new(binary("courier"))
-        .args(args)
-        .args(["--worker", "greeter"])
-        .args(drill.flags())
-        .env_remove("COURIER_BROKER")
-        .output()
-        .expect("run courier");
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+    let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    all.extend(["--worker", "greeter"].map(String::from));
+    all.extend(drill.flags());
+    crate::process::courier(&all)
 }
 
 /// `courier <args>`, which must exit 0; returns its stdout.

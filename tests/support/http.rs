@@ -9,9 +9,11 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
-/// GET `http://127.0.0.1:<port><path>`: (status, body); status 0 when nothing answers.
+/// GET `http://127.0.0.1:<port><path>` (with `courier probe`'s client): (status, body);
+/// status 0 when nothing answers.
 pub async fn get(port: u16, path: &str) -> (u16, String) {
-    exchange(port, &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")).await
+    let url = format!("http://127.0.0.1:{port}{path}");
+    courier::observe::probe::get(&url, Duration::from_secs(30)).await.unwrap_or((0, String::new()))
 }
 
 /// POST a body with extra headers (`name: value` lines).

@@ -19,6 +19,14 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Run the `courier` CLI with `args` to completion (no `COURIER_BROKER` from the
+/// environment): (exit code, stdout, stderr).
+pub fn courier(args: &[String]) -> (i32, String, String) {
+    let output = Command::new(binary("courier")).args(args).env_remove("COURIER_BROKER").output().expect("run courier");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
 /// A running worker process; killed when dropped.
 #[derive(Debug)]
 pub struct Process {

@@ -149,14 +149,18 @@ impl Target {
     fn settings(&self) -> anyhow::Result<courier::Settings> {
         Ok(self.args.settings(&self.worker)?)
     }
+
+    /// The queue this command reads: the dead-letter queue, or with `--parking` the parking queue.
+    fn queue(&self, topology: courier::transport::Topology) -> String {
+        if self.parking { topology.parking } else { topology.dead_letter }
+    }
 }
 
 /// The store and the name of the queue it reads.
 async fn open(target: &Target, writable: bool) -> anyhow::Result<(dlq::AnyStore, String)> {
     let settings = target.settings()?;
     courier::app::init_logging(&target.args.log_format, "warn");
-    let topology = settings.topology();
-    let queue = if target.parking { topology.parking } else { topology.dead_letter };
+    let queue = target.queue(settings.topology());
     Ok((dlq::open(&settings.broker, &queue, writable).await?, queue))
 }
 
@@ -244,8 +248,7 @@ fn print_summary(summary: &Summary, dry_run: bool) {
 
 fn confirm_purge(target: &Target, filter: &Filter) -> anyhow::Result<()> {
     anyhow::ensure!(std::io::stdin().is_terminal(), "refusing to purge without --yes: stdin is not a terminal");
-    let topology = target.settings()?.topology();
-    let queue = if target.parking { topology.parking } else { topology.dead_letter };
+    let queue = target.queue(target.settings()?.topology());
     let which = if filter.is_empty() { "EVERY record" } else { "the matching records" };
     eprint!("Delete {which} of {queue}? This cannot be undone. Type yes: ");
     let mut answer = String::new();
