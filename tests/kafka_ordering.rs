@@ -1,6 +1,6 @@
-//! Kafka-specific guarantees, in-process on the mock cluster: the stored offset never
-//! passes an unfinished message, and a message waiting in a retry topic does not hold up
-//! its partition.
+//! Kafka-specific guarantees, in-process on the mock cluster: partition ordering keeps
+//! handler calls and replies in order, the stored offset never passes an unfinished
+//! message, and a message waiting in a retry topic does not hold up its partition.
 
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,34 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
         Some(Offset::Offset(offset)) => Some(offset),
         _ => None,
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_ordering_keeps_calls_and_replies_in_order() {
+    let harness = KafkaHarness::mock().await;
+    let retry = RetryPolicy::new(1, Duration::from_millis(100), Duration::from_secs(1), false, vec![]).expect("policy");
+    let (settings, transport, handler, stop, worker) = start(&harness, Ordering::Partition, retry).await;
+    // Slow and fast messages alternate: with any concurrency inside the partition the
+    // fast ones would overtake. The next message may start once the previous reply is
+    // handed to the producer, before its confirm; that must not reorder anything.
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        let (op, n) = if i % 2 == 0 { ("slow", 15) } else { ("echo", 0) };
+        sent.push(send(&transport, &settings, op, n).await);
+    }
+    let mut replies = Vec::new();
+    while replies.len() < sent.len() {
+        let reply = harness.receive(&settings.replies, PATIENCE).await.expect("replies");
+        replies.push(reply.headers.get(h::CORRELATION_ID).cloned().unwrap_or_default());
+    }
+    assert_eq!(replies, sent, "replies in publish order");
+    let calls = handler.calls.lock().expect("calls").clone();
+    let mut started: Vec<_> = sent.iter().map(|id| (calls[id][0], id)).collect();
+    started.sort();
+    let started: Vec<&String> = started.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(started, sent.iter().collect::<Vec<_>>(), "handler calls in publish order");
+    stop.cancel();
+    worker.await.expect("worker");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

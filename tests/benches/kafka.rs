@@ -39,7 +39,14 @@ async fn main() {
     }
     let raw = run(&mut cluster, "raw rdkafka pipe", None).await;
     // The raw pipe has no limit on messages in flight; the worker gets a generous one.
-    let none = run(&mut cluster, "greeter worker, ordering none (concurrency 1024)", Some(("none", None, 1024))).await;
+    // COURIER_BENCH_CONCURRENCY: another limit, for experiments.
+    let concurrency = std::env::var("COURIER_BENCH_CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(1024);
+    let none = run(
+        &mut cluster,
+        &format!("greeter worker, ordering none (concurrency {concurrency})"),
+        Some(("none", None, concurrency)),
+    )
+    .await;
     let partition =
         run(&mut cluster, "greeter worker, ordering partition (concurrency 1024)", Some(("partition", None, 1024)))
             .await;
@@ -88,7 +95,8 @@ async fn run(cluster: &mut MockKafkaProcess, name: &str, worker: Option<(&str, O
         _ => std::env::var("COURIER_BENCH_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(MESSAGES),
     };
     let client = KafkaClient::new(&cluster.bootstrap);
-    client.publish_greetings(&queue, &replies, "t", messages).await;
+    // An even spread over the partitions: the targets assume every lane stays busy.
+    client.publish_greetings_to(&queue, &replies, "t", messages, Some(PARTITIONS)).await;
 
     let broker = format!("kafka://{}", cluster.bootstrap);
     let mut process = match worker {

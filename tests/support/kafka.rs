@@ -310,6 +310,19 @@ impl KafkaClient {
     /// Publish `n` greeter requests (ids `<prefix>-<i>`, keyed by id) asking for replies
     /// on `reply_to`; returns the ids once every one is acknowledged.
     pub async fn publish_greetings(&self, topic: &str, reply_to: &str, prefix: &str, n: usize) -> Vec<String> {
+        self.publish_greetings_to(topic, reply_to, prefix, n, None).await
+    }
+
+    /// [`Self::publish_greetings`], the `i`-th to partition `i % partitions` when given
+    /// (an even spread; the keys alone spread unevenly).
+    pub async fn publish_greetings_to(
+        &self,
+        topic: &str,
+        reply_to: &str,
+        prefix: &str,
+        n: usize,
+        partitions: Option<i32>,
+    ) -> Vec<String> {
         use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
         let mut ids = Vec::with_capacity(n);
         let mut pending = futures::stream::FuturesUnordered::new();
@@ -319,7 +332,10 @@ impl KafkaClient {
             let headers = OwnedHeaders::new()
                 .insert(rdkafka::message::Header { key: "courier-correlation-id", value: Some(id.as_str()) })
                 .insert(rdkafka::message::Header { key: "courier-reply-to", value: Some(reply_to) });
-            let record = FutureRecord::to(topic).key(id.as_str()).payload(body.as_str()).headers(headers);
+            let mut record = FutureRecord::to(topic).key(id.as_str()).payload(body.as_str()).headers(headers);
+            if let Some(partitions) = partitions {
+                record = record.partition(i32::try_from(i).unwrap_or_default() % partitions);
+            }
             let delivery = self.producer.send_result(record).map_err(|(e, _)| e).expect("queue the request");
             pending.push(delivery);
             ids.push(id);

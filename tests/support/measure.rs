@@ -59,6 +59,26 @@ pub struct Figures {
     pub rss_mib: f64,
 }
 
+impl Figures {
+    /// Each figure's median over `rounds` of one pipe (peak RSS: the highest).
+    pub fn median(rounds: &[Figures]) -> Figures {
+        fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+            values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            values[values.len() / 2]
+        }
+        let pick = |f: fn(&Figures) -> f64| median(rounds.iter().map(f).collect());
+        let pick_time = |f: fn(&Figures) -> Duration| median(rounds.iter().map(f).collect());
+        Figures {
+            name: rounds.first().map(|r| r.name.clone()).unwrap_or_default(),
+            rate: pick(|r| r.rate),
+            cpu_per_10k: pick(|r| r.cpu_per_10k),
+            p50: pick_time(|r| r.p50),
+            p99: pick_time(|r| r.p99),
+            rss_mib: rounds.iter().map(|r| r.rss_mib).fold(0.0, f64::max),
+        }
+    }
+}
+
 /// Print figures as a Markdown table, with each row's ratio to the first (the baseline).
 pub fn print_table(title: &str, rows: &[Figures]) {
     println!("\n{title}\n");

@@ -91,7 +91,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     /// Process one delivery and settle it. If the task is aborted (shutdown grace period
     /// over), the unsettled acker is dropped and the broker delivers the message again.
     pub(crate) async fn deliver(&self, delivery: Delivery<T::Acker>) {
-        let Delivery { message, source, acker, .. } = delivery;
+        let Delivery { message, source, mut acker, .. } = delivery;
         self.metrics.received();
         let _in_flight = self.metrics.in_flight();
         let span = info_span!(
@@ -102,7 +102,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             trace_id = tracing::field::Empty,
         );
         async {
-            let settle = self.process(&message, &source).await;
+            let settle = self.process(&message, &source, &mut acker).await;
             let result = match settle {
                 Settle::Ack => acker.ack().await,
                 Settle::Requeue => acker.nack().await,
@@ -116,19 +116,19 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         .await;
     }
 
-    async fn process(&self, message: &Message, source: &Source) -> Settle {
+    async fn process(&self, message: &Message, source: &Source, acker: &mut T::Acker) -> Settle {
         if message.payload.len() > self.settings.max_payload_bytes {
             let why =
                 format!("payload is {} bytes, the limit is {}", message.payload.len(), self.settings.max_payload_bytes);
             let failure = Failure::new(FailureKind::TooLarge, "payload_too_large", why);
             let meta = RequestMeta::parse(&message.headers).unwrap_or_default();
-            return self.dead_letter(message, source, &meta, failure, 0).await;
+            return self.dead_letter(acker, message, source, &meta, failure, 0).await;
         }
         let mut meta = match RequestMeta::parse(&message.headers) {
             Ok(meta) => meta,
             Err(bad) => {
                 let failure = Failure::new(FailureKind::Decode, "bad_header", bad.to_string());
-                return self.dead_letter(message, source, &RequestMeta::default(), failure, 0).await;
+                return self.dead_letter(acker, message, source, &RequestMeta::default(), failure, 0).await;
             }
         };
         // Outputs continue the request's trace with this delivery as their parent.
@@ -147,39 +147,41 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
                 "deadline_exceeded",
                 "the request's deadline passed before processing",
             );
-            return self.dead_letter(message, source, &meta, failure, 0).await;
+            return self.dead_letter(acker, message, source, &meta, failure, 0).await;
         }
-        let reply_to = meta.reply_to.clone().unwrap_or_else(|| self.settings.replies.clone());
-        if !self.settings.reply_allowed(&reply_to) {
+        let reply_to = self.reply_to(&meta);
+        if !self.settings.reply_allowed(reply_to) {
             let why = format!("reply-to {reply_to:?} is not in the allowlist {:?}", self.settings.reply_allow);
             let failure = Failure::new(FailureKind::Unroutable, "reply_not_allowed", why);
-            return self.dead_letter(message, source, &meta, failure, 0).await;
+            return self.dead_letter(acker, message, source, &meta, failure, 0).await;
         }
         let request = match self.schema.decode::<H::Request>(&message.payload) {
             Ok(request) => request,
             Err(Refusal::NotJson(why)) => {
                 let failure = Failure::new(FailureKind::Decode, "invalid_json", why);
-                return self.dead_letter(message, source, &meta, failure, 0).await;
+                return self.dead_letter(acker, message, source, &meta, failure, 0).await;
             }
             Err(Refusal::Violation(why)) => {
                 let failure = Failure::new(FailureKind::Schema, "schema_violation", why);
-                return self.dead_letter(message, source, &meta, failure, 0).await;
+                return self.dead_letter(acker, message, source, &meta, failure, 0).await;
             }
         };
 
         let (result, invocations) = self.invoke(request, &meta, source).await;
         match result {
             Ok(reply) => match serde_json::to_vec(&reply) {
-                Ok(payload) => self.reply(message, source, &meta, &reply_to, payload, invocations).await,
+                Ok(payload) => self.reply(acker, message, source, &meta, payload, invocations).await,
                 Err(error) => {
                     let failure = Failure::new(FailureKind::Permanent, "reply_not_serializable", error.to_string());
-                    self.dead_letter(message, source, &meta, failure, invocations).await
+                    self.dead_letter(acker, message, source, &meta, failure, invocations).await
                 }
             },
             Err(error) if error.is_transient() => {
-                self.retry_later(message, source, &meta, Failure::from_handler(error), invocations).await
+                self.retry_later(acker, message, source, &meta, Failure::from_handler(error), invocations).await
             }
-            Err(error) => self.dead_letter(message, source, &meta, Failure::from_handler(error), invocations).await,
+            Err(error) => {
+                self.dead_letter(acker, message, source, &meta, Failure::from_handler(error), invocations).await
+            }
         }
     }
 
@@ -228,17 +230,18 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
 
     async fn reply(
         &self,
+        acker: &mut T::Acker,
         request: &Message,
         source: &Source,
         meta: &RequestMeta,
-        reply_to: &str,
         payload: Vec<u8>,
         invocations: u32,
     ) -> Settle {
+        let reply_to = self.reply_to(meta);
         let mut headers = reply_headers(meta, &self.settings.instance);
         headers.insert(h::STATUS.into(), "ok".into());
         let message = Message { payload: payload.into(), headers, key: request.key.clone() };
-        match self.publish(reply_to, message).await {
+        match self.publish(reply_to, message, acker).await {
             Ok(()) => {
                 debug!(reply_to, "Replied.");
                 self.metrics.succeeded();
@@ -250,7 +253,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
                     "reply_unroutable",
                     format!("no queue or topic named {reply_to:?}"),
                 );
-                self.dead_letter(request, source, meta, failure, invocations).await
+                self.dead_letter(acker, request, source, meta, failure, invocations).await
             }
             Err(error) => {
                 warn!(%error, reply_to, "Reply not confirmed; the request will be delivered again.");
@@ -262,6 +265,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     /// Hand the message to the next delayed-retry tier, or dead-letter it when none is left.
     async fn retry_later(
         &self,
+        acker: &mut T::Acker,
         message: &Message,
         source: &Source,
         meta: &RequestMeta,
@@ -269,12 +273,12 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         invocations: u32,
     ) -> Settle {
         let Some(tier) = self.topology.retry_tiers.get(meta.attempt as usize - 1) else {
-            return self.dead_letter(message, source, meta, failure, invocations).await;
+            return self.dead_letter(acker, message, source, meta, failure, invocations).await;
         };
         let mut headers = self.failure_headers(message, source, meta, &failure, invocations);
         headers.insert(h::ATTEMPT.into(), (meta.attempt + 1).to_string());
         let retry = Message { payload: message.payload.clone(), headers, key: message.key.clone() };
-        match self.publish(&tier.name, retry).await {
+        match self.publish(&tier.name, retry, acker).await {
             Ok(()) => {
                 info!(tier = %tier.name, delay = ?tier.delay, code = %failure.code, "Transient failure; retrying after a delay.");
                 self.metrics.failed(failure.kind.as_str());
@@ -291,6 +295,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     /// Publish the dead-letter copy; once confirmed, ack and tell the requester.
     async fn dead_letter(
         &self,
+        acker: &mut T::Acker,
         message: &Message,
         source: &Source,
         meta: &RequestMeta,
@@ -300,20 +305,20 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let headers = self.failure_headers(message, source, meta, &failure, invocations);
         let fingerprint = headers.get(h::FAILURE_FINGERPRINT).cloned().unwrap_or_default();
         let record = Message { payload: message.payload.clone(), headers, key: message.key.clone() };
-        if let Err(error) = self.publish(&self.topology.dead_letter, record).await {
+        if let Err(error) = self.publish(&self.topology.dead_letter, record, acker).await {
             warn!(%error, kind = %failure.kind, "Dead-letter copy not confirmed; the request will be delivered again.");
             return Settle::Requeue;
         }
         self.metrics.failed(failure.kind.as_str());
         self.metrics.dead_lettered(failure.kind.as_str(), &fingerprint);
         info!(kind = %failure.kind, code = %failure.code, message = %failure.message, "Dead-lettered.");
-        self.error_reply(message, meta, &failure).await;
+        self.error_reply(acker, message, meta, &failure).await;
         Settle::Ack
     }
 
     /// Best effort: the dead-letter copy is already safe, so a failed error reply is only logged.
-    async fn error_reply(&self, request: &Message, meta: &RequestMeta, failure: &Failure) {
-        let reply_to = meta.reply_to.as_deref().unwrap_or(&self.settings.replies);
+    async fn error_reply(&self, acker: &mut T::Acker, request: &Message, meta: &RequestMeta, failure: &Failure) {
+        let reply_to = self.reply_to(meta);
         if failure.kind == FailureKind::Unroutable || !self.settings.reply_allowed(reply_to) {
             return;
         }
@@ -325,7 +330,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         headers.insert(h::ERROR_CODE.into(), failure.code.clone());
         headers.insert(h::ERROR_MESSAGE.into(), text.to_owned());
         let message = Message { payload: Bytes::from(body.to_string()), headers, key: request.key.clone() };
-        if let Err(error) = self.publish(reply_to, message).await {
+        if let Err(error) = self.publish(reply_to, message, acker).await {
             warn!(%error, reply_to, "Error reply not delivered (the dead-letter copy is safe).");
         }
     }
@@ -368,23 +373,36 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         headers
     }
 
+    /// Where replies to this request go: its reply-to, or the worker's reply queue.
+    fn reply_to<'m>(&'m self, meta: &'m RequestMeta) -> &'m str {
+        meta.reply_to.as_deref().unwrap_or(&self.settings.replies)
+    }
+
     /// Publish and wait for the confirm, retrying a few times if the broker is briefly
-    /// unavailable or refuses; an unroutable destination is reported at once.
-    async fn publish(&self, destination: &str, message: Message) -> Result<(), PublishError> {
+    /// unavailable or refuses; an unroutable destination is reported at once. Once the
+    /// broker client has the message, the delivery's ordering lane is released.
+    async fn publish(&self, destination: &str, message: Message, acker: &mut T::Acker) -> Result<(), PublishError> {
         const PUBLISH_BACKOFF: [Duration; 3] =
             [Duration::from_millis(50), Duration::from_millis(200), Duration::from_millis(800)];
-        let mut result = self.transport.publish(destination, &message).await;
+        let mut result = self.send(destination, &message, acker).await;
         for delay in PUBLISH_BACKOFF {
             match &result {
                 Err(error) if error.is_transient() => {
                     debug!(%error, destination, ?delay, "Publish not confirmed; trying again.");
                     tokio::time::sleep(delay).await;
-                    result = self.transport.publish(destination, &message).await;
+                    result = self.send(destination, &message, acker).await;
                 }
                 _ => break,
             }
         }
         result
+    }
+
+    /// One attempt of [`Self::publish`].
+    async fn send(&self, destination: &str, message: &Message, acker: &mut T::Acker) -> Result<(), PublishError> {
+        let confirm = self.transport.send(destination, message).await?;
+        acker.release();
+        confirm.await
     }
 }
 

@@ -173,7 +173,8 @@ impl Transport for MemoryBroker {
         Ok(Subscription::new(stream))
     }
 
-    async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
+    /// Enqueues at once: the confirm is already there.
+    async fn send(&self, destination: &str, message: &Message) -> Result<super::Confirm, PublishError> {
         let delay = {
             let state = self.lock();
             let Some(queue) = state.get(destination) else {
@@ -196,7 +197,7 @@ impl Transport for MemoryBroker {
                 broker.release_one(&tier);
             });
         }
-        Ok(())
+        Ok(Box::pin(std::future::ready(Ok(()))))
     }
 }
 

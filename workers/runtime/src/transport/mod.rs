@@ -59,7 +59,15 @@ pub trait Acker: Send + 'static {
     fn ack(self) -> impl Future<Output = Result<(), TransportError>> + Send;
     /// The message is not finished: deliver it again.
     fn nack(self) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// The message's output is handed to the broker client, in order with earlier
+    /// outputs: the next message of its ordering lane (Kafka `partition`/`key`) may start
+    /// while this one waits for its confirm. Settling still waits for the confirm.
+    /// Called at most once by the runtime; transports without lanes ignore it.
+    fn release(&mut self) {}
 }
+
+/// A handed-off message's confirm: resolves once the broker has confirmed or refused it.
+pub type Confirm = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
 
 /// A broker the worker runs on.
 pub trait Transport: Clone + Send + Sync + 'static {
@@ -78,8 +86,15 @@ pub trait Transport: Clone + Send + Sync + 'static {
         prefetch: usize,
     ) -> impl Future<Output = Result<Subscription<Self::Acker>, TransportError>> + Send;
 
+    /// Hand a message for a queue/topic to the broker client, after every message sent
+    /// before it (the broker keeps that order); the returned [`Confirm`] resolves when
+    /// the broker has confirmed it.
+    fn send(&self, destination: &str, message: &Message) -> impl Future<Output = Result<Confirm, PublishError>> + Send;
+
     /// Publish to a queue/topic and return once the broker has confirmed it.
-    fn publish(&self, destination: &str, message: &Message) -> impl Future<Output = Result<(), PublishError>> + Send;
+    fn publish(&self, destination: &str, message: &Message) -> impl Future<Output = Result<(), PublishError>> + Send {
+        async move { self.send(destination, message).await?.await }
+    }
 
     /// Whether the transport is connected and consuming (readiness).
     fn is_ready(&self) -> bool {

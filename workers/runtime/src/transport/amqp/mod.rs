@@ -27,7 +27,9 @@ use lapin::{
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use super::{Acker, Delivery, Message, PublishError, Source, Subscription, Topology, Transport, TransportError};
+use super::{
+    Acker, Confirm, Delivery, Message, PublishError, Source, Subscription, Topology, Transport, TransportError,
+};
 pub use convert::{headers, properties};
 
 use crate::config::redact;
@@ -299,7 +301,7 @@ impl Transport for AmqpTransport {
         Ok(Subscription::new(stream))
     }
 
-    async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
+    async fn send(&self, destination: &str, message: &Message) -> Result<Confirm, PublishError> {
         let Ok(routing_key) = ShortString::try_new(destination.to_owned()) else {
             return Err(PublishError::Unroutable(destination.to_owned()));
         };
@@ -314,26 +316,27 @@ impl Transport for AmqpTransport {
             .publisher
             .basic_publish("".into(), routing_key, options, &message.payload, props)
             .await
-            .map_err(|e| unavailable(&e))?
-            .await
             .map_err(|e| unavailable(&e))?;
-        match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned))
-                if returned.delivery.routing_key.as_str() == destination
-                    && returned.delivery.data == message.payload =>
-            {
-                self.shared.known_queues.write().unwrap_or_else(|p| p.into_inner()).remove(destination);
-                Err(PublishError::Unroutable(destination.to_owned()))
+        let (shared, destination, payload) =
+            (Arc::clone(&self.shared), destination.to_owned(), message.payload.clone());
+        Ok(Box::pin(async move {
+            match confirm.await.map_err(|e| unavailable(&e))? {
+                Confirmation::Ack(None) => Ok(()),
+                Confirmation::Ack(Some(returned))
+                    if returned.delivery.routing_key.as_str() == destination && returned.delivery.data == payload =>
+                {
+                    shared.known_queues.write().unwrap_or_else(|p| p.into_inner()).remove(&destination);
+                    Err(PublishError::Unroutable(destination))
+                }
+                // Another publish's return, pinned on this confirm by lapin: this one was routed.
+                Confirmation::Ack(Some(_)) => Ok(()),
+                Confirmation::Nack(_) => Err(PublishError::Rejected {
+                    destination,
+                    reason: "the broker nacked the message (queue full or unavailable)".into(),
+                }),
+                Confirmation::NotRequested => Err(unavailable(&"the publishing channel is not in confirm mode")),
             }
-            // Another publish's return, pinned on this confirm by lapin: this one was routed.
-            Confirmation::Ack(Some(_)) => Ok(()),
-            Confirmation::Nack(_) => Err(PublishError::Rejected {
-                destination: destination.to_owned(),
-                reason: "the broker nacked the message (queue full or unavailable)".into(),
-            }),
-            Confirmation::NotRequested => Err(unavailable(&"the publishing channel is not in confirm mode")),
-        }
+        }))
     }
 }
 

@@ -53,6 +53,8 @@ struct Pending {
     offset: i64,
     lane: Lane,
     epoch: u64,
+    /// Its lane was released before it was settled ([`Acker::release`]).
+    released: bool,
 }
 
 /// What ackers tell the dispatcher.
@@ -90,6 +92,8 @@ pub(super) fn start(
         held_per_partition: HashMap::new(),
         paused: HashSet::new(),
         throttled: false,
+        holds_changed: false,
+        paused_epoch: 0,
         waiting_len: 0,
         buffer_limit: (prefetch.max(1) * 4 + 100).max(MIN_BUFFERED_RECORDS),
         buffered_bytes: 0,
@@ -126,6 +130,10 @@ struct Dispatcher {
     paused: HashSet<Partition>,
     /// Every partition paused because too much is buffered.
     throttled: bool,
+    /// The held retries changed partitions since the pauses were last applied.
+    holds_changed: bool,
+    /// The assignment epoch the pauses were last applied for.
+    paused_epoch: u64,
     /// Records in `waiting` (summed here, not recounted per record).
     waiting_len: usize,
     /// Payload bytes of every record buffered (ready, waiting or held).
@@ -226,7 +234,7 @@ impl Dispatcher {
             },
         };
         let source = Source { queue: self.queue.clone(), partition: Some(partition.1), offset: Some(offset) };
-        let pending = Pending { message, source, partition: partition.clone(), offset, lane, epoch };
+        let pending = Pending { message, source, partition: partition.clone(), offset, lane, epoch, released: false };
         self.buffered_bytes += pending.message.payload.len();
         if let Some(delay) = delay {
             let written = record.timestamp().to_millis().and_then(|ms| u64::try_from(ms).ok());
@@ -236,18 +244,29 @@ impl Dispatcher {
                 self.sequence += 1;
                 self.held.insert((Instant::now() + wait, self.sequence), pending);
                 *self.held_per_partition.entry(partition).or_default() += 1;
+                self.holds_changed = true;
                 return;
             }
         }
-        self.admit(pending);
+        self.admit(pending, false);
     }
 
-    /// Queue a record behind its lane, or make it ready if the lane is free.
-    fn admit(&mut self, pending: Pending) {
+    /// Queue a record behind its lane, or make it ready if the lane is free; `first`
+    /// puts it before the others (a record handed out before).
+    fn admit(&mut self, pending: Pending, first: bool) {
         if pending.lane == Lane::Free || self.busy.insert(pending.lane.clone()) {
-            self.ready.push_back(pending);
+            if first {
+                self.ready.push_front(pending);
+            } else {
+                self.ready.push_back(pending);
+            }
         } else {
-            self.waiting.entry(pending.lane.clone()).or_default().push_back(pending);
+            let waiting = self.waiting.entry(pending.lane.clone()).or_default();
+            if first {
+                waiting.push_front(pending);
+            } else {
+                waiting.push_back(pending);
+            }
             self.waiting_len += 1;
         }
     }
@@ -255,9 +274,15 @@ impl Dispatcher {
     fn handle(&mut self, event: Event) {
         match event {
             Event::LaneFree(lane) => self.free_lane(lane),
-            Event::Redeliver(pending) => {
+            Event::Redeliver(mut pending) => {
                 self.buffered_bytes += pending.message.payload.len();
-                self.ready.push_front(*pending);
+                if pending.released {
+                    // Its lane moved on: take it again, before the lane's next record.
+                    pending.released = false;
+                    self.admit(*pending, true);
+                } else {
+                    self.ready.push_front(*pending);
+                }
             }
         }
     }
@@ -292,14 +317,17 @@ impl Dispatcher {
                 *count -= 1;
                 if *count == 0 {
                     self.held_per_partition.remove(&pending.partition);
+                    self.holds_changed = true;
                 }
             }
-            self.admit(pending);
+            self.admit(pending, false);
         }
     }
 
     /// Pause partitions with held retries, and everything while too much is buffered;
-    /// resume the rest. The poll loop keeps running either way.
+    /// resume the rest. The poll loop keeps running either way. This runs every turn, so
+    /// it asks librdkafka nothing unless the throttle, the holds or the assignment
+    /// changed (`Consumer::assignment` is a round trip to librdkafka's main thread).
     fn apply_pauses(&mut self) {
         let buffered = self.ready.len() + self.held.len() + self.waiting_len;
         let throttled = if buffered > self.buffer_limit || self.buffered_bytes > MAX_BUFFERED_BYTES {
@@ -309,15 +337,20 @@ impl Dispatcher {
         } else {
             self.throttled
         };
-        self.throttled = throttled;
-        let assignment = match self.consumer.assignment() {
-            Ok(assignment) => assignment,
-            Err(_) => return,
+        let assignment: Vec<Partition> = {
+            let tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
+            if throttled == self.throttled && !self.holds_changed && tracking.epoch == self.paused_epoch {
+                return;
+            }
+            self.paused_epoch = tracking.epoch;
+            tracking.partitions.keys().cloned().collect()
         };
+        self.throttled = throttled;
+        self.holds_changed = false;
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
-        for element in assignment.elements() {
-            let partition = (element.topic().to_owned(), element.partition());
+        self.paused.retain(|p| assignment.contains(p));
+        for partition in assignment {
             let want = self.throttled || self.held_per_partition.contains_key(&partition);
             let is = self.paused.contains(&partition);
             if want && !is {
@@ -328,7 +361,6 @@ impl Dispatcher {
                 self.paused.remove(&partition);
             }
         }
-        self.paused.retain(|p| assignment.find_partition(&p.0, p.1).is_some());
         if pause.count() > 0
             && let Err(error) = self.consumer.pause(&pause)
         {
@@ -405,7 +437,9 @@ impl Acker for KafkaAcker {
                 _ => None,
             }
         };
-        let _ = self.events.send(Event::LaneFree(pending.lane));
+        if !pending.released && pending.lane != Lane::Free {
+            let _ = self.events.send(Event::LaneFree(pending.lane));
+        }
         if let Some(next) = store {
             let mut list = TopicPartitionList::new();
             list.add_partition_offset(&pending.partition.0, pending.partition.1, Offset::Offset(next))
@@ -418,6 +452,13 @@ impl Acker for KafkaAcker {
     async fn nack(mut self) -> Result<(), TransportError> {
         self.redeliver();
         Ok(())
+    }
+
+    fn release(&mut self) {
+        if let Some(pending) = self.pending.as_mut().filter(|p| !p.released && p.lane != Lane::Free) {
+            pending.released = true;
+            let _ = self.events.send(Event::LaneFree(pending.lane.clone()));
+        }
     }
 }
 

@@ -24,13 +24,12 @@ use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
     producer::{FutureProducer, FutureRecord, Producer},
-    util::Timeout,
 };
 use tracing::{info, warn};
 
 pub use dispatch::KafkaAcker;
 
-use super::{Message, PublishError, Subscription, Topology, Transport, TransportError};
+use super::{Confirm, Message, PublishError, Subscription, Topology, Transport, TransportError};
 
 /// How messages of one partition may run concurrently.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -308,7 +307,9 @@ impl Transport for KafkaTransport {
         Ok(dispatch::start(consumer, tracking, topology, self.shared.config.ordering, prefetch))
     }
 
-    async fn publish(&self, destination: &str, message: &Message) -> Result<(), PublishError> {
+    /// Enqueues in the producer (idempotent: it keeps the order per partition, retries
+    /// included); waits while its queue is full, up to [`ENQUEUE_TIMEOUT`].
+    async fn send(&self, destination: &str, message: &Message) -> Result<Confirm, PublishError> {
         if !self.topic_exists(destination).await? {
             return Err(PublishError::Unroutable(destination.to_owned()));
         }
@@ -317,16 +318,45 @@ impl Transport for KafkaTransport {
         if let Some(key) = &message.key {
             record = record.key(key.as_bytes());
         }
-        match self.shared.producer.send(record, Timeout::After(Duration::from_secs(5))).await {
-            Ok(_) => Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition), _)) => {
+        let full_since = std::time::Instant::now();
+        let delivery = loop {
+            match self.shared.producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
+                    if full_since.elapsed() < ENQUEUE_TIMEOUT =>
+                {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((error, _)) => return Err(self.publish_error(destination, error)),
+            }
+        };
+        let (transport, destination) = (self.clone(), destination.to_owned());
+        Ok(Box::pin(async move {
+            match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((error, _))) => Err(transport.publish_error(&destination, error)),
+                Err(_) => Err(PublishError::Unavailable("the producer dropped the message".into())),
+            }
+        }))
+    }
+}
+
+/// How long [`KafkaTransport::send`] waits while the producer's queue is full.
+const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl KafkaTransport {
+    /// Our error for a failed produce; an unknown topic is forgotten and reported unroutable.
+    fn publish_error(&self, destination: &str, error: KafkaError) -> PublishError {
+        match error {
+            KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition) => {
                 self.shared.known_topics.write().unwrap_or_else(|p| p.into_inner()).remove(destination);
-                Err(PublishError::Unroutable(destination.to_owned()))
+                PublishError::Unroutable(destination.to_owned())
             }
-            Err((KafkaError::MessageProduction(code), _)) => {
-                Err(PublishError::Rejected { destination: destination.to_owned(), reason: code.to_string() })
+            KafkaError::MessageProduction(code) => {
+                PublishError::Rejected { destination: destination.to_owned(), reason: code.to_string() }
             }
-            Err((error, _)) => Err(PublishError::Unavailable(error.to_string())),
+            error => PublishError::Unavailable(error.to_string()),
         }
     }
 }
