@@ -38,9 +38,10 @@ async fn main() {
         return;
     }
     let raw = run(&mut cluster, "raw rdkafka pipe", None).await;
-    // The raw pipe has no limit on messages in flight; the worker gets a generous one.
-    // COURIER_BENCH_CONCURRENCY: another limit, for experiments.
-    let concurrency = std::env::var("COURIER_BENCH_CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(1024);
+    // The raw pipe has no limit on messages in flight; the worker gets the highest one
+    // (under load a reply's confirm takes tens of milliseconds, and throughput is messages
+    // in flight divided by that). COURIER_BENCH_CONCURRENCY: another limit.
+    let concurrency = std::env::var("COURIER_BENCH_CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(10_000);
     let none = run(
         &mut cluster,
         &format!("greeter worker, ordering none (concurrency {concurrency})"),
