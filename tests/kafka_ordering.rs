@@ -10,7 +10,7 @@ use courier::{
     retry::RetryPolicy,
     testing::{Harness, ScriptHandler},
     transport::{
-        Transport,
+        Backlog, Transport,
         kafka::{KafkaTransport, Ordering},
     },
 };
@@ -100,6 +100,38 @@ async fn partition_ordering_keeps_calls_and_replies_in_order() {
     started.sort();
     let started: Vec<&String> = started.into_iter().map(|(_, id)| id).collect();
     assert_eq!(started, sent.iter().collect::<Vec<_>>(), "handler calls in publish order");
+    stop.cancel();
+    worker.await.expect("worker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_counts_records_waiting_in_the_worker() {
+    let harness = KafkaHarness::mock().await;
+    let retry = RetryPolicy::new(1, Duration::from_millis(100), Duration::from_secs(1), false, vec![]).expect("policy");
+    let (settings, transport, handler, stop, worker) = start(&harness, Ordering::Partition, retry).await;
+    let slow = send(&transport, &settings, "slow", 4_000).await;
+    for _ in 0..20 {
+        send(&transport, &settings, "echo", 0).await;
+    }
+    // The slow message runs; the 20 behind it are fetched and wait for their lane.
+    let deadline = Instant::now() + PATIENCE;
+    while !handler.calls.lock().expect("calls").contains_key(&slow) {
+        assert!(Instant::now() < deadline, "the slow message never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let lag = |backlog: Vec<Backlog>| {
+        backlog.into_iter().find_map(|b| match b {
+            Backlog::Lag { topic, lag, .. } if topic == settings.queue => Some(lag),
+            _ => None,
+        })
+    };
+    let topology = settings.topology();
+    assert_eq!(lag(transport.backlog(&topology).await), Some(21), "fetched but unfinished records are lag");
+    for _ in 0..21 {
+        harness.receive(&settings.replies, PATIENCE).await.expect("replies");
+    }
+    assert_eq!(lag(transport.backlog(&topology).await), Some(0), "all finished");
     stop.cancel();
     worker.await.expect("worker");
 }

@@ -43,6 +43,9 @@ async fn main() {
             w.cpu_per_10k / r.cpu_per_10k
         );
     }
+    let mut ratios: Vec<f64> = raw.iter().zip(&worker).map(|(r, w)| w.rate / r.rate).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!("median of the rounds' throughput ratios: {:.2}x", ratios[ratios.len() / 2]);
     print_table(
         &format!(
             "RabbitMQ ({MESSAGES} persistent messages, prefetch {PREFETCH}, confirms; median of {rounds} alternated rounds; latency at half the peak rate)"

@@ -42,18 +42,17 @@ impl RequestSchema {
     /// Decode and validate a payload into `T`.
     pub fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Refusal> {
         let value: Value = serde_json::from_slice(payload).map_err(|e| Refusal::NotJson(e.to_string()))?;
+        if self.validator.is_valid(&value) {
+            // The schema is the contract; a type that disagrees with it is caught here too.
+            return serde_json::from_value(value).map_err(|e| Refusal::Violation(e.to_string()));
+        }
         let problems: Vec<String> = self
             .validator
             .iter_errors(&value)
             .take(5)
             .map(|e| format!("{}: {}", pointer(&e.instance_path().to_string()), e))
             .collect();
-        if !problems.is_empty() {
-            let text = problems.join("; ");
-            return Err(Refusal::Violation(truncate(&text, MAX_ERROR_MESSAGE_BYTES).to_owned()));
-        }
-        // The schema is the contract; a type that disagrees with it is caught here too.
-        serde_json::from_value(value).map_err(|e| Refusal::Violation(e.to_string()))
+        Err(Refusal::Violation(truncate(&problems.join("; "), MAX_ERROR_MESSAGE_BYTES).to_owned()))
     }
 }
 

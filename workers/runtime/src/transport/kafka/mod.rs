@@ -222,8 +222,9 @@ impl Transport for KafkaTransport {
         subscribed && self.shared.reachable.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Lag of every assigned partition; whether the watermark requests reach the cluster
-    /// is the readiness.
+    /// Lag of every assigned partition, counted from its first unfinished record (records
+    /// fetched and waiting in the dispatcher are lag too); whether the watermark requests
+    /// reach the cluster is the readiness.
     async fn backlog(&self, _: &Topology) -> Vec<super::Backlog> {
         let consumer = self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let producer = self.shared.producer.clone();
@@ -240,7 +241,13 @@ impl Transport for KafkaTransport {
                     reached = false;
                     break;
                 };
-                let position = element.offset().to_raw().filter(|offset| *offset >= 0).unwrap_or(low);
+                let unfinished = {
+                    let tracking = consumer.context().tracking.lock().unwrap_or_else(|p| p.into_inner());
+                    let key = (element.topic().to_owned(), element.partition());
+                    tracking.partitions.get(&key).and_then(|(_, offsets)| offsets.unfinished_from())
+                };
+                let fetched = element.offset().to_raw().filter(|offset| *offset >= 0);
+                let position = unfinished.or(fetched).unwrap_or(low);
                 backlog.push(super::Backlog::Lag {
                     topic: element.topic().to_owned(),
                     partition: element.partition(),

@@ -40,6 +40,12 @@ impl PartitionOffsets {
         Some(committable)
     }
 
+    /// The first offset not finished yet: where a new owner would resume (`None` before
+    /// any message arrived).
+    pub fn unfinished_from(&self) -> Option<i64> {
+        self.in_flight.first().copied().or(self.next)
+    }
+
     /// Number of messages in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
@@ -86,6 +92,21 @@ mod tests {
         assert_eq!(p.finish(2), None);
         assert_eq!(p.finish(1), Some(3));
         assert_eq!(p.finish(3), Some(4));
+    }
+
+    #[test]
+    fn unfinished_from_is_the_first_offset_still_in_flight() {
+        let mut p = PartitionOffsets::default();
+        assert_eq!(p.unfinished_from(), None);
+        for o in 5..8 {
+            p.start(o);
+        }
+        p.finish(6);
+        assert_eq!(p.unfinished_from(), Some(5));
+        p.finish(5);
+        assert_eq!(p.unfinished_from(), Some(7));
+        p.finish(7);
+        assert_eq!(p.unfinished_from(), Some(8), "all finished: the next offset");
     }
 
     #[test]
