@@ -251,19 +251,21 @@ impl Dispatcher {
         self.admit(pending, false);
     }
 
-    /// Queue a record behind its lane, or make it ready if the lane is free; `first`
-    /// puts it before the others (a record handed out before).
-    fn admit(&mut self, pending: Pending, first: bool) {
+    /// Queue a record behind its lane, or make it ready if the lane is free. `again`: a
+    /// record handed out before, which goes first, and among the waiting records in
+    /// offset order (several of one lane may come back after a failed confirm).
+    fn admit(&mut self, pending: Pending, again: bool) {
         if pending.lane == Lane::Free || self.busy.insert(pending.lane.clone()) {
-            if first {
+            if again {
                 self.ready.push_front(pending);
             } else {
                 self.ready.push_back(pending);
             }
         } else {
             let waiting = self.waiting.entry(pending.lane.clone()).or_default();
-            if first {
-                waiting.push_front(pending);
+            if again {
+                let at = waiting.iter().position(|w| w.offset > pending.offset).unwrap_or(waiting.len());
+                waiting.insert(at, pending);
             } else {
                 waiting.push_back(pending);
             }

@@ -223,8 +223,9 @@ impl Transport for KafkaTransport {
     }
 
     /// Lag of every assigned partition, counted from its first unfinished record (records
-    /// fetched and waiting in the dispatcher are lag too); whether the watermark requests
-    /// reach the cluster is the readiness.
+    /// fetched and waiting in the dispatcher are lag too), or from the fetch position when
+    /// none is unfinished; whether the watermark requests reach the cluster is the
+    /// readiness.
     async fn backlog(&self, _: &Topology) -> Vec<super::Backlog> {
         let consumer = self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let producer = self.shared.producer.clone();
@@ -244,7 +245,7 @@ impl Transport for KafkaTransport {
                 let unfinished = {
                     let tracking = consumer.context().tracking.lock().unwrap_or_else(|p| p.into_inner());
                     let key = (element.topic().to_owned(), element.partition());
-                    tracking.partitions.get(&key).and_then(|(_, offsets)| offsets.unfinished_from())
+                    tracking.partitions.get(&key).and_then(|(_, offsets)| offsets.first_unfinished())
                 };
                 let fetched = element.offset().to_raw().filter(|offset| *offset >= 0);
                 let position = unfinished.or(fetched).unwrap_or(low);
@@ -333,7 +334,7 @@ impl Transport for KafkaTransport {
                     if full_since.elapsed() < ENQUEUE_TIMEOUT =>
                 {
                     record = returned;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err((error, _)) => return Err(self.publish_error(destination, error)),
             }

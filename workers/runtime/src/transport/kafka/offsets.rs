@@ -40,10 +40,9 @@ impl PartitionOffsets {
         Some(committable)
     }
 
-    /// The first offset not finished yet: where a new owner would resume (`None` before
-    /// any message arrived).
-    pub fn unfinished_from(&self) -> Option<i64> {
-        self.in_flight.first().copied().or(self.next)
+    /// The first offset received and not finished yet, if any.
+    pub fn first_unfinished(&self) -> Option<i64> {
+        self.in_flight.first().copied()
     }
 
     /// Number of messages in flight.
@@ -95,18 +94,18 @@ mod tests {
     }
 
     #[test]
-    fn unfinished_from_is_the_first_offset_still_in_flight() {
+    fn first_unfinished_is_the_lowest_offset_in_flight() {
         let mut p = PartitionOffsets::default();
-        assert_eq!(p.unfinished_from(), None);
+        assert_eq!(p.first_unfinished(), None);
         for o in 5..8 {
             p.start(o);
         }
         p.finish(6);
-        assert_eq!(p.unfinished_from(), Some(5));
+        assert_eq!(p.first_unfinished(), Some(5));
         p.finish(5);
-        assert_eq!(p.unfinished_from(), Some(7));
+        assert_eq!(p.first_unfinished(), Some(7));
         p.finish(7);
-        assert_eq!(p.unfinished_from(), Some(8), "all finished: the next offset");
+        assert_eq!(p.first_unfinished(), None);
     }
 
     #[test]
