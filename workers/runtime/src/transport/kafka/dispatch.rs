@@ -126,7 +126,7 @@ struct Dispatcher {
     /// Retry records not yet due, by due time.
     held: BTreeMap<(Instant, u64), Pending>,
     held_per_partition: HashMap<Partition, usize>,
-    /// Partitions currently paused at the broker.
+    /// Partitions we paused in librdkafka and have not resumed (revoked ones included).
     paused: HashSet<Partition>,
     /// Every partition paused because too much is buffered.
     throttled: bool,
@@ -351,7 +351,8 @@ impl Dispatcher {
         self.holds_changed = false;
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
-        self.paused.retain(|p| assignment.contains(p));
+        // A revoked partition stays in `paused`: librdkafka keeps a partition paused across
+        // revocation, so if it is assigned to us again it must be resumed explicitly.
         for partition in assignment {
             let want = self.throttled || self.held_per_partition.contains_key(&partition);
             let is = self.paused.contains(&partition);
