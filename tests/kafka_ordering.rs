@@ -23,11 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A worker on a one-partition topic with the given ordering and retry policy.
+/// A worker on a one-partition topic with the given ordering: one handler call per
+/// round, then the delayed-retry `tiers`.
 async fn start(
     harness: &KafkaHarness,
     ordering: Ordering,
-    retry: RetryPolicy,
+    tiers: Vec<Duration>,
 ) -> (Settings, KafkaTransport, ScriptHandler, CancellationToken, tokio::task::JoinHandle<()>) {
     let mut config = config(&harness.bootstrap, ordering);
     config.partitions = 1;
@@ -37,7 +38,8 @@ async fn start(
     settings.queue = format!("ordering-{id}.requests");
     settings.replies = format!("ordering-{id}.replies");
     settings.concurrency = 8;
-    settings.retry = retry;
+    settings.retry =
+        RetryPolicy::new(1, Duration::from_millis(100), Duration::from_secs(1), false, tiers).expect("policy");
     let topology = settings.topology();
     let mut names = vec![topology.queue.as_str(), &topology.dead_letter, &topology.parking, &topology.replies];
     names.extend(topology.retry_tiers.iter().map(|t| t.name.as_str()));
@@ -79,8 +81,7 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_ordering_keeps_calls_and_replies_in_order() {
     let harness = KafkaHarness::mock().await;
-    let retry = RetryPolicy::new(1, Duration::from_millis(100), Duration::from_secs(1), false, vec![]).expect("policy");
-    let (settings, transport, handler, stop, worker) = start(&harness, Ordering::Partition, retry).await;
+    let (settings, transport, handler, stop, worker) = start(&harness, Ordering::Partition, vec![]).await;
     // Slow and fast messages alternate: with any concurrency inside the partition the
     // fast ones would overtake. The next message may start once the previous reply is
     // handed to the producer, before its confirm; that must not reorder anything.
@@ -107,8 +108,7 @@ async fn partition_ordering_keeps_calls_and_replies_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_lag_counts_records_waiting_in_the_worker() {
     let harness = KafkaHarness::mock().await;
-    let retry = RetryPolicy::new(1, Duration::from_millis(100), Duration::from_secs(1), false, vec![]).expect("policy");
-    let (settings, transport, handler, stop, worker) = start(&harness, Ordering::Partition, retry).await;
+    let (settings, transport, handler, stop, worker) = start(&harness, Ordering::Partition, vec![]).await;
     let slow = send(&transport, &settings, "slow", 4_000).await;
     for _ in 0..20 {
         send(&transport, &settings, "echo", 0).await;
@@ -144,8 +144,7 @@ async fn consumer_lag_counts_records_waiting_in_the_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_offset_never_passes_an_unfinished_message() {
     let harness = KafkaHarness::mock().await;
-    let retry = RetryPolicy::new(1, Duration::from_millis(100), Duration::from_secs(1), false, vec![]).expect("policy");
-    let (settings, transport, _, stop, worker) = start(&harness, Ordering::None, retry).await;
+    let (settings, transport, _, stop, worker) = start(&harness, Ordering::None, vec![]).await;
     let group = transport.config().group.clone();
     let slow = send(&transport, &settings, "slow", 6_000).await;
     let mut fast = Vec::new();
@@ -176,9 +175,7 @@ async fn stored_offset_never_passes_an_unfinished_message() {
 async fn a_message_in_a_retry_topic_does_not_hold_up_its_partition() {
     let harness = KafkaHarness::mock().await;
     let tier = Duration::from_secs(3);
-    let retry =
-        RetryPolicy::new(1, Duration::from_millis(100), Duration::from_secs(1), false, vec![tier]).expect("policy");
-    let (settings, transport, handler, stop, worker) = start(&harness, Ordering::Partition, retry).await;
+    let (settings, transport, handler, stop, worker) = start(&harness, Ordering::Partition, vec![tier]).await;
     // Wait until the worker owns the partition (the group's first rebalance takes seconds).
     let warm_up = send(&transport, &settings, "echo", 0).await;
     let reply = harness.receive(&settings.replies, PATIENCE).await.expect("warm-up reply");

@@ -12,7 +12,7 @@ use std::{
 };
 
 use courier_tests::{
-    measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_table},
+    measure::{Figures, cpu_seconds, median, peak_rss_mib, percentile, print_table},
     process::Process,
     rabbitmq::{RawClient, cleanup, names, url},
 };
@@ -43,9 +43,8 @@ async fn main() {
             w.cpu_per_10k / r.cpu_per_10k
         );
     }
-    let mut ratios: Vec<f64> = raw.iter().zip(&worker).map(|(r, w)| w.rate / r.rate).collect();
-    ratios.sort_by(f64::total_cmp);
-    println!("median of the rounds' throughput ratios: {:.2}x", ratios[ratios.len() / 2]);
+    let ratios = raw.iter().zip(&worker).map(|(r, w)| w.rate / r.rate).collect();
+    println!("median of the rounds' throughput ratios: {:.2}x", median(ratios));
     print_table(
         &format!(
             "RabbitMQ ({MESSAGES} persistent messages, prefetch {PREFETCH}, confirms; median of {rounds} alternated rounds; latency at half the peak rate)"

@@ -62,10 +62,6 @@ pub struct Figures {
 impl Figures {
     /// Each figure's median over `rounds` of one pipe (peak RSS: the highest).
     pub fn median(rounds: &[Figures]) -> Figures {
-        fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
-            values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-            values[values.len() / 2]
-        }
         let pick = |f: fn(&Figures) -> f64| median(rounds.iter().map(f).collect());
         let pick_time = |f: fn(&Figures) -> Duration| median(rounds.iter().map(f).collect());
         Figures {
@@ -77,6 +73,12 @@ impl Figures {
             rss_mib: rounds.iter().map(|r| r.rss_mib).fold(0.0, f64::max),
         }
     }
+}
+
+/// The median of `values` (the upper one of an even count); `values` must not be empty.
+pub fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[values.len() / 2]
 }
 
 /// Print figures as a Markdown table, with each row's ratio to the first (the baseline).
