@@ -1,6 +1,6 @@
 //! The greeter binary on Kafka (the mock cluster in a process of its own): a consumer
-//! group losing a member to kill -9 and gaining one mid-load, and produce errors
-//! injected by the broker. Nothing may be lost.
+//! group losing a member to kill -9 and gaining one mid-load, a member whose handlers
+//! are all stuck, and produce errors injected by the broker. Nothing may be lost.
 
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ fn start_cluster(names: &Names) -> MockKafkaProcess {
     MockKafkaProcess::start(&specs)
 }
 
-fn greeter(label: &str, cluster: &MockKafkaProcess, names: &Names) -> Process {
+fn greeter(label: &str, cluster: &MockKafkaProcess, names: &Names, env: &[(&str, &str)]) -> Process {
     let broker = format!("kafka://{}", cluster.bootstrap);
     let partitions = PARTITIONS.to_string();
     let args = [
@@ -67,7 +67,7 @@ fn greeter(label: &str, cluster: &MockKafkaProcess, names: &Names) -> Process {
         "--kafka-property",
         "auto.commit.interval.ms=200",
     ];
-    let mut process = Process::start("greeter", label, &args, &[]);
+    let mut process = Process::start("greeter", label, &args, env);
     process.wait_for_log("Partitions assigned.", PATIENCE);
     process
 }
@@ -76,8 +76,8 @@ fn greeter(label: &str, cluster: &MockKafkaProcess, names: &Names) -> Process {
 async fn group_member_killed_and_another_joining_lose_nothing() {
     let names = names("group");
     let cluster = start_cluster(&names);
-    let mut a = greeter("group-a", &cluster, &names);
-    let mut b = greeter("group-b", &cluster, &names);
+    let mut a = greeter("group-a", &cluster, &names, &[]);
+    let mut b = greeter("group-b", &cluster, &names, &[]);
     let mut client = KafkaClient::new(&cluster.bootstrap);
     let mut ids = client.publish_greetings(&names.queue, &names.replies, "g1", 5_000).await;
     let mut seen = Replies::default();
@@ -87,7 +87,7 @@ async fn group_member_killed_and_another_joining_lose_nothing() {
     assert!(seen.by_id.len() >= 2_000, "progress before the kill:\n{}\n{}", a.tail(), b.tail());
     a.kill9();
     // A new member joins while the group recovers from the lost one; then more load.
-    let mut c = greeter("group-c", &cluster, &names);
+    let mut c = greeter("group-c", &cluster, &names, &[]);
     ids.extend(client.publish_greetings(&names.queue, &names.replies, "g2", 5_000).await);
     client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |_| false).await;
     let missing = seen.missing(&ids);
@@ -110,11 +110,35 @@ async fn group_member_killed_and_another_joining_lose_nothing() {
     assert!(b.terminate() && c.terminate(), "SIGTERM ends the workers cleanly");
 }
 
+/// A member whose handlers never finish fills its buffer and stops reading records. It
+/// must still serve the group's rebalances (librdkafka serves them only while the
+/// consumer is read), so a member that joins gets partitions and answers their requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_stuck_handlers_still_gives_partitions_up() {
+    let names = names("stuck");
+    let cluster = start_cluster(&names);
+    let mut stuck = greeter("stuck-a", &cluster, &names, &[("GREETER_LATENCY_MS", "600000")]);
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    // More than the stuck member's buffer (10,000 records) and in-flight handlers hold.
+    let ids = client.publish_greetings(&names.queue, &names.replies, "s", 12_000).await;
+    stuck.wait_for_log("pausing every partition", PATIENCE);
+    let mut healthy = greeter("stuck-b", &cluster, &names, &[]);
+    let mut seen = Replies::default();
+    let enough = |r: &Replies| r.by_instance.get("stuck-b").is_some_and(|n| *n >= 1_000);
+    client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, enough).await;
+    assert!(enough(&seen), "the joining member answered {:?}\n{}", seen.by_instance, stuck.tail());
+    // It took part in the rebalance (it was not just dropped from the group for failing
+    // to rejoin, which a real Kafka cluster would make everyone wait for).
+    stuck.wait_for_log("Partitions revoked.", Duration::from_secs(5));
+    stuck.kill9();
+    assert!(healthy.terminate());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_errors_and_outage_lose_nothing() {
     let names = names("faults");
     let mut cluster = start_cluster(&names);
-    let mut worker = greeter("faults", &cluster, &names);
+    let mut worker = greeter("faults", &cluster, &names, &[]);
     let mut client = KafkaClient::new(&cluster.bootstrap);
     let ids = client.publish_greetings(&names.queue, &names.replies, "f", 3_000).await;
     let mut seen = Replies::default();

@@ -12,15 +12,22 @@ use std::{
 
 use courier_tests::{
     kafka::{KafkaClient, MockKafkaProcess, reader},
-    measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_table},
+    measure::{Figures, cpu_seconds, median, peak_rss_mib, percentile, print_table},
     process::Process,
 };
 use rdkafka::{Message as _, consumer::StreamConsumer, message::Headers as _};
 
-const MESSAGES: usize = 50_000;
-const PARTITIONS: i32 = 3;
+/// No-op rows: requests per run, spread over [`NOOP_PARTITIONS`] (the mock cluster keeps
+/// only about 5 MiB per partition). COURIER_BENCH_MESSAGES overrides.
+const MESSAGES: usize = 150_000;
+const NOOP_PARTITIONS: i32 = 12;
+/// The slow-handler rows' targets are computed for this partition count.
+const SLOW_PARTITIONS: i32 = 3;
 const LATENCY_PHASE: Duration = Duration::from_secs(3);
 const SLOW: Duration = Duration::from_millis(20);
+/// Rounds of (raw, none, partition), alternated so that every pipe sees the same drift
+/// of the shared machine; the table shows each pipe's median. COURIER_BENCH_ROUNDS overrides.
+const ROUNDS: usize = 3;
 
 #[tokio::main]
 async fn main() {
@@ -37,37 +44,50 @@ async fn main() {
         println!("slow {ordering} {concurrency}: {:.0} msg/s", figures.rate);
         return;
     }
-    let raw = run(&mut cluster, "raw rdkafka pipe", None).await;
-    // The raw pipe has no limit on messages in flight; the worker gets the highest one
-    // (under load a reply's confirm takes tens of milliseconds, and throughput is messages
-    // in flight divided by that). COURIER_BENCH_CONCURRENCY: another limit.
-    let concurrency = std::env::var("COURIER_BENCH_CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(10_000);
-    let none = run(
-        &mut cluster,
-        &format!("greeter worker, ordering none (concurrency {concurrency})"),
-        Some(("none", None, concurrency)),
-    )
-    .await;
-    let partition =
-        run(&mut cluster, "greeter worker, ordering partition (concurrency 1024)", Some(("partition", None, 1024)))
-            .await;
-    if std::env::var_os("COURIER_BENCH_QUICK").is_some() {
-        print_table("Kafka (quick)", &[raw, none, partition]);
-        return;
+    let quick = std::env::var_os("COURIER_BENCH_QUICK").is_some();
+    let rounds = if quick { 1 } else { ROUNDS };
+    let rounds = std::env::var("COURIER_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(rounds).max(1);
+    // The raw pipe has no limit on messages in flight; the worker's is its concurrency
+    // (COURIER_BENCH_CONCURRENCY overrides).
+    let concurrency = std::env::var("COURIER_BENCH_CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(1000);
+    let none_name = format!("greeter worker, ordering none (concurrency {concurrency})");
+    let partition_name = "greeter worker, ordering partition (concurrency 1024)";
+    let (mut raw, mut none, mut partition) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        raw.push(run(&mut cluster, "raw rdkafka pipe", None).await);
+        none.push(run(&mut cluster, &none_name, Some(("none", None, concurrency))).await);
+        partition.push(run(&mut cluster, partition_name, Some(("partition", None, 1024))).await);
+        let (r, n) = (&raw[round - 1], &none[round - 1]);
+        println!(
+            "round {round}: raw {:.0} msg/s, worker (none) {:.0} msg/s ({:.2}x); CPU {:.2}x",
+            r.rate,
+            n.rate,
+            n.rate / r.rate,
+            n.cpu_per_10k / r.cpu_per_10k
+        );
     }
+    let ratios = raw.iter().zip(&none).map(|(r, n)| n.rate / r.rate).collect();
+    println!("median of the rounds' throughput ratios (none): {:.2}x", median(ratios));
+    let raw = Figures::median(&raw);
     let raw_rate = raw.rate;
     print_table(
-        &format!("Kafka, mock cluster ({MESSAGES} messages, {PARTITIONS} partitions; latency at half the peak rate)"),
-        &[raw, none, partition],
+        &format!(
+            "Kafka, mock cluster ({} messages, {NOOP_PARTITIONS} partitions; median of {rounds} alternated rounds; latency at half the peak rate)",
+            messages_per_run()
+        ),
+        &[raw, Figures::median(&none), Figures::median(&partition)],
     );
+    if quick {
+        return;
+    }
 
-    println!("\nSlow handler ({} ms), {PARTITIONS} partitions, many keys\n", SLOW.as_millis());
+    println!("\nSlow handler ({} ms), {SLOW_PARTITIONS} partitions, many keys\n", SLOW.as_millis());
     println!("| ordering | concurrency | msg/s | target | met |");
     println!("|---|---:|---:|---:|---|");
     for ordering in ["partition", "key"] {
         for concurrency in [1usize, 8, 64] {
             let ideal = match ordering {
-                "partition" => concurrency.min(PARTITIONS as usize) as f64 / SLOW.as_secs_f64(),
+                "partition" => concurrency.min(SLOW_PARTITIONS as usize) as f64 / SLOW.as_secs_f64(),
                 _ => (concurrency as f64 / SLOW.as_secs_f64()).min(raw_rate),
             };
             let target = 0.9 * ideal;
@@ -79,32 +99,38 @@ async fn main() {
     }
 }
 
+/// Requests per no-op run.
+fn messages_per_run() -> usize {
+    std::env::var("COURIER_BENCH_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(MESSAGES)
+}
+
 /// One pipe: `None` is the raw pipe; otherwise the greeter with (ordering, handler delay, concurrency).
 async fn run(cluster: &mut MockKafkaProcess, name: &str, worker: Option<(&str, Option<Duration>, usize)>) -> Figures {
     let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
     let (queue, replies, group) =
         (format!("bench-{id}.requests"), format!("bench-{id}.replies"), format!("bench-{id}"));
+    let slow = worker.is_some_and(|(_, delay, _)| delay.is_some());
+    let partitions = if slow { SLOW_PARTITIONS } else { NOOP_PARTITIONS };
     for topic in [&queue, &replies, &format!("{queue}.dlq"), &format!("{queue}.parking")] {
-        cluster.command(&format!("create {topic} {PARTITIONS}"));
+        cluster.command(&format!("create {topic} {partitions}"));
     }
     let messages = match worker {
         Some((ordering, Some(delay), concurrency)) => {
-            let lanes = if ordering == "partition" { concurrency.min(PARTITIONS as usize) } else { concurrency };
+            let lanes = if ordering == "partition" { concurrency.min(partitions as usize) } else { concurrency };
             ((lanes as f64 / delay.as_secs_f64()) * 4.0).clamp(100.0, 10_000.0) as usize
         }
-        // COURIER_BENCH_MESSAGES: a longer run, for profiling.
-        _ => std::env::var("COURIER_BENCH_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(MESSAGES),
+        _ => messages_per_run(),
     };
     let client = KafkaClient::new(&cluster.bootstrap);
     // An even spread over the partitions: the targets assume every lane stays busy.
-    client.publish_greetings_to(&queue, &replies, "t", messages, Some(PARTITIONS)).await;
+    client.publish_greetings_to(&queue, &replies, "t", messages, Some(partitions)).await;
 
     let broker = format!("kafka://{}", cluster.bootstrap);
     let mut process = match worker {
         None => Process::start("raw-kafka-pipe", "bench-raw-kafka", &[&cluster.bootstrap, &queue, &group], &[]),
         Some((ordering, delay, concurrency)) => {
             let concurrency = concurrency.to_string();
-            let partitions = PARTITIONS.to_string();
+            let partitions = partitions.to_string();
             let args = [
                 "--broker",
                 &broker,
@@ -141,7 +167,7 @@ async fn run(cluster: &mut MockKafkaProcess, name: &str, worker: Option<(&str, O
         }
     };
     let pid = process.pid();
-    let reader = reader(&cluster.bootstrap, &replies, PARTITIONS);
+    let reader = reader(&cluster.bootstrap, &replies, partitions);
 
     recv(&reader).await;
     let (start, cpu_start) = (Instant::now(), cpu_seconds(pid));

@@ -1,7 +1,7 @@
 //! The dispatcher: turns the consumer's stream of records into deliveries for the
 //! worker, keeping the ordering mode, holding retry-topic records until they are due
-//! (pausing their partition instead of sleeping in the poll loop), and pausing every
-//! partition while too much is buffered.
+//! (pausing their partition instead of sleeping in the poll loop), and stopping to read
+//! while too much is buffered.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -15,7 +15,7 @@ use rdkafka::{
     message::BorrowedMessage,
 };
 use tokio::{sync::mpsc, time::Instant};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{Ordering, RebalanceContext, Tracking};
 use crate::transport::{Acker, Delivery, Message, Source, Subscription, Topology, TransportError};
@@ -23,13 +23,18 @@ use crate::transport::{Acker, Delivery, Message, Source, Subscription, Topology,
 /// Delay before a nacked record is handed out again.
 const REDELIVERY_DELAY: Duration = Duration::from_millis(500);
 
-/// Records the dispatcher may buffer before it pauses every partition. Pausing is costly
-/// (librdkafka drops what it prefetched and fetches it again on resume: a buffer of a few
-/// hundred records cut a 20 ms handler at concurrency 64 to a sixth of its rate), so it
-/// is a memory guard, not flow control.
+/// Records the dispatcher may buffer; with more, it stops reading from the consumer
+/// (librdkafka's own prefetch limits then stop its fetching), which costs nothing.
+/// Pausing would: librdkafka drops what it prefetched and takes up to a second to fetch
+/// again after a resume, which cut a no-op worker at concurrency 1,000 to 18,000 msg/s.
 const MIN_BUFFERED_RECORDS: usize = 10_000;
-/// Payload bytes the dispatcher may buffer before it pauses every partition.
+/// Payload bytes the dispatcher may buffer before it stops reading.
 const MAX_BUFFERED_BYTES: usize = 64 << 20;
+/// How long the dispatcher may go without reading while full. Rebalances are served
+/// only while it reads, and librdkafka leaves the group after `max.poll.interval.ms`
+/// without a read; a worker that hands out nothing for this long (every handler stuck,
+/// or the buffer full of held retries) pauses every partition instead and reads on.
+const MAX_READ_STALL: Duration = Duration::from_secs(1);
 
 type Partition = (String, i32);
 
@@ -92,6 +97,7 @@ pub(super) fn start(
         held_per_partition: HashMap::new(),
         paused: HashSet::new(),
         throttled: false,
+        full_since: None,
         holds_changed: false,
         paused_epoch: 0,
         waiting_len: 0,
@@ -128,8 +134,10 @@ struct Dispatcher {
     held_per_partition: HashMap<Partition, usize>,
     /// Partitions we paused in librdkafka and have not resumed (revoked ones included).
     paused: HashSet<Partition>,
-    /// Every partition paused because too much is buffered.
+    /// Every partition paused: the buffer stayed full for [`MAX_READ_STALL`].
     throttled: bool,
+    /// Since when the buffer is full and the consumer is not read (not while throttled).
+    full_since: Option<Instant>,
     /// The held retries changed partitions since the pauses were last applied.
     holds_changed: bool,
     /// The assignment epoch the pauses were last applied for.
@@ -153,12 +161,20 @@ impl Dispatcher {
             if self.out.is_closed() {
                 return;
             }
+            if self.throttled || !self.is_full() {
+                self.full_since = None;
+            } else if self.full_since.is_none() {
+                self.full_since = Some(Instant::now());
+            }
             self.apply_pauses();
+            let reading = self.throttled || !self.is_full();
             let next_due = self.held.keys().next().map(|(due, _)| *due);
+            let stall_at = self.full_since.filter(|_| !reading).map(|since| since + MAX_READ_STALL);
             let step = tokio::select! {
-                received = consumer.recv() => Step::Received(received),
+                received = consumer.recv(), if reading => Step::Received(received),
                 Some(event) = self.events.recv() => Step::Event(event),
                 () = sleep_until(next_due) => Step::Due,
+                () = sleep_until(stall_at) => Step::Stalled,
                 permit = out.reserve(), if !self.ready.is_empty() => match permit {
                     Ok(permit) => Step::Room(permit),
                     Err(_) => return,
@@ -173,6 +189,8 @@ impl Dispatcher {
                 }
                 Step::Event(event) => self.handle(event),
                 Step::Due => self.release_due(),
+                // `apply_pauses` throttles on the next turn.
+                Step::Stalled => {}
                 Step::Room(permit) => {
                     if let Some(pending) = self.ready.pop_front() {
                         self.buffered_bytes -= pending.message.payload.len();
@@ -326,18 +344,26 @@ impl Dispatcher {
         }
     }
 
-    /// Pause partitions with held retries, and everything while too much is buffered;
-    /// resume the rest. The poll loop keeps running either way. This runs every turn, so
-    /// it asks librdkafka nothing unless the throttle, the holds or the assignment
-    /// changed (`Consumer::assignment` is a round trip to librdkafka's main thread).
+    /// Whether the buffer is at its limit: no more records are read.
+    fn is_full(&self) -> bool {
+        self.buffered() >= self.buffer_limit || self.buffered_bytes >= MAX_BUFFERED_BYTES
+    }
+
+    /// Records received and not handed out yet.
+    fn buffered(&self) -> usize {
+        self.ready.len() + self.held.len() + self.waiting_len
+    }
+
+    /// Pause partitions with held retries, and everything while the buffer has been full
+    /// for [`MAX_READ_STALL`] (until it is half empty); resume the rest. This runs every
+    /// turn, so it asks librdkafka nothing unless the throttle, the holds or the
+    /// assignment changed (`Consumer::assignment` is a round trip to librdkafka's main
+    /// thread).
     fn apply_pauses(&mut self) {
-        let buffered = self.ready.len() + self.held.len() + self.waiting_len;
-        let throttled = if buffered > self.buffer_limit || self.buffered_bytes > MAX_BUFFERED_BYTES {
-            true
-        } else if buffered < self.buffer_limit / 2 && self.buffered_bytes < MAX_BUFFERED_BYTES / 2 {
-            false
+        let throttled = if self.throttled {
+            self.buffered() >= self.buffer_limit / 2 || self.buffered_bytes >= MAX_BUFFERED_BYTES / 2
         } else {
-            self.throttled
+            self.full_since.is_some_and(|since| since.elapsed() >= MAX_READ_STALL)
         };
         let assignment: Vec<Partition> = {
             let tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
@@ -347,6 +373,16 @@ impl Dispatcher {
             self.paused_epoch = tracking.epoch;
             tracking.partitions.keys().cloned().collect()
         };
+        if throttled != self.throttled {
+            if throttled {
+                info!(
+                    buffered = self.buffered(),
+                    "Buffer full and nothing handed out for {MAX_READ_STALL:?}: pausing every partition, reading on."
+                );
+            } else {
+                info!(buffered = self.buffered(), "Buffer half empty: resuming every partition.");
+            }
+        }
         self.throttled = throttled;
         self.holds_changed = false;
         let mut pause = TopicPartitionList::new();
@@ -382,6 +418,7 @@ enum Step<'c> {
     Received(Result<BorrowedMessage<'c>, rdkafka::error::KafkaError>),
     Event(Event),
     Due,
+    Stalled,
     Room(mpsc::Permit<'c, Delivery<KafkaAcker>>),
 }
 
