@@ -32,15 +32,23 @@ async fn run<H: Handler>(settings: crate::Settings, handler: H) -> anyhow::Resul
         Broker::Amqp(url) => {
             let name = format!("{} {}", settings.worker, settings.instance);
             let transport = AmqpTransport::connect(&url, &name).await?;
-            worker::run(settings, transport, handler, shutdown::signal()).await?;
-            Ok(())
+            on_runtime_thread(worker::run(settings, transport, handler, shutdown::signal())).await
         }
         Broker::Kafka(config) => {
             let transport = KafkaTransport::connect(config).await?;
-            worker::run(settings, transport, handler, shutdown::signal()).await?;
-            Ok(())
+            on_runtime_thread(worker::run(settings, transport, handler, shutdown::signal())).await
         }
     }
+}
+
+/// Run the consume loop as a task of the runtime, not on `main`'s thread: a task spawned
+/// from a runtime thread goes to that thread's own queue, one spawned from outside goes
+/// through the shared queue and wakes a sleeping thread, once per message.
+async fn on_runtime_thread(
+    worker: impl std::future::Future<Output = Result<(), worker::WorkerError>> + Send + 'static,
+) -> anyhow::Result<()> {
+    tokio::spawn(worker).await??;
+    Ok(())
 }
 
 /// Logs go to stderr: human-readable text, or one JSON object per line. `RUST_LOG`

@@ -62,7 +62,7 @@ impl<T: Transport> Client<T> {
                 let id = delivery.message.headers.get(h::CORRELATION_ID).cloned().unwrap_or_default();
                 let waiter = routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 match waiter {
-                    Some(waiter) => drop(waiter.send(delivery.message)),
+                    Some(waiter) => drop(waiter.send(Arc::unwrap_or_clone(delivery.message))),
                     None => debug!(correlation_id = %id, "A reply nobody waits for; dropped."),
                 }
                 if let Err(error) = delivery.acker.ack().await {

@@ -165,7 +165,7 @@ impl Transport for MemoryBroker {
             let delivery = Delivery {
                 source: Source { queue: queue.clone(), partition: None, offset: None },
                 redelivered: stored.redelivered,
-                message: stored.message.clone(),
+                message: Arc::new(stored.message.clone()),
                 acker: MemoryAcker { broker: broker.clone(), queue: queue.clone(), stored: Some(stored) },
             };
             Some((delivery, (broker, queue)))

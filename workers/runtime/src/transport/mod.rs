@@ -10,7 +10,7 @@ pub mod kafka;
 pub mod lint;
 pub mod memory;
 
-use std::{fmt, future::Future, pin::Pin, time::Duration};
+use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -42,8 +42,9 @@ pub struct Source {
 /// One received message and the handle that settles it.
 #[derive(Debug)]
 pub struct Delivery<A> {
-    /// The message as received.
-    pub message: Message,
+    /// The message as received (shared with the acker where a transport redelivers it
+    /// itself, as Kafka's dispatcher does).
+    pub message: Arc<Message>,
     /// Where it was received from.
     pub source: Source,
     /// Whether the broker says it delivered this message before (informational).

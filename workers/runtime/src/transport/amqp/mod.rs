@@ -230,7 +230,7 @@ impl Consuming {
                         key: None,
                     };
                     return Delivery {
-                        message,
+                        message: Arc::new(message),
                         source: Source { queue: self.topology.queue.clone(), partition: None, offset: None },
                         redelivered: delivery.redelivered,
                         acker: AmqpAcker { acker: Some(delivery.acker), _channel: channel.clone() },

@@ -52,7 +52,8 @@ enum Lane {
 /// A record received and not yet finished.
 #[derive(Clone, Debug)]
 struct Pending {
-    message: Message,
+    /// Shared with the delivery: kept for a redelivery.
+    message: Arc<Message>,
     source: Source,
     partition: Partition,
     offset: i64,
@@ -241,7 +242,7 @@ impl Dispatcher {
             offsets.start(offset);
             *epoch
         };
-        let message = super::convert::to_message(record);
+        let message = Arc::new(super::convert::to_message(record));
         let delay = self.tiers.get(&partition.0).copied();
         let lane = match (delay, self.ordering) {
             (Some(_), _) | (None, Ordering::None) => Lane::Free,
@@ -429,7 +430,7 @@ fn delivery(
     pending: Pending,
 ) -> Delivery<KafkaAcker> {
     Delivery {
-        message: pending.message.clone(),
+        message: Arc::clone(&pending.message),
         source: pending.source.clone(),
         redelivered: false,
         acker: KafkaAcker {
