@@ -12,7 +12,13 @@ use lapin::{
 };
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // On a runtime thread, as the worker's loop: tasks spawned from there go to that
+    // thread's own queue instead of the shared one.
+    tokio::spawn(pipe()).await?
+}
+
+async fn pipe() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, url, queue, prefetch] = args.as_slice() else {
         return Err("usage: raw-amqp-pipe <amqp-url> <queue> <prefetch>".into());

@@ -14,7 +14,13 @@ use rdkafka::{
 use std::sync::Arc;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // On a runtime thread, as the worker's loop: tasks spawned from there go to that
+    // thread's own queue instead of the shared one.
+    tokio::spawn(pipe()).await?
+}
+
+async fn pipe() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, bootstrap, topic, group] = args.as_slice() else {
         return Err("usage: raw-kafka-pipe <bootstrap> <topic> <group>".into());
