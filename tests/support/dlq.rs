@@ -96,7 +96,7 @@ pub fn request(id: &str, reply_to: &str) -> Message {
     let headers = [(h::CORRELATION_ID, id), (h::REPLY_TO, reply_to), (h::CONTENT_TYPE, h::JSON)];
     Message {
         payload: format!(r#"{{"message":"{id}"}}"#).into(),
-        headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+        headers: headers.into_iter().map(|(k, v)| (courier::contract::headers::name(k), v.to_owned())).collect(),
         key: Some(id.to_owned()),
     }
 }
@@ -118,7 +118,7 @@ pub fn dead_letter(id: &str, source: &str, reply_to: &str, kind: FailureKind) ->
         (h::FAILURE_LAST_AT, &now),
         (h::ATTEMPT, "2"),
     ] {
-        record.headers.insert(name.to_owned(), value.to_owned());
+        record.headers.insert(courier::contract::headers::name(name), value.to_owned());
     }
     record
 }

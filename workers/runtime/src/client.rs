@@ -99,7 +99,7 @@ impl<T: Transport> Client<T> {
         ];
         let message = Message {
             payload,
-            headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            headers: headers.into_iter().map(|(k, v)| (k.into(), v)).collect(),
             key: Some(id.clone()),
         };
         let (sender, reply) = oneshot::channel();

@@ -69,7 +69,7 @@ async fn request(broker: &MemoryBroker, queue: &str, dead_letters: &str, payload
         (h::CONTENT_TYPE, h::JSON),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .map(|(k, v)| (k.into(), v.to_owned()))
     .collect();
     broker.publish(queue, &Message { payload: payload.to_owned().into(), headers, key: None }).await?;
     let deadline = tokio::time::Instant::now() + REPLY_WAIT;

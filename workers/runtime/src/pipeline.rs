@@ -350,10 +350,10 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             headers.remove(name);
         }
         if let Some(traceparent) = &meta.traceparent {
-            headers.insert(h::TRACEPARENT.to_owned(), traceparent.clone());
+            headers.insert(h::TRACEPARENT.into(), traceparent.clone());
         }
         let worker = &self.settings.worker;
-        let mut put = |name: &str, value: String| headers.insert(name.to_owned(), value);
+        let mut put = |name: &'static str, value: String| headers.insert(name.into(), value);
         put(h::FAILURE_KIND, failure.kind.as_str().to_owned());
         put(h::FAILURE_CODE, failure.code.clone());
         put(h::FAILURE_MESSAGE, truncate(&failure.message, h::MAX_ERROR_MESSAGE_BYTES).to_owned());

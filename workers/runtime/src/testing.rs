@@ -272,10 +272,10 @@ fn request(payload: impl Into<bytes::Bytes>, extra: &[(&str, &str)]) -> Message 
     let mut headers: Headers =
         [(h::MESSAGE_ID, id.as_str()), (h::CORRELATION_ID, id.as_str()), (h::CONTENT_TYPE, h::JSON)]
             .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .map(|(k, v)| (k.into(), v.to_owned()))
             .collect();
     for (k, v) in extra {
-        headers.insert((*k).to_owned(), (*v).to_owned());
+        headers.insert(h::name(k), (*v).to_owned());
     }
     Message { payload: payload.into(), headers, key: Some(id) }
 }

@@ -81,8 +81,10 @@ pub async fn run<H: Handler, T: Transport>(
             },
         };
         let pipeline = Arc::clone(&pipeline);
+        // Boxed: the pipeline's future is a few KiB, and a task's future is copied when
+        // spawned and again when its output is taken.
         in_flight.spawn(async move {
-            pipeline.deliver(delivery).await;
+            Box::pin(pipeline.deliver(delivery)).await;
             drop(permit);
         });
     };

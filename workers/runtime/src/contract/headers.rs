@@ -1,13 +1,14 @@
 //! Every header name of the wire contract, and the typed view of a request's headers.
 
-use std::collections::BTreeMap;
 use std::time::SystemTime;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use crate::contract::timestamp;
 
 /// Message headers: names to UTF-8 values. Values that are not text on the wire are
-/// converted by the transport (never a panic).
-pub type Headers = BTreeMap<String, String>;
+/// converted by the transport (never a panic). Names are usually the contract's constants
+/// (borrowed, see [`name`]), so building and copying headers allocates only the values.
+pub type Headers = BTreeMap<Cow<'static, str>, String>;
 
 /// Unique id of this message (a UUID is a good choice). Also AMQP `message_id`.
 pub const MESSAGE_ID: &str = "courier-message-id";
@@ -107,6 +108,15 @@ pub const ALL: [&str; 25] = [
     FAILURE_WORKER,
     FAILURE_INSTANCE,
 ];
+
+/// A header name as stored in [`Headers`]: the contract's own constant when it is one, so
+/// received contract headers allocate only their values.
+pub fn name(raw: &str) -> Cow<'static, str> {
+    match ALL.iter().find(|known| **known == raw) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(raw.to_owned()),
+    }
+}
 
 /// Error messages in headers are cut to this many bytes (at a character boundary).
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
@@ -219,7 +229,7 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> Headers {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs.iter().map(|(k, v)| (name(k), (*v).to_owned())).collect()
     }
 
     #[test]

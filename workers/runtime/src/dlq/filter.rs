@@ -72,7 +72,7 @@ mod tests {
 
     fn record(pairs: &[(&str, &str)], key: Option<&str>) -> Message {
         Message {
-            headers: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            headers: pairs.iter().map(|(k, v)| (h::name(k), (*v).to_owned())).collect(),
             key: key.map(str::to_owned),
             ..Message::default()
         }

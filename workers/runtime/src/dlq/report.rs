@@ -154,7 +154,7 @@ mod tests {
             (h::FAILURE_MESSAGE, message),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .map(|(k, v)| (k.into(), v.to_owned()))
         .collect();
         Record { id: RecordId::Position(n), message: Message { payload: "{\"a\":1}".into(), headers, key: None } }
     }

@@ -202,7 +202,7 @@ pub fn decide(operation: &Operation, record: &Message) -> Result<(Action, Option
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, VecDeque};
+    use std::collections::VecDeque;
 
     use super::*;
     use crate::dlq::RecordId;
@@ -261,7 +261,7 @@ mod tests {
     }
 
     fn dead_letter(source: &str, kind: &str, replays: Option<u32>) -> Message {
-        let mut headers: BTreeMap<String, String> = [
+        let mut headers: h::Headers = [
             (h::FAILURE_SOURCE, source),
             (h::FAILURE_KIND, kind),
             (h::FAILURE_ATTEMPTS, "9"),
@@ -269,7 +269,7 @@ mod tests {
             (h::CORRELATION_ID, "c-1"),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .map(|(k, v)| (k.into(), v.to_owned()))
         .collect();
         if let Some(n) = replays {
             headers.insert(h::REPLAY_COUNT.into(), n.to_string());

@@ -72,6 +72,6 @@ impl Extractor for HeaderView<'_> {
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
+        self.0.keys().map(|key| key.as_ref()).collect()
     }
 }

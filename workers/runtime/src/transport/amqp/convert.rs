@@ -33,7 +33,7 @@ pub fn properties(message: &Message) -> BasicProperties {
     let short = |name: &str| message.headers.get(name).and_then(|v| ShortString::try_new(v.clone()).ok());
     let mut table = FieldTable::default();
     for (name, value) in &message.headers {
-        if MIRRORED.contains(&name.as_str()) && value.len() <= 255 {
+        if MIRRORED.contains(&name.as_ref()) && value.len() <= 255 {
             continue;
         }
         if let Ok(name) = ShortString::try_new(name.clone()) {
@@ -68,13 +68,13 @@ pub fn headers(props: &BasicProperties) -> Headers {
     if let Some(table) = props.headers() {
         for (name, value) in table.inner() {
             if let Some(text) = text(value) {
-                headers.insert(name.as_str().to_owned(), text);
+                headers.insert(h::name(name.as_str()), text);
             }
         }
     }
-    let mut fill = |name: &str, value: &Option<ShortString>| {
+    let mut fill = |name: &'static str, value: &Option<ShortString>| {
         if let Some(value) = value {
-            headers.entry(name.to_owned()).or_insert_with(|| value.as_str().to_owned());
+            headers.entry(name.into()).or_insert_with(|| value.as_str().to_owned());
         }
     };
     fill(h::MESSAGE_ID, props.message_id());

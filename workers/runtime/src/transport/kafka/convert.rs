@@ -14,7 +14,7 @@ pub fn to_message(record: &BorrowedMessage<'_>) -> Message {
     if let Some(list) = record.headers() {
         for header in list.iter() {
             let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-            headers.insert(header.key.to_owned(), value);
+            headers.insert(crate::contract::headers::name(header.key), value);
         }
     }
     Message {
