@@ -127,8 +127,10 @@ async fn a_member_with_stuck_handlers_still_gives_partitions_up() {
     let enough = |r: &Replies| r.by_instance.get("stuck-b").is_some_and(|n| *n >= 1_000);
     client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, enough).await;
     assert!(enough(&seen), "the joining member answered {:?}\n{}", seen.by_instance, stuck.tail());
-    // It took part in the rebalance (it was not just dropped from the group for failing
-    // to rejoin, which a real Kafka cluster would make everyone wait for).
+    // It took part in the rebalance: its partitions were revoked, not lost. A member that
+    // fails to rejoin is dropped from the group after a timeout (on a real Kafka cluster,
+    // `max.poll.interval.ms`, and every member waits for it meanwhile); its partitions
+    // are then "lost".
     stuck.wait_for_log("Partitions revoked.", Duration::from_secs(5));
     stuck.kill9();
     assert!(healthy.terminate());

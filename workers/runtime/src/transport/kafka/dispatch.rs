@@ -23,10 +23,11 @@ use crate::transport::{Acker, Delivery, Message, Source, Subscription, Topology,
 /// Delay before a nacked record is handed out again.
 const REDELIVERY_DELAY: Duration = Duration::from_millis(500);
 
-/// Records the dispatcher may buffer; with more, it stops reading from the consumer
-/// (librdkafka's own prefetch limits then stop its fetching), which costs nothing.
-/// Pausing would: librdkafka drops what it prefetched and takes up to a second to fetch
-/// again after a resume, which cut a no-op worker at concurrency 1,000 to 18,000 msg/s.
+/// Records the dispatcher may buffer; at the limit it stops reading from the consumer, and
+/// librdkafka's own prefetch limits (`queued.max.messages.kbytes`, 64 MiB by default, on
+/// top of this buffer) then stop its fetching. Pausing instead would cost throughput:
+/// librdkafka drops what it prefetched and takes up to a second to fetch again after a
+/// resume, which cut a no-op worker at concurrency 1,000 to 18,000 msg/s.
 const MIN_BUFFERED_RECORDS: usize = 10_000;
 /// Payload bytes the dispatcher may buffer before it stops reading.
 const MAX_BUFFERED_BYTES: usize = 64 << 20;
@@ -193,9 +194,9 @@ impl Dispatcher {
                 // `apply_pauses` throttles on the next turn.
                 Step::Stalled => {}
                 Step::Room(permit) => {
-                    if let Some(pending) = self.ready.pop_front() {
-                        self.buffered_bytes -= pending.message.payload.len();
-                        permit.send(delivery(&self.consumer, &self.tracking, &self.events_tx, pending));
+                    // A rebalance served while waiting may have made the front record stale.
+                    if let Some(pending) = self.next_ready() {
+                        self.hand_out(permit, pending);
                     }
                 }
             }
@@ -204,25 +205,32 @@ impl Dispatcher {
 
     /// Hand out ready records while the worker's channel has room.
     fn flush_ready(&mut self) {
-        while let Some(pending) = self.ready.front() {
-            if !self.is_current(pending) {
-                let stale = self.ready.pop_front();
-                if let Some(stale) = stale {
-                    self.buffered_bytes -= stale.message.payload.len();
-                    self.free_lane(stale.lane);
-                }
-                continue;
-            }
-            match self.out.try_reserve() {
-                Ok(permit) => {
-                    if let Some(pending) = self.ready.pop_front() {
-                        self.buffered_bytes -= pending.message.payload.len();
-                        permit.send(delivery(&self.consumer, &self.tracking, &self.events_tx, pending));
-                    }
-                }
-                Err(_) => return,
+        let out = self.out.clone();
+        while !self.ready.is_empty() {
+            let Ok(permit) = out.try_reserve() else { return };
+            if let Some(pending) = self.next_ready() {
+                self.hand_out(permit, pending);
             }
         }
+    }
+
+    /// The first ready record of a current assignment; stale ones (their partition was
+    /// revoked since) are dropped on the way, and their lanes freed.
+    fn next_ready(&mut self) -> Option<Pending> {
+        while let Some(pending) = self.ready.pop_front() {
+            self.buffered_bytes -= pending.message.payload.len();
+            if self.is_current(&pending) {
+                return Some(pending);
+            }
+            self.free_lane(pending.lane);
+        }
+        None
+    }
+
+    /// Send a record to the worker. Something was handed out: a full buffer is not stalled.
+    fn hand_out(&mut self, permit: mpsc::Permit<'_, Delivery<KafkaAcker>>, pending: Pending) {
+        permit.send(delivery(&self.consumer, &self.tracking, &self.events_tx, pending));
+        self.full_since = None;
     }
 
     fn is_current(&self, pending: &Pending) -> bool {

@@ -403,7 +403,12 @@ impl ConsumerContext for RebalanceContext {
                     warn!(%error, "Could not commit before the rebalance.");
                 }
             }
-            info!(partitions = revoked.count(), "Partitions revoked.");
+            if consumer.assignment_lost() {
+                // The group moved on without this member (it missed a rebalance or a heartbeat).
+                warn!(partitions = revoked.count(), "Partitions lost: this member was dropped from the group.");
+            } else {
+                info!(partitions = revoked.count(), "Partitions revoked.");
+            }
         }
     }
 
