@@ -35,6 +35,10 @@ pub enum WorkerError {
 /// most `settings.concurrency` messages at once (a full worker stops pulling), then stop
 /// receiving, give in-flight messages `settings.shutdown_grace` to finish, and return
 /// whatever is left to the broker.
+///
+/// Run it as a task (`tokio::spawn`), as [`crate::app::main`] does, not directly in a
+/// `block_on`: it spawns a task per message, and spawns from outside the runtime's threads
+/// go through the shared queue and wake a thread each time.
 pub async fn run<H: Handler, T: Transport>(
     settings: Settings,
     transport: T,
