@@ -12,7 +12,7 @@ use std::{
 
 use courier_tests::{
     kafka::{KafkaClient, MockKafkaProcess, reader},
-    measure::{Figures, cpu_seconds, median, peak_rss_mib, percentile, print_table},
+    measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_median_ratio, print_round, print_table},
     process::Process,
 };
 use rdkafka::{Message as _, consumer::StreamConsumer, message::Headers as _};
@@ -57,17 +57,9 @@ async fn main() {
         raw.push(run(&mut cluster, "raw rdkafka pipe", None).await);
         none.push(run(&mut cluster, &none_name, Some(("none", None, concurrency))).await);
         partition.push(run(&mut cluster, partition_name, Some(("partition", None, 1024))).await);
-        let (r, n) = (&raw[round - 1], &none[round - 1]);
-        println!(
-            "round {round}: raw {:.0} msg/s, worker (none) {:.0} msg/s ({:.2}x); CPU {:.2}x",
-            r.rate,
-            n.rate,
-            n.rate / r.rate,
-            n.cpu_per_10k / r.cpu_per_10k
-        );
+        print_round(round, &raw[round - 1], &none[round - 1]);
     }
-    let ratios = raw.iter().zip(&none).map(|(r, n)| n.rate / r.rate).collect();
-    println!("median of the rounds' throughput ratios (none): {:.2}x", median(ratios));
+    print_median_ratio(&raw, &none);
     let raw = Figures::median(&raw);
     let raw_rate = raw.rate;
     print_table(

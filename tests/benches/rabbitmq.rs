@@ -12,7 +12,7 @@ use std::{
 };
 
 use courier_tests::{
-    measure::{Figures, cpu_seconds, median, peak_rss_mib, percentile, print_table},
+    measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_median_ratio, print_round, print_table},
     process::Process,
     rabbitmq::{RawClient, cleanup, names, url},
 };
@@ -34,17 +34,9 @@ async fn main() {
     for round in 1..=rounds {
         raw.push(run("raw lapin pipe", "raw-amqp-pipe").await);
         worker.push(run("greeter worker", "greeter").await);
-        let (r, w) = (&raw[round - 1], &worker[round - 1]);
-        println!(
-            "round {round}: raw {:.0} msg/s, worker {:.0} msg/s ({:.2}x); CPU {:.2}x",
-            r.rate,
-            w.rate,
-            w.rate / r.rate,
-            w.cpu_per_10k / r.cpu_per_10k
-        );
+        print_round(round, &raw[round - 1], &worker[round - 1]);
     }
-    let ratios = raw.iter().zip(&worker).map(|(r, w)| w.rate / r.rate).collect();
-    println!("median of the rounds' throughput ratios: {:.2}x", median(ratios));
+    print_median_ratio(&raw, &worker);
     print_table(
         &format!(
             "RabbitMQ ({MESSAGES} persistent messages, prefetch {PREFETCH}, confirms; median of {rounds} alternated rounds; latency at half the peak rate)"

@@ -81,6 +81,24 @@ pub fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
     values[values.len() / 2]
 }
 
+/// One alternated round's line: the worker's throughput and CPU against the raw pipe's.
+pub fn print_round(round: usize, raw: &Figures, worker: &Figures) {
+    println!(
+        "round {round}: raw {:.0} msg/s, {} {:.0} msg/s ({:.2}x); CPU {:.2}x",
+        raw.rate,
+        worker.name,
+        worker.rate,
+        worker.rate / raw.rate,
+        worker.cpu_per_10k / raw.cpu_per_10k
+    );
+}
+
+/// Print the median of the rounds' throughput ratios (worker ÷ raw, round by round).
+pub fn print_median_ratio(raw: &[Figures], worker: &[Figures]) {
+    let ratios = raw.iter().zip(worker).map(|(r, w)| w.rate / r.rate).collect();
+    println!("median of the rounds' throughput ratios ({}): {:.2}x", worker[0].name, median(ratios));
+}
+
 /// Print figures as a Markdown table, with each row's ratio to the first (the baseline).
 pub fn print_table(title: &str, rows: &[Figures]) {
     println!("\n{title}\n");

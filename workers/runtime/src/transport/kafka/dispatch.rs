@@ -159,7 +159,7 @@ impl Dispatcher {
         let consumer = Arc::clone(&self.consumer);
         let out = self.out.clone();
         loop {
-            self.flush_ready();
+            self.flush_ready(&out);
             if self.out.is_closed() {
                 return;
             }
@@ -204,8 +204,7 @@ impl Dispatcher {
     }
 
     /// Hand out ready records while the worker's channel has room.
-    fn flush_ready(&mut self) {
-        let out = self.out.clone();
+    fn flush_ready(&mut self, out: &mpsc::Sender<Delivery<KafkaAcker>>) {
         while !self.ready.is_empty() {
             let Ok(permit) = out.try_reserve() else { return };
             if let Some(pending) = self.next_ready() {
