@@ -73,6 +73,10 @@ struct Shared {
     producer: FutureProducer,
     /// Topics known to exist (publishing elsewhere is reported unroutable).
     known_topics: RwLock<HashSet<String>>,
+    /// Held while a topic is looked up, so that a burst of publishes to a topic not yet
+    /// known (every handler's first reply at start-up) asks the cluster once instead of
+    /// once per message, each on a blocking thread of its own.
+    lookup: tokio::sync::Mutex<()>,
     /// The subscription's consumer, once subscribed (for lag and readiness).
     consumer: Mutex<Option<Arc<StreamConsumer<RebalanceContext>>>>,
     /// Whether the last metadata request reached the cluster.
@@ -107,6 +111,7 @@ impl KafkaTransport {
                 config,
                 producer,
                 known_topics: RwLock::new(HashSet::new()),
+                lookup: tokio::sync::Mutex::new(()),
                 consumer: Mutex::new(None),
                 reachable: std::sync::atomic::AtomicBool::new(true),
             }),
@@ -127,7 +132,12 @@ impl KafkaTransport {
 
     /// Whether `topic` exists (cached once seen).
     pub async fn topic_exists(&self, topic: &str) -> Result<bool, PublishError> {
-        if self.shared.known_topics.read().unwrap_or_else(|p| p.into_inner()).contains(topic) {
+        let known = || self.shared.known_topics.read().unwrap_or_else(|p| p.into_inner()).contains(topic);
+        if known() {
+            return Ok(true);
+        }
+        let _lookup = self.shared.lookup.lock().await;
+        if known() {
             return Ok(true);
         }
         let producer = self.shared.producer.clone();
