@@ -1,8 +1,9 @@
 //! Kafka benchmark on the mock cluster (its own process): the raw rdkafka pipe
 //! (`bin/raw_kafka_pipe.rs`) against the greeter worker, then a slow handler (20 ms) at
-//! concurrency 1, 8 and 64 in `partition` and `key` ordering on a 3-partition topic.
+//! concurrency 1, 8 and 64 in `partition` and `key` ordering on a 3-partition topic; then
+//! the raw pipe against the worker again on tansu, an independent broker, as a second line.
 //!
-//! Run with `scripts/bench` (builds the release greeter first).
+//! Run with `scripts/bench` (builds the release greeter, starts tansu).
 
 use std::{
     collections::HashMap,
@@ -10,8 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use courier::transport::kafka::{KafkaTransport, Ordering};
 use courier_tests::{
-    kafka::{KafkaClient, MockKafkaProcess, reader},
+    kafka::{KafkaClient, MockKafkaProcess, config, reader},
     measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_median_ratio, print_round, print_table},
     process::Process,
 };
@@ -28,10 +30,58 @@ const SLOW: Duration = Duration::from_millis(20);
 /// Rounds of (raw, none, partition), alternated so that every pipe sees the same drift
 /// of the shared machine; the table shows each pipe's median. COURIER_BENCH_ROUNDS overrides.
 const ROUNDS: usize = 3;
+/// Requests per run on tansu (COURIER_BENCH_TANSU_MESSAGES overrides).
+const TANSU_MESSAGES: usize = 150_000;
+
+/// What runs: the raw pipe (`contract`: writing the wire contract's reply, key and five
+/// headers, as the worker does), or the greeter with (ordering, handler delay, concurrency).
+#[derive(Clone, Copy)]
+enum Pipe<'a> {
+    Raw { contract: bool },
+    Greeter(&'a str, Option<Duration>, usize),
+}
+
+const RAW: Pipe<'static> = Pipe::Raw { contract: false };
+const RAW_CONTRACT: Pipe<'static> = Pipe::Raw { contract: true };
+const RAW_CONTRACT_NAME: &str = "raw rdkafka pipe writing the contract's reply (key + 5 headers)";
+
+/// The broker a pipe runs on, and how its window is timed.
+enum Broker {
+    /// librdkafka's mock cluster. The requests are published before the pipe starts, and
+    /// the window runs from its first reply to its last.
+    Mock(MockKafkaProcess),
+    /// tansu, which hands replies to a reader in bursts of seconds: timed from its first
+    /// reply, a window would collapse. The pipe answers one warm-up request first (it is in
+    /// its group then); the window runs from the first request published to the last reply.
+    Tansu { bootstrap: String, admin: KafkaTransport },
+}
+
+impl Broker {
+    fn bootstrap(&self) -> &str {
+        match self {
+            Broker::Mock(cluster) => &cluster.bootstrap,
+            Broker::Tansu { bootstrap, .. } => bootstrap,
+        }
+    }
+
+    async fn create(&mut self, topics: &[&str], partitions: i32) {
+        match self {
+            Broker::Mock(cluster) => {
+                for topic in topics {
+                    cluster.command(&format!("create {topic} {partitions}"));
+                }
+            }
+            Broker::Tansu { admin, .. } => {
+                assert_eq!(admin.config().partitions, partitions, "tansu topics are created with the no-op partitions");
+                admin.create_topics(topics).await.expect("create topics on tansu");
+            }
+        }
+    }
+}
 
 #[tokio::main]
 async fn main() {
-    let mut cluster = MockKafkaProcess::start(&[]);
+    let mut mock = Broker::Mock(MockKafkaProcess::start(&[]));
     // COURIER_BENCH_SLOW=key:64 runs just that slow-handler case (for experiments).
     if let Some((ordering, concurrency)) = std::env::var("COURIER_BENCH_SLOW")
         .ok()
@@ -40,7 +90,7 @@ async fn main() {
         .map(|(o, c)| (o.to_owned(), c.to_owned()))
     {
         let concurrency: usize = concurrency.parse().expect("COURIER_BENCH_SLOW=<ordering>:<concurrency>");
-        let figures = run(&mut cluster, "slow", Some((&ordering, Some(SLOW), concurrency))).await;
+        let figures = run(&mut mock, "slow", Pipe::Greeter(&ordering, Some(SLOW), concurrency)).await;
         println!("slow {ordering} {concurrency}: {:.0} msg/s", figures.rate);
         return;
     }
@@ -52,11 +102,12 @@ async fn main() {
     let concurrency = std::env::var("COURIER_BENCH_CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(1000);
     let none_name = format!("greeter worker, ordering none (concurrency {concurrency})");
     let partition_name = "greeter worker, ordering partition (concurrency 1024)";
-    let (mut raw, mut none, mut partition) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw, mut contract, mut none, mut partition) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
-        raw.push(run(&mut cluster, "raw rdkafka pipe", None).await);
-        none.push(run(&mut cluster, &none_name, Some(("none", None, concurrency))).await);
-        partition.push(run(&mut cluster, partition_name, Some(("partition", None, 1024))).await);
+        raw.push(run(&mut mock, "raw rdkafka pipe", RAW).await);
+        contract.push(run(&mut mock, RAW_CONTRACT_NAME, RAW_CONTRACT).await);
+        none.push(run(&mut mock, &none_name, Pipe::Greeter("none", None, concurrency)).await);
+        partition.push(run(&mut mock, partition_name, Pipe::Greeter("partition", None, 1024)).await);
         print_round(round, &raw[round - 1], &none[round - 1]);
     }
     print_median_ratio(&raw, &none);
@@ -67,12 +118,55 @@ async fn main() {
             "Kafka, mock cluster ({} messages, {NOOP_PARTITIONS} partitions; median of {rounds} alternated rounds; latency at half the peak rate)",
             messages_per_run()
         ),
-        &[raw, Figures::median(&none), Figures::median(&partition)],
+        &[raw, Figures::median(&contract), Figures::median(&none), Figures::median(&partition)],
     );
-    if quick {
+    let (contract, none) = (Figures::median(&contract), Figures::median(&none));
+    println!(
+        "\n{} against the raw pipe writing the contract's reply: throughput {:.2}x, CPU {:.2}x",
+        none.name,
+        none.rate / contract.rate,
+        none.cpu_per_10k / contract.cpu_per_10k
+    );
+    if !quick {
+        slow_rows(&mut mock, raw_rate).await;
+    }
+    drop(mock);
+    tansu_line(rounds, concurrency).await;
+}
+
+/// The no-op rows again on tansu (COURIER_BENCH_TANSU, default 127.0.0.1:9092, started by
+/// `scripts/bench`; `none` skips them); skipped with a note when it does not answer.
+async fn tansu_line(rounds: usize, concurrency: usize) {
+    let bootstrap = std::env::var("COURIER_BENCH_TANSU").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    if bootstrap == "none" {
         return;
     }
+    let mut settings = config(&bootstrap, Ordering::None);
+    settings.partitions = NOOP_PARTITIONS;
+    let Ok(admin) = KafkaTransport::connect(settings).await else {
+        println!("\ntansu at {bootstrap} does not answer (scripts/brokers/tansu-up starts it): no tansu line.");
+        return;
+    };
+    let mut tansu = Broker::Tansu { bootstrap, admin };
+    let none_name = format!("greeter worker, ordering none (concurrency {concurrency})");
+    let (mut raw, mut none) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        raw.push(run(&mut tansu, "raw rdkafka pipe", RAW).await);
+        none.push(run(&mut tansu, &none_name, Pipe::Greeter("none", None, concurrency)).await);
+        print_round(round, &raw[round - 1], &none[round - 1]);
+    }
+    print_median_ratio(&raw, &none);
+    print_table(
+        &format!(
+            "Kafka, tansu 0.6.0 in memory ({} messages, {NOOP_PARTITIONS} partitions; median of {rounds} alternated rounds; timed from the first request; latency at half the peak rate)",
+            tansu_messages()
+        ),
+        &[Figures::median(&raw), Figures::median(&none)],
+    );
+}
 
+/// The slow handler (20 ms) at concurrency 1, 8, 64 in `partition` and `key` ordering.
+async fn slow_rows(cluster: &mut Broker, raw_rate: f64) {
     println!("\nSlow handler ({} ms), {SLOW_PARTITIONS} partitions, many keys\n", SLOW.as_millis());
     println!("| ordering | concurrency | msg/s | target | met |");
     println!("|---|---:|---:|---:|---|");
@@ -84,7 +178,7 @@ async fn main() {
             };
             let target = 0.9 * ideal;
             let label = format!("slow-{ordering}-{concurrency}");
-            let figures = run(&mut cluster, &label, Some((ordering, Some(SLOW), concurrency))).await;
+            let figures = run(cluster, &label, Pipe::Greeter(ordering, Some(SLOW), concurrency)).await;
             let met = if figures.rate >= target { "yes" } else { "NO" };
             println!("| {ordering} | {concurrency} | {:.0} | {target:.0} | {met} |", figures.rate);
         }
@@ -96,30 +190,49 @@ fn messages_per_run() -> usize {
     std::env::var("COURIER_BENCH_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(MESSAGES)
 }
 
-/// One pipe: `None` is the raw pipe; otherwise the greeter with (ordering, handler delay, concurrency).
-async fn run(cluster: &mut MockKafkaProcess, name: &str, worker: Option<(&str, Option<Duration>, usize)>) -> Figures {
+/// Requests per run on tansu.
+fn tansu_messages() -> usize {
+    std::env::var("COURIER_BENCH_TANSU_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(TANSU_MESSAGES)
+}
+
+/// One run of `pipe` on `broker`.
+async fn run(broker: &mut Broker, name: &str, pipe: Pipe<'_>) -> Figures {
+    let worker = match pipe {
+        Pipe::Greeter(ordering, delay, concurrency) => Some((ordering, delay, concurrency)),
+        Pipe::Raw { .. } => None,
+    };
     let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
     let (queue, replies, group) =
         (format!("bench-{id}.requests"), format!("bench-{id}.replies"), format!("bench-{id}"));
     let slow = worker.is_some_and(|(_, delay, _)| delay.is_some());
     let partitions = if slow { SLOW_PARTITIONS } else { NOOP_PARTITIONS };
-    for topic in [&queue, &replies, &format!("{queue}.dlq"), &format!("{queue}.parking")] {
-        cluster.command(&format!("create {topic} {partitions}"));
-    }
+    let (dlq, parking) = (format!("{queue}.dlq"), format!("{queue}.parking"));
+    broker.create(&[&queue, &replies, &dlq, &parking], partitions).await;
+    let on_tansu = matches!(broker, Broker::Tansu { .. });
     let messages = match worker {
         Some((ordering, Some(delay), concurrency)) => {
             let lanes = if ordering == "partition" { concurrency.min(partitions as usize) } else { concurrency };
             ((lanes as f64 / delay.as_secs_f64()) * 4.0).clamp(100.0, 10_000.0) as usize
         }
+        _ if on_tansu => tansu_messages(),
         _ => messages_per_run(),
     };
-    let client = KafkaClient::new(&cluster.bootstrap);
-    // An even spread over the partitions: the targets assume every lane stays busy.
-    client.publish_greetings_to(&queue, &replies, "t", messages, Some(partitions)).await;
+    let bootstrap = broker.bootstrap().to_owned();
+    let client = KafkaClient::new(&bootstrap);
+    if !on_tansu {
+        // An even spread over the partitions: the targets assume every lane stays busy.
+        client.publish_greetings_to(&queue, &replies, "t", messages, Some(partitions)).await;
+    }
 
-    let broker = format!("kafka://{}", cluster.bootstrap);
+    let broker = format!("kafka://{bootstrap}");
     let mut process = match worker {
-        None => Process::start("raw-kafka-pipe", "bench-raw-kafka", &[&cluster.bootstrap, &queue, &group], &[]),
+        None => {
+            let mut args = vec![bootstrap.as_str(), &queue, &group];
+            if matches!(pipe, Pipe::Raw { contract: true }) {
+                args.push("--contract");
+            }
+            Process::start("raw-kafka-pipe", "bench-raw-kafka", &args, &[])
+        }
         Some((ordering, delay, concurrency)) => {
             let concurrency = concurrency.to_string();
             let partitions = partitions.to_string();
@@ -159,24 +272,36 @@ async fn run(cluster: &mut MockKafkaProcess, name: &str, worker: Option<(&str, O
         }
     };
     let pid = process.pid();
-    let reader = reader(&cluster.bootstrap, &replies, partitions);
+    let reader = reader(&bootstrap, &replies, partitions);
 
-    recv(&reader).await;
-    let (start, cpu_start) = (Instant::now(), cpu_seconds(pid));
-    for _ in 1..messages {
+    let (timed, elapsed, cpu) = if on_tansu {
+        client.publish_one(&queue, &replies, "warm-up");
         recv(&reader).await;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu_start;
-    let rate = (messages - 1) as f64 / elapsed;
+        let (start, cpu_start) = (Instant::now(), cpu_seconds(pid));
+        let publish = client.publish_greetings_to(&queue, &replies, "t", messages, Some(partitions));
+        let collect = async {
+            for _ in 0..messages {
+                recv(&reader).await;
+            }
+        };
+        tokio::join!(publish, collect);
+        (messages, start.elapsed().as_secs_f64(), cpu_seconds(pid) - cpu_start)
+    } else {
+        recv(&reader).await;
+        let (start, cpu_start) = (Instant::now(), cpu_seconds(pid));
+        for _ in 1..messages {
+            recv(&reader).await;
+        }
+        (messages - 1, start.elapsed().as_secs_f64(), cpu_seconds(pid) - cpu_start)
+    };
     let mut figures = Figures {
         name: name.to_owned(),
-        rate,
-        cpu_per_10k: cpu / (messages - 1) as f64 * 10_000.0,
+        rate: timed as f64 / elapsed,
+        cpu_per_10k: cpu / timed as f64 * 10_000.0,
         ..Figures::default()
     };
     if worker.is_none_or(|(_, delay, _)| delay.is_none()) {
-        let mut latencies = latency_phase(&client, &reader, &queue, &replies, rate / 2.0).await;
+        let mut latencies = latency_phase(&client, &reader, &queue, &replies, figures.rate / 2.0).await;
         figures.p50 = percentile(&mut latencies, 50.0);
         figures.p99 = percentile(&mut latencies, 99.0);
     }

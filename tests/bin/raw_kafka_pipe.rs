@@ -3,11 +3,17 @@
 //! produce the reply (idempotent, `acks=all`), store the offset after the delivery
 //! report. No validation, ordering, retries or dead letters.
 //!
-//! Usage: raw-kafka-pipe <bootstrap> <topic> <group>
+//! With `--contract`, the reply is the wire contract's (`schemas/README.md`): the request's
+//! key and five headers (correlation id, message id, content type, status, replied-by),
+//! as the worker writes them; without it, only the correlation id. The difference is
+//! librdkafka's cost of the contract's bytes, not the worker's code.
+//!
+//! Usage: raw-kafka-pipe <bootstrap> <topic> <group> [--contract]
 
 use rdkafka::{
     ClientConfig, Message,
     consumer::{Consumer, StreamConsumer},
+    error::{KafkaError, RDKafkaErrorCode},
     message::{Header, Headers, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
@@ -22,8 +28,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
 async fn pipe() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, bootstrap, topic, group] = args.as_slice() else {
-        return Err("usage: raw-kafka-pipe <bootstrap> <topic> <group>".into());
+    let (contract, args) = match args.as_slice() {
+        [rest @ .., last] if last == "--contract" => (true, rest),
+        all => (false, all),
+    };
+    let [_, bootstrap, topic, group] = args else {
+        return Err("usage: raw-kafka-pipe <bootstrap> <topic> <group> [--contract]".into());
     };
     let consumer: Arc<StreamConsumer> = Arc::new(
         ClientConfig::new()
@@ -58,13 +68,31 @@ async fn pipe() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 }
             }
         }
-        let headers =
+        let mut headers =
             OwnedHeaders::new().insert(Header { key: "courier-correlation-id", value: Some(correlation.as_str()) });
+        let message_id = contract.then(|| uuid::Uuid::new_v4().to_string());
+        if let Some(message_id) = &message_id {
+            headers = headers
+                .insert(Header { key: "courier-message-id", value: Some(message_id.as_str()) })
+                .insert(Header { key: "content-type", value: Some("application/json") })
+                .insert(Header { key: "courier-status", value: Some("ok") })
+                .insert(Header { key: "courier-replied-by", value: Some("raw-kafka-pipe") });
+        }
         let payload = record.payload().unwrap_or_default().to_vec();
-        let reply: FutureRecord<'_, (), Vec<u8>> = FutureRecord::to(&reply_to).payload(&payload).headers(headers);
-        let delivery = match producer.send_result(reply) {
-            Ok(delivery) => delivery,
-            Err((error, _)) => return Err(error.into()),
+        let mut reply: FutureRecord<'_, [u8], Vec<u8>> = FutureRecord::to(&reply_to).payload(&payload).headers(headers);
+        if contract && let Some(key) = record.key() {
+            reply = reply.key(key);
+        }
+        // A full producer queue (a broker slow to acknowledge) is waited out, as the worker does.
+        let delivery = loop {
+            match producer.send_result(reply) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    reply = returned;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err((error, _)) => return Err(error.into()),
+            }
         };
         let (topic, partition, offset) = (record.topic().to_owned(), record.partition(), record.offset());
         let consumer = Arc::clone(&consumer);

@@ -163,7 +163,7 @@ impl Transport for MemoryBroker {
         let stream = futures::stream::unfold((broker, queue), |(broker, queue)| async move {
             let stored = broker.next(&queue).await;
             let delivery = Delivery {
-                source: Source { queue: queue.clone(), partition: None, offset: None },
+                source: Source { queue: queue.as_str().into(), partition: None, offset: None },
                 redelivered: stored.redelivered,
                 message: Arc::new(stored.message.clone()),
                 acker: MemoryAcker { broker: broker.clone(), queue: queue.clone(), stored: Some(stored) },

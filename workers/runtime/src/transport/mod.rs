@@ -31,8 +31,8 @@ pub struct Message {
 /// Where a delivery came from, for dead-letter records and logs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Source {
-    /// Queue or topic the message was consumed from.
-    pub queue: String,
+    /// Queue or topic the message was consumed from (shared by every delivery of it).
+    pub queue: Arc<str>,
     /// Kafka partition, when there is one.
     pub partition: Option<i32>,
     /// Kafka offset, when there is one.

@@ -37,7 +37,8 @@ const MAX_BUFFERED_BYTES: usize = 64 << 20;
 /// or the buffer full of held retries) pauses every partition instead and reads on.
 const MAX_READ_STALL: Duration = Duration::from_secs(1);
 
-type Partition = (String, i32);
+/// A topic's name is shared by its records ([`Dispatcher::topic`]), not copied per record.
+type Partition = (Arc<str>, i32);
 
 /// Which records must not run at the same time.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -87,8 +88,10 @@ pub(super) fn start(
         consumer,
         tracking,
         ordering,
-        queue: topology.queue.clone(),
-        tiers: topology.retry_tiers.iter().map(|t| (t.name.clone(), t.delay)).collect(),
+        queue: topology.queue.as_str().into(),
+        topics: std::iter::once((topology.queue.as_str().into(), None))
+            .chain(topology.retry_tiers.iter().map(|t| (t.name.as_str().into(), Some(t.delay))))
+            .collect(),
         out,
         events,
         events_tx,
@@ -118,9 +121,10 @@ struct Dispatcher {
     tracking: Arc<Mutex<Tracking>>,
     ordering: Ordering,
     /// The work topic (the `source` of every delivery, retries included).
-    queue: String,
-    /// Retry topics and their delays.
-    tiers: HashMap<String, Duration>,
+    queue: Arc<str>,
+    /// Every topic seen, with its retry delay when it is a retry topic (a handful: looked
+    /// up by a scan, without hashing or copying the name per record).
+    topics: Vec<(Arc<str>, Option<Duration>)>,
     /// To the worker.
     out: mpsc::Sender<Delivery<KafkaAcker>>,
     events: mpsc::UnboundedReceiver<Event>,
@@ -237,8 +241,19 @@ impl Dispatcher {
         tracking.partitions.get(&pending.partition).is_some_and(|(epoch, _)| *epoch == pending.epoch)
     }
 
+    /// The shared name of `name` and its retry delay (none for the work topic).
+    fn topic(&mut self, name: &str) -> (Arc<str>, Option<Duration>) {
+        if let Some((topic, delay)) = self.topics.iter().find(|(topic, _)| &**topic == name) {
+            return (Arc::clone(topic), *delay);
+        }
+        let topic: Arc<str> = name.into();
+        self.topics.push((Arc::clone(&topic), None));
+        (topic, None)
+    }
+
     fn receive(&mut self, record: &BorrowedMessage<'_>) {
-        let partition = (record.topic().to_owned(), record.partition());
+        let (topic, delay) = self.topic(record.topic());
+        let partition = (topic, record.partition());
         let offset = record.offset();
         let epoch = {
             let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
@@ -250,7 +265,6 @@ impl Dispatcher {
             *epoch
         };
         let message = Arc::new(super::convert::to_message(record));
-        let delay = self.tiers.get(&partition.0).copied();
         let lane = match (delay, self.ordering) {
             (Some(_), _) | (None, Ordering::None) => Lane::Free,
             (None, Ordering::Partition) => Lane::Partition(partition.clone()),
@@ -259,7 +273,7 @@ impl Dispatcher {
                 None => Lane::Partition(partition.clone()),
             },
         };
-        let source = Source { queue: self.queue.clone(), partition: Some(partition.1), offset: Some(offset) };
+        let source = Source { queue: Arc::clone(&self.queue), partition: Some(partition.1), offset: Some(offset) };
         let pending = Pending { message, source, partition: partition.clone(), offset, lane, epoch, released: false };
         self.buffered_bytes += pending.message.payload.len();
         if let Some(delay) = delay {

@@ -254,7 +254,7 @@ impl Transport for KafkaTransport {
                 };
                 let unfinished = {
                     let tracking = consumer.context().tracking.lock().unwrap_or_else(|p| p.into_inner());
-                    let key = (element.topic().to_owned(), element.partition());
+                    let key = (Arc::from(element.topic()), element.partition());
                     tracking.partitions.get(&key).and_then(|(_, offsets)| offsets.first_unfinished())
                 };
                 let fetched = element.offset().to_raw().filter(|offset| *offset >= 0);
@@ -385,7 +385,7 @@ impl KafkaTransport {
 #[derive(Debug, Default)]
 pub(crate) struct Tracking {
     /// (topic, partition) → (epoch, offsets in flight).
-    pub(crate) partitions: std::collections::HashMap<(String, i32), (u64, offsets::PartitionOffsets)>,
+    pub(crate) partitions: std::collections::HashMap<(Arc<str>, i32), (u64, offsets::PartitionOffsets)>,
     /// Last epoch handed out.
     pub(crate) epoch: u64,
 }
@@ -404,7 +404,7 @@ impl ConsumerContext for RebalanceContext {
         if let Rebalance::Revoke(revoked) = rebalance {
             let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
             for element in revoked.elements() {
-                tracking.partitions.remove(&(element.topic().to_owned(), element.partition()));
+                tracking.partitions.remove(&(Arc::from(element.topic()), element.partition()));
             }
             drop(tracking);
             if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -430,7 +430,7 @@ impl ConsumerContext for RebalanceContext {
             for element in assigned.elements() {
                 tracking
                     .partitions
-                    .insert((element.topic().to_owned(), element.partition()), (epoch, Default::default()));
+                    .insert((Arc::from(element.topic()), element.partition()), (epoch, Default::default()));
             }
             info!(partitions = assigned.count(), "Partitions assigned.");
         }
