@@ -1,6 +1,7 @@
 //! The greeter binary on Kafka (the mock cluster in a process of its own): a consumer
 //! group losing a member to kill -9 and gaining one mid-load, a member whose handlers
-//! are all stuck, and produce errors injected by the broker. Nothing may be lost.
+//! are all stuck, produce errors injected by the broker, and a slow broker's confirms.
+//! Nothing may be lost.
 
 use std::time::Duration;
 
@@ -43,6 +44,18 @@ fn start_cluster(names: &Names) -> MockKafkaProcess {
 }
 
 fn greeter(label: &str, cluster: &MockKafkaProcess, names: &Names, env: &[(&str, &str)]) -> Process {
+    greeter_with(label, cluster, names, env, "64", &[])
+}
+
+/// [`greeter`] with this concurrency and more flags.
+fn greeter_with(
+    label: &str,
+    cluster: &MockKafkaProcess,
+    names: &Names,
+    env: &[(&str, &str)],
+    concurrency: &str,
+    extra: &[&str],
+) -> Process {
     let broker = format!("kafka://{}", cluster.bootstrap);
     let partitions = PARTITIONS.to_string();
     let args = [
@@ -61,12 +74,13 @@ fn greeter(label: &str, cluster: &MockKafkaProcess, names: &Names, env: &[(&str,
         "--partitions",
         &partitions,
         "--concurrency",
-        "64",
+        concurrency,
         "--kafka-property",
         "fetch.wait.max.ms=10",
         "--kafka-property",
         "auto.commit.interval.ms=200",
     ];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
     let mut process = Process::start("greeter", label, &args, env);
     process.wait_for_log("Partitions assigned.", PATIENCE);
     process
@@ -134,6 +148,35 @@ async fn a_member_with_stuck_handlers_still_gives_partitions_up() {
     stuck.wait_for_log("Partitions revoked.", Duration::from_secs(5));
     stuck.kill9();
     assert!(healthy.terminate());
+}
+
+/// A handler slot is freed once its delivery's output is in the producer's hands, not when
+/// the broker confirms it: with every answer of the broker delayed by 300 ms, a worker at
+/// `--concurrency 4` has many more deliveries in flight (outputs awaiting their confirm)
+/// instead of running 4 per round trip. Nothing is committed before its confirm still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirms_do_not_hold_handler_slots() {
+    let names = names("confirms");
+    let mut cluster = start_cluster(&names);
+    let port = courier_tests::http::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut worker = greeter_with("confirms", &cluster, &names, &[], "4", &["--http-addr", &addr]);
+    cluster.command("rtt 1 300");
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    let ids = client.publish_greetings(&names.queue, &names.replies, "c", 400).await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut most = 0.0_f64;
+    while most <= 4.0 && std::time::Instant::now() < deadline {
+        let (_, text) = courier_tests::http::get(port, "/metrics").await;
+        most = most.max(courier_tests::http::metric(&text, r#"courier_in_flight{worker="greeter"}"#));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(most > 4.0, "at most {most} deliveries in flight at concurrency 4\n{}", worker.tail());
+    let mut seen = Replies::default();
+    client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |_| false).await;
+    assert!(seen.missing(&ids).is_empty(), "{} not answered\n{}", seen.missing(&ids).len(), worker.tail());
+    println!("kafka confirms: up to {most} deliveries in flight at concurrency 4 (broker round trip 300 ms)");
+    assert!(worker.terminate());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 //! Usage: mock-kafka [--brokers N] [--topic NAME:PARTITIONS]...
 //! Prints `bootstrap=<host:port>` on stdout, then serves until stdin closes. Commands on
 //! stdin, one per line: `down <broker>`, `up <broker>`, `fail-produces <n>`,
-//! `clear-produces`, `create <name> <partitions>`.
+//! `clear-produces`, `create <name> <partitions>`, `rtt <broker> <milliseconds>`.
 
 use std::io::BufRead;
 
@@ -38,6 +38,10 @@ fn main() {
             ["up", id] => cluster.command(Command::BrokerUp(id.parse().expect("broker id"))),
             ["fail-produces", n] => cluster.command(Command::FailProduces(n.parse().expect("count"))),
             ["clear-produces"] => cluster.command(Command::ClearProduceErrors),
+            ["rtt", id, ms] => cluster.command(Command::RoundTrip(
+                id.parse().expect("broker id"),
+                std::time::Duration::from_millis(ms.parse().expect("milliseconds")),
+            )),
             ["create", name, partitions] => cluster.create_topics(&[name], partitions.parse().expect("partitions")),
             _ => eprintln!("mock-kafka: unknown command {line:?}"),
         }

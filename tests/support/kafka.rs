@@ -33,6 +33,8 @@ pub enum Command {
     BrokerDown(i32),
     /// Bring broker `id` back.
     BrokerUp(i32),
+    /// Delay every answer of broker `id` by this round trip time.
+    RoundTrip(i32, Duration),
     /// Create a topic (the mock has no CreateTopics API); answers when done.
     CreateTopic(String, i32, std::sync::mpsc::Sender<()>),
 }
@@ -90,6 +92,7 @@ pub fn apply(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerCo
         Command::ClearProduceErrors => cluster.clear_request_errors(RDKafkaApiKey::Produce),
         Command::BrokerDown(id) => cluster.broker_down(id).expect("broker down"),
         Command::BrokerUp(id) => cluster.broker_up(id).expect("broker up"),
+        Command::RoundTrip(id, rtt) => cluster.broker_round_trip_time(id, rtt).expect("round trip time"),
         Command::CreateTopic(name, partitions, done) => {
             // An existing topic is fine: creation is idempotent for the tests.
             let _ = cluster.create_topic(&name, partitions, 1);

@@ -14,11 +14,13 @@
 
 use std::{
     panic::AssertUnwindSafe,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
 use futures::FutureExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
@@ -33,6 +35,41 @@ use crate::{
     schema::{Refusal, RequestSchema},
     transport::{Acker, Delivery, Message, PublishError, Source, Topology, Transport},
 };
+
+/// A delivery's place in the worker's limits: one of the `--concurrency` handler slots
+/// until its first output is in the broker client's hands, then one of the outputs
+/// waiting for the broker's confirm. Confirms take a broker round trip (tens of ms on
+/// some brokers) and no handler time, so they do not hold a handler slot: with it,
+/// throughput was capped at concurrency ÷ confirm latency.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    handler: Option<OwnedSemaphorePermit>,
+    confirming: Option<OwnedSemaphorePermit>,
+    confirms: Arc<Semaphore>,
+}
+
+impl Slot {
+    /// A slot holding one of `handlers`; it moves to one of `confirms` when handed off.
+    pub(crate) fn new(handler: OwnedSemaphorePermit, confirms: Arc<Semaphore>) -> Self {
+        Self { handler: Some(handler), confirming: None, confirms }
+    }
+
+    /// The delivery's output is in the broker client's hands: trade the handler slot for a
+    /// place among the outputs awaiting a confirm (waiting for one while all are taken).
+    async fn handed_off(&mut self) {
+        if self.handler.is_some() {
+            let permit = Arc::clone(&self.confirms).acquire_owned().await.expect("the semaphore is never closed");
+            self.confirming = Some(permit);
+            self.handler = None;
+        }
+    }
+}
+
+/// A delivery's acker, with its slot.
+struct Held<A> {
+    acker: A,
+    slot: Slot,
+}
 
 /// How a delivery is settled once processing ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,8 +127,9 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
 
     /// Process one delivery and settle it. If the task is aborted (shutdown grace period
     /// over), the unsettled acker is dropped and the broker delivers the message again.
-    pub(crate) async fn deliver(&self, delivery: Delivery<T::Acker>) {
-        let Delivery { message, source, mut acker, .. } = delivery;
+    pub(crate) async fn deliver(&self, delivery: Delivery<T::Acker>, slot: Slot) {
+        let Delivery { message, source, acker, .. } = delivery;
+        let mut held = Held { acker, slot };
         self.metrics.received();
         let _in_flight = self.metrics.in_flight();
         let span = info_span!(
@@ -102,10 +140,10 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             trace_id = tracing::field::Empty,
         );
         async {
-            let settle = self.process(&message, &source, &mut acker).await;
+            let settle = self.process(&message, &source, &mut held).await;
             let result = match settle {
-                Settle::Ack => acker.ack().await,
-                Settle::Requeue => acker.nack().await,
+                Settle::Ack => held.acker.ack().await,
+                Settle::Requeue => held.acker.nack().await,
             };
             if let Err(error) = result {
                 // The broker will deliver it again; the output may then be duplicated.
@@ -116,7 +154,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         .await;
     }
 
-    async fn process(&self, message: &Message, source: &Source, acker: &mut T::Acker) -> Settle {
+    async fn process(&self, message: &Message, source: &Source, acker: &mut Held<T::Acker>) -> Settle {
         if message.payload.len() > self.settings.max_payload_bytes {
             let why =
                 format!("payload is {} bytes, the limit is {}", message.payload.len(), self.settings.max_payload_bytes);
@@ -230,7 +268,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
 
     async fn reply(
         &self,
-        acker: &mut T::Acker,
+        acker: &mut Held<T::Acker>,
         request: &Message,
         source: &Source,
         meta: &RequestMeta,
@@ -265,7 +303,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     /// Hand the message to the next delayed-retry tier, or dead-letter it when none is left.
     async fn retry_later(
         &self,
-        acker: &mut T::Acker,
+        acker: &mut Held<T::Acker>,
         message: &Message,
         source: &Source,
         meta: &RequestMeta,
@@ -295,7 +333,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     /// Publish the dead-letter copy; once confirmed, ack and tell the requester.
     async fn dead_letter(
         &self,
-        acker: &mut T::Acker,
+        acker: &mut Held<T::Acker>,
         message: &Message,
         source: &Source,
         meta: &RequestMeta,
@@ -317,7 +355,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     }
 
     /// Best effort: the dead-letter copy is already safe, so a failed error reply is only logged.
-    async fn error_reply(&self, acker: &mut T::Acker, request: &Message, meta: &RequestMeta, failure: &Failure) {
+    async fn error_reply(&self, acker: &mut Held<T::Acker>, request: &Message, meta: &RequestMeta, failure: &Failure) {
         let reply_to = self.reply_to(meta);
         if failure.kind == FailureKind::Unroutable || !self.settings.reply_allowed(reply_to) {
             return;
@@ -380,8 +418,13 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
 
     /// Publish and wait for the confirm, retrying a few times if the broker is briefly
     /// unavailable or refuses; an unroutable destination is reported at once. Once the
-    /// broker client has the message, the delivery's ordering lane is released.
-    async fn publish(&self, destination: &str, message: Message, acker: &mut T::Acker) -> Result<(), PublishError> {
+    /// broker client has the message, the delivery's ordering lane and handler slot are released.
+    async fn publish(
+        &self,
+        destination: &str,
+        message: Message,
+        acker: &mut Held<T::Acker>,
+    ) -> Result<(), PublishError> {
         const PUBLISH_BACKOFF: [Duration; 3] =
             [Duration::from_millis(50), Duration::from_millis(200), Duration::from_millis(800)];
         let mut result = self.send(destination, &message, acker).await;
@@ -399,9 +442,10 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     }
 
     /// One attempt of [`Self::publish`].
-    async fn send(&self, destination: &str, message: &Message, acker: &mut T::Acker) -> Result<(), PublishError> {
+    async fn send(&self, destination: &str, message: &Message, acker: &mut Held<T::Acker>) -> Result<(), PublishError> {
         let confirm = self.transport.send(destination, message).await?;
-        acker.release();
+        acker.acker.release();
+        acker.slot.handed_off().await;
         confirm.await
     }
 }

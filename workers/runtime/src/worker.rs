@@ -9,7 +9,7 @@ use crate::{
     config::Settings,
     handler::Handler,
     observe::{Health, Metrics, server},
-    pipeline::Pipeline,
+    pipeline::{Pipeline, Slot},
     schema::{InvalidSchema, RequestSchema},
     transport::{Backlog, Topology, Transport, TransportError},
 };
@@ -31,8 +31,9 @@ pub enum WorkerError {
     Http(std::net::SocketAddr, std::io::Error),
 }
 
-/// Run a worker until `shutdown` completes: declare the topology, consume, process at
-/// most `settings.concurrency` messages at once (a full worker stops pulling), then stop
+/// Run a worker until `shutdown` completes: declare the topology, consume, run at most
+/// `settings.concurrency` messages at once up to their output (a full worker stops
+/// pulling; outputs awaiting the broker's confirm, up to ten per slot, no longer count), then stop
 /// receiving, give in-flight messages `settings.shutdown_grace` to finish, and return
 /// whatever is left to the broker.
 ///
@@ -62,6 +63,7 @@ pub async fn run<H: Handler, T: Transport>(
     let sampler = tokio::spawn(sample_backlog(transport.clone(), topology.clone(), metrics.clone()));
     let grace = settings.shutdown_grace;
     let permits = Arc::new(Semaphore::new(settings.concurrency));
+    let confirms = Arc::new(Semaphore::new(settings.concurrency * CONFIRMS_PER_HANDLER));
     info!(worker = %settings.worker, queue = %topology.queue, concurrency = settings.concurrency, "Worker started.");
     let pipeline = Arc::new(Pipeline::new(handler, transport, schema, settings, metrics));
     // In-flight deliveries. Aborting one drops its unsettled acker, which returns the
@@ -85,11 +87,11 @@ pub async fn run<H: Handler, T: Transport>(
             },
         };
         let pipeline = Arc::clone(&pipeline);
+        let slot = Slot::new(permit, Arc::clone(&confirms));
         // Boxed: the pipeline's future is a few KiB, and a task's future is copied when
         // spawned and again when its output is taken.
         in_flight.spawn(async move {
-            Box::pin(pipeline.deliver(delivery)).await;
-            drop(permit);
+            Box::pin(pipeline.deliver(delivery, slot)).await;
         });
     };
 
@@ -126,6 +128,10 @@ async fn sample_backlog<T: Transport>(transport: T, topology: Topology, metrics:
         }
     }
 }
+
+/// Outputs that may await the broker's confirm, per handler slot: a handler slot is
+/// freed once its delivery's output is in the broker client's hands ([`Slot`]).
+const CONFIRMS_PER_HANDLER: usize = 10;
 
 /// How often [`sample_backlog`] runs.
 const BACKLOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
