@@ -225,13 +225,16 @@ async fn run(broker: &mut Broker, name: &str, pipe: Pipe<'_>) -> Figures {
     }
 
     let broker = format!("kafka://{bootstrap}");
+    // COURIER_BENCH_WRAP runs each pipe under a command (`valgrind --tool=callgrind`, say).
+    let wrap = std::env::var("COURIER_BENCH_WRAP").unwrap_or_default();
+    let wrapper: Vec<&str> = wrap.split_whitespace().collect();
     let mut process = match worker {
         None => {
             let mut args = vec![bootstrap.as_str(), &queue, &group];
             if matches!(pipe, Pipe::Raw { contract: true }) {
                 args.push("--contract");
             }
-            Process::start("raw-kafka-pipe", "bench-raw-kafka", &args, &[])
+            Process::start_under(&wrapper, "raw-kafka-pipe", "bench-raw-kafka", &args, &[])
         }
         Some((ordering, delay, concurrency)) => {
             let concurrency = concurrency.to_string();
@@ -268,7 +271,7 @@ async fn run(broker: &mut Broker, name: &str, pipe: Pipe<'_>) -> Figures {
             if delay.is_some() {
                 env.push(("GREETER_LATENCY_MS", latency.as_str()));
             }
-            Process::start("greeter", &format!("bench-kafka-{ordering}-{concurrency}"), &args, &env)
+            Process::start_under(&wrapper, "greeter", &format!("bench-kafka-{ordering}-{concurrency}"), &args, &env)
         }
     };
     let pid = process.pid();
@@ -300,7 +303,8 @@ async fn run(broker: &mut Broker, name: &str, pipe: Pipe<'_>) -> Figures {
         cpu_per_10k: cpu / timed as f64 * 10_000.0,
         ..Figures::default()
     };
-    if worker.is_none_or(|(_, delay, _)| delay.is_none()) {
+    // Under a profiler (COURIER_BENCH_WRAP) only the requests published above are processed.
+    if worker.is_none_or(|(_, delay, _)| delay.is_none()) && wrapper.is_empty() {
         let mut latencies = latency_phase(&client, &reader, &queue, &replies, figures.rate / 2.0).await;
         figures.p50 = percentile(&mut latencies, 50.0);
         figures.p99 = percentile(&mut latencies, 99.0);

@@ -39,11 +39,23 @@ pub struct Process {
 impl Process {
     /// Start `binary` with `args`; output goes to `target/test-logs/<label>.log`.
     pub fn start(binary_name: &str, label: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_under(&[], binary_name, label, args, env)
+    }
+
+    /// [`Self::start`] under `wrapper` (a profiler's command line, say; none when empty).
+    pub fn start_under(wrapper: &[&str], binary_name: &str, label: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = binary(binary_name).parent().and_then(|p| p.parent()).expect("target dir").join("test-logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{label}.log"));
         let file = std::fs::File::create(&log).expect("log file");
-        let mut command = Command::new(binary(binary_name));
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary(binary_name));
+                command
+            }
+            None => Command::new(binary(binary_name)),
+        };
         command.args(args).stdin(Stdio::null()).stdout(file.try_clone().expect("log handle")).stderr(file);
         command.env("RUST_LOG", "info").env_remove("COURIER_BROKER");
         for (k, v) in env {

@@ -276,8 +276,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         invocations: u32,
     ) -> Settle {
         let reply_to = self.reply_to(meta);
-        let mut headers = reply_headers(meta, &self.settings.instance);
-        headers.insert(h::STATUS.into(), "ok".into());
+        let headers = reply_headers(meta, &self.settings.instance, "ok");
         let message = Message { payload: payload.into(), headers, key: request.key.clone() };
         match self.publish(reply_to, message, acker).await {
             Ok(()) => {
@@ -363,8 +362,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let text = truncate(&failure.message, h::MAX_ERROR_MESSAGE_BYTES);
         let body =
             serde_json::json!({ "error": { "kind": failure.kind.as_str(), "code": failure.code, "message": text } });
-        let mut headers = reply_headers(meta, &self.settings.instance);
-        headers.insert(h::STATUS.into(), "error".into());
+        let mut headers = reply_headers(meta, &self.settings.instance, "error");
         headers.insert(h::ERROR_CODE.into(), failure.code.clone());
         headers.insert(h::ERROR_MESSAGE.into(), text.to_owned());
         let message = Message { payload: Bytes::from(body.to_string()), headers, key: request.key.clone() };
@@ -450,9 +448,11 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     }
 }
 
-/// Headers every reply carries: correlation id, content type, trace context, a new id, who replied.
-fn reply_headers(meta: &RequestMeta, instance: &str) -> Headers {
+/// Headers every reply carries: status, correlation id, content type, trace context, a new
+/// id, who replied.
+fn reply_headers(meta: &RequestMeta, instance: &str, status: &'static str) -> Headers {
     let mut headers = Headers::new();
+    headers.insert(h::STATUS.into(), status.to_owned());
     headers.insert(h::REPLIED_BY.into(), instance.to_owned());
     headers.insert(h::CORRELATION_ID.into(), meta.correlation_id.clone());
     headers.insert(h::MESSAGE_ID.into(), uuid::Uuid::new_v4().to_string());
