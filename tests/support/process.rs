@@ -42,7 +42,9 @@ impl Process {
         Self::start_under(&[], binary_name, label, args, env)
     }
 
-    /// [`Self::start`] under `wrapper` (a profiler's command line, say; none when empty).
+    /// [`Self::start`] under `wrapper` (a profiler's command line, say; none when empty). The
+    /// wrapper must run the binary in its own process, as valgrind does: the pid measured and
+    /// signalled is the wrapper's.
     pub fn start_under(wrapper: &[&str], binary_name: &str, label: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = binary(binary_name).parent().and_then(|p| p.parent()).expect("target dir").join("test-logs");
         std::fs::create_dir_all(&dir).expect("log dir");

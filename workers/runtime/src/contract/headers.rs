@@ -306,6 +306,28 @@ mod tests {
     }
 
     #[test]
+    fn values_are_trimmed_and_blank_ones_are_absent() {
+        let meta = RequestMeta::parse(&headers(&[
+            (CORRELATION_ID, "   "),
+            (MESSAGE_ID, " m-2 "),
+            (REPLY_TO, "\t"),
+            (ATTEMPT, " 2 "),
+        ]))
+        .expect("valid");
+        assert_eq!(meta.correlation_id, "m-2", "a blank correlation id falls back to the message id");
+        assert_eq!(meta.message_id.as_deref(), Some("m-2"));
+        assert_eq!(meta.reply_to, None);
+        assert_eq!(meta.attempt, 2);
+    }
+
+    #[test]
+    fn the_first_bad_header_in_contract_order_is_reported() {
+        let err = RequestMeta::parse(&headers(&[(ATTEMPT, "x"), (CONTENT_TYPE, "text/xml"), (DEADLINE, "soon")]))
+            .expect_err("bad");
+        assert_eq!(err.name, CONTENT_TYPE);
+    }
+
+    #[test]
     fn bad_values_are_errors_not_panics() {
         let cases = [
             (ATTEMPT, "0"),
