@@ -451,7 +451,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
 /// Headers every reply carries: status, correlation id, content type, trace context, a new
 /// id, who replied.
 fn reply_headers(meta: &RequestMeta, instance: &str, status: &'static str) -> Headers {
-    let mut headers = Headers::new();
+    // Room for an error reply's two more.
+    let mut headers = Headers::with_capacity(8);
     headers.insert(h::STATUS.into(), status.to_owned());
     headers.insert(h::REPLIED_BY.into(), instance.to_owned());
     headers.insert(h::CORRELATION_ID.into(), meta.correlation_id.clone());

@@ -235,7 +235,7 @@ impl<Hn: Harness> Run<Hn> {
 
     async fn send(&self, payload: impl Into<bytes::Bytes>, extra: &[(&str, &str)]) -> String {
         let mut message = request(payload, extra);
-        message.headers.entry(h::REPLY_TO.into()).or_insert_with(|| self.settings.replies.clone());
+        message.headers.get_or_insert_with(h::REPLY_TO.into(), || self.settings.replies.clone());
         let transport = self.harness.transport().await;
         transport.publish(&self.settings.queue, &message).await.expect("publish request");
         message.headers.get(h::MESSAGE_ID).cloned().unwrap_or_default()

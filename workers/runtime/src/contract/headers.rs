@@ -1,14 +1,10 @@
 //! Every header name of the wire contract, and the typed view of a request's headers.
 
-use std::time::SystemTime;
-use std::{borrow::Cow, collections::BTreeMap};
+use std::{borrow::Cow, time::SystemTime};
 
 use crate::contract::timestamp;
 
-/// Message headers: names to UTF-8 values. Values that are not text on the wire are
-/// converted by the transport (never a panic). Names are usually the contract's constants
-/// (borrowed, see [`name`]), so building and copying headers allocates only the values.
-pub type Headers = BTreeMap<Cow<'static, str>, String>;
+pub use super::header_map::Headers;
 
 /// Unique id of this message (a UUID is a good choice). Also AMQP `message_id`.
 pub const MESSAGE_ID: &str = "courier-message-id";

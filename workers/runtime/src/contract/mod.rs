@@ -3,6 +3,7 @@
 //! equal by tests.
 
 pub mod failure;
+pub mod header_map;
 pub mod headers;
 pub mod naming;
 pub mod timestamp;

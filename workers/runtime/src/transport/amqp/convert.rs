@@ -74,7 +74,7 @@ pub fn headers(props: &BasicProperties) -> Headers {
     }
     let mut fill = |name: &'static str, value: &Option<ShortString>| {
         if let Some(value) = value {
-            headers.entry(name.into()).or_insert_with(|| value.as_str().to_owned());
+            headers.get_or_insert_with(name.into(), || value.as_str().to_owned());
         }
     };
     fill(h::MESSAGE_ID, props.message_id());

@@ -10,8 +10,9 @@ use crate::{contract::headers::Headers, transport::Message};
 
 /// The message a received record carries.
 pub fn to_message(record: &BorrowedMessage<'_>) -> Message {
-    let mut headers = Headers::new();
-    if let Some(list) = record.headers() {
+    let list = record.headers();
+    let mut headers = Headers::with_capacity(list.map_or(0, |list| list.count()));
+    if let Some(list) = list {
         for header in list.iter() {
             let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
             headers.insert(crate::contract::headers::name(header.key), value);

@@ -4,11 +4,12 @@
 //! while too much is buffered.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use rdkafka::{
     Message as _, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},

@@ -12,7 +12,7 @@ mod dispatch;
 pub mod offsets;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
@@ -72,7 +72,7 @@ struct Shared {
     /// Idempotent, `acks=all`.
     producer: FutureProducer,
     /// Topics known to exist (publishing elsewhere is reported unroutable).
-    known_topics: RwLock<HashSet<String>>,
+    known_topics: RwLock<foldhash::HashSet<String>>,
     /// Held while a topic is looked up, so that a burst of publishes to a topic not yet
     /// known (every handler's first reply at start-up) asks the cluster once instead of
     /// once per message, each on a blocking thread of its own.
@@ -110,7 +110,7 @@ impl KafkaTransport {
             shared: Arc::new(Shared {
                 config,
                 producer,
-                known_topics: RwLock::new(HashSet::new()),
+                known_topics: RwLock::default(),
                 lookup: tokio::sync::Mutex::new(()),
                 consumer: Mutex::new(None),
                 reachable: std::sync::atomic::AtomicBool::new(true),
@@ -380,12 +380,13 @@ impl KafkaTransport {
 }
 
 /// Per-partition offset tracking, shared by the dispatcher, the ackers and the
-/// rebalance callbacks. Each assignment of a partition gets a new epoch, so work from
+/// rebalance callbacks (hashed with foldhash: it is looked up twice per record, and the
+/// standard SipHash of a topic name cost more than the rest of the lookup). Each assignment of a partition gets a new epoch, so work from
 /// before a revocation never stores offsets for the new assignment.
 #[derive(Debug, Default)]
 pub(crate) struct Tracking {
     /// (topic, partition) → (epoch, offsets in flight).
-    pub(crate) partitions: std::collections::HashMap<(Arc<str>, i32), (u64, offsets::PartitionOffsets)>,
+    pub(crate) partitions: foldhash::HashMap<(Arc<str>, i32), (u64, offsets::PartitionOffsets)>,
     /// Last epoch handed out.
     pub(crate) epoch: u64,
 }

@@ -1,0 +1,192 @@
+//! [`Headers`]: a message's headers, names to UTF-8 values.
+//!
+//! A message carries a handful of headers, so they are a vector sorted by name rather
+//! than a tree: building, copying and dropping one costs an allocation per value and one
+//! for the vector, not a tree's nodes (a worker builds two per message).
+
+use std::{borrow::Cow, fmt, ops::Index};
+
+/// Message headers: one value per name, iterated in name order. Values that are not text
+/// on the wire are converted by the transport (never a panic). Names are usually the
+/// contract's constants (borrowed, see [`super::headers::name`]), so building and copying
+/// headers allocates only the values.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    /// Sorted by name, names unique.
+    entries: Vec<(Cow<'static, str>, String)>,
+}
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// No headers, with room for `capacity` without reallocating.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self { entries: Vec::with_capacity(capacity) }
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(known, _)| known.as_ref().cmp(name))
+    }
+
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.find(name).ok().map(|at| &self.entries[at].1)
+    }
+
+    /// Whether `name` is present.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    /// Set `name` to `value`; returns the value it replaces.
+    pub fn insert(&mut self, name: Cow<'static, str>, value: String) -> Option<String> {
+        match self.find(&name) {
+            Ok(at) => Some(std::mem::replace(&mut self.entries[at].1, value)),
+            Err(at) => {
+                self.entries.insert(at, (name, value));
+                None
+            }
+        }
+    }
+
+    /// Remove `name`; returns its value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        self.find(name).ok().map(|at| self.entries.remove(at).1)
+    }
+
+    /// The value of `name`, set to `value()` first when absent.
+    pub fn get_or_insert_with(&mut self, name: Cow<'static, str>, value: impl FnOnce() -> String) -> &mut String {
+        let at = match self.find(&name) {
+            Ok(at) => at,
+            Err(at) => {
+                self.entries.insert(at, (name, value()));
+                at
+            }
+        };
+        &mut self.entries[at].1
+    }
+
+    /// Names, in order.
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &Cow<'static, str>> {
+        self.entries.iter().map(|(name, _)| name)
+    }
+
+    /// Names and values, in name order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&Cow<'static, str>, &String)> {
+        self.entries.iter().map(|(name, value)| (name, value))
+    }
+}
+
+impl Index<&str> for Headers {
+    type Output = String;
+
+    /// The value of `name`; panics when absent (as a map's index does).
+    fn index(&self, name: &str) -> &String {
+        self.get(name).unwrap_or_else(|| panic!("no header {name:?}"))
+    }
+}
+
+/// Later values of a repeated name replace earlier ones.
+impl FromIterator<(Cow<'static, str>, String)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (Cow<'static, str>, String)>>(iter: I) -> Self {
+        let iter = iter.into_iter();
+        let mut headers = Self::with_capacity(iter.size_hint().0);
+        for (name, value) in iter {
+            headers.insert(name, value);
+        }
+        headers
+    }
+}
+
+impl<const N: usize> From<[(Cow<'static, str>, String); N]> for Headers {
+    fn from(pairs: [(Cow<'static, str>, String); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl IntoIterator for Headers {
+    type Item = (Cow<'static, str>, String);
+    type IntoIter = std::vec::IntoIter<(Cow<'static, str>, String)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+impl<'h> IntoIterator for &'h Headers {
+    type Item = (&'h Cow<'static, str>, &'h String);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'h, (Cow<'static, str>, String)>,
+        fn(&'h (Cow<'static, str>, String)) -> (&'h Cow<'static, str>, &'h String),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter().map(|(name, value)| (name, value))
+    }
+}
+
+/// A JSON object (the DLQ report shows headers so).
+impl serde::Serialize for Headers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> Headers {
+        pairs.iter().map(|(k, v)| (Cow::Borrowed(*k), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn names_are_unique_and_iterated_in_order() {
+        let mut h = headers(&[("b", "1"), ("a", "2"), ("c", "3"), ("a", "4")]);
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(), ["a=4", "b=1", "c=3"]);
+        assert_eq!(h.insert("b".into(), "5".into()), Some("1".into()));
+        assert_eq!(h.insert("0".into(), "6".into()), None);
+        assert_eq!(h["b"], "5");
+        assert_eq!(h.iter().map(|(k, _)| k.as_ref()).collect::<Vec<_>>(), ["0", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn lookups_and_removal() {
+        let mut h = headers(&[("x", "1"), ("y", "2")]);
+        assert_eq!(h.get("y").map(String::as_str), Some("2"));
+        assert_eq!(h.get("z"), None);
+        assert!(h.contains_key("x"));
+        assert_eq!(h.remove("x"), Some("1".into()));
+        assert_eq!(h.remove("x"), None);
+        assert!(!h.contains_key("x"));
+        assert_eq!(h.get_or_insert_with("y".into(), || "3".into()), "2");
+        assert_eq!(h.get_or_insert_with("w".into(), || "4".into()), "4");
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn equality_does_not_depend_on_insertion_order() {
+        assert_eq!(headers(&[("a", "1"), ("b", "2")]), headers(&[("b", "2"), ("a", "1")]));
+        assert_ne!(headers(&[("a", "1")]), headers(&[("a", "2")]));
+    }
+}
