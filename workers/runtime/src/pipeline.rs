@@ -449,15 +449,15 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
 }
 
 /// Headers every reply carries: status, correlation id, content type, trace context, a new
-/// id, who replied.
+/// id, who replied. Inserted in name order, so each insert appends.
 fn reply_headers(meta: &RequestMeta, instance: &str, status: &'static str) -> Headers {
     // Room for an error reply's two more.
     let mut headers = Headers::with_capacity(8);
-    headers.insert(h::STATUS.into(), status.to_owned());
-    headers.insert(h::REPLIED_BY.into(), instance.to_owned());
+    headers.insert(h::CONTENT_TYPE.into(), h::JSON.into());
     headers.insert(h::CORRELATION_ID.into(), meta.correlation_id.clone());
     headers.insert(h::MESSAGE_ID.into(), uuid::Uuid::new_v4().to_string());
-    headers.insert(h::CONTENT_TYPE.into(), h::JSON.into());
+    headers.insert(h::REPLIED_BY.into(), instance.to_owned());
+    headers.insert(h::STATUS.into(), status.to_owned());
     if let Some(traceparent) = &meta.traceparent {
         headers.insert(h::TRACEPARENT.into(), traceparent.clone());
     }

@@ -53,6 +53,11 @@ impl Headers {
 
     /// Set `name` to `value`; returns the value it replaces.
     pub fn insert(&mut self, name: Cow<'static, str>, value: String) -> Option<String> {
+        // Headers built in name order (a reply's) append without a search.
+        if self.entries.last().is_none_or(|(last, _)| last.as_ref() < name.as_ref()) {
+            self.entries.push((name, value));
+            return None;
+        }
         match self.find(&name) {
             Ok(at) => Some(std::mem::replace(&mut self.entries[at].1, value)),
             Err(at) => {

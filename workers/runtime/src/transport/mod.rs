@@ -145,6 +145,14 @@ impl<A> Subscription<A> {
         Self { stream: Box::pin(stream) }
     }
 
+    /// A subscription reading a channel a transport's own task fills.
+    pub fn from_channel(mut receiver: tokio::sync::mpsc::Receiver<Delivery<A>>) -> Self
+    where
+        A: Send + 'static,
+    {
+        Self::new(futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)))
+    }
+
     /// The next delivery; `None` once the transport has stopped for good.
     pub async fn next(&mut self) -> Option<Delivery<A>> {
         self.stream.next().await

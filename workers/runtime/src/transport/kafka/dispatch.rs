@@ -112,9 +112,7 @@ pub(super) fn start(
         sequence: 0,
     };
     tokio::spawn(dispatcher.run());
-    Subscription::new(futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|delivery| (delivery, receiver))
-    }))
+    Subscription::from_channel(receiver)
 }
 
 struct Dispatcher {
