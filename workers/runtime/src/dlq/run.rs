@@ -191,7 +191,7 @@ pub fn decide(operation: &Operation, record: &Message) -> Result<(Action, Option
             let destination = naming::work_queue_of(source).to_owned();
             let mut headers = record.headers.clone();
             for name in h::FAILURE_HEADERS.iter().chain([&h::ATTEMPT]) {
-                headers.remove(*name);
+                headers.remove(name);
             }
             headers.insert(h::REPLAY_COUNT.into(), (replays + 1).to_string());
             let replay = Message { payload: record.payload.clone(), headers, key: record.key.clone() };
@@ -298,7 +298,7 @@ mod tests {
         assert_eq!(to, "q");
         assert_eq!(message.headers.get(h::REPLAY_COUNT).map(String::as_str), Some("1"));
         assert_eq!(message.headers.get(h::CORRELATION_ID).map(String::as_str), Some("c-1"));
-        assert!(h::FAILURE_HEADERS.iter().chain([&h::ATTEMPT]).all(|name| !message.headers.contains_key(*name)));
+        assert!(h::FAILURE_HEADERS.iter().chain([&h::ATTEMPT]).all(|name| !message.headers.contains_key(name)));
         assert_eq!(message.key.as_deref(), Some("k"));
     }
 
