@@ -12,7 +12,9 @@ use std::{
 };
 
 use courier_tests::{
-    measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_median_ratio, print_round, print_table},
+    measure::{
+        Figures, GREETER_MIMALLOC, cpu_seconds, peak_rss_mib, percentile, print_median_ratio, print_round, print_table,
+    },
     process::Process,
     rabbitmq::{RawClient, cleanup, names, url},
 };
@@ -69,7 +71,10 @@ async fn run(name: &str, binary: &str) -> Figures {
     } else {
         vec![&url, &queue, PREFETCH]
     };
-    let mut process = Process::start(binary, &format!("bench-{binary}"), &args, &[("RUST_LOG", "warn")]);
+    // The greeter as the image runs it (the Dockerfile's ENV, see there).
+    let env: &[(&str, &str)] =
+        if binary == "greeter" { &[("RUST_LOG", "warn"), GREETER_MIMALLOC] } else { &[("RUST_LOG", "warn")] };
+    let mut process = Process::start(binary, &format!("bench-{binary}"), &args, env);
     let pid = process.pid();
 
     // Throughput: the backlog is drained; time from the first reply to the last.
