@@ -42,12 +42,6 @@ COPY --from=builder /out/greeter /out/courier /out/gateway /usr/local/bin/
 # Fail the build, not the first start, when a shared library is missing.
 RUN ! ldd /usr/local/bin/greeter /usr/local/bin/courier /usr/local/bin/gateway | grep "not found"
 
-# mimalloc (the greeter's allocator) keeps memory it freed instead of returning it to the OS
-# after a second: under load, memory returned and taken again came back as fresh pages the
-# kernel zeroes, and the Kafka worker spent about a fifth more CPU per message (README,
-# Benchmarks). RSS stays at its peak instead of shrinking when idle.
-ENV MIMALLOC_PURGE_DELAY=-1
-
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 

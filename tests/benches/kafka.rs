@@ -14,9 +14,7 @@ use std::{
 use courier::transport::kafka::{KafkaTransport, Ordering};
 use courier_tests::{
     kafka::{KafkaClient, MockKafkaProcess, config, reader},
-    measure::{
-        Figures, GREETER_MIMALLOC, cpu_seconds, peak_rss_mib, percentile, print_median_ratio, print_round, print_table,
-    },
+    measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_median_ratio, print_round, print_table},
     process::Process,
 };
 use rdkafka::{Message as _, consumer::StreamConsumer, message::Headers as _};
@@ -269,8 +267,7 @@ async fn run(broker: &mut Broker, name: &str, pipe: Pipe<'_>) -> Figures {
                 args.extend(["--kafka-property", "linger.ms=0"]);
             }
             let latency = delay.map(|d| d.as_millis().to_string()).unwrap_or_default();
-            // As the image runs it (the Dockerfile's ENV, see there).
-            let mut env = vec![("RUST_LOG", "warn"), GREETER_MIMALLOC];
+            let mut env = vec![("RUST_LOG", "warn")];
             if delay.is_some() {
                 env.push(("GREETER_LATENCY_MS", latency.as_str()));
             }

@@ -12,9 +12,7 @@ use std::{
 };
 
 use courier_tests::{
-    measure::{
-        Figures, GREETER_MIMALLOC, cpu_seconds, peak_rss_mib, percentile, print_median_ratio, print_round, print_table,
-    },
+    measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_median_ratio, print_round, print_table},
     process::Process,
     rabbitmq::{RawClient, cleanup, names, url},
 };
@@ -71,10 +69,7 @@ async fn run(name: &str, binary: &str) -> Figures {
     } else {
         vec![&url, &queue, PREFETCH]
     };
-    // The greeter as the image runs it (the Dockerfile's ENV, see there).
-    let env: &[(&str, &str)] =
-        if binary == "greeter" { &[("RUST_LOG", "warn"), GREETER_MIMALLOC] } else { &[("RUST_LOG", "warn")] };
-    let mut process = Process::start(binary, &format!("bench-{binary}"), &args, env);
+    let mut process = Process::start(binary, &format!("bench-{binary}"), &args, &[("RUST_LOG", "warn")]);
     let pid = process.pid();
 
     // Throughput: the backlog is drained; time from the first reply to the last.

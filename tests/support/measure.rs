@@ -121,9 +121,3 @@ pub fn print_table(title: &str, rows: &[Figures]) {
         );
     }
 }
-
-/// The allocator setting the image gives the greeter (`ENV` in the Dockerfile): mimalloc
-/// keeps freed memory instead of returning it to the OS after a second. Returned and
-/// taken again under load, pages came back zeroed by the kernel, and the Kafka no-op
-/// worker spent about a fifth more CPU per message.
-pub const GREETER_MIMALLOC: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "-1");

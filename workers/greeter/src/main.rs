@@ -2,8 +2,7 @@
 //! dev console on the embedded in-memory broker.
 
 /// mimalloc: the pipeline allocates a few small strings per message, and glibc's
-/// malloc was a third of the worker's CPU time under load. The image sets
-/// `MIMALLOC_PURGE_DELAY=-1` (see the Dockerfile).
+/// malloc was a third of the worker's CPU time under load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
