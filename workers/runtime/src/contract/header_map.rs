@@ -91,7 +91,7 @@ impl Headers {
 
     /// Names and values, in name order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&Cow<'static, str>, &String)> {
-        self.entries.iter().map(|(name, value)| (name, value))
+        self.into_iter()
     }
 }
 
@@ -113,12 +113,6 @@ impl FromIterator<(Cow<'static, str>, String)> for Headers {
             headers.insert(name, value);
         }
         headers
-    }
-}
-
-impl<const N: usize> From<[(Cow<'static, str>, String); N]> for Headers {
-    fn from(pairs: [(Cow<'static, str>, String); N]) -> Self {
-        pairs.into_iter().collect()
     }
 }
 
