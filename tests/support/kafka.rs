@@ -110,6 +110,7 @@ pub fn config(bootstrap: &str, ordering: Ordering) -> KafkaConfig {
         ordering,
         partitions: 2,
         replication: 1,
+        max_message_bytes: KafkaConfig::max_message_bytes_for(1_048_576),
         properties: vec![("fetch.wait.max.ms".into(), "10".into())],
     }
 }
@@ -211,6 +212,11 @@ impl Harness for KafkaHarness {
 
     fn can_refuse(&self) -> bool {
         self.cluster.is_some()
+    }
+
+    /// The mock cluster fails every produce or none, and topics cannot be deleted.
+    fn refuses_one_destination(&self) -> bool {
+        false
     }
 
     async fn declare_refusing(&self, name: &str) {

@@ -14,7 +14,7 @@ use courier::{
 use lapin::{
     Channel,
     options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions, QueuePurgeOptions},
-    types::{AMQPValue, FieldTable, LongString},
+    types::FieldTable,
 };
 
 /// The broker the tests use: `COURIER_TEST_AMQP_URL`, else the local RabbitMQ.
@@ -27,13 +27,15 @@ pub fn url() -> String {
 pub struct RabbitHarness {
     /// The transport under test (and the raw channel source for the harness's own work).
     pub transport: AmqpTransport,
+    /// Queues this harness made refuse publishes (by a policy, cleared on delete).
+    refusing: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl RabbitHarness {
     /// Connect to the test broker.
     pub async fn new() -> Self {
         let transport = AmqpTransport::connect(&url(), "courier contract suite").await.expect("RabbitMQ is running");
-        Self { transport }
+        Self { transport, refusing: Default::default() }
     }
 
     async fn channel(&self) -> Channel {
@@ -53,18 +55,33 @@ impl Harness for RabbitHarness {
         self.transport.declare(topology).await.expect("declare topology");
     }
 
+    /// A policy caps the queue at one message with `reject-publish` (a policy, not queue
+    /// arguments, so a queue the worker declares itself, its dead-letter queue say, can
+    /// refuse too), and a filler takes that one place: the broker nacks every publish.
     async fn declare_refusing(&self, name: &str) {
-        // A full queue with room for one refuses publishes (basic.nack).
-        let mut args = FieldTable::default();
-        args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
-        args.insert("x-overflow".into(), AMQPValue::LongString(LongString::from(&b"reject-publish"[..])));
-        topology::declare_queue(&self.channel().await, name, args).await.expect("declare queue");
+        if !self.transport.queue_exists(name).await.expect("passive declare") {
+            topology::declare_queue(&self.channel().await, name, FieldTable::default()).await.expect("declare queue");
+        }
+        let pattern = format!("^{}$", name.replace('.', "\\."));
+        rabbitmqctl(&["set_policy", "--apply-to", "queues", &policy(name), &pattern, REFUSING]);
+        self.refusing.lock().expect("refusing").push(name.to_owned());
         let filler = Message { payload: "filler".into(), ..Message::default() };
-        self.transport.publish(name, &filler).await.expect("fill the capped queue");
+        for _ in 0..100 {
+            if let Err(courier::transport::PublishError::Rejected { .. }) = self.transport.publish(name, &filler).await
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("RabbitMQ did not apply the refusing policy to {name}");
     }
 
+    /// Purge first (the queue's one place is then free for the next publish), then lift
+    /// the cap.
     async fn accept_publishes(&self, name: &str) {
         self.channel().await.queue_purge(name.into(), QueuePurgeOptions::default()).await.expect("purge");
+        rabbitmqctl(&["clear_policy", &policy(name)]);
+        self.refusing.lock().expect("refusing").retain(|q| q != name);
     }
 
     async fn receive(&self, queue: &str, timeout: Duration) -> Option<Message> {
@@ -90,7 +107,30 @@ impl Harness for RabbitHarness {
         for queue in queues {
             let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
         }
+        let lifted: Vec<String> = {
+            let mut refusing = self.refusing.lock().expect("refusing");
+            let (lifted, kept) = refusing.drain(..).partition(|q| queues.contains(q));
+            *refusing = kept;
+            lifted
+        };
+        for queue in lifted {
+            rabbitmqctl(&["clear_policy", &policy(&queue)]);
+        }
     }
+}
+
+/// The policy definition that makes a queue refuse publishes once it holds one message.
+const REFUSING: &str = r#"{"max-length":1,"overflow":"reject-publish"}"#;
+
+/// The name of the refusing policy of `queue`.
+fn policy(queue: &str) -> String {
+    format!("courier-test-refuse-{queue}")
+}
+
+/// Run `rabbitmqctl` (policies have no AMQP method); panics when it fails.
+fn rabbitmqctl(args: &[&str]) {
+    let output = std::process::Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// A plain lapin client, as a producer in another language would use the broker.

@@ -68,6 +68,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "COURIER_RETRY_DELAYS", default_value = "5s,30s,5m", value_delimiter = ',', value_parser = parse_delay)]
     pub retry_delays: Vec<Option<Duration>>,
 
+    /// How often a request may go back to the broker because the broker refused its output
+    /// (reply, retry copy, dead-letter copy); one more refusal dead-letters it as
+    /// `undeliverable`. Broker outages do not count.
+    #[arg(long, env = "COURIER_MAX_REDELIVERIES", default_value_t = 5)]
+    pub max_redeliveries: u32,
+
     /// On shutdown, how long in-flight messages may take before they are returned to the broker.
     #[arg(long, env = "COURIER_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -180,6 +186,8 @@ pub struct Settings {
     pub max_payload_bytes: usize,
     /// In-process and delayed retries.
     pub retry: RetryPolicy,
+    /// Requeues allowed per message after its output was refused.
+    pub max_redeliveries: u32,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Quorum work queue (RabbitMQ).
@@ -228,6 +236,9 @@ impl WorkerArgs {
                     ordering: self.ordering,
                     partitions: self.partitions,
                     replication: self.replication,
+                    max_message_bytes: crate::transport::kafka::KafkaConfig::max_message_bytes_for(
+                        self.max_payload_bytes,
+                    ),
                     properties: self.kafka_properties.clone(),
                 })
             }
@@ -283,6 +294,7 @@ impl WorkerArgs {
             handler_timeout: self.handler_timeout,
             max_payload_bytes: self.max_payload_bytes,
             retry,
+            max_redeliveries: self.max_redeliveries,
             shutdown_grace: self.shutdown_grace,
             quorum: self.quorum,
             http_addr: self.http_addr,

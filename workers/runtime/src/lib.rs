@@ -14,6 +14,7 @@ pub mod dlq;
 pub mod handler;
 pub mod observe;
 pub mod pipeline;
+pub mod redelivery;
 pub mod retry;
 pub mod schema;
 pub mod shutdown;

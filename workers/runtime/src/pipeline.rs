@@ -6,7 +6,12 @@
 //!   → ok:        publish reply ──────────────── confirmed → ack
 //!   → transient: publish to the next retry tier ─ confirmed → ack   (no tier left: dead-letter)
 //!   → otherwise: publish dead-letter copy ───── confirmed → ack, then an error reply
-//! any publish not confirmed → nack: the broker delivers the message again
+//! an output the broker refuses for good (no such destination, invalid name, too large)
+//!   → its fallback at once: reply → dead-letter copy; retry → dead-letter copy;
+//!     dead-letter copy → the same without its payload → the parking queue
+//! an output not confirmed (broker down, or it refused) → nack after a pause: the broker
+//!   delivers the message again; after --max-redeliveries refusals → dead-lettered as
+//!   `undeliverable` (`redelivery.rs`)
 //! ```
 //!
 //! Nothing is acked before its output is confirmed by the broker, so a crash at any
@@ -32,6 +37,7 @@ use crate::{
     },
     handler::{Context, Handler, HandlerError},
     observe::{Metrics, otlp},
+    redelivery::{self, Next, Redeliveries},
     schema::{Refusal, RequestSchema},
     transport::{Acker, Delivery, Message, PublishError, Source, Topology, Transport},
 };
@@ -72,12 +78,40 @@ struct Held<A> {
 }
 
 /// How a delivery is settled once processing ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Settle {
     /// Its output is confirmed: remove it from the broker.
     Ack,
     /// Not finished: the broker delivers it again.
-    Requeue,
+    Requeue(Unsettled),
+}
+
+/// Which output was not confirmed, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Unsettled {
+    /// The output that failed.
+    output: Output,
+    /// The broker's answer.
+    error: PublishError,
+}
+
+/// A delivery's outputs, for logs and failure codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Reply,
+    Retry,
+    DeadLetter,
+}
+
+impl Output {
+    /// The failure code of a message dead-lettered because this output kept being refused.
+    fn refused_code(self) -> &'static str {
+        match self {
+            Self::Reply => "reply_refused",
+            Self::Retry => "retry_refused",
+            Self::DeadLetter => "dead_letter_refused",
+        }
+    }
 }
 
 /// Why a message did not produce an ok reply.
@@ -117,12 +151,15 @@ pub(crate) struct Pipeline<H, T> {
     topology: Topology,
     /// Counters and timings.
     metrics: Metrics,
+    /// Refusals per message, so an output refused for good cannot loop forever.
+    redeliveries: std::sync::Mutex<Redeliveries>,
 }
 
 impl<H: Handler, T: Transport> Pipeline<H, T> {
     pub(crate) fn new(handler: H, transport: T, schema: RequestSchema, settings: Settings, metrics: Metrics) -> Self {
         let topology = settings.topology();
-        Self { handler, transport, schema, settings, topology, metrics }
+        let redeliveries = std::sync::Mutex::new(Redeliveries::new(settings.max_redeliveries));
+        Self { handler, transport, schema, settings, topology, metrics, redeliveries }
     }
 
     /// Process one delivery and settle it. If the task is aborted (shutdown grace period
@@ -140,35 +177,79 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             trace_id = tracing::field::Empty,
         );
         async {
-            let settle = self.process(&message, &source, &mut held).await;
-            let result = match settle {
-                Settle::Ack => held.acker.ack().await,
-                Settle::Requeue => held.acker.nack().await,
+            let ack = match self.process(&message, &source, &mut held).await {
+                Settle::Ack => {
+                    self.redeliveries.lock().unwrap_or_else(|p| p.into_inner()).settled(identity(&message, &source));
+                    true
+                }
+                Settle::Requeue(unsettled) => self.unsettled(&mut held, &message, &source, unsettled).await,
             };
+            let result = if ack { held.acker.ack().await } else { held.acker.nack().await };
             if let Err(error) = result {
                 // The broker will deliver it again; the output may then be duplicated.
-                warn!(%error, ?settle, "Could not settle the delivery.");
+                warn!(%error, ack, "Could not settle the delivery.");
             }
         }
         .instrument(span)
         .await;
     }
 
+    /// An output was not confirmed: requeue after a pause, or, past the message's limit of
+    /// refusals, dead-letter it as `undeliverable` (or park it when the dead-letter queue
+    /// is what refuses). Returns whether to ack.
+    async fn unsettled(
+        &self,
+        held: &mut Held<T::Acker>,
+        message: &Message,
+        source: &Source,
+        Unsettled { output, error }: Unsettled,
+    ) -> bool {
+        let next = if error.counts_against_the_message() {
+            self.redeliveries.lock().unwrap_or_else(|p| p.into_inner()).refused(identity(message, source))
+        } else {
+            Next::Requeue { after: redelivery::OUTAGE_DELAY, round: 0 }
+        };
+        let rounds = match next {
+            Next::Requeue { after, round } => {
+                self.metrics.requeued(error.reason());
+                warn!(%error, ?output, round, ?after, "Output not confirmed; the request goes back to the broker.");
+                tokio::time::sleep(after).await;
+                return false;
+            }
+            Next::GiveUp { rounds } => rounds,
+        };
+        let (meta, _) = RequestMeta::parse(&message.headers);
+        let why = format!("the broker refused the {output:?} {rounds} times; the last time: {error}");
+        let failure = Failure::new(FailureKind::Undeliverable, output.refused_code(), why);
+        let settle = match output {
+            Output::Reply | Output::Retry => self.dead_letter(held, message, source, &meta, failure, 0).await,
+            Output::DeadLetter => {
+                let record = self.dead_letter_record(message, source, &meta, &failure, 0);
+                self.park(held, message, &meta, &failure, record, error).await
+            }
+        };
+        if let Settle::Requeue(Unsettled { error, .. }) = settle {
+            // Every destination refuses: the broker's configuration needs a person.
+            self.metrics.requeued(error.reason());
+            tracing::error!(%error, "Neither the dead-letter nor the parking queue takes the message; it goes back to the broker.");
+            tokio::time::sleep(redelivery::MAX_DELAY).await;
+            return false;
+        }
+        true
+    }
+
     async fn process(&self, message: &Message, source: &Source, acker: &mut Held<T::Acker>) -> Settle {
+        let (mut meta, bad) = RequestMeta::parse(&message.headers);
         if message.payload.len() > self.settings.max_payload_bytes {
             let why =
                 format!("payload is {} bytes, the limit is {}", message.payload.len(), self.settings.max_payload_bytes);
             let failure = Failure::new(FailureKind::TooLarge, "payload_too_large", why);
-            let meta = RequestMeta::parse(&message.headers).unwrap_or_default();
             return self.dead_letter(acker, message, source, &meta, failure, 0).await;
         }
-        let mut meta = match RequestMeta::parse(&message.headers) {
-            Ok(meta) => meta,
-            Err(bad) => {
-                let failure = Failure::new(FailureKind::Decode, "bad_header", bad.to_string());
-                return self.dead_letter(acker, message, source, &RequestMeta::default(), failure, 0).await;
-            }
-        };
+        if let Some(bad) = bad {
+            let failure = Failure::new(FailureKind::Decode, "bad_header", bad.to_string());
+            return self.dead_letter(acker, message, source, &meta, failure, 0).await;
+        }
         // Outputs continue the request's trace with this delivery as their parent.
         let span = tracing::Span::current();
         let traceparent = otlp::continue_trace(&span, &message.headers, meta.traceparent.as_deref());
@@ -191,6 +272,11 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         if !self.settings.reply_allowed(reply_to) {
             let why = format!("reply-to {reply_to:?} is not in the allowlist {:?}", self.settings.reply_allow);
             let failure = Failure::new(FailureKind::Unroutable, "reply_not_allowed", why);
+            return self.dead_letter(acker, message, source, &meta, failure, 0).await;
+        }
+        if let Some(reason) = self.transport.name_problem(reply_to) {
+            let why = format!("reply-to {:?} is not a valid name: {reason}", truncate(reply_to, 64));
+            let failure = Failure::new(FailureKind::Unroutable, "reply_to_invalid", why);
             return self.dead_letter(acker, message, source, &meta, failure, 0).await;
         }
         let request = match self.schema.decode::<H::Request>(&message.payload) {
@@ -242,7 +328,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let mut invocations = 0;
         loop {
             invocations += 1;
-            context.invocation += 1;
+            context.invocation = context.invocation.saturating_add(1);
             let limit = self.settings.handler_timeout;
             let call = AssertUnwindSafe(self.handler.handle(request.clone(), &context)).catch_unwind();
             let started = std::time::Instant::now();
@@ -278,25 +364,27 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let reply_to = self.reply_to(meta);
         let headers = reply_headers(meta, &self.settings.instance, "ok");
         let message = Message { payload: payload.into(), headers, key: request.key.clone() };
-        match self.publish(reply_to, message, acker).await {
+        let error = match self.publish(reply_to, message, acker).await {
             Ok(()) => {
                 debug!(reply_to, "Replied.");
                 self.metrics.succeeded();
-                Settle::Ack
+                return Settle::Ack;
             }
-            Err(PublishError::Unroutable(_)) => {
-                let failure = Failure::new(
-                    FailureKind::Unroutable,
-                    "reply_unroutable",
-                    format!("no queue or topic named {reply_to:?}"),
-                );
-                self.dead_letter(acker, request, source, meta, failure, invocations).await
+            Err(error) if error.is_transient() => return Settle::Requeue(Unsettled { output: Output::Reply, error }),
+            Err(error) => error,
+        };
+        let failure = match &error {
+            PublishError::TooLarge { .. } => Failure::new(FailureKind::Permanent, "reply_too_large", error.to_string()),
+            PublishError::InvalidName { .. } => {
+                Failure::new(FailureKind::Unroutable, "reply_to_invalid", error.to_string())
             }
-            Err(error) => {
-                warn!(%error, reply_to, "Reply not confirmed; the request will be delivered again.");
-                Settle::Requeue
-            }
-        }
+            _ => Failure::new(
+                FailureKind::Unroutable,
+                "reply_unroutable",
+                format!("no queue or topic named {reply_to:?}"),
+            ),
+        };
+        self.dead_letter(acker, request, source, meta, failure, invocations).await
     }
 
     /// Hand the message to the next delayed-retry tier, or dead-letter it when none is left.
@@ -313,7 +401,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             return self.dead_letter(acker, message, source, meta, failure, invocations).await;
         };
         let mut headers = self.failure_headers(message, source, meta, &failure, invocations);
-        headers.insert(h::ATTEMPT.into(), (meta.attempt + 1).to_string());
+        headers.insert(h::ATTEMPT.into(), meta.attempt.saturating_add(1).to_string());
         let retry = Message { payload: message.payload.clone(), headers, key: message.key.clone() };
         match self.publish(&tier.name, retry, acker).await {
             Ok(()) => {
@@ -322,14 +410,19 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
                 self.metrics.retried(&tier.name);
                 Settle::Ack
             }
+            Err(error) if error.is_transient() => Settle::Requeue(Unsettled { output: Output::Retry, error }),
             Err(error) => {
-                warn!(%error, tier = %tier.name, "Retry hand-off not confirmed; the request will be delivered again.");
-                Settle::Requeue
+                // The tier cannot take it (too large for the broker, say): no round can.
+                let failure =
+                    Failure { message: format!("{}; the retry tier refused it: {error}", failure.message), ..failure };
+                self.dead_letter(acker, message, source, meta, failure, invocations).await
             }
         }
     }
 
-    /// Publish the dead-letter copy; once confirmed, ack and tell the requester.
+    /// Publish the dead-letter copy; once confirmed, ack and tell the requester. A copy too
+    /// large for the broker goes without its payload; one the dead-letter queue refuses
+    /// for good goes to the parking queue.
     async fn dead_letter(
         &self,
         acker: &mut Held<T::Acker>,
@@ -339,18 +432,71 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         failure: Failure,
         invocations: u32,
     ) -> Settle {
-        let headers = self.failure_headers(message, source, meta, &failure, invocations);
-        let fingerprint = headers.get(h::FAILURE_FINGERPRINT).cloned().unwrap_or_default();
-        let record = Message { payload: message.payload.clone(), headers, key: message.key.clone() };
-        if let Err(error) = self.publish(&self.topology.dead_letter, record, acker).await {
-            warn!(%error, kind = %failure.kind, "Dead-letter copy not confirmed; the request will be delivered again.");
-            return Settle::Requeue;
+        let mut record = self.dead_letter_record(message, source, meta, &failure, invocations);
+        let mut result = self.publish(&self.topology.dead_letter, record.clone(), acker).await;
+        if let Err(PublishError::TooLarge { .. }) = &result {
+            record = without_payload(record, message.payload.len());
+            result = self.publish(&self.topology.dead_letter, record.clone(), acker).await;
         }
+        match result {
+            Ok(()) => {
+                self.dead_lettered(&failure, &record);
+                self.error_reply(acker, message, meta, &failure).await;
+                Settle::Ack
+            }
+            Err(error) if error.is_transient() => Settle::Requeue(Unsettled { output: Output::DeadLetter, error }),
+            Err(error) => self.park(acker, message, meta, &failure, record, error).await,
+        }
+    }
+
+    /// The dead-letter queue refused `record` for good (`refusal`): write it to the parking
+    /// queue instead, where `courier dlq` finds it too.
+    async fn park(
+        &self,
+        acker: &mut Held<T::Acker>,
+        message: &Message,
+        meta: &RequestMeta,
+        failure: &Failure,
+        record: Message,
+        refusal: PublishError,
+    ) -> Settle {
+        let mut record = record;
+        let mut result = self.publish(&self.topology.parking, record.clone(), acker).await;
+        if let Err(PublishError::TooLarge { .. }) = &result {
+            record = without_payload(record, message.payload.len());
+            result = self.publish(&self.topology.parking, record.clone(), acker).await;
+        }
+        match result {
+            Ok(()) => {
+                tracing::error!(%refusal, parking = %self.topology.parking, "The dead-letter queue refused the copy; parked.");
+                self.metrics.parked();
+                self.dead_lettered(failure, &record);
+                self.error_reply(acker, message, meta, failure).await;
+                Settle::Ack
+            }
+            Err(error) => Settle::Requeue(Unsettled { output: Output::DeadLetter, error }),
+        }
+    }
+
+    /// Count and log a confirmed dead-letter (or parked) copy.
+    fn dead_lettered(&self, failure: &Failure, record: &Message) {
+        let fingerprint = record.headers.get(h::FAILURE_FINGERPRINT).map_or("", String::as_str);
         self.metrics.failed(failure.kind.as_str());
-        self.metrics.dead_lettered(failure.kind.as_str(), &fingerprint);
+        self.metrics.dead_lettered(failure.kind.as_str(), fingerprint);
         info!(kind = %failure.kind, code = %failure.code, message = %failure.message, "Dead-lettered.");
-        self.error_reply(acker, message, meta, &failure).await;
-        Settle::Ack
+    }
+
+    /// The dead-letter copy: the original payload and headers, with this failure's headers.
+    fn dead_letter_record(
+        &self,
+        message: &Message,
+        source: &Source,
+        meta: &RequestMeta,
+        failure: &Failure,
+        invocations: u32,
+    ) -> Message {
+        let headers = self.failure_headers(message, source, meta, failure, invocations);
+        Message { payload: message.payload.clone(), headers, key: message.key.clone() }
     }
 
     /// Best effort: the dead-letter copy is already safe, so a failed error reply is only logged.
@@ -401,7 +547,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         if let Some(offset) = source.offset {
             put(h::FAILURE_OFFSET, offset.to_string());
         }
-        put(h::FAILURE_ATTEMPTS, (meta.earlier_attempts + invocations).to_string());
+        put(h::FAILURE_ATTEMPTS, meta.earlier_attempts.saturating_add(invocations).to_string());
         put(h::FAILURE_FIRST_AT, timestamp::format(meta.first_failure_at.unwrap_or(now)));
         put(h::FAILURE_LAST_AT, timestamp::format(now));
         put(h::FAILURE_WORKER, worker.clone());
@@ -445,6 +591,32 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         acker.acker.release();
         acker.slot.handed_off().await;
         confirm.await
+    }
+}
+
+/// A dead-letter copy the broker cannot take whole: no payload (`payload_bytes` says how
+/// large it was), and only the contract's headers, each cut to 1 KiB, so its size is
+/// bounded whatever the request carried.
+fn without_payload(record: Message, payload_bytes: usize) -> Message {
+    let mut headers: Headers = record
+        .headers
+        .iter()
+        .filter(|(name, _)| h::ALL.contains(&name.as_ref()))
+        .map(|(name, value)| (h::name(name), truncate(value, h::MAX_ERROR_MESSAGE_BYTES).to_owned()))
+        .collect();
+    headers.insert(h::FAILURE_PAYLOAD_BYTES.into(), payload_bytes.to_string());
+    Message { payload: Bytes::new(), headers, key: record.key }
+}
+
+/// A stable identity of a delivered message, for counting its redeliveries: its Kafka
+/// position, else its message id, else its payload (within the queue it came from).
+fn identity(message: &Message, source: &Source) -> u64 {
+    use std::hash::BuildHasher as _;
+    let hasher = foldhash::fast::FixedState::with_seed(0x0063_6f75_7269_6572);
+    match (source.partition, source.offset, message.headers.get(h::MESSAGE_ID)) {
+        (Some(partition), Some(offset), _) => hasher.hash_one((&*source.queue, partition, offset)),
+        (_, _, Some(id)) => hasher.hash_one((&*source.queue, id)),
+        _ => hasher.hash_one((&*source.queue, &message.payload[..])),
     }
 }
 

@@ -44,7 +44,13 @@ pub trait Harness: Send + Sync + 'static {
     fn can_refuse(&self) -> bool {
         true
     }
-    /// Create a queue/topic whose publishes the broker refuses until `accept_publishes`.
+    /// Whether `declare_refusing` and `delete` act on one destination only (a broker whose
+    /// fault injection fails every publish cannot show what happens when just the reply or
+    /// the dead-letter queue refuses).
+    fn refuses_one_destination(&self) -> bool {
+        true
+    }
+    /// Make the broker refuse publishes to `name` (created if missing) until `accept_publishes`.
     fn declare_refusing(&self, name: &str) -> impl Future<Output = ()> + Send;
     /// Let publishes to a queue from `declare_refusing` through again.
     fn accept_publishes(&self, name: &str) -> impl Future<Output = ()> + Send;
@@ -88,7 +94,11 @@ impl Harness for MemoryHarness {
         self.broker.receive(queue, timeout).await
     }
 
-    async fn delete(&self, _queues: &[String]) {}
+    async fn delete(&self, queues: &[String]) {
+        for queue in queues {
+            self.broker.delete_queue(queue);
+        }
+    }
 }
 
 /// Generates one test per scenario: `contract_suite!(#[tokio::test] make_harness().await);`
@@ -100,7 +110,9 @@ macro_rules! contract_suite {
             bad_input_is_dead_lettered_and_the_worker_keeps_running, exhausted_retries_are_dead_lettered,
             unconfirmed_reply_redelivers_the_request, shutdown_loses_nothing_in_flight,
             expired_request_is_not_processed, unknown_reply_target_is_dead_lettered,
-            handler_panic_is_dead_lettered);
+            handler_panic_is_dead_lettered, refused_reply_ends_after_the_redelivery_limit,
+            refused_dead_letter_copy_is_retried_until_accepted, dead_letter_queue_gone_parks_the_record,
+            bad_headers_are_answered_to_the_requester, reply_to_no_broker_can_name_is_unroutable);
     };
     (@each #[$attr:meta] $make:expr; $($name:ident),* $(,)?) => {
         $( #[$attr] async fn $name() { $crate::testing::$name($make).await; } )*
@@ -189,6 +201,7 @@ fn suite_settings() -> Settings {
     settings.handler_timeout = Duration::from_secs(5);
     settings.shutdown_grace = Duration::from_secs(5);
     settings.retry = policy(3, &[]);
+    settings.max_redeliveries = 2;
     settings
 }
 
@@ -544,5 +557,149 @@ pub async fn handler_panic_is_dead_lettered<Hn: Harness>(harness: Hn) {
     assert_eq!(header(&run.reply().await, h::ERROR_CODE), "handler_panicked");
     let id = run.send_script("echo", 0).await;
     assert_eq!(header(&run.reply().await, h::CORRELATION_ID), id, "still serving");
+    run.stop().await;
+}
+
+/// A reply destination that refuses every publish: the request goes back to the broker
+/// (the handler runs again each round), then, past `--max-redeliveries`, it is
+/// dead-lettered as `undeliverable` instead of looping forever.
+pub async fn refused_reply_ends_after_the_redelivery_limit<Hn: Harness>(harness: Hn) {
+    if !harness.refuses_one_destination() {
+        eprintln!("skipped: this broker refuses every publish or none (covered on the others)");
+        return;
+    }
+    let replies = format!("full-{}.replies", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    harness.declare_refusing(&replies).await;
+    let run = Run::start(harness, |_| {}).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::json!({ "id": id, "op": "echo" }).to_string();
+    run.send(body, &[(h::CORRELATION_ID, &id), (h::MESSAGE_ID, &id), (h::REPLY_TO, &replies)]).await;
+    let record = run.dead_letter().await;
+    assert_eq!(header(&record, h::FAILURE_KIND), "undeliverable");
+    assert_eq!(header(&record, h::FAILURE_CODE), "reply_refused");
+    assert_eq!(header(&record, h::CORRELATION_ID), id);
+    assert_eq!(run.calls(&id).len(), 3, "handled once per round: the first and two redeliveries");
+    let other = run.send_script("echo", 0).await;
+    assert_eq!(header(&run.reply().await, h::CORRELATION_ID), other, "still serving");
+    run.harness.delete(std::slice::from_ref(&replies)).await;
+    run.stop().await;
+}
+
+/// A dead-letter queue that refuses for a while: the request goes back to the broker
+/// until the copy is accepted; nothing is lost or parked.
+pub async fn refused_dead_letter_copy_is_retried_until_accepted<Hn: Harness>(harness: Hn) {
+    if !harness.can_refuse() {
+        eprintln!("skipped: this broker cannot be made to refuse publishes (covered on the others)");
+        return;
+    }
+    let settings = suite_settings();
+    let dlq = naming::dead_letter(&settings.queue);
+    harness.declare(&settings.topology()).await;
+    // The request waits in the queue before the dead-letter queue starts refusing (on a
+    // broker that refuses every publish, the request could not be sent after).
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::json!({ "id": id, "op": "permanent" }).to_string();
+    let mut request = request(body, &[(h::CORRELATION_ID, &id), (h::MESSAGE_ID, &id)]);
+    request.headers.insert(h::REPLY_TO.into(), settings.replies.clone());
+    harness.transport().await.publish(&settings.queue, &request).await.expect("publish request");
+    harness.declare_refusing(&dlq).await;
+    let run = Run::start_with(harness, settings).await;
+    let deadline = Instant::now() + PATIENCE;
+    while run.calls(&id).len() < 2 {
+        assert!(Instant::now() < deadline, "the request was not delivered again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    run.harness.accept_publishes(&dlq).await;
+    let record = run.dead_letter().await;
+    assert_eq!(header(&record, h::FAILURE_KIND), "permanent");
+    assert_eq!(header(&record, h::CORRELATION_ID), id);
+    assert!(run.calls(&id).len() <= 3, "within the redelivery limit");
+    assert_eq!(header(&run.reply().await, h::ERROR_CODE), "scripted_permanent");
+    run.stop().await;
+}
+
+/// A dead-letter queue deleted under a running worker: the copy goes to the parking queue,
+/// the requester gets its error reply, and the worker keeps serving.
+pub async fn dead_letter_queue_gone_parks_the_record<Hn: Harness>(harness: Hn) {
+    if !harness.refuses_one_destination() {
+        eprintln!("skipped: this broker cannot lose one destination (covered on the others)");
+        return;
+    }
+    let run = Run::start(harness, |_| {}).await;
+    // Once the worker answers, it has declared its topology: the deletion stays.
+    let first = run.send_script("echo", 0).await;
+    assert_eq!(header(&run.reply().await, h::CORRELATION_ID), first);
+    let parking = naming::parking(&run.settings.queue);
+    run.harness.delete(&[run.dlq()]).await;
+    let id = run.send_script("permanent", 0).await;
+    let record = run.harness.receive(&parking, PATIENCE).await.expect("the record in the parking queue");
+    assert_eq!(header(&record, h::FAILURE_KIND), "permanent");
+    assert_eq!(header(&record, h::CORRELATION_ID), id);
+    assert_eq!(header(&run.reply().await, h::ERROR_CODE), "scripted_permanent");
+    assert_eq!(run.calls(&id).len(), 1, "parked at once, not redelivered");
+    let other = run.send_script("echo", 0).await;
+    assert_eq!(header(&run.reply().await, h::CORRELATION_ID), other, "still serving");
+    run.stop().await;
+}
+
+/// Optional headers a producer got wrong never cost it its answer: a malformed
+/// `traceparent` is ignored, forged counters are clamped, an earlier round's failure
+/// headers are carried along; a malformed deadline or attempt is a `bad_header` dead
+/// letter whose error reply reaches the request's own reply-to and correlation id.
+pub async fn bad_headers_are_answered_to_the_requester<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |_| {}).await;
+    let mine = format!("client-{}.replies", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    run.harness.declare(&Topology::replies_only(&mine)).await;
+    let answered: [&[(&str, &str)]; 4] = [
+        &[(h::TRACEPARENT, "00-not-a-trace-01")],
+        &[(h::ATTEMPT, "99999999999999999999")],
+        &[(h::FAILURE_ATTEMPTS, "many"), (h::FAILURE_FIRST_AT, "yesterday")],
+        &[("x-custom", "carried")],
+    ];
+    for extra in answered {
+        let id = uuid::Uuid::new_v4().to_string();
+        let body = serde_json::json!({ "id": id, "op": "echo" }).to_string();
+        let mut headers = vec![(h::CORRELATION_ID, id.as_str()), (h::REPLY_TO, mine.as_str())];
+        headers.extend_from_slice(extra);
+        run.send(body, &headers).await;
+        let reply = run.harness.receive(&mine, PATIENCE).await.expect("a reply");
+        assert_eq!(header(&reply, h::CORRELATION_ID), id, "{extra:?}");
+        assert_eq!(header(&reply, h::STATUS), "ok", "{extra:?}");
+    }
+    for (name, value) in [(h::DEADLINE, "tomorrow"), (h::ATTEMPT, "0"), (h::CONTENT_TYPE, "text/plain")] {
+        let id = uuid::Uuid::new_v4().to_string();
+        let body = serde_json::json!({ "id": id, "op": "echo" }).to_string();
+        run.send(body, &[(h::CORRELATION_ID, &id), (h::REPLY_TO, &mine), (name, value)]).await;
+        let record = run.dead_letter().await;
+        assert_eq!(header(&record, h::FAILURE_CODE), "bad_header", "{name}");
+        let reply = run.harness.receive(&mine, PATIENCE).await.expect("an error reply to the requester");
+        assert_eq!(header(&reply, h::CORRELATION_ID), id, "{name}");
+        assert_eq!(header(&reply, h::ERROR_CODE), "bad_header", "{name}");
+        assert!(run.calls(&id).is_empty(), "{name}: not handled");
+    }
+    run.harness.delete(std::slice::from_ref(&mine)).await;
+    run.stop().await;
+}
+
+/// A reply-to that no broker could name (600 characters, a NUL) is `unroutable` at once:
+/// never a loop, and the worker keeps serving.
+pub async fn reply_to_no_broker_can_name_is_unroutable<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |s| s.reply_allow = vec!["*".into()]).await;
+    let long = format!("{}.replies", "x".repeat(600));
+    for reply_to in [long.as_str(), "nul\0here.replies", "line\nbreak.replies"] {
+        let id = uuid::Uuid::new_v4().to_string();
+        let body = serde_json::json!({ "id": id, "op": "echo" }).to_string();
+        run.send(body, &[(h::CORRELATION_ID, &id), (h::REPLY_TO, reply_to)]).await;
+        let record = run.dead_letter().await;
+        assert_eq!(header(&record, h::FAILURE_KIND), "unroutable", "{reply_to:?}");
+        assert!(
+            ["reply_to_invalid", "reply_unroutable"].contains(&header(&record, h::FAILURE_CODE)),
+            "{reply_to:?}: {}",
+            header(&record, h::FAILURE_CODE)
+        );
+        assert!(run.calls(&id).len() <= 1, "{reply_to:?}: not redelivered");
+    }
+    let other = run.send_script("echo", 0).await;
+    assert_eq!(header(&run.reply().await, h::CORRELATION_ID), other, "still serving");
     run.stop().await;
 }

@@ -17,14 +17,26 @@ pub enum FailureKind {
     TooLarge,
     /// The request's deadline had passed; it was not processed.
     Expired,
-    /// The reply could not be delivered: reply-to not allowed or no such queue/topic.
+    /// The reply could not be delivered: reply-to not allowed, not a valid name, or no such
+    /// queue/topic.
     Unroutable,
+    /// An output (reply, retry copy) was refused by the broker on every delivery round, up
+    /// to `--max-redeliveries`.
+    Undeliverable,
 }
 
 impl FailureKind {
     /// Every kind, in documentation order.
-    pub const ALL: [Self; 7] =
-        [Self::Transient, Self::Permanent, Self::Decode, Self::Schema, Self::TooLarge, Self::Expired, Self::Unroutable];
+    pub const ALL: [Self; 8] = [
+        Self::Transient,
+        Self::Permanent,
+        Self::Decode,
+        Self::Schema,
+        Self::TooLarge,
+        Self::Expired,
+        Self::Unroutable,
+        Self::Undeliverable,
+    ];
 
     /// The wire name (`courier-failure-kind`).
     pub fn as_str(self) -> &'static str {
@@ -36,6 +48,7 @@ impl FailureKind {
             Self::TooLarge => "too-large",
             Self::Expired => "expired",
             Self::Unroutable => "unroutable",
+            Self::Undeliverable => "undeliverable",
         }
     }
 

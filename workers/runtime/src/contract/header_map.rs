@@ -37,6 +37,12 @@ impl Headers {
         self.entries.is_empty()
     }
 
+    /// Bytes of every name and value (what they add to a message's size on the wire, give
+    /// or take the broker's framing).
+    pub fn byte_len(&self) -> usize {
+        self.entries.iter().map(|(name, value)| name.len() + value.len()).sum()
+    }
+
     fn find(&self, name: &str) -> Result<usize, usize> {
         self.entries.binary_search_by(|(known, _)| known.as_ref().cmp(name))
     }

@@ -55,13 +55,17 @@ pub const FAILURE_ATTEMPTS: &str = "courier-failure-attempts";
 pub const FAILURE_FIRST_AT: &str = "courier-failure-first-at";
 /// RFC 3339 time of the last failure of this message.
 pub const FAILURE_LAST_AT: &str = "courier-failure-last-at";
+/// On a dead-letter copy too large for the broker: the original payload's size in bytes.
+/// The payload is then omitted and only the contract's headers are kept (on Kafka the
+/// original stays in the source topic at `courier-failure-offset`).
+pub const FAILURE_PAYLOAD_BYTES: &str = "courier-failure-payload-bytes";
 /// Name of the worker that gave up.
 pub const FAILURE_WORKER: &str = "courier-failure-worker";
 /// Instance (host/pod and pid) of the worker that gave up.
 pub const FAILURE_INSTANCE: &str = "courier-failure-instance";
 
 /// Every failure header: stripped on replay.
-pub const FAILURE_HEADERS: [&str; 12] = [
+pub const FAILURE_HEADERS: [&str; 13] = [
     FAILURE_KIND,
     FAILURE_CODE,
     FAILURE_MESSAGE,
@@ -72,12 +76,13 @@ pub const FAILURE_HEADERS: [&str; 12] = [
     FAILURE_ATTEMPTS,
     FAILURE_FIRST_AT,
     FAILURE_LAST_AT,
+    FAILURE_PAYLOAD_BYTES,
     FAILURE_WORKER,
     FAILURE_INSTANCE,
 ];
 
 /// Every header the contract defines (the documentation test checks each is in `schemas/README.md`).
-pub const ALL: [&str; 25] = [
+pub const ALL: [&str; 26] = [
     MESSAGE_ID,
     CORRELATION_ID,
     REPLY_TO,
@@ -101,6 +106,7 @@ pub const ALL: [&str; 25] = [
     FAILURE_ATTEMPTS,
     FAILURE_FIRST_AT,
     FAILURE_LAST_AT,
+    FAILURE_PAYLOAD_BYTES,
     FAILURE_WORKER,
     FAILURE_INSTANCE,
 ];
@@ -121,7 +127,7 @@ pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 pub const JSON: &str = "application/json";
 
 /// The contract headers of a request, parsed and checked.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestMeta {
     /// `courier-message-id`, if given.
     pub message_id: Option<String>,
@@ -141,6 +147,22 @@ pub struct RequestMeta {
     pub first_failure_at: Option<SystemTime>,
 }
 
+impl Default for RequestMeta {
+    /// A request with no contract headers: first attempt, nothing else known.
+    fn default() -> Self {
+        Self {
+            message_id: None,
+            correlation_id: String::new(),
+            reply_to: None,
+            deadline: None,
+            traceparent: None,
+            attempt: 1,
+            earlier_attempts: 0,
+            first_failure_at: None,
+        }
+    }
+}
+
 /// A contract header with a value that cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("header `{name}` has an invalid value {value:?}: {expected}")]
@@ -154,10 +176,28 @@ pub struct BadHeader {
 }
 
 impl RequestMeta {
-    /// Parse the contract headers. Unknown headers are ignored; a known header with a
-    /// bad value is an error (the message is dead-lettered as `decode`).
-    pub fn parse(headers: &Headers) -> Result<Self, BadHeader> {
+    /// Parse the contract headers as far as they go. The routing headers (message id,
+    /// correlation id, reply-to) are always read, so a request with a bad header can still
+    /// be answered; the second value names the first request header whose value cannot be
+    /// used (the message is then dead-lettered as `decode`).
+    ///
+    /// Headers a producer may get wrong without losing its answer: a malformed
+    /// `traceparent` is ignored (W3C says so: a new trace starts); the failure headers of
+    /// an earlier round (`courier-failure-attempts`, `-first-at`) are read when valid and
+    /// otherwise carried along untouched; a `courier-attempt` beyond 2^32 − 1 is clamped.
+    pub fn parse(headers: &Headers) -> (Self, Option<BadHeader>) {
         let seen = Seen::pick(headers);
+        let message_id = seen.message_id.map(str::to_owned);
+        let correlation_id = seen.correlation_id.map(str::to_owned).or_else(|| message_id.clone()).unwrap_or_default();
+        let mut meta = Self {
+            message_id,
+            correlation_id,
+            reply_to: seen.reply_to.map(str::to_owned),
+            traceparent: seen.traceparent.filter(|v| is_traceparent(v)).map(str::to_owned),
+            earlier_attempts: seen.failure_attempts.and_then(|v| v.parse::<u64>().ok()).map_or(0, clamp),
+            first_failure_at: seen.first_failure_at.and_then(timestamp::parse),
+            ..Self::default()
+        };
         let bad = |name: &'static str, value: &str, expected: &'static str| BadHeader {
             name,
             value: truncate(value, 64).to_owned(),
@@ -166,44 +206,28 @@ impl RequestMeta {
         if let Some(ct) = seen.content_type {
             let media = ct.split(';').next().unwrap_or_default().trim();
             if !media.eq_ignore_ascii_case(JSON) {
-                return Err(bad(CONTENT_TYPE, ct, "application/json"));
+                return (meta, Some(bad(CONTENT_TYPE, ct, "application/json")));
             }
         }
-        let deadline = seen
-            .deadline
-            .map(|v| timestamp::parse(v).ok_or_else(|| bad(DEADLINE, v, "an RFC 3339 timestamp")))
-            .transpose()?;
-        let first_failure_at = seen
-            .first_failure_at
-            .map(|v| timestamp::parse(v).ok_or_else(|| bad(FAILURE_FIRST_AT, v, "an RFC 3339 timestamp")))
-            .transpose()?;
-        let attempt = seen
-            .attempt
-            .map(|v| v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| bad(ATTEMPT, v, "an integer >= 1")))
-            .transpose()?
-            .unwrap_or(1);
-        let earlier_attempts = seen
-            .failure_attempts
-            .map(|v| v.parse::<u32>().map_err(|_| bad(FAILURE_ATTEMPTS, v, "an integer >= 0")))
-            .transpose()?
-            .unwrap_or(0);
-        let traceparent = seen
-            .traceparent
-            .map(|v| if is_traceparent(v) { Ok(v.to_owned()) } else { Err(bad(TRACEPARENT, v, "W3C traceparent")) })
-            .transpose()?;
-        let message_id = seen.message_id.map(str::to_owned);
-        let correlation_id = seen.correlation_id.map(str::to_owned).or_else(|| message_id.clone()).unwrap_or_default();
-        Ok(Self {
-            message_id,
-            correlation_id,
-            reply_to: seen.reply_to.map(str::to_owned),
-            deadline,
-            traceparent,
-            attempt,
-            earlier_attempts,
-            first_failure_at,
-        })
+        if let Some(v) = seen.deadline {
+            match timestamp::parse(v) {
+                Some(deadline) => meta.deadline = Some(deadline),
+                None => return (meta, Some(bad(DEADLINE, v, "an RFC 3339 timestamp"))),
+            }
+        }
+        if let Some(v) = seen.attempt {
+            match v.parse::<u128>() {
+                Ok(n) if n >= 1 => meta.attempt = u32::try_from(n).unwrap_or(u32::MAX),
+                _ => return (meta, Some(bad(ATTEMPT, v, "an integer >= 1"))),
+            }
+        }
+        (meta, None)
     }
+}
+
+/// A counter read from a header, clamped into a `u32`.
+fn clamp(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// The contract headers of a request with a non-blank value, picked out in one pass over
@@ -270,9 +294,15 @@ mod tests {
         pairs.iter().map(|(k, v)| (name(k), (*v).to_owned())).collect()
     }
 
+    fn parse_ok(headers: &Headers) -> RequestMeta {
+        let (meta, bad) = RequestMeta::parse(headers);
+        assert_eq!(bad, None);
+        meta
+    }
+
     #[test]
     fn empty_headers_give_defaults() {
-        let meta = RequestMeta::parse(&Headers::new()).expect("empty headers are valid");
+        let meta = parse_ok(&Headers::new());
         assert_eq!(meta.attempt, 1);
         assert_eq!(meta.correlation_id, "");
         assert_eq!(meta.reply_to, None);
@@ -280,21 +310,20 @@ mod tests {
 
     #[test]
     fn correlation_id_falls_back_to_message_id() {
-        let meta = RequestMeta::parse(&headers(&[(MESSAGE_ID, "m-1")])).expect("valid");
+        let meta = parse_ok(&headers(&[(MESSAGE_ID, "m-1")]));
         assert_eq!(meta.correlation_id, "m-1");
     }
 
     #[test]
     fn well_formed_headers_parse() {
-        let meta = RequestMeta::parse(&headers(&[
+        let meta = parse_ok(&headers(&[
             (CORRELATION_ID, "c-1"),
             (REPLY_TO, "me.replies"),
             (DEADLINE, "2030-01-01T00:00:00Z"),
             (ATTEMPT, "3"),
             (CONTENT_TYPE, "application/json; charset=utf-8"),
             (TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-        ]))
-        .expect("valid");
+        ]));
         assert_eq!(meta.attempt, 3);
         assert_eq!(meta.reply_to.as_deref(), Some("me.replies"));
         assert!(meta.deadline.is_some());
@@ -303,13 +332,8 @@ mod tests {
 
     #[test]
     fn values_are_trimmed_and_blank_ones_are_absent() {
-        let meta = RequestMeta::parse(&headers(&[
-            (CORRELATION_ID, "   "),
-            (MESSAGE_ID, " m-2 "),
-            (REPLY_TO, "\t"),
-            (ATTEMPT, " 2 "),
-        ]))
-        .expect("valid");
+        let meta =
+            parse_ok(&headers(&[(CORRELATION_ID, "   "), (MESSAGE_ID, " m-2 "), (REPLY_TO, "\t"), (ATTEMPT, " 2 ")]));
         assert_eq!(meta.correlation_id, "m-2", "a blank correlation id falls back to the message id");
         assert_eq!(meta.message_id.as_deref(), Some("m-2"));
         assert_eq!(meta.reply_to, None);
@@ -318,28 +342,59 @@ mod tests {
 
     #[test]
     fn the_first_bad_header_in_contract_order_is_reported() {
-        let err = RequestMeta::parse(&headers(&[(ATTEMPT, "x"), (CONTENT_TYPE, "text/xml"), (DEADLINE, "soon")]))
-            .expect_err("bad");
-        assert_eq!(err.name, CONTENT_TYPE);
+        let (_, bad) = RequestMeta::parse(&headers(&[(ATTEMPT, "x"), (CONTENT_TYPE, "text/xml"), (DEADLINE, "soon")]));
+        assert_eq!(bad.expect("bad").name, CONTENT_TYPE);
     }
 
     #[test]
-    fn bad_values_are_errors_not_panics() {
+    fn a_bad_header_keeps_the_way_back_to_the_requester() {
         let cases = [
             (ATTEMPT, "0"),
             (ATTEMPT, "-1"),
-            (ATTEMPT, "99999999999999999999"),
+            (ATTEMPT, "1e9"),
             (ATTEMPT, "three"),
             (DEADLINE, "tomorrow"),
             (DEADLINE, "2030-13-45T99:99:99Z"),
-            (CONTENT_TYPE, "text/xml"),
+            (CONTENT_TYPE, "text/plain"),
+        ];
+        for (name, value) in cases {
+            let (meta, bad) =
+                RequestMeta::parse(&headers(&[(name, value), (CORRELATION_ID, "c-9"), (REPLY_TO, "client-7.replies")]));
+            assert_eq!(bad.expect(value).name, name);
+            assert_eq!(meta.correlation_id, "c-9", "{name}={value}");
+            assert_eq!(meta.reply_to.as_deref(), Some("client-7.replies"), "{name}={value}");
+        }
+    }
+
+    #[test]
+    fn optional_and_carried_headers_never_make_a_request_bad() {
+        let meta = parse_ok(&headers(&[
             (TRACEPARENT, "00-zz-11-01"),
             (FAILURE_ATTEMPTS, "x"),
             (FAILURE_FIRST_AT, "\u{0}\u{ffff}"),
-        ];
-        for (name, value) in cases {
-            let err = RequestMeta::parse(&headers(&[(name, value)])).expect_err(value);
-            assert_eq!(err.name, name);
+        ]));
+        assert_eq!(meta.traceparent, None, "a malformed traceparent starts a new trace");
+        assert_eq!(meta.earlier_attempts, 0);
+        assert_eq!(meta.first_failure_at, None);
+    }
+
+    #[test]
+    fn forged_counters_are_clamped() {
+        let meta = parse_ok(&headers(&[(ATTEMPT, "99999999999999999999"), (FAILURE_ATTEMPTS, "18446744073709551615")]));
+        assert_eq!(meta.attempt, u32::MAX);
+        assert_eq!(meta.earlier_attempts, u32::MAX);
+    }
+
+    proptest::proptest! {
+        /// Any header values parse to an answer without a panic, and the routing headers
+        /// survive whatever else is wrong.
+        #[test]
+        fn any_values_parse(values in proptest::collection::vec("\\PC{0,40}", 9)) {
+            let names = [CONTENT_TYPE, DEADLINE, ATTEMPT, TRACEPARENT, FAILURE_ATTEMPTS, FAILURE_FIRST_AT, MESSAGE_ID, CORRELATION_ID, REPLY_TO];
+            let pairs: Vec<(&str, &str)> = names.iter().copied().zip(values.iter().map(String::as_str)).collect();
+            let (meta, _) = RequestMeta::parse(&headers(&pairs));
+            proptest::prop_assert!(meta.attempt >= 1);
+            proptest::prop_assert_eq!(meta.reply_to.as_deref(), Some(values[8].trim()).filter(|v| !v.is_empty()));
         }
     }
 

@@ -65,6 +65,40 @@ pub fn topology(queue: &str, delays: &[Duration], default_replies: &str, quorum:
     }
 }
 
+/// Longest Kafka topic name (Kafka's own limit; librdkafka cannot even look up names over
+/// 512 bytes).
+pub const KAFKA_TOPIC_MAX: usize = 249;
+/// Longest RabbitMQ queue name in bytes (an AMQP short string).
+pub const AMQP_QUEUE_MAX: usize = 255;
+
+/// Why `name` cannot be a Kafka topic, or `None` when it can: 1 to 249 characters of
+/// `a-z A-Z 0-9 . _ -`, and neither `.` nor `..`.
+pub fn kafka_topic_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > KAFKA_TOPIC_MAX {
+        return Some("a Kafka topic name has 1 to 249 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Some("a Kafka topic name has only the characters a-z A-Z 0-9 . _ -");
+    }
+    if name == "." || name == ".." {
+        return Some("`.` and `..` are not Kafka topic names");
+    }
+    None
+}
+
+/// Why `name` cannot be a RabbitMQ queue to publish to, or `None` when it can: 1 to 255
+/// bytes of UTF-8 without control characters (a NUL or a line break in a name is a
+/// producer's bug, never a queue anyone declared).
+pub fn amqp_queue_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > AMQP_QUEUE_MAX {
+        return Some("a RabbitMQ queue name has 1 to 255 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return Some("a RabbitMQ queue name has no control characters");
+    }
+    None
+}
+
 fn delay_label(delay: Duration) -> String {
     let ms = delay.as_millis();
     match ms {
@@ -92,5 +126,38 @@ mod tests {
         assert_eq!(ledger("greeter.requests.dlq"), "greeter.requests.dlq.ledger");
         assert_eq!(work_queue_of("greeter.requests.retry.5s"), "greeter.requests");
         assert_eq!(work_queue_of("greeter.requests"), "greeter.requests");
+    }
+
+    #[test]
+    fn kafka_topic_names_follow_kafkas_rules() {
+        for good in ["a", "greeter.replies", "A-b_c.9", &"x".repeat(249)] {
+            assert_eq!(kafka_topic_problem(good), None, "{good}");
+        }
+        for bad in ["", ".", "..", "a b", "a\0b", "é.replies", "a/b", &"x".repeat(250), &"x".repeat(600)] {
+            assert!(kafka_topic_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn amqp_queue_names_follow_rabbitmqs_rules() {
+        for good in ["a", "client-7.replies", "amq.gen-Xy_z", "é.replies", "a b", &"x".repeat(255)] {
+            assert_eq!(amqp_queue_problem(good), None, "{good}");
+        }
+        for bad in ["", "a\0b", "a\nb", &"x".repeat(256), &"é".repeat(128)] {
+            assert!(amqp_queue_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any string gets an answer (no panic), and an accepted name is within the limits.
+        #[test]
+        fn every_name_gets_an_answer(name in "\\PC{0,300}|[a-z.\\x00-\\x1f]{0,300}") {
+            if kafka_topic_problem(&name).is_none() {
+                proptest::prop_assert!(name.len() <= KAFKA_TOPIC_MAX && name.is_ascii());
+            }
+            if amqp_queue_problem(&name).is_none() {
+                proptest::prop_assert!(name.len() <= AMQP_QUEUE_MAX && !name.contains('\0'));
+            }
+        }
     }
 }

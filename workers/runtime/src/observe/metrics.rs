@@ -20,6 +20,8 @@ pub struct Metrics {
     failed: IntCounterVec,
     retried: IntCounterVec,
     dead_lettered: IntCounterVec,
+    requeued: IntCounterVec,
+    parked: IntCounter,
     handler_seconds: Histogram,
     in_flight: IntGauge,
     ready: IntGaugeVec,
@@ -69,6 +71,17 @@ impl Metrics {
                 "Dead-letter copies confirmed, by kind and fingerprint.",
                 &["worker", "kind", "fingerprint"],
             ),
+            requeued: counter(
+                "courier_messages_requeued_total",
+                "Deliveries returned to the broker because an output was not confirmed, by reason.",
+                &["worker", "reason"],
+            ),
+            parked: counter(
+                "courier_messages_parked_total",
+                "Dead-letter copies the dead-letter queue refused for good, written to the parking queue.",
+                &["worker"],
+            )
+            .with_label_values(&[worker]),
             handler_seconds: handler_seconds.with_label_values(&[worker]),
             in_flight: gauge("courier_in_flight", "Deliveries being processed.", &["worker"])
                 .with_label_values(&[worker]),
@@ -111,6 +124,16 @@ impl Metrics {
     /// A dead-letter copy was confirmed.
     pub fn dead_lettered(&self, kind: &str, fingerprint: &str) {
         self.dead_lettered.with_label_values(&[&self.worker, kind, fingerprint]).inc();
+    }
+
+    /// A delivery went back to the broker: an output was not confirmed for `reason`.
+    pub fn requeued(&self, reason: &str) {
+        self.requeued.with_label_values(&[&self.worker, reason]).inc();
+    }
+
+    /// The dead-letter queue refused a copy for good; it went to the parking queue.
+    pub fn parked(&self) {
+        self.parked.inc();
     }
 
     /// One handler invocation took `elapsed`.

@@ -96,6 +96,11 @@ impl MemoryBroker {
         }
     }
 
+    /// Remove `queue` and its messages (publishing there is then unroutable).
+    pub fn delete_queue(&self, queue: &str) {
+        self.lock().remove(queue);
+    }
+
     /// Remove every waiting message of `queue`; returns how many.
     pub fn purge(&self, queue: &str) -> usize {
         self.lock().get_mut(queue).map_or(0, |q| std::mem::take(&mut q.ready).len())

@@ -9,6 +9,7 @@ pub mod amqp;
 pub mod kafka;
 pub mod lint;
 pub mod memory;
+pub mod names;
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
@@ -95,6 +96,14 @@ pub trait Transport: Clone + Send + Sync + 'static {
     /// Publish to a queue/topic and return once the broker has confirmed it.
     fn publish(&self, destination: &str, message: &Message) -> impl Future<Output = Result<(), PublishError>> + Send {
         async move { self.send(destination, message).await?.await }
+    }
+
+    /// Why `destination` cannot be named on this broker, or `None` when it can. Checked
+    /// before a request is handled, so a reply-to no broker could hold is `unroutable`
+    /// at once.
+    fn name_problem(&self, destination: &str) -> Option<&'static str> {
+        let _ = destination;
+        None
     }
 
     /// Whether the transport is connected and consuming (readiness).
@@ -206,13 +215,41 @@ pub struct RetryTier {
     pub delay: Duration,
 }
 
-/// Why a publish was not confirmed.
+/// Why a publish was not confirmed, classified where the broker's answer is read so the
+/// pipeline can ask the one question it needs: can the same publish succeed later?
+///
+/// | variant       | a retry may help | the pipeline's next step                          |
+/// |---------------|------------------|---------------------------------------------------|
+/// | `Unavailable` | yes              | retry in-process, then redeliver (not counted)     |
+/// | `Rejected`    | maybe            | redeliver, counted against `--max-redeliveries`    |
+/// | `Unroutable`  | no               | the output's documented fallback at once           |
+/// | `InvalidName` | no               | the same                                           |
+/// | `TooLarge`    | no               | the same                                           |
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
     /// No queue/topic of that name: the broker returned the message.
     #[error("no queue or topic named `{0}`: the message was returned unroutable")]
     Unroutable(String),
-    /// The broker refused the message (for example a full queue with `reject-publish`).
+    /// The name cannot be a queue/topic on this broker (length, characters).
+    #[error("`{destination}` cannot be a queue or topic name here: {reason}")]
+    InvalidName {
+        /// The destination, cut to 64 bytes.
+        destination: String,
+        /// The rule it breaks.
+        reason: &'static str,
+    },
+    /// The message is larger than the broker (or its client) accepts.
+    #[error("a message of {size} bytes is too large for `{destination}`: {reason}")]
+    TooLarge {
+        /// The destination.
+        destination: String,
+        /// Payload, key and headers, in bytes.
+        size: usize,
+        /// What the broker or client said.
+        reason: String,
+    },
+    /// The broker refused the message (a full queue with `reject-publish`, a topic the
+    /// worker may not write): it may pass later, or never.
     #[error("`{destination}` rejected the message: {reason}")]
     Rejected {
         /// The destination that refused.
@@ -228,7 +265,30 @@ pub enum PublishError {
 impl PublishError {
     /// Whether publishing the same message again later may succeed.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Self::Unroutable(_))
+        matches!(self, Self::Unavailable(_) | Self::Rejected { .. })
+    }
+
+    /// Whether a redelivery caused by this error counts against the message's limit:
+    /// a broker outage is nobody's fault and never counts; a refusal does.
+    pub fn counts_against_the_message(&self) -> bool {
+        !matches!(self, Self::Unavailable(_))
+    }
+
+    /// A short machine-readable name, for metrics and failure codes.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unroutable(_) => "unroutable",
+            Self::InvalidName { .. } => "invalid_name",
+            Self::TooLarge { .. } => "too_large",
+            Self::Rejected { .. } => "rejected",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// [`Self::InvalidName`] for `destination`, cut to 64 bytes for logs and headers.
+    pub fn invalid_name(destination: &str, reason: &'static str) -> Self {
+        let destination = crate::contract::headers::truncate(destination, 64).to_owned();
+        Self::InvalidName { destination, reason }
     }
 }
 

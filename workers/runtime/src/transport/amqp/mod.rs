@@ -32,7 +32,7 @@ use super::{
 };
 pub use convert::{headers, properties};
 
-use crate::config::redact;
+use crate::{config::redact, contract::naming};
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,10 +60,11 @@ struct Shared {
     reconnect: Mutex<()>,
     /// Whether every subscription is currently consuming (readiness).
     consuming: AtomicBool,
-    /// Queues seen to exist. lapin pins a `basic.return` on whichever confirm comes next,
-    /// which under concurrent publishes may be another message's; so unroutable
-    /// destinations are found by a passive declare first, and returns are only a backstop.
-    known_queues: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// Queues seen to exist or missing. lapin pins a `basic.return` on whichever confirm
+    /// comes next, which under concurrent publishes may be another message's; so
+    /// unroutable destinations are found by a passive declare first, and returns are only
+    /// a backstop.
+    known_queues: std::sync::RwLock<super::names::Known>,
 }
 
 /// One connection and its publishing channel.
@@ -92,7 +93,7 @@ impl AmqpTransport {
                 session: std::sync::RwLock::new(None),
                 reconnect: Mutex::new(()),
                 consuming: AtomicBool::new(false),
-                known_queues: std::sync::RwLock::new(std::collections::HashSet::new()),
+                known_queues: std::sync::RwLock::default(),
             }),
         };
         transport.session().await?;
@@ -133,38 +134,49 @@ impl AmqpTransport {
         Ok(Session { connection, publisher })
     }
 
-    /// Whether a queue named `name` exists (cached once seen).
+    /// Whether a queue named `name` exists (cached once seen; a missing one is asked again
+    /// after a second). Another connection's exclusive queue exists: publishing to it works.
     pub async fn queue_exists(&self, name: &str) -> Result<bool, PublishError> {
-        if self.shared.known_queues.read().unwrap_or_else(|p| p.into_inner()).contains(name) {
-            return Ok(true);
+        if let Some(reason) = naming::amqp_queue_problem(name) {
+            return Err(PublishError::invalid_name(name, reason));
         }
-        let exists = self.message_count(name).await?.is_some();
-        if exists {
-            self.shared.known_queues.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned());
+        if let Some(exists) = self.shared.known_queues.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(exists);
         }
+        let exists = !matches!(self.passive_declare(name).await?, Declared::Missing);
+        self.shared.known_queues.write().unwrap_or_else(|p| p.into_inner()).set(name, exists);
         Ok(exists)
     }
 
-    /// Messages ready in queue `name`, or `None` when there is no such queue: a passive
-    /// declare on a throwaway channel, since a missing queue closes the channel it was
-    /// asked on.
+    /// Messages ready in queue `name`, or `None` when there is no such queue, or it is
+    /// another connection's exclusive queue (which cannot be asked).
     pub async fn message_count(&self, name: &str) -> Result<Option<u64>, PublishError> {
+        Ok(match self.passive_declare(name).await? {
+            Declared::Ready(count) => Some(count),
+            Declared::Exclusive | Declared::Missing => None,
+        })
+    }
+
+    /// A passive declare on a throwaway channel, since a missing queue closes the channel
+    /// it was asked on.
+    async fn passive_declare(&self, name: &str) -> Result<Declared, PublishError> {
+        use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
         let unavailable = |e: &dyn std::fmt::Display| PublishError::Unavailable(e.to_string());
         let channel = self.channel().await.map_err(|e| unavailable(&e))?;
         let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-        let queue = ShortString::try_new(name.to_owned()).map_err(|e| unavailable(&e))?;
+        let queue = ShortString::try_new(name.to_owned())
+            .map_err(|_| PublishError::invalid_name(name, "longer than an AMQP short string"))?;
         match channel.queue_declare(queue, options, FieldTable::default()).await {
             Ok(declared) => {
                 let _ = channel.close(200, "checked".into()).await;
-                Ok(Some(u64::from(declared.message_count())))
+                Ok(Declared::Ready(u64::from(declared.message_count())))
             }
             Err(error) => match error.kind() {
-                lapin::ErrorKind::ProtocolError(amqp)
-                    if amqp.kind()
-                        == &lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND) =>
-                {
-                    Ok(None)
-                }
+                lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+                    AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => Ok(Declared::Missing),
+                    AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => Ok(Declared::Exclusive),
+                    _ => Err(unavailable(&error)),
+                },
                 _ => Err(unavailable(&error)),
             },
         }
@@ -190,6 +202,16 @@ impl AmqpTransport {
         info!(queue = %topology.queue, prefetch, "Consuming.");
         Ok((channel, consumer))
     }
+}
+
+/// What a passive declare found.
+enum Declared {
+    /// A queue with this many ready messages.
+    Ready(u64),
+    /// Another connection's exclusive queue (405 RESOURCE_LOCKED): it exists.
+    Exclusive,
+    /// No such queue (404 NOT_FOUND).
+    Missing,
 }
 
 /// A subscription's state between deliveries: the live consumer, or how long to wait
@@ -256,6 +278,10 @@ impl Consuming {
 impl Transport for AmqpTransport {
     type Acker = AmqpAcker;
 
+    fn name_problem(&self, destination: &str) -> Option<&'static str> {
+        naming::amqp_queue_problem(destination)
+    }
+
     fn is_ready(&self) -> bool {
         self.shared.consuming.load(Ordering::Relaxed)
     }
@@ -303,7 +329,7 @@ impl Transport for AmqpTransport {
 
     async fn send(&self, destination: &str, message: &Message) -> Result<Confirm, PublishError> {
         let Ok(routing_key) = ShortString::try_new(destination.to_owned()) else {
-            return Err(PublishError::Unroutable(destination.to_owned()));
+            return Err(PublishError::invalid_name(destination, "longer than an AMQP short string"));
         };
         let unavailable = |e: &dyn std::fmt::Display| PublishError::Unavailable(e.to_string());
         if !self.queue_exists(destination).await? {
@@ -325,7 +351,7 @@ impl Transport for AmqpTransport {
                 Confirmation::Ack(Some(returned))
                     if returned.delivery.routing_key.as_str() == destination && returned.delivery.data == payload =>
                 {
-                    shared.known_queues.write().unwrap_or_else(|p| p.into_inner()).remove(&destination);
+                    shared.known_queues.write().unwrap_or_else(|p| p.into_inner()).set(&destination, false);
                     Err(PublishError::Unroutable(destination))
                 }
                 // Another publish's return, pinned on this confirm by lapin: this one was routed.

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 pub use dispatch::KafkaAcker;
 
 use super::{Confirm, Message, PublishError, Subscription, Topology, Transport, TransportError};
+use crate::contract::naming;
 
 /// How messages of one partition may run concurrently.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -56,9 +57,24 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Replication factor of topics this transport creates.
     pub replication: i32,
+    /// The producer's `message.max.bytes`: payload, key and headers of the largest
+    /// record the worker writes (derived from `--max-payload-bytes`, with room for the
+    /// headers of a dead-letter copy).
+    pub max_message_bytes: usize,
     /// librdkafka properties passed through (`security.protocol`, `sasl.mechanisms`,
     /// `fetch.wait.max.ms`, …); they override ours.
     pub properties: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// Room above `--max-payload-bytes` for the key and the headers of a dead-letter copy.
+    pub const HEADER_ROOM: usize = 64 * 1024;
+
+    /// The producer limit for a worker that accepts payloads up to `max_payload_bytes`:
+    /// never below librdkafka's own default (1,000,000).
+    pub fn max_message_bytes_for(max_payload_bytes: usize) -> usize {
+        max_payload_bytes.saturating_add(Self::HEADER_ROOM).clamp(1_000_000, 1_000_000_000)
+    }
 }
 
 /// A Kafka cluster; clones share the producer.
@@ -71,8 +87,9 @@ struct Shared {
     config: KafkaConfig,
     /// Idempotent, `acks=all`.
     producer: FutureProducer,
-    /// Topics known to exist (publishing elsewhere is reported unroutable).
-    known_topics: RwLock<foldhash::HashSet<String>>,
+    /// Topics known to exist, and recently seen missing (publishing there is reported
+    /// unroutable); bounded.
+    known_topics: RwLock<super::names::Known>,
     /// Held while a topic is looked up, so that a burst of publishes to a topic not yet
     /// known (every handler's first reply at start-up) asks the cluster once instead of
     /// once per message, each on a blocking thread of its own.
@@ -94,9 +111,11 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 impl KafkaTransport {
     /// Create the producer and check that the cluster answers.
     pub async fn connect(config: KafkaConfig) -> Result<Self, TransportError> {
+        let max_message_bytes = config.max_message_bytes.to_string();
         let producer: FutureProducer = client_config(
             &config,
             &[
+                ("message.max.bytes", &max_message_bytes),
                 ("enable.idempotence", "true"),
                 ("acks", "all"),
                 ("allow.auto.create.topics", "false"),
@@ -130,15 +149,18 @@ impl KafkaTransport {
         &self.shared.config
     }
 
-    /// Whether `topic` exists (cached once seen).
+    /// Whether `topic` exists (cached once seen; a missing one is asked again after a second).
     pub async fn topic_exists(&self, topic: &str) -> Result<bool, PublishError> {
-        let known = || self.shared.known_topics.read().unwrap_or_else(|p| p.into_inner()).contains(topic);
-        if known() {
-            return Ok(true);
+        if let Some(reason) = naming::kafka_topic_problem(topic) {
+            return Err(PublishError::invalid_name(topic, reason));
+        }
+        let known = || self.shared.known_topics.read().unwrap_or_else(|p| p.into_inner()).get(topic);
+        if let Some(exists) = known() {
+            return Ok(exists);
         }
         let _lookup = self.shared.lookup.lock().await;
-        if known() {
-            return Ok(true);
+        if let Some(exists) = known() {
+            return Ok(exists);
         }
         let producer = self.shared.producer.clone();
         let name = topic.to_owned();
@@ -149,9 +171,7 @@ impl KafkaTransport {
                 .map_err(|e| PublishError::Unavailable(e.to_string()))?;
         let exists =
             metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-        if exists {
-            self.shared.known_topics.write().unwrap_or_else(|p| p.into_inner()).insert(topic.to_owned());
-        }
+        self.shared.known_topics.write().unwrap_or_else(|p| p.into_inner()).set(topic, exists);
         Ok(exists)
     }
 
@@ -226,6 +246,10 @@ pub(crate) fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> 
 
 impl Transport for KafkaTransport {
     type Acker = KafkaAcker;
+
+    fn name_problem(&self, destination: &str) -> Option<&'static str> {
+        naming::kafka_topic_problem(destination)
+    }
 
     fn is_ready(&self) -> bool {
         let subscribed = self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()).is_some();
@@ -346,14 +370,14 @@ impl Transport for KafkaTransport {
                     record = returned;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err((error, _)) => return Err(self.publish_error(destination, error)),
+                Err((error, _)) => return Err(self.publish_error(destination, message, error)),
             }
         };
-        let (transport, destination) = (self.clone(), destination.to_owned());
+        let (transport, destination, message) = (self.clone(), destination.to_owned(), message.clone());
         Ok(Box::pin(async move {
             match delivery.await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err((error, _))) => Err(transport.publish_error(&destination, error)),
+                Ok(Err((error, _))) => Err(transport.publish_error(&destination, &message, error)),
                 Err(_) => Err(PublishError::Unavailable("the producer dropped the message".into())),
             }
         }))
@@ -364,17 +388,35 @@ impl Transport for KafkaTransport {
 const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl KafkaTransport {
-    /// Our error for a failed produce; an unknown topic is forgotten and reported unroutable.
-    fn publish_error(&self, destination: &str, error: KafkaError) -> PublishError {
-        match error {
-            KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition) => {
-                self.shared.known_topics.write().unwrap_or_else(|p| p.into_inner()).remove(destination);
+    /// Our error for a failed produce, classified by what a retry can do about it.
+    fn publish_error(&self, destination: &str, message: &Message, error: KafkaError) -> PublishError {
+        use RDKafkaErrorCode as Code;
+        let KafkaError::MessageProduction(code) = error else {
+            return PublishError::Unavailable(error.to_string());
+        };
+        match code {
+            Code::UnknownTopicOrPartition | Code::UnknownTopic => {
+                self.shared.known_topics.write().unwrap_or_else(|p| p.into_inner()).set(destination, false);
                 PublishError::Unroutable(destination.to_owned())
             }
-            KafkaError::MessageProduction(code) => {
-                PublishError::Rejected { destination: destination.to_owned(), reason: code.to_string() }
-            }
-            error => PublishError::Unavailable(error.to_string()),
+            Code::MessageSizeTooLarge | Code::InvalidMessageSize => PublishError::TooLarge {
+                destination: destination.to_owned(),
+                size: message.payload.len() + message.key.as_ref().map_or(0, |k| k.len()) + message.headers.byte_len(),
+                reason: format!("{code} (the producer allows {} bytes)", self.shared.config.max_message_bytes),
+            },
+            Code::InvalidTopic => PublishError::invalid_name(destination, "the broker says the topic name is invalid"),
+            // librdkafka already retried these for `message.timeout.ms`: the cluster is unwell.
+            Code::MessageTimedOut
+            | Code::QueueFull
+            | Code::RequestTimedOut
+            | Code::AllBrokersDown
+            | Code::BrokerTransportFailure
+            | Code::LeaderNotAvailable
+            | Code::NotLeaderForPartition
+            | Code::NotEnoughReplicas
+            | Code::NotEnoughReplicasAfterAppend
+            | Code::NetworkException => PublishError::Unavailable(code.to_string()),
+            code => PublishError::Rejected { destination: destination.to_owned(), reason: code.to_string() },
         }
     }
 }

@@ -1,0 +1,201 @@
+//! Bounded redelivery: how often each message came back without an outcome because the
+//! broker refused its output, and when to stop trying.
+//!
+//! A refused reply, retry copy or dead-letter copy leaves the request unsettled, so the
+//! broker delivers it again and the handler runs again. Without a limit, one message whose
+//! output the broker refuses for good loops forever, repeating the handler's side effects.
+//! So each refusal is counted per message, the redelivery waits longer each round
+//! ([`delay`]), and past the limit the message takes its documented way out (the pipeline
+//! dead-letters it as `undeliverable`). A broker outage is not counted: it is nobody's
+//! fault and ends by itself.
+//!
+//! Invariants, tested below: a message is requeued at most `limit` times before
+//! [`Next::GiveUp`]; memory holds at most [`CAPACITY`] messages; a settled message starts
+//! again from zero.
+
+use std::{collections::VecDeque, time::Duration};
+
+/// Messages tracked at once; past it the oldest is forgotten (it may then loop up to
+/// `limit` more rounds: still bounded).
+pub const CAPACITY: usize = 10_000;
+/// Wait before redelivering after the first refusal; doubles each round.
+pub const FIRST_DELAY: Duration = Duration::from_millis(100);
+/// Longest wait before a redelivery.
+pub const MAX_DELAY: Duration = Duration::from_secs(10);
+/// Wait before redelivering after a broker outage (not counted).
+pub const OUTAGE_DELAY: Duration = Duration::from_millis(500);
+
+/// What to do with a message whose output was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Return it to the broker after this long.
+    Requeue {
+        /// How long to wait first.
+        after: Duration,
+        /// Refusals so far, this one included.
+        round: u32,
+    },
+    /// Stop: it was refused this many times.
+    GiveUp {
+        /// Refusals, this one included.
+        rounds: u32,
+    },
+}
+
+/// Refusal counts by message identity (a hash: see the pipeline's `identity`).
+#[derive(Debug)]
+pub struct Redeliveries {
+    /// Requeues allowed before giving up.
+    limit: u32,
+    /// Identity → refusals so far.
+    rounds: foldhash::HashMap<u64, u32>,
+    /// Identities in the order first seen, for forgetting the oldest (may hold settled ones).
+    order: VecDeque<u64>,
+}
+
+impl Redeliveries {
+    /// Allow `limit` requeues per message.
+    pub fn new(limit: u32) -> Self {
+        Self { limit, rounds: foldhash::HashMap::default(), order: VecDeque::new() }
+    }
+
+    /// The output of message `identity` was refused: requeue it, or give up.
+    pub fn refused(&mut self, identity: u64) -> Next {
+        let rounds = self.rounds.entry(identity).or_insert(0);
+        *rounds = rounds.saturating_add(1);
+        let round = *rounds;
+        if round == 1 {
+            self.order.push_back(identity);
+            self.bound();
+        }
+        if round > self.limit {
+            self.rounds.remove(&identity);
+            return Next::GiveUp { rounds: round };
+        }
+        Next::Requeue { after: delay(round), round }
+    }
+
+    /// Message `identity` reached its outcome: forget it.
+    pub fn settled(&mut self, identity: u64) {
+        if !self.rounds.is_empty() {
+            self.rounds.remove(&identity);
+        }
+    }
+
+    /// Refusals counted for `identity`.
+    pub fn rounds(&self, identity: u64) -> u32 {
+        self.rounds.get(&identity).copied().unwrap_or(0)
+    }
+
+    fn bound(&mut self) {
+        while self.rounds.len() > CAPACITY {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.rounds.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        if self.order.len() > 2 * CAPACITY {
+            let rounds = &self.rounds;
+            self.order.retain(|identity| rounds.contains_key(identity));
+        }
+    }
+}
+
+/// How long to wait before redelivering after refusal number `round` (1-based).
+pub fn delay(round: u32) -> Duration {
+    let doublings = round.saturating_sub(1).min(16);
+    FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn gives_up_after_the_limit() {
+        let mut redeliveries = Redeliveries::new(3);
+        let seen: Vec<Next> = (0..4).map(|_| redeliveries.refused(7)).collect();
+        assert_eq!(
+            seen,
+            [
+                Next::Requeue { after: Duration::from_millis(100), round: 1 },
+                Next::Requeue { after: Duration::from_millis(200), round: 2 },
+                Next::Requeue { after: Duration::from_millis(400), round: 3 },
+                Next::GiveUp { rounds: 4 },
+            ]
+        );
+        assert_eq!(redeliveries.rounds(7), 0, "given up: forgotten");
+    }
+
+    #[test]
+    fn zero_means_no_requeue() {
+        assert_eq!(Redeliveries::new(0).refused(1), Next::GiveUp { rounds: 1 });
+    }
+
+    #[test]
+    fn settling_starts_over() {
+        let mut redeliveries = Redeliveries::new(2);
+        redeliveries.refused(1);
+        redeliveries.refused(1);
+        redeliveries.settled(1);
+        assert_eq!(redeliveries.refused(1), Next::Requeue { after: FIRST_DELAY, round: 1 });
+    }
+
+    #[test]
+    fn delays_double_up_to_the_cap() {
+        assert_eq!(delay(1), FIRST_DELAY);
+        assert_eq!(delay(2), FIRST_DELAY * 2);
+        assert_eq!(delay(8), MAX_DELAY);
+        assert_eq!(delay(u32::MAX), MAX_DELAY);
+    }
+
+    proptest! {
+        /// Whatever the interleaving of refusals and settlements over many messages: no
+        /// message is requeued more than `limit` times in a row, and memory stays bounded.
+        #[test]
+        fn bounded_in_rounds_and_memory(
+            limit in 0u32..6,
+            events in proptest::collection::vec((0u64..50, any::<bool>()), 0..400),
+        ) {
+            let mut redeliveries = Redeliveries::new(limit);
+            let mut model: std::collections::HashMap<u64, u32> = Default::default();
+            for (identity, settle) in events {
+                if settle {
+                    redeliveries.settled(identity);
+                    model.remove(&identity);
+                    continue;
+                }
+                let count = model.entry(identity).or_insert(0);
+                *count += 1;
+                match redeliveries.refused(identity) {
+                    Next::Requeue { round, .. } => {
+                        prop_assert!(round <= limit);
+                        prop_assert_eq!(round, *count);
+                    }
+                    Next::GiveUp { rounds } => {
+                        prop_assert_eq!(rounds, limit + 1);
+                        prop_assert_eq!(rounds, *count);
+                        model.remove(&identity);
+                    }
+                }
+                prop_assert!(redeliveries.rounds.len() <= CAPACITY);
+                prop_assert!(redeliveries.order.len() <= 2 * CAPACITY + 1);
+            }
+        }
+    }
+
+    #[test]
+    fn the_oldest_are_forgotten_past_capacity() {
+        let mut redeliveries = Redeliveries::new(5);
+        for identity in 0..(CAPACITY as u64 + 10) {
+            redeliveries.refused(identity);
+        }
+        assert_eq!(redeliveries.rounds.len(), CAPACITY);
+        assert_eq!(redeliveries.rounds(0), 0);
+        assert_eq!(redeliveries.rounds(CAPACITY as u64 + 9), 1);
+    }
+}
