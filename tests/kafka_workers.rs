@@ -1,7 +1,7 @@
 //! The greeter binary on Kafka (the mock cluster in a process of its own): a consumer
 //! group losing a member to kill -9 and gaining one mid-load, a member whose handlers
-//! are all stuck, produce errors injected by the broker, and a slow broker's confirms.
-//! Nothing may be lost.
+//! are all stuck, produce errors injected by the broker, a slow broker's confirms, and
+//! records larger than the producer may write. Nothing may be lost.
 
 use std::time::Duration;
 
@@ -202,5 +202,62 @@ async fn broker_errors_and_outage_lose_nothing() {
     println!("kafka faults: {} answered, {} lost, {} duplicates", seen.by_id.len(), missing.len(), seen.duplicates());
     assert!(missing.is_empty(), "lost {} requests\n{}", missing.len(), worker.tail());
     assert!(worker.running(), "the worker recovered by itself:\n{}", worker.tail());
+    assert!(worker.terminate());
+}
+
+/// Requests whose dead-letter copy the producer cannot write whole: one of 1,010,000 bytes
+/// of bad JSON (under `--max-payload-bytes`; its copy with the failure headers passes) and
+/// one of 1.5 MB (`too-large`; its copy goes without the payload). Each reaches its outcome
+/// within seconds, and the next request with the same key (same partition) is answered.
+/// Before, the copy failed locally with MSG_SIZE_TOO_LARGE, which counted as transient: the
+/// request was redelivered every 1.5 s forever and its partition stalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_reach_their_outcome_and_the_partition_moves_on() {
+    let names = names("large");
+    let cluster = start_cluster(&names);
+    let mut worker = greeter("large", &cluster, &names, &[]);
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    let reply_to = names.replies.as_bytes();
+    let bad_json = vec![b'{'; 1_010_000];
+    let too_large = format!(r#"{{"message":"{}"}}"#, "x".repeat(1_500_000));
+    for (id, payload) in [("big-bad-json", bad_json.as_slice()), ("big-too-large", too_large.as_bytes())] {
+        let headers: [(&str, &[u8]); 2] = [("courier-correlation-id", id.as_bytes()), ("courier-reply-to", reply_to)];
+        client.publish_raw(&names.queue, b"same-key", payload, &headers).await;
+    }
+    let after = br#"{"message":"after"}"#;
+    let headers: [(&str, &[u8]); 2] = [("courier-correlation-id", b"after"), ("courier-reply-to", reply_to)];
+    client.publish_raw(&names.queue, b"same-key", after, &headers).await;
+
+    let mut replies = std::collections::HashMap::new();
+    while replies.len() < 3 {
+        let reply = client
+            .next_record(&names.replies, PARTITIONS, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("replies so far: {replies:?}\n{}", worker.tail()));
+        let header = |name: &str| reply.headers.get(name).cloned().unwrap_or_default();
+        replies.insert(header("courier-correlation-id"), (header("courier-status"), header("courier-error-code")));
+    }
+    assert_eq!(replies["big-bad-json"], ("error".to_owned(), "invalid_json".to_owned()));
+    assert_eq!(replies["big-too-large"], ("error".to_owned(), "payload_too_large".to_owned()));
+    assert_eq!(replies["after"].0, "ok", "the partition moved on");
+
+    let dlq = format!("{}.dlq", names.queue);
+    let mut records = std::collections::HashMap::new();
+    while records.len() < 2 {
+        let record = client.next_record(&dlq, PARTITIONS, Duration::from_secs(10)).await.expect("dead-letter records");
+        let id = record.headers.get("courier-correlation-id").cloned().unwrap_or_default();
+        records.insert(id, record);
+    }
+    let whole = &records["big-bad-json"];
+    assert_eq!(whole.payload.len(), 1_010_000, "a copy that fits keeps its payload");
+    assert_eq!(whole.key.as_deref(), Some("same-key"));
+    let omitted = &records["big-too-large"];
+    assert_eq!(omitted.headers.get("courier-failure-kind").map(String::as_str), Some("too-large"));
+    assert!(omitted.payload.is_empty(), "a copy too large for the producer goes without its payload");
+    assert_eq!(
+        omitted.headers.get("courier-failure-payload-bytes").map(String::as_str),
+        Some(too_large.len().to_string().as_str())
+    );
+    assert!(omitted.headers.contains_key("courier-failure-offset"), "where the original still is");
     assert!(worker.terminate());
 }

@@ -1,5 +1,5 @@
 //! The greeter binary against the local RabbitMQ: kill -9 mid-load, competing
-//! consumers, malformed input from a raw client.
+//! consumers, malformed input from a raw client, an RPC client's exclusive reply queue.
 
 use courier::{contract::headers as h, testing::Harness};
 use courier_tests::{
@@ -112,6 +112,34 @@ async fn malformed_input_is_dead_lettered_and_the_worker_survives() {
     // Error replies for the malformed requests (no correlation id) come first.
     client.collect_replies(&replies, usize::MAX, &mut seen, PATIENCE, |r| r.by_id.contains_key(&ids[0])).await;
     assert!(seen.missing(&ids).is_empty(), "still serving after malformed input\n{}", worker.tail());
+    assert!(worker.terminate());
+    cleanup(&queue, &replies).await;
+}
+
+/// The usual RPC client: its reply queue is exclusive to its own connection, so the
+/// worker's passive declare of it fails with 405 RESOURCE_LOCKED, yet publishing to it
+/// works. The request is answered once; before, it was requeued forever as "broker
+/// unavailable".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_reply_queue_gets_its_replies() {
+    let (queue, replies) = names("exclusive");
+    let client = RawClient::connect().await;
+    client.declare(&queue).await;
+    client.declare(&replies).await;
+    let mine = format!("{}.replies", uuid::Uuid::new_v4().simple());
+    let options = lapin::options::QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    client.channel.queue_declare(mine.as_str().into(), options, FieldTable::default()).await.expect("exclusive");
+    let port = courier_tests::http::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut worker = greeter("exclusive", &queue, &replies, &["--http-addr", &addr]);
+    let ids = client.publish_greetings(&queue, &mine, "x", 20).await;
+    let mut seen = Replies::default();
+    client.collect_replies(&mine, ids.len(), &mut seen, PATIENCE, |_| false).await;
+    assert!(seen.missing(&ids).is_empty(), "{} unanswered\n{}", seen.missing(&ids).len(), worker.tail());
+    assert_eq!(seen.duplicates(), 0);
+    let (_, metrics) = courier_tests::http::get(port, "/metrics").await;
+    let received = courier_tests::http::metric(&metrics, r#"courier_messages_received_total{worker="greeter"}"#);
+    assert_eq!(received, 20.0, "each request handled once, none requeued\n{}", worker.tail());
     assert!(worker.terminate());
     cleanup(&queue, &replies).await;
 }

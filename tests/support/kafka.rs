@@ -311,6 +311,8 @@ impl KafkaClient {
             .set("bootstrap.servers", bootstrap)
             .set("linger.ms", "5")
             .set("queue.buffering.max.messages", "200000")
+            // A producer in another language may send records up to what the broker takes.
+            .set("message.max.bytes", "10000000")
             .create()
             .expect("producer");
         Self { bootstrap: bootstrap.to_owned(), producer, readers: HashMap::new() }
@@ -366,6 +368,27 @@ impl KafkaClient {
         let record = FutureRecord::to(topic).key(id).payload(body.as_str()).headers(headers);
         // The delivery report is not awaited: the reply is what the caller waits for.
         drop(self.producer.send_result(record).map_err(|(e, _)| e).expect("queue the request"));
+    }
+
+    /// Publish one record as any producer could: key, payload and headers as given; waits
+    /// for the broker's acknowledgement.
+    pub async fn publish_raw(&self, topic: &str, key: &[u8], payload: &[u8], headers: &[(&str, &[u8])]) {
+        use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
+        let headers = headers.iter().fold(OwnedHeaders::new(), |all, (key, value)| {
+            all.insert(rdkafka::message::Header { key, value: Some(*value) })
+        });
+        let record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+        let delivery = self.producer.send_result(record).map_err(|(e, _)| e).expect("queue the record");
+        delivery.await.expect("delivery report").expect("record delivered");
+    }
+
+    /// The next record of `topic` (read from its beginning by this client), as the
+    /// runtime sees it; `None` after `patience` without one.
+    pub async fn next_record(&mut self, topic: &str, partitions: i32, patience: Duration) -> Option<Message> {
+        let bootstrap = self.bootstrap.clone();
+        let reader = self.readers.entry(topic.to_owned()).or_insert_with(|| reader(&bootstrap, topic, partitions));
+        let record = tokio::time::timeout(patience, reader.recv()).await.ok()?.expect("read");
+        Some(convert::to_message(&record))
     }
 
     /// Count replies on `topic` until `expected` distinct correlation ids arrived,
