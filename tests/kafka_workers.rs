@@ -208,9 +208,8 @@ async fn broker_errors_and_outage_lose_nothing() {
 /// Requests whose dead-letter copy the producer cannot write whole: one of 1,010,000 bytes
 /// of bad JSON (under `--max-payload-bytes`; its copy with the failure headers passes) and
 /// one of 1.5 MB (`too-large`; its copy goes without the payload). Each reaches its outcome
-/// within seconds, and the next request with the same key (same partition) is answered.
-/// Before, the copy failed locally with MSG_SIZE_TOO_LARGE, which counted as transient: the
-/// request was redelivered every 1.5 s forever and its partition stalled.
+/// within seconds, and the next request with the same key (same partition) is answered:
+/// MSG_SIZE_TOO_LARGE must never count as a failure a redelivery can cure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_requests_reach_their_outcome_and_the_partition_moves_on() {
     let names = names("large");
@@ -250,7 +249,7 @@ async fn oversized_requests_reach_their_outcome_and_the_partition_moves_on() {
     }
     let whole = &records["big-bad-json"];
     assert_eq!(whole.payload.len(), 1_010_000, "a copy that fits keeps its payload");
-    assert_eq!(whole.key.as_deref(), Some("same-key"));
+    assert_eq!(whole.key.as_deref(), Some(&b"same-key"[..]));
     let omitted = &records["big-too-large"];
     assert_eq!(omitted.headers.get("courier-failure-kind").map(String::as_str), Some("too-large"));
     assert!(omitted.payload.is_empty(), "a copy too large for the producer goes without its payload");
@@ -259,5 +258,30 @@ async fn oversized_requests_reach_their_outcome_and_the_partition_moves_on() {
         Some(too_large.len().to_string().as_str())
     );
     assert!(omitted.headers.contains_key("courier-failure-offset"), "where the original still is");
+    assert!(worker.terminate());
+}
+
+/// A binary key (a Java `LongSerializer` key, say: eight bytes, not UTF-8) reaches the
+/// reply and the dead-letter copy byte for byte, so they land where a keyed consumer
+/// expects them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_keys_reach_replies_and_dead_letters_unchanged() {
+    let names = names("binkey");
+    let cluster = start_cluster(&names);
+    let mut worker = greeter("binkey", &cluster, &names, &[]);
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    let key = [0xff, 0x00, 0x80, 0x7f, 0xfe, 0x01, 0xc3, 0x28];
+    let reply_to = names.replies.as_bytes();
+    let ok: [(&str, &[u8]); 2] = [("courier-correlation-id", b"ok"), ("courier-reply-to", reply_to)];
+    client.publish_raw(&names.queue, &key, br#"{"message":"binary"}"#, &ok).await;
+    let bad: [(&str, &[u8]); 2] = [("courier-correlation-id", b"bad"), ("courier-reply-to", reply_to)];
+    client.publish_raw(&names.queue, &key, b"not json", &bad).await;
+    for _ in 0..2 {
+        let reply = client.next_record(&names.replies, PARTITIONS, PATIENCE).await.expect("a reply");
+        assert_eq!(reply.key.as_deref(), Some(&key[..]), "reply key\n{}", worker.tail());
+    }
+    let dlq = format!("{}.dlq", names.queue);
+    let record = client.next_record(&dlq, PARTITIONS, PATIENCE).await.expect("the dead letter");
+    assert_eq!(record.key.as_deref(), Some(&key[..]), "dead-letter key");
     assert!(worker.terminate());
 }

@@ -41,7 +41,16 @@ async fn metrics_and_trace_context_follow_each_outcome() {
     let reply_trace = reply.headers.get(h::TRACEPARENT).expect("traceparent on the error reply");
     assert_eq!(trace::trace_id(reply_trace), Some(TRACE_ID));
 
-    let (_, text) = get(port, "/metrics").await;
+    // The reply is visible before the worker has its confirm and acks the request: wait
+    // for the last delivery to settle.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = get(port, "/metrics").await.1;
+        if metric(&text, r#"courier_in_flight{worker="greeter"}"#) == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let series = |s: &str| metric(&text, s);
     assert_eq!(
         series(r#"courier_messages_received_total{worker="greeter"}"#),

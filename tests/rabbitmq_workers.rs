@@ -118,8 +118,7 @@ async fn malformed_input_is_dead_lettered_and_the_worker_survives() {
 
 /// The usual RPC client: its reply queue is exclusive to its own connection, so the
 /// worker's passive declare of it fails with 405 RESOURCE_LOCKED, yet publishing to it
-/// works. The request is answered once; before, it was requeued forever as "broker
-/// unavailable".
+/// works. Each request is answered once, never requeued as "broker unavailable".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exclusive_reply_queue_gets_its_replies() {
     let (queue, replies) = names("exclusive");

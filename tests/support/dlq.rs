@@ -97,7 +97,7 @@ pub fn request(id: &str, reply_to: &str) -> Message {
     Message {
         payload: format!(r#"{{"message":"{id}"}}"#).into(),
         headers: headers.into_iter().map(|(k, v)| (courier::contract::headers::name(k), v.to_owned())).collect(),
-        key: Some(id.to_owned()),
+        key: Some(id.to_owned().into()),
     }
 }
 

@@ -517,7 +517,7 @@ impl crate::dlq::Drill for KafkaDrill {
             let mut record =
                 FutureRecord::to(queue).payload(&message.payload[..]).headers(convert::headers(&message.headers));
             if let Some(key) = &message.key {
-                record = record.key(key.as_str());
+                record = record.key(&key[..]);
             }
             pending.push(self.producer.send_result(record).map_err(|(e, _)| e).expect("queue the message"));
         }

@@ -100,7 +100,7 @@ impl<T: Transport> Client<T> {
         let message = Message {
             payload,
             headers: headers.into_iter().map(|(k, v)| (k.into(), v)).collect(),
-            key: Some(id.clone()),
+            key: Some(id.clone().into()),
         };
         let (sender, reply) = oneshot::channel();
         self.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), sender);

@@ -290,7 +290,7 @@ fn request(payload: impl Into<bytes::Bytes>, extra: &[(&str, &str)]) -> Message 
     for (k, v) in extra {
         headers.insert(h::name(k), (*v).to_owned());
     }
-    Message { payload: payload.into(), headers, key: Some(id) }
+    Message { payload: payload.into(), headers, key: Some(id.into()) }
 }
 
 /// Every queue a scenario's worker declared.

@@ -110,15 +110,22 @@ impl Index<&str> for Headers {
     }
 }
 
-/// Later values of a repeated name replace earlier ones.
+/// Later values of a repeated name replace earlier ones. Sorts once (n log n): inserting
+/// one by one would move the vector's tail each time, quadratic for a hostile record with
+/// many headers in reverse order.
 impl FromIterator<(Cow<'static, str>, String)> for Headers {
     fn from_iter<I: IntoIterator<Item = (Cow<'static, str>, String)>>(iter: I) -> Self {
-        let iter = iter.into_iter();
-        let mut headers = Self::with_capacity(iter.size_hint().0);
-        for (name, value) in iter {
-            headers.insert(name, value);
+        let mut all: Vec<(Cow<'static, str>, String)> = iter.into_iter().collect();
+        // Stable: of equal names, the later one stays later.
+        all.sort_by(|(a, _), (b, _)| a.cmp(b));
+        let mut entries: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(all.len());
+        for entry in all {
+            match entries.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => entries.push(entry),
+            }
         }
-        headers
+        Self { entries }
     }
 }
 
@@ -187,6 +194,31 @@ mod tests {
         assert_eq!(h.get_or_insert_with("y".into(), || "3".into()), "2");
         assert_eq!(h.get_or_insert_with("w".into(), || "4".into()), "4");
         assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn a_hostile_header_count_is_not_quadratic() {
+        // 200k names in reverse order: one by one, each insert moved the whole tail
+        // (~2·10^10 moves); collected, one sort.
+        let started = std::time::Instant::now();
+        let h: Headers = (0..200_000).rev().map(|i| (Cow::Owned(format!("h{i:07}")), String::new())).collect();
+        assert_eq!(h.len(), 200_000);
+        assert!(h.keys().zip(h.keys().skip(1)).all(|(a, b)| a < b));
+        // Generous for a debug build on a loaded machine; the quadratic version takes minutes.
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    }
+
+    proptest::proptest! {
+        /// Collecting equals inserting one by one (the model), for any names and repeats.
+        #[test]
+        fn collecting_equals_inserting(pairs in proptest::collection::vec(("[a-d]{0,2}", "[x-z]{0,2}"), 0..40)) {
+            let collected: Headers = pairs.iter().map(|(k, v)| (Cow::Owned(k.clone()), v.clone())).collect();
+            let mut inserted = Headers::new();
+            for (k, v) in &pairs {
+                inserted.insert(Cow::Owned(k.clone()), v.clone());
+            }
+            proptest::prop_assert_eq!(collected, inserted);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod failure;
 pub mod header_map;
 pub mod headers;
+pub mod key;
 pub mod naming;
 pub mod timestamp;
 pub mod trace;

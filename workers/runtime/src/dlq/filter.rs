@@ -19,9 +19,9 @@ pub struct Filter {
     /// Only records that failed on this queue/topic (`courier-failure-source`).
     #[arg(long)]
     pub source: Option<String>,
-    /// Only records with this key (Kafka record key).
-    #[arg(long)]
-    pub key: Option<String>,
+    /// Only records with this key (Kafka record key): its text, or `hex:<hex>` for any bytes.
+    #[arg(long, value_parser = crate::contract::key::parse)]
+    pub key: Option<bytes::Bytes>,
     /// Only records that last failed at or after this time: RFC 3339, or a duration ago (`2h`).
     #[arg(long, value_parser = parse_instant)]
     pub since: Option<SystemTime>,
@@ -39,7 +39,7 @@ impl Filter {
         equal(&self.fingerprint, header(h::FAILURE_FINGERPRINT))
             && equal(&self.kind, header(h::FAILURE_KIND))
             && equal(&self.source, header(h::FAILURE_SOURCE))
-            && equal(&self.key, record.key.as_deref())
+            && self.key.as_ref().is_none_or(|wanted| record.key.as_ref() == Some(wanted))
             && self.since.is_none_or(|since| failed_at.is_some_and(|at| at >= since))
             && self.until.is_none_or(|until| failed_at.is_some_and(|at| at < until))
     }
@@ -73,7 +73,7 @@ mod tests {
     fn record(pairs: &[(&str, &str)], key: Option<&str>) -> Message {
         Message {
             headers: pairs.iter().map(|(k, v)| (h::name(k), (*v).to_owned())).collect(),
-            key: key.map(str::to_owned),
+            key: key.map(|k| bytes::Bytes::copy_from_slice(k.as_bytes())),
             ..Message::default()
         }
     }

@@ -87,7 +87,9 @@ impl KafkaStore {
         if ledger_partitions > 0 {
             let mut reader = LogReader::start(transport, &ledger, ledger_partitions).await?;
             while let Some(entry) = reader.next().await? {
-                if let Some(key) = entry.message.key.as_deref().and_then(parse_key) {
+                if let Some(key) =
+                    entry.message.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()).and_then(parse_key)
+                {
                     settled.insert(key);
                 }
             }
@@ -193,7 +195,7 @@ fn commit(
                         .payload(&message.payload[..])
                         .headers(convert::headers(&message.headers));
                     if let Some(key) = &message.key {
-                        record = record.key(key.as_bytes());
+                        record = record.key(&key[..]);
                     }
                     producer.send_result(record).map_err(|(e, _)| e)?;
                     ("moved", destination.as_str())

@@ -108,7 +108,7 @@ impl Stats {
 pub fn show(record: &Record) -> String {
     let mut out = format!("── {} ", record.id);
     if let Some(key) = &record.message.key {
-        let _ = write!(out, "key={key} ");
+        let _ = write!(out, "key={} ", crate::contract::key::display(key));
     }
     out.push('\n');
     for (name, value) in &record.message.headers {
@@ -133,7 +133,7 @@ pub fn show_json(record: &Record) -> serde_json::Value {
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&record.message.payload).into_owned()));
     serde_json::json!({
         "id": record.id.to_string(),
-        "key": record.message.key,
+        "key": record.message.key.as_deref().map(crate::contract::key::display),
         "headers": record.message.headers,
         "payload": payload,
     })

@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(message.headers.get(h::REPLAY_COUNT).map(String::as_str), Some("1"));
         assert_eq!(message.headers.get(h::CORRELATION_ID).map(String::as_str), Some("c-1"));
         assert!(h::FAILURE_HEADERS.iter().chain([&h::ATTEMPT]).all(|name| !message.headers.contains_key(name)));
-        assert_eq!(message.key.as_deref(), Some("k"));
+        assert_eq!(message.key.as_deref(), Some(&b"k"[..]));
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! The worker's Prometheus metrics (the `prometheus` crate's registry and text encoder).
-//! Names and labels are part of the operations contract (README, Grafana dashboard, alerts).
+//! Names and labels are part of the operations contract (deploy/README.md, the Grafana dashboard, alerts).
 
 use std::time::Duration;
 

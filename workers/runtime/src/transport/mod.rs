@@ -25,8 +25,8 @@ pub struct Message {
     pub payload: Bytes,
     /// Headers (AMQP headers table / Kafka record headers); contract names in `contract::headers`.
     pub headers: Headers,
-    /// Partitioning key (Kafka record key); transports without keys ignore it.
-    pub key: Option<String>,
+    /// Partitioning key (Kafka record key), byte for byte; transports without keys ignore it.
+    pub key: Option<Bytes>,
 }
 
 /// Where a delivery came from, for dead-letter records and logs.

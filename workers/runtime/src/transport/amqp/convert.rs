@@ -64,14 +64,12 @@ pub fn properties(message: &Message) -> BasicProperties {
 
 /// Our headers from a received message's properties; never fails, whatever the producer sent.
 pub fn headers(props: &BasicProperties) -> Headers {
-    let mut headers = Headers::new();
-    if let Some(table) = props.headers() {
-        for (name, value) in table.inner() {
-            if let Some(text) = text(value) {
-                headers.insert(h::name(name.as_str()), text);
-            }
-        }
-    }
+    let mut headers: Headers = props
+        .headers()
+        .iter()
+        .flat_map(|table| table.inner())
+        .filter_map(|(name, value)| Some((h::name(name.as_str()), text(value)?)))
+        .collect();
     let mut fill = |name: &'static str, value: &Option<ShortString>| {
         if let Some(value) = value {
             headers.get_or_insert_with(name.into(), || value.as_str().to_owned());

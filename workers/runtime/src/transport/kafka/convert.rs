@@ -10,18 +10,19 @@ use crate::{contract::headers::Headers, transport::Message};
 
 /// The message a received record carries.
 pub fn to_message(record: &BorrowedMessage<'_>) -> Message {
-    let list = record.headers();
-    let mut headers = Headers::with_capacity(list.map_or(0, |list| list.count()));
-    if let Some(list) = list {
-        for header in list.iter() {
+    let headers: Headers = record
+        .headers()
+        .into_iter()
+        .flat_map(|list| list.iter())
+        .map(|header| {
             let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-            headers.insert(crate::contract::headers::name(header.key), value);
-        }
-    }
+            (crate::contract::headers::name(header.key), value)
+        })
+        .collect();
     Message {
         payload: record.payload().map(bytes::Bytes::copy_from_slice).unwrap_or_default(),
         headers,
-        key: record.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        key: record.key().map(bytes::Bytes::copy_from_slice),
     }
 }
 

@@ -358,7 +358,7 @@ impl Transport for KafkaTransport {
         let mut record =
             FutureRecord::to(destination).payload(&message.payload[..]).headers(convert::headers(&message.headers));
         if let Some(key) = &message.key {
-            record = record.key(key.as_bytes());
+            record = record.key(&key[..]);
         }
         let full_since = std::time::Instant::now();
         let delivery = loop {
