@@ -285,3 +285,76 @@ async fn binary_keys_reach_replies_and_dead_letters_unchanged() {
     assert_eq!(record.key.as_deref(), Some(&key[..]), "dead-letter key");
     assert!(worker.terminate());
 }
+
+/// The random mix of `tests/rabbitmq_disconnect.rs` on Kafka: a member killed with -9 a
+/// third of the way, the broker down for two seconds at two thirds; afterwards each
+/// request has exactly its outcome, none lost, none wrong; duplicates are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_mix_through_kill_9_and_a_broker_outage_gives_each_request_its_outcome() {
+    use courier_tests::mix::{self, Outcomes};
+    let seed = mix::seed();
+    let names = names("mix");
+    let mut cluster = start_cluster(&names);
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    let requests = mix::requests(seed, 900);
+    for request in &requests {
+        let mut headers: Vec<(&str, &[u8])> =
+            vec![("courier-correlation-id", request.id.as_bytes()), ("courier-reply-to", names.replies.as_bytes())];
+        headers.extend(request.headers.iter().map(|(name, value)| (*name, value.as_bytes())));
+        client.publish_raw(&names.queue, request.id.as_bytes(), &request.payload, &headers).await;
+    }
+    // Slow enough (30 ms a request, one at a time per partition) that the kill and the
+    // outage land mid-load; the readers are up before the worker starts.
+    let slow = [("GREETER_LATENCY_MS", "30")];
+    let dlq = format!("{}.dlq", names.queue);
+    for topic in [&names.replies, &dlq] {
+        assert!(client.next_record(topic, PARTITIONS, Duration::from_millis(500)).await.is_none());
+    }
+    let mut first = greeter_with("mix-a", &cluster, &names, &slow, "8", &[]);
+    let mut outcomes = Outcomes::default();
+    let gather = async |client: &mut KafkaClient, outcomes: &mut Outcomes, target: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while requests.iter().filter(|r| outcomes.finished(r)).count() < target && std::time::Instant::now() < deadline
+        {
+            // A few at a time: replies arrive as fast as they are read, and the count is
+            // what says when to strike.
+            for _ in 0..20 {
+                let Some(reply) = client.next_record(&names.replies, PARTITIONS, Duration::from_millis(20)).await
+                else {
+                    break;
+                };
+                outcomes.reply(&reply);
+            }
+            for _ in 0..20 {
+                let Some(record) = client.next_record(&dlq, PARTITIONS, Duration::from_millis(20)).await else { break };
+                outcomes.dead_letter(&record);
+            }
+        }
+    };
+    gather(&mut client, &mut outcomes, requests.len() / 3).await;
+    first.kill9();
+    let at_kill = requests.iter().filter(|r| outcomes.finished(r)).count();
+    let mut second = greeter_with("mix-b", &cluster, &names, &slow, "8", &[]);
+    gather(&mut client, &mut outcomes, requests.len() * 2 / 3).await;
+    let at_outage = requests.iter().filter(|r| outcomes.finished(r)).count();
+    cluster.command("down 1");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.command("up 1");
+    gather(&mut client, &mut outcomes, requests.len()).await;
+    let verdict = outcomes.check(&requests);
+    println!(
+        "kafka random mix (seed {seed}): {} requests ({at_kill} finished at the kill, {at_outage} at the outage), {} lost, {} wrong, {} duplicate replies",
+        requests.len(),
+        verdict.lost.len(),
+        verdict.wrong.len(),
+        verdict.duplicates
+    );
+    assert!(verdict.wrong.is_empty(), "seed {seed}: {:?}", &verdict.wrong[..verdict.wrong.len().min(5)]);
+    assert!(
+        verdict.lost.is_empty(),
+        "seed {seed}: lost {:?}\n{}",
+        &verdict.lost[..verdict.lost.len().min(5)],
+        second.tail()
+    );
+    assert!(second.terminate());
+}

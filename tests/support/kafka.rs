@@ -383,12 +383,18 @@ impl KafkaClient {
     }
 
     /// The next record of `topic` (read from its beginning by this client), as the
-    /// runtime sees it; `None` after `patience` without one.
+    /// runtime sees it; `None` after `patience` without one, or while the broker is down
+    /// (librdkafka reconnects by itself).
     pub async fn next_record(&mut self, topic: &str, partitions: i32, patience: Duration) -> Option<Message> {
         let bootstrap = self.bootstrap.clone();
         let reader = self.readers.entry(topic.to_owned()).or_insert_with(|| reader(&bootstrap, topic, partitions));
-        let record = tokio::time::timeout(patience, reader.recv()).await.ok()?.expect("read");
-        Some(convert::to_message(&record))
+        match tokio::time::timeout(patience, reader.recv()).await.ok()? {
+            Ok(record) => Some(convert::to_message(&record)),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                None
+            }
+        }
     }
 
     /// Count replies on `topic` until `expected` distinct correlation ids arrived,

@@ -5,6 +5,7 @@ pub mod dlq;
 pub mod http;
 pub mod kafka;
 pub mod measure;
+pub mod mix;
 pub mod process;
 pub mod rabbitmq;
 pub mod replies;

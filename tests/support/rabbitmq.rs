@@ -198,6 +198,18 @@ impl RawClient {
         ids
     }
 
+    /// Every message waiting in `queue` now (acked as taken).
+    pub async fn take(&self, queue: &str) -> Vec<Message> {
+        let mut messages = Vec::new();
+        while let Some(got) = self.channel.basic_get(queue.into(), BasicGetOptions::default()).await.expect("basic.get")
+        {
+            got.delivery.ack(BasicAckOptions::default()).await.expect("ack");
+            let headers = courier::transport::amqp::headers(&got.delivery.properties);
+            messages.push(Message { payload: got.delivery.data.into(), headers, key: None });
+        }
+        messages
+    }
+
     /// Count replies on `queue` until `expected` distinct correlation ids arrived,
     /// `stop_early` says so, or `patience` passed without a reply.
     pub async fn collect_replies(

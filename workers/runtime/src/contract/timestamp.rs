@@ -29,6 +29,21 @@ mod tests {
         assert_eq!(parse(&text), Some(at));
     }
 
+    proptest::proptest! {
+        /// Any text: an answer, never a panic; any valid instant of years 0–9999 round-trips.
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,40}", year in 0u32..10_000, offset in -1439i32..1440) {
+            let _ = parse(&text);
+            let sign = if offset < 0 { '-' } else { '+' };
+            let stamp = format!("{year:04}-02-28T23:59:59.999{sign}{:02}:{:02}", offset.abs() / 60, offset.abs() % 60);
+            let at = parse(&stamp);
+            proptest::prop_assert!(at.is_some(), "{}", stamp);
+            if let Some(at) = at {
+                proptest::prop_assert_eq!(parse(&format(at)), Some(at));
+            }
+        }
+    }
+
     #[test]
     fn accepts_offsets() {
         assert_eq!(parse("2030-01-01T01:00:00+01:00"), parse("2030-01-01T00:00:00Z"));
