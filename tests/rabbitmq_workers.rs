@@ -142,3 +142,59 @@ async fn an_exclusive_reply_queue_gets_its_replies() {
     assert!(worker.terminate());
     cleanup(&queue, &replies).await;
 }
+
+/// `--quorum`: a request that keeps coming back without an outcome (as from a worker that
+/// crash-loops on it) is dead-lettered by the broker into the dead-letter queue after 20
+/// deliveries, instead of looping forever (RabbitMQ 3.x) or vanishing (4.x, whose default
+/// limit drops it when no target is set); `courier dlq replay` sends it back to its queue
+/// (from the broker's `x-first-death-queue`) and it is answered. The dead-letter queue's
+/// own limit is out of reach of readers that return what they read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_requests_that_keep_coming_back_end_in_the_dead_letter_queue() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+    let (queue, replies) = names("quorum");
+    let dlq = format!("{queue}.dlq");
+    let client = RawClient::connect().await;
+    // The worker declares its quorum topology (the reply queue too), then goes away: the raw client plays a
+    // worker that dies on the request every time.
+    let mut worker = greeter("quorum-a", &queue, &replies, &["--quorum"]);
+    assert!(worker.terminate());
+    client.publish_greetings(&queue, &replies, "q", 1).await;
+    let mut deliveries = 0;
+    while let Some(got) =
+        client.channel.basic_get(queue.as_str().into(), BasicGetOptions::default()).await.expect("get")
+    {
+        deliveries += 1;
+        assert!(deliveries <= 25, "the broker keeps delivering it");
+        got.delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.expect("nack");
+    }
+    assert_eq!(deliveries, 21, "delivered 1 + 20 times, then dead-lettered");
+    let harness = RabbitHarness::new().await;
+    let record = harness.receive(&dlq, PATIENCE).await.expect("the request in the dead-letter queue");
+    assert_eq!(record.headers.get(h::X_FIRST_DEATH_REASON).map(String::as_str), Some("delivery_limit"));
+    assert_eq!(record.headers.get(h::X_FIRST_DEATH_QUEUE), Some(&queue));
+    // Back in the queue for the replay below.
+    client.publish(&dlq, &record.payload, courier::transport::amqp::properties(&record)).await;
+
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "arguments"])
+        .output()
+        .expect("rabbitmqctl list_queues");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let line = listed.lines().find(|l| l.starts_with(&format!("{dlq}\t"))).expect("the dead-letter queue is listed");
+    assert!(line.contains("x-delivery-limit") && line.contains("1000000000"), "{line}");
+
+    let url = courier_tests::rabbitmq::url();
+    let args: Vec<String> =
+        ["dlq", "replay", "--worker", "greeter", "--broker", &url, "--queue", &queue, "--replies", &replies]
+            .map(String::from)
+            .to_vec();
+    let (code, stdout, stderr) = courier_tests::process::courier(&args);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let mut worker = greeter("quorum-b", &queue, &replies, &["--quorum"]);
+    let mut seen = Replies::default();
+    client.collect_replies(&replies, 1, &mut seen, PATIENCE, |_| false).await;
+    assert_eq!(seen.by_id.get("q-0"), Some(&1), "answered after the replay\n{}", worker.tail());
+    assert!(worker.terminate());
+    cleanup(&queue, &replies).await;
+}

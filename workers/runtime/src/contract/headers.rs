@@ -64,6 +64,12 @@ pub const FAILURE_WORKER: &str = "courier-failure-worker";
 /// Instance (host/pod and pid) of the worker that gave up.
 pub const FAILURE_INSTANCE: &str = "courier-failure-instance";
 
+/// Set by RabbitMQ on a message it dead-lettered itself (a quorum work queue's delivery
+/// limit): the queue it came from. Replay sends such a record back there.
+pub const X_FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
+/// Set by RabbitMQ with [`X_FIRST_DEATH_QUEUE`]: why (`delivery_limit`, `rejected`, …).
+pub const X_FIRST_DEATH_REASON: &str = "x-first-death-reason";
+
 /// Every failure header: stripped on replay.
 pub const FAILURE_HEADERS: [&str; 13] = [
     FAILURE_KIND,

@@ -174,13 +174,17 @@ pub fn decide(operation: &Operation, record: &Message) -> Result<(Action, Option
             let source = record
                 .headers
                 .get(h::FAILURE_SOURCE)
+                // Dead-lettered by RabbitMQ itself (a quorum queue's delivery limit).
+                .or_else(|| record.headers.get(h::X_FIRST_DEATH_QUEUE))
                 .filter(|s| !s.trim().is_empty())
                 .ok_or_else(|| format!("no `{}` header: not a Courier dead-letter record", h::FAILURE_SOURCE))?;
             let replays = match record.headers.get(h::REPLAY_COUNT) {
                 None => 0,
-                Some(v) => {
-                    v.trim().parse::<u32>().map_err(|_| format!("`{}` is {v:?}, not a count", h::REPLAY_COUNT))?
-                }
+                Some(v) => v
+                    .trim()
+                    .parse::<u128>()
+                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                    .map_err(|_| format!("`{}` is {v:?}, not a count", h::REPLAY_COUNT))?,
             };
             if max_replays.is_some_and(|max| replays >= max) {
                 return Ok((
@@ -193,7 +197,16 @@ pub fn decide(operation: &Operation, record: &Message) -> Result<(Action, Option
             for name in h::FAILURE_HEADERS.iter().chain([&h::ATTEMPT]) {
                 headers.remove(name);
             }
-            headers.insert(h::REPLAY_COUNT.into(), (replays + 1).to_string());
+            // The broker's own dead-lettering headers belong to that death, not the replay.
+            let broker_owned: Vec<String> = headers
+                .keys()
+                .filter(|name| name.starts_with("x-first-death-") || name.starts_with("x-last-death-"))
+                .map(|name| name.to_string())
+                .collect();
+            for name in broker_owned {
+                headers.remove(&name);
+            }
+            headers.insert(h::REPLAY_COUNT.into(), replays.saturating_add(1).to_string());
             let replay = Message { payload: record.payload.clone(), headers, key: record.key.clone() };
             Ok((Action::Replay(destination.clone()), Some((destination, replay))))
         }

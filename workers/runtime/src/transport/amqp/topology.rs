@@ -4,6 +4,16 @@
 //! reply-to is simply a queue name. Retry tiers are queues with a queue-level TTL that
 //! dead-letter back to the work queue: per-message TTL only expires at the head of a
 //! queue, so one queue per delay keeps every message's delay exact.
+//!
+//! With `--quorum` every queue is a quorum queue (replicated), and the broker counts each
+//! message's deliveries. RabbitMQ 4 drops a message past 20 deliveries (its default
+//! delivery limit) unless a dead-letter target is set; 3.x has no default limit. So the
+//! work queue gets an explicit limit ([`QUORUM_DELIVERY_LIMIT`]) and dead-letters past
+//! it into the dead-letter queue, at-least-once: a message that keeps coming back (a
+//! worker crash-looping on it) ends there instead of vanishing or looping. The
+//! dead-letter and parking queues get a limit no reader reaches
+//! ([`QUORUM_READ_LIMIT`]): `courier dlq` reads records unacked and returns them, and
+//! each return is a delivery.
 
 use lapin::{
     Channel, ErrorKind,
@@ -18,7 +28,15 @@ use crate::transport::{Topology, TransportError};
 /// arguments is a [`TransportError::TopologyMismatch`] (and closes the channel).
 pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), TransportError> {
     let quorum = topology.quorum;
-    declare_queue(channel, &topology.queue, queue_args(quorum)).await?;
+    let mut work = queue_args(quorum);
+    if quorum {
+        work.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(QUORUM_DELIVERY_LIMIT));
+        work.insert("x-dead-letter-exchange".into(), text(""));
+        work.insert("x-dead-letter-routing-key".into(), text(&topology.dead_letter));
+        work.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+        work.insert("x-overflow".into(), text("reject-publish"));
+    }
+    declare_queue(channel, &topology.queue, work).await?;
     for tier in &topology.retry_tiers {
         let mut args = queue_args(quorum);
         let ttl = i64::try_from(tier.delay.as_millis()).unwrap_or(i64::MAX);
@@ -32,11 +50,24 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Trans
         }
         declare_queue(channel, &tier.name, args).await?;
     }
-    for name in [&topology.dead_letter, &topology.parking, &topology.replies] {
-        declare_queue(channel, name, queue_args(quorum)).await?;
+    for name in [&topology.dead_letter, &topology.parking] {
+        let mut args = queue_args(quorum);
+        if quorum {
+            args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(QUORUM_READ_LIMIT));
+        }
+        declare_queue(channel, name, args).await?;
     }
+    declare_queue(channel, &topology.replies, queue_args(quorum)).await?;
     Ok(())
 }
+
+/// Deliveries of one message from a quorum work queue before the broker dead-letters it
+/// (RabbitMQ 4's default, made explicit so 3.x behaves the same and it goes to the
+/// dead-letter queue). Above `--max-redeliveries`, which ends refusals sooner.
+pub const QUORUM_DELIVERY_LIMIT: i64 = 20;
+/// The delivery limit of quorum dead-letter and parking queues: out of any reader's
+/// reach (a `courier dlq stats` returns every record it read).
+pub const QUORUM_READ_LIMIT: i64 = 1_000_000_000;
 
 /// Declare one durable queue.
 pub async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), TransportError> {
