@@ -358,3 +358,34 @@ async fn a_random_mix_through_kill_9_and_a_broker_outage_gives_each_request_its_
     );
     assert!(second.terminate());
 }
+
+/// A broker that never answers CreateTopics (the mock cluster): `courier topology declare`
+/// and the worker's start-up fail with a clear error within their timeout (10 s for the
+/// request), instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_against_a_broker_that_never_creates_topics_fails_in_bounded_time() {
+    let names = names("nocreate");
+    let cluster = MockKafkaProcess::start(&[]);
+    let broker = format!("kafka://{}", cluster.bootstrap);
+    let started = std::time::Instant::now();
+    let args: Vec<String> =
+        ["topology", "declare", "--worker", "greeter", "--broker", &broker, "--queue", &names.queue, "--retry-delays="]
+            .map(String::from)
+            .to_vec();
+    let (code, stdout, stderr) = courier_tests::process::courier(&args);
+    let took = started.elapsed();
+    assert_ne!(code, 0, "{stdout}\n{stderr}");
+    assert!(stderr.contains("did not answer CreateTopics"), "{stderr}");
+    println!("topology declare gave up after {took:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+
+    let args = ["--broker", &broker, "--queue", &names.queue, "--replies", &names.replies, "--retry-delays="];
+    let mut worker = Process::start("greeter", "nocreate", &args, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while worker.running() {
+        assert!(std::time::Instant::now() < deadline, "the worker still waits\n{}", worker.tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(&worker.log).unwrap_or_default();
+    assert!(log.contains("did not answer CreateTopics"), "{}", worker.tail());
+}

@@ -107,6 +107,8 @@ impl std::fmt::Debug for KafkaTransport {
 }
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long topic creation may take before start-up (or `courier topology declare`) fails.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl KafkaTransport {
     /// Create the producer and check that the cluster answers.
@@ -218,9 +220,27 @@ impl KafkaTransport {
                     })
             })
             .collect();
-        let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+        let options =
+            AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)).request_timeout(Some(CREATE_TIMEOUT));
+        // librdkafka's own request timeout is not always kept (seen: a broker that never
+        // answers CreateTopics held the call for over a minute): a bound of our own too.
+        let no_answer = || {
+            TransportError::Unavailable(format!(
+                "the broker did not answer CreateTopics for {} within {CREATE_TIMEOUT:?}: create the topics ahead \
+                 of time (with the broker's own tools) and check the broker",
+                names.join(", ")
+            ))
+        };
         let results =
-            admin.create_topics(&topics, &options).await.map_err(|e| TransportError::Unavailable(e.to_string()))?;
+            tokio::time::timeout(CREATE_TIMEOUT + Duration::from_secs(1), admin.create_topics(&topics, &options))
+                .await
+                .map_err(|_| no_answer())?
+                .map_err(|e| match e {
+                    KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut) => {
+                        no_answer()
+                    }
+                    e => TransportError::Unavailable(e.to_string()),
+                })?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
