@@ -1,10 +1,41 @@
 //! The contract suite on tansu, an independent Kafka-compatible broker (written in Rust,
 //! not librdkafka's mock): one group member per test. Its 0.6.0 release does not recover a
 //! consumer group after a member is killed, so the failover tests stay on the mock cluster.
+//! It has no transactions: `courier dlq` reads it, and refuses to write to it.
 
-use courier_tests::kafka::KafkaHarness;
+use courier::contract::failure::FailureKind;
+use courier_tests::{
+    dlq::{Drill, dead_letter, dlq_total},
+    kafka::{KafkaDrill, KafkaHarness},
+};
 
 courier::contract_suite!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     KafkaHarness::tansu().await
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_stats_and_show_count_every_record_of_300() {
+    let mut drill = KafkaDrill::tansu("tansu-count").await;
+    courier_tests::dlq::stats_and_show_count_every_record(&mut drill, 300).await;
+}
+
+/// `courier dlq replay` on a broker without transactions stops before it writes anything
+/// (not even the ledger topic), with exit code 1 and a message saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_refuses_a_broker_without_transactions_before_writing() {
+    let mut drill = KafkaDrill::tansu("tansu-refuse").await;
+    let (queue, replies) = (drill.queue().to_owned(), drill.replies().to_owned());
+    let dlq = format!("{queue}.dlq");
+    let records = (0..6).map(|i| dead_letter(&format!("r-{i}"), &queue, &replies, FailureKind::Transient)).collect();
+    drill.publish(&dlq, records).await;
+    for command in [&["dlq", "replay"][..], &["dlq", "park"], &["dlq", "purge", "--yes"]] {
+        let (code, stdout, stderr) = courier_tests::dlq::courier(&drill, command);
+        assert_eq!(code, 1, "{command:?}: {stdout}\n{stderr}");
+        assert!(stderr.contains("does not support transactions"), "{command:?}: {stderr}");
+    }
+    assert!(drill.take(&queue).await.is_empty(), "nothing replayed");
+    let written = drill.existing(&[&format!("{dlq}.ledger"), &format!("{queue}.parking")]).await;
+    assert!(written.is_empty(), "created {written:?}");
+    assert_eq!(dlq_total(&drill, false), 6, "every record still in place");
+}

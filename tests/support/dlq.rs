@@ -147,10 +147,32 @@ pub fn by_id(messages: &[Message]) -> HashMap<String, usize> {
     counts
 }
 
+/// `n` dead-letter records published straight to the dead-letter queue: `stats` and `show`
+/// count every one (a reader that stopped at a partition's first end-of-partition event
+/// saw 24 of 25 on tansu), and reading changes nothing.
+pub async fn stats_and_show_count_every_record(drill: &mut impl Drill, n: usize) {
+    courier_ok(drill, &["topology", "declare"]);
+    let dlq = format!("{}.dlq", drill.queue());
+    let (queue, replies) = (drill.queue().to_owned(), drill.replies().to_owned());
+    let records: Vec<Message> =
+        (0..n).map(|i| dead_letter(&format!("count-{i}"), &queue, &replies, FailureKind::Permanent)).collect();
+    drill.publish(&dlq, records).await;
+    for _ in 0..2 {
+        assert_eq!(dlq_total(drill, false), n as u64, "stats");
+        assert_eq!(shown_ids(drill, &[]).len(), n, "show");
+    }
+}
+
 /// The `dlq` drills for one broker: `dlq_drills!(<expression giving a fresh Drill>)`.
 #[macro_export]
 macro_rules! dlq_drills {
     ($drill:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn stats_and_show_count_every_record_of_300() {
+            let mut drill = $drill;
+            courier_tests::dlq::stats_and_show_count_every_record(&mut drill, 300).await;
+        }
+
         /// A worker whose dependency fails dead-letters every request; once fixed, a
         /// replay gets each one answered and empties the dead-letter queue. Stats and a
         /// dry run change nothing.

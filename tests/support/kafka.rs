@@ -446,7 +446,10 @@ async fn drain(pending: &mut futures::stream::FuturesUnordered<rdkafka::producer
 /// The dead-letter drills on a mock cluster of their own (one partition per topic, so
 /// record order is one order).
 pub struct KafkaDrill {
-    cluster: MockKafkaProcess,
+    /// The mock cluster, when the drill runs on one (else tansu at `bootstrap`); kept for
+    /// the drill's life, stopped when dropped.
+    _cluster: Option<MockKafkaProcess>,
+    bootstrap: String,
     producer: rdkafka::producer::FutureProducer,
     readers: HashMap<String, StreamConsumer>,
     queue: String,
@@ -477,18 +480,57 @@ impl KafkaDrill {
         ];
         let specs: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), 1)).collect();
         let cluster = MockKafkaProcess::start(&specs);
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &cluster.bootstrap)
-            .set("linger.ms", "5")
-            .create()
-            .expect("producer");
-        Self { cluster, producer, readers: HashMap::new(), queue, replies, group: format!("{test}-{id}") }
+        let bootstrap = cluster.bootstrap.clone();
+        Self::on(Some(cluster), bootstrap, test, id, queue, replies)
+    }
+
+    /// The drill on tansu (`COURIER_TEST_TANSU`, default 127.0.0.1:9092): the work, reply
+    /// and dead-letter topics are created through its CreateTopics API, one partition each.
+    pub async fn tansu(test: &str) -> Self {
+        let bootstrap = std::env::var("COURIER_TEST_TANSU").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let queue = format!("{test}-{id}.requests");
+        let replies = format!("{test}-{id}.replies");
+        let transport =
+            KafkaTransport::connect(KafkaConfig { partitions: 1, ..config(&bootstrap, Ordering::Partition) })
+                .await
+                .expect("tansu answers (scripts/brokers/tansu-up starts it)");
+        let dlq = format!("{queue}.dlq");
+        transport.create_topics(&[&queue, &replies, &dlq]).await.expect("create topics");
+        Self::on(None, bootstrap, test, id, queue, replies)
+    }
+
+    fn on(
+        cluster: Option<MockKafkaProcess>,
+        bootstrap: String,
+        test: &str,
+        id: &str,
+        queue: String,
+        replies: String,
+    ) -> Self {
+        let producer =
+            ClientConfig::new().set("bootstrap.servers", &bootstrap).set("linger.ms", "5").create().expect("producer");
+        Self {
+            _cluster: cluster,
+            bootstrap,
+            producer,
+            readers: HashMap::new(),
+            queue,
+            replies,
+            group: format!("{test}-{id}"),
+        }
+    }
+
+    /// Which of `topics` exist.
+    pub async fn existing(&self, topics: &[&str]) -> Vec<String> {
+        let transport = KafkaTransport::connect(config(&self.bootstrap, Ordering::Partition)).await.expect("connect");
+        transport.partition_counts(topics).await.expect("metadata").into_keys().collect()
     }
 }
 
 impl crate::dlq::Drill for KafkaDrill {
     fn flags(&self) -> Vec<String> {
-        let broker = format!("kafka://{}", self.cluster.bootstrap);
+        let broker = format!("kafka://{}", self.bootstrap);
         [
             "--broker",
             &broker,
@@ -531,7 +573,7 @@ impl crate::dlq::Drill for KafkaDrill {
     }
 
     async fn take(&mut self, queue: &str) -> Vec<Message> {
-        let bootstrap = self.cluster.bootstrap.clone();
+        let bootstrap = self.bootstrap.clone();
         let reader = self.readers.entry(queue.to_owned()).or_insert_with(|| reader(&bootstrap, queue, 1));
         let mut messages = Vec::new();
         // What arrives within a second, or until the topic is quiet for 300 ms.

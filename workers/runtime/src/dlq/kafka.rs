@@ -23,7 +23,7 @@ use crate::{
     dlq::{DlqError, Record, RecordId, Settlement, Store},
     transport::{
         Message,
-        kafka::{KafkaTransport, client_config, convert},
+        kafka::{KafkaTransport, api_versions, client_config, convert},
     },
 };
 
@@ -60,6 +60,10 @@ impl KafkaStore {
     pub async fn open(transport: &KafkaTransport, topic: &str, writable: bool) -> Result<Self, DlqError> {
         let ledger = naming::ledger(topic);
         let unavailable = |e: &dyn std::fmt::Display| DlqError::Unavailable(e.to_string());
+        if writable {
+            // Before anything is written, the ledger topic included.
+            refuse_without_transactions(transport).await?;
+        }
         let counts = transport.partition_counts(&[topic, &ledger]).await.map_err(|e| unavailable(&e))?;
         let Some(&partitions) = counts.get(topic) else { return Err(DlqError::NotFound(topic.to_owned())) };
         let producer = if writable {
@@ -160,6 +164,24 @@ impl Store for KafkaStore {
     }
 }
 
+/// Refuse a broker whose ApiVersions answer lists no EndTxn. A broker that cannot be
+/// asked in plain Kafka protocol (TLS, SASL) is given the benefit of the doubt.
+async fn refuse_without_transactions(transport: &KafkaTransport) -> Result<(), DlqError> {
+    let bootstrap = transport.config().bootstrap.clone();
+    let apis = tokio::task::spawn_blocking(move || api_versions::probe(&bootstrap, Duration::from_secs(5)))
+        .await
+        .map_err(|e| DlqError::Broker(e.to_string()))?;
+    if apis.is_some_and(|keys| !keys.contains(&api_versions::END_TXN)) {
+        return Err(DlqError::Broker(
+            "the broker does not support transactions (its ApiVersions answer lists no EndTxn): replay, park and \
+             purge write each batch in one Kafka transaction and cannot run here. Nothing was written; stats and \
+             show work."
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Create the topic's transactional producer and fence any earlier one (its open
 /// transaction is aborted).
 async fn transactional_producer(transport: &KafkaTransport, topic: &str) -> Result<FutureProducer, DlqError> {
@@ -242,10 +264,13 @@ struct Entry {
     message: Message,
 }
 
-/// Reads every partition of a topic from the beginning to the end it had when opened
-/// (`read_committed`: aborted transactions are skipped), outside any consumer group.
+/// Reads every partition of a topic from the beginning to its end (at least the end it had
+/// when opened; records written meanwhile may be read too), `read_committed`: aborted
+/// transactions are skipped. Outside any consumer group.
 struct LogReader {
     consumer: StreamConsumer<QuietEof>,
+    /// The topic read.
+    topic: String,
     /// Partition → offset where it ended when opened; removed once reached.
     ends: HashMap<i32, i64>,
 }
@@ -286,7 +311,13 @@ impl LogReader {
             }
         }
         consumer.assign(&assignment).map_err(|e| DlqError::Unavailable(e.to_string()))?;
-        Ok(Self { consumer, ends })
+        Ok(Self { consumer, topic: topic.to_owned(), ends })
+    }
+
+    /// Where the consumer will read `partition` next.
+    fn position(&self, partition: i32) -> Option<i64> {
+        let positions = self.consumer.position().ok()?;
+        positions.find_partition(&self.topic, partition)?.offset().to_raw()
     }
 
     /// Whether every partition has been read to its end.
@@ -303,11 +334,7 @@ impl LogReader {
             match received {
                 Ok(record) => {
                     let partition = record.partition();
-                    let Some(&end) = self.ends.get(&partition) else { continue };
-                    if record.offset() + 1 >= end {
-                        self.ends.remove(&partition);
-                    }
-                    if record.offset() >= end {
+                    if !self.ends.contains_key(&partition) {
                         continue;
                     }
                     return Ok(Some(Entry {
@@ -316,8 +343,16 @@ impl LogReader {
                         message: convert::to_message(&record),
                     }));
                 }
+                // Neither signal alone marks the end on every broker: an end-of-partition
+                // event may come early (tansu sends some mid-log), and a high watermark may
+                // be too low (tansu 0.6 reports 1 after a batch of 300). Done at an event
+                // that finds the position at or past the watermark seen at opening
+                // (transaction markers take offsets no record is read at).
                 Err(KafkaError::PartitionEOF(partition)) => {
-                    self.ends.remove(&partition);
+                    let end = self.ends.get(&partition).copied().unwrap_or(0);
+                    if self.position(partition).is_some_and(|position| position >= end) {
+                        self.ends.remove(&partition);
+                    }
                 }
                 Err(error) => return Err(DlqError::Unavailable(error.to_string())),
             }

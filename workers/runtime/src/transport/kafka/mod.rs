@@ -7,6 +7,7 @@
 //! close. A nacked message is handed out again by the dispatcher; its offset stays
 //! unstored until it finishes, so a crash never skips it.
 
+pub mod api_versions;
 pub mod convert;
 mod dispatch;
 pub mod offsets;
