@@ -77,8 +77,6 @@ fn greeter_with(
         concurrency,
         "--kafka-property",
         "fetch.wait.max.ms=10",
-        "--kafka-property",
-        "auto.commit.interval.ms=200",
     ];
     let args: Vec<&str> = args.iter().chain(extra).copied().collect();
     let mut process = Process::start("greeter", label, &args, env);
@@ -95,24 +93,31 @@ async fn group_member_killed_and_another_joining_lose_nothing() {
     let mut client = KafkaClient::new(&cluster.bootstrap);
     let mut ids = client.publish_greetings(&names.queue, &names.replies, "g1", 5_000).await;
     let mut seen = Replies::default();
+    let started = std::time::Instant::now();
     client
         .collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |r| r.by_id.len() >= 2_000)
         .await;
     assert!(seen.by_id.len() >= 2_000, "progress before the kill:\n{}\n{}", a.tail(), b.tail());
+    let rate = seen.by_id.len() as f64 / started.elapsed().as_secs_f64();
     a.kill9();
     // A new member joins while the group recovers from the lost one; then more load.
     let mut c = greeter("group-c", &cluster, &names, &[]);
     ids.extend(client.publish_greetings(&names.queue, &names.replies, "g2", 5_000).await);
     client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |_| false).await;
     let missing = seen.missing(&ids);
+    // What a crash or a rebalance repeats: the outputs in flight of the killed member and
+    // of the one giving partitions up (64 handlers + 640 awaiting confirms each), and what
+    // was answered since the last commit (every 100 ms; 300 ms allows for its round trip).
+    let bound = 2.0 * 704.0 + rate * 0.3;
     println!(
-        "kafka group: {} of {} answered, {} lost, {} duplicates; by instance {:?}",
+        "kafka group: {} of {} answered, {} lost, {} duplicates (bound {bound:.0} at {rate:.0} replies/s); by instance {:?}",
         seen.by_id.len(),
         ids.len(),
         missing.len(),
         seen.duplicates(),
         seen.by_instance
     );
+    assert!(seen.duplicates() as f64 <= bound, "{} duplicates, bound {bound:.0}", seen.duplicates());
     assert!(
         missing.is_empty(),
         "lost {} requests, e.g. {:?}\n{}",
@@ -311,6 +316,7 @@ async fn a_random_mix_through_kill_9_and_a_broker_outage_gives_each_request_its_
         assert!(client.next_record(topic, PARTITIONS, Duration::from_millis(500)).await.is_none());
     }
     let mut first = greeter_with("mix-a", &cluster, &names, &slow, "8", &[]);
+    let started = std::time::Instant::now();
     let mut outcomes = Outcomes::default();
     let gather = async |client: &mut KafkaClient, outcomes: &mut Outcomes, target: usize| {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -334,6 +340,7 @@ async fn a_random_mix_through_kill_9_and_a_broker_outage_gives_each_request_its_
     gather(&mut client, &mut outcomes, requests.len() / 3).await;
     first.kill9();
     let at_kill = requests.iter().filter(|r| outcomes.finished(r)).count();
+    let rate = at_kill as f64 / started.elapsed().as_secs_f64();
     let mut second = greeter_with("mix-b", &cluster, &names, &slow, "8", &[]);
     gather(&mut client, &mut outcomes, requests.len() * 2 / 3).await;
     let at_outage = requests.iter().filter(|r| outcomes.finished(r)).count();
@@ -356,6 +363,11 @@ async fn a_random_mix_through_kill_9_and_a_broker_outage_gives_each_request_its_
         &verdict.lost[..verdict.lost.len().min(5)],
         second.tail()
     );
+    // The kill repeats the outputs in flight (8 handlers, 80 awaiting confirms) and what was
+    // answered since the last commit (every 100 ms; 300 ms allows for its round trip).
+    let bound = 88.0 + rate * 0.3;
+    println!("kafka random mix: duplicate bound {bound:.0} at {rate:.0} requests/s");
+    assert!(verdict.duplicates as f64 <= bound, "{} duplicates, bound {bound:.0}", verdict.duplicates);
     assert!(second.terminate());
 }
 
