@@ -1,6 +1,7 @@
 //! The HTTP gateway and a greeter as real processes, on RabbitMQ and on Kafka: HTTP in,
 //! reply out; bad input; a worker's refusal; a timeout; the greeter's metrics and
-//! readiness (Kafka: the broker goes down and comes back).
+//! readiness (Kafka: the broker goes down and comes back, seen within two seconds both
+//! ways, while the gateway keeps answering within its timeout).
 
 use std::time::Duration;
 
@@ -108,9 +109,8 @@ async fn gateway_on_rabbitmq() {
     courier_tests::rabbitmq::RabbitHarness::new().await.delete(std::slice::from_ref(&names.gateway_replies)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_on_kafka() {
-    let names = names("gateway");
+/// The mock cluster with the topics of `names`, and the broker flags pointing at it.
+fn kafka_cluster(names: &Names) -> (MockKafkaProcess, Vec<String>) {
     let topics = [
         names.queue.clone(),
         names.replies.clone(),
@@ -119,7 +119,7 @@ async fn gateway_on_kafka() {
         format!("{}.parking", names.queue),
     ];
     let specs: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), 1)).collect();
-    let mut cluster = MockKafkaProcess::start(&specs);
+    let cluster = MockKafkaProcess::start(&specs);
     let broker: Vec<String> = [
         "--broker",
         &format!("kafka://{}", cluster.bootstrap),
@@ -130,6 +130,84 @@ async fn gateway_on_kafka() {
     ]
     .map(String::from)
     .to_vec();
+    (cluster, broker)
+}
+
+/// Poll `GET /readyz` every 50 ms until it answers `status`; how long that took.
+async fn time_to_status(port: u16, status: u16) -> Duration {
+    let started = std::time::Instant::now();
+    while get(port, "/readyz").await.0 != status {
+        assert!(started.elapsed() < PATIENCE, "/readyz never answered {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// The broker goes down for 15 s under load: the worker's and the gateway's `/readyz` turn
+/// 503 within 2 s and 200 again within 2 s of its return; every `POST /process` meanwhile
+/// is answered within the gateway's `--timeout` (2 s) plus 0.5 s; no request is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_outage_is_seen_within_two_seconds_and_the_gateway_answers_in_time() {
+    let names = names("outage");
+    let (mut cluster, broker) = kafka_cluster(&names);
+    let (metrics_port, gateway_port) = (free_port(), free_port());
+    let (mut greeter, _gateway) = start(&names, &broker, metrics_port, gateway_port, true);
+    wait_for_status(metrics_port, "/readyz", 200, PATIENCE).await;
+    wait_for_status(gateway_port, "/readyz", 200, PATIENCE).await;
+    let mut client = courier_tests::kafka::KafkaClient::new(&cluster.bootstrap);
+    let mut ids = client.publish_greetings(&names.queue, &names.replies, "before", 3_000).await;
+
+    // HTTP requests all along, each timed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let posting = tokio::spawn({
+        let stop = std::sync::Arc::clone(&stop);
+        async move {
+            let mut slowest = (Duration::ZERO, 0);
+            let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let (status, _) = post(gateway_port, "/process", r#"{"message":"Ada"}"#, &[]).await;
+                slowest = slowest.max((started.elapsed(), status));
+                *statuses.entry(status).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (slowest, statuses)
+        }
+    });
+
+    cluster.command("down 1");
+    let (worker_down, gateway_down) =
+        tokio::join!(time_to_status(metrics_port, 503), time_to_status(gateway_port, 503));
+    tokio::time::sleep(Duration::from_secs(15) - worker_down.max(gateway_down)).await;
+    cluster.command("up 1");
+    let (worker_up, gateway_up) = tokio::join!(time_to_status(metrics_port, 200), time_to_status(gateway_port, 200));
+    ids.extend(client.publish_greetings(&names.queue, &names.replies, "after", 1_000).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ((slowest, status), statuses) = posting.await.expect("posting task");
+
+    let mut seen = courier_tests::replies::Replies::default();
+    client.collect_replies(&names.replies, 1, ids.len(), &mut seen, PATIENCE, |_| false).await;
+    println!(
+        "kafka outage: /readyz 503 after {worker_down:?} (worker) and {gateway_down:?} (gateway), 200 again after \
+         {worker_up:?} and {gateway_up:?}; POST /process statuses {statuses:?}, slowest {slowest:?} ({status}); \
+         {} of {} answered",
+        seen.by_id.len(),
+        ids.len()
+    );
+    let two = Duration::from_secs(2);
+    assert!(worker_down <= two && gateway_down <= two, "not ready too late");
+    assert!(worker_up <= two && gateway_up <= two, "ready again too late");
+    assert!(slowest <= Duration::from_millis(2_500), "a POST took {slowest:?}");
+    assert!(statuses.get(&200).is_some_and(|n| *n > 0) && statuses.get(&503).is_some_and(|n| *n > 0), "{statuses:?}");
+    assert!(seen.missing(&ids).is_empty(), "lost {}\n{}", seen.missing(&ids).len(), greeter.tail());
+    assert!(greeter.terminate());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_on_kafka() {
+    let names = names("gateway");
+    let (mut cluster, broker) = kafka_cluster(&names);
     let (metrics_port, gateway_port) = (free_port(), free_port());
     let (mut greeter, _gateway) = start(&names, &broker, metrics_port, gateway_port, true);
     exercise(&mut greeter, metrics_port, gateway_port, async || {

@@ -77,6 +77,9 @@ fn greeter_with(
         concurrency,
         "--kafka-property",
         "fetch.wait.max.ms=10",
+        // These tests kill members: the group notices within 10 s (default 30 s).
+        "--kafka-property",
+        "session.timeout.ms=10000",
     ];
     let args: Vec<&str> = args.iter().chain(extra).copied().collect();
     let mut process = Process::start("greeter", label, &args, env);
@@ -401,3 +404,85 @@ async fn start_up_against_a_broker_that_never_creates_topics_fails_in_bounded_ti
     let log = std::fs::read_to_string(&worker.log).unwrap_or_default();
     assert!(log.contains("did not answer CreateTopics"), "{}", worker.tail());
 }
+
+/// A member that (re)starts is not ready before it holds an assignment: the first 200 of
+/// its `/readyz` comes after its log says "Partitions assigned.".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_member_is_not_ready_before_it_has_partitions() {
+    let names = names("ready");
+    let cluster = start_cluster(&names);
+    let port = courier_tests::http::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let broker = format!("kafka://{}", cluster.bootstrap);
+    let partitions = PARTITIONS.to_string();
+    let args = [
+        "--broker",
+        &broker,
+        "--queue",
+        &names.queue,
+        "--replies",
+        &names.replies,
+        "--group",
+        &names.group,
+        "--retry-delays",
+        "1s",
+        "--partitions",
+        &partitions,
+        "--http-addr",
+        &addr,
+    ];
+    let worker = Process::start("greeter", "ready", &args, &[]);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut not_ready = 0;
+    loop {
+        match courier_tests::http::get(port, "/readyz").await.0 {
+            200 => break,
+            503 => not_ready += 1,
+            _ => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = std::fs::read_to_string(&worker.log).unwrap_or_default();
+    assert!(log.contains("Partitions assigned."), "ready before its partitions:\n{log}");
+    println!("kafka readiness: {not_ready} answers of 503 before the first 200");
+    assert!(not_ready > 0, "the endpoint answered before the assignment too");
+}
+
+/// SIGTERM with handlers that take 3 s and `--shutdown-grace 1s`: the process ends within
+/// the grace plus the close bound the README states (librdkafka's close: commit, leave the
+/// group, flush the producer), and the unfinished requests are answered by the next member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_within_the_grace_and_the_close_bound() {
+    let names = names("shutdown");
+    let cluster = start_cluster(&names);
+    let slow = [("GREETER_LATENCY_MS", "3000")];
+    let mut worker = greeter_with("shutdown-a", &cluster, &names, &slow, "8", &["--shutdown-grace", "1s"]);
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    let ids = client.publish_greetings(&names.queue, &names.replies, "s", 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    assert!(worker.terminate(), "SIGTERM ends the worker cleanly\n{}", worker.tail());
+    let took = started.elapsed();
+    println!("kafka shutdown: exited {took:?} after SIGTERM (grace 1 s, handlers 3 s)");
+    assert!(took <= Duration::from_secs(1) + CLOSE_BOUND + SLACK, "{took:?}\n{}", worker.tail());
+    let mut next = greeter_with("shutdown-b", &cluster, &names, &[], "8", &["--shutdown-grace", "1s"]);
+    let mut seen = Replies::default();
+    client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |_| false).await;
+    assert!(seen.missing(&ids).is_empty(), "{} unanswered\n{}", seen.missing(&ids).len(), next.tail());
+
+    // With the broker gone, closing cannot commit or leave the group: still bounded.
+    let mut cluster = cluster;
+    cluster.command("down 1");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let _ = next.terminate();
+    let took = started.elapsed();
+    println!("kafka shutdown with the broker down: exited {took:?} after SIGTERM (grace 1 s)");
+    assert!(took <= Duration::from_secs(1) + CLOSE_BOUND + SLACK, "{took:?}\n{}", next.tail());
+}
+
+/// What closing may take after the grace period (README, "Graceful shutdown").
+const CLOSE_BOUND: Duration = courier::app::CLOSE_BOUND;
+/// Signal delivery and process exit on a loaded machine.
+const SLACK: Duration = Duration::from_secs(1);

@@ -21,24 +21,61 @@ pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
     // The console owns the terminal: only warnings and errors are logged beside it.
     let default_level = if matches!(settings.broker, Broker::Memory) { "warn" } else { "info" };
     init_logging(&args.log_format, default_level);
-    let outcome = run(settings, handler).await;
+    let (outcome, closed) = run(settings, handler).await;
     otlp::flush();
+    if !closed {
+        // The broker clients are still closing on a thread of their own: end the process
+        // without them (what they did not commit is delivered again).
+        std::process::exit(if outcome.is_ok() { 0 } else { 1 });
+    }
     outcome
 }
 
-async fn run<H: Handler>(settings: crate::Settings, handler: H) -> anyhow::Result<()> {
+/// How long closing the broker clients may take once the worker stopped (Kafka: commit
+/// what is finished, leave the group, flush the producer). librdkafka bounds it only by
+/// the session timeout while the broker is unreachable.
+pub const CLOSE_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Run the worker; the second value says whether its broker clients closed within
+/// [`CLOSE_BOUND`].
+async fn run<H: Handler>(settings: crate::Settings, handler: H) -> (anyhow::Result<()>, bool) {
     match settings.broker.clone() {
-        Broker::Memory => console::run(settings, handler).await,
+        Broker::Memory => (console::run(settings, handler).await, true),
         Broker::Amqp(url) => {
             let name = format!("{} {}", settings.worker, settings.instance);
-            let transport = AmqpTransport::connect(&url, &name).await?;
-            on_runtime_thread(worker::run(settings, transport, handler, shutdown::signal())).await
+            let transport = match AmqpTransport::connect(&url, &name).await {
+                Ok(transport) => transport,
+                Err(error) => return (Err(error.into()), true),
+            };
+            let outcome =
+                on_runtime_thread(worker::run(settings, transport.clone(), handler, shutdown::signal())).await;
+            (outcome, close_within(CLOSE_BOUND, transport).await)
         }
         Broker::Kafka(config) => {
-            let transport = KafkaTransport::connect(config).await?;
-            on_runtime_thread(worker::run(settings, transport, handler, shutdown::signal())).await
+            let transport = match KafkaTransport::connect(config).await {
+                Ok(transport) => transport,
+                Err(error) => return (Err(error.into()), true),
+            };
+            let outcome =
+                on_runtime_thread(worker::run(settings, transport.clone(), handler, shutdown::signal())).await;
+            (outcome, close_within(CLOSE_BOUND, transport).await)
         }
     }
+}
+
+/// Drop the last handle of a transport (which closes its connections) on a thread of its
+/// own, waiting at most `bound`; whether it finished.
+async fn close_within<T: Send + 'static>(bound: std::time::Duration, transport: T) -> bool {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        drop(transport);
+        let _ = done.send(());
+    });
+    let closed = tokio::time::timeout(bound, finished).await.is_ok();
+    if !closed {
+        tracing::warn!(?bound, "Closing the broker connections takes too long; exiting without waiting.");
+    }
+    closed
 }
 
 /// Run the consume loop as a task of the runtime, not on `main`'s thread: a task spawned

@@ -45,16 +45,6 @@ impl<T: Transport> Client<T> {
         let topology = Topology::replies_only(replies);
         transport.declare(&topology).await?;
         let mut subscription = transport.subscribe(&topology, 256).await?;
-        // Readiness on Kafka is refreshed by the backlog probe (the worker's sampler does
-        // the same): keep it current while the client lives.
-        let probe = transport.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(2));
-            loop {
-                every.tick().await;
-                probe.backlog(&topology).await;
-            }
-        });
         let waiters: Waiters = Arc::default();
         let routes = Arc::clone(&waiters);
         tokio::spawn(async move {
@@ -78,8 +68,9 @@ impl<T: Transport> Client<T> {
         self.transport.is_ready()
     }
 
-    /// Publish `payload` (JSON) to `queue` and wait up to `timeout` for the reply.
-    /// `traceparent` continues the caller's trace.
+    /// Publish `payload` (JSON) to `queue` and wait for the reply, all within `timeout`,
+    /// whatever the broker does. `traceparent` continues the caller's trace. While the
+    /// transport is not ready (broker unreachable), the answer is `Unavailable` at once.
     pub async fn request(
         &self,
         queue: &str,
@@ -102,13 +93,26 @@ impl<T: Transport> Client<T> {
             headers: headers.into_iter().map(|(k, v)| (k.into(), v)).collect(),
             key: Some(id.clone().into()),
         };
+        if !self.transport.is_ready() {
+            return Err(RequestError::Publish(PublishError::Unavailable("the broker is not reachable".into())));
+        }
         let (sender, reply) = oneshot::channel();
         self.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), sender);
-        let outcome = async {
+        let published = std::sync::atomic::AtomicBool::new(false);
+        let exchange = async {
             self.transport.publish(queue, &message).await?;
-            tokio::time::timeout(timeout, reply).await.ok().and_then(Result::ok).ok_or(RequestError::Timeout(timeout))
-        }
-        .await;
+            published.store(true, std::sync::atomic::Ordering::Relaxed);
+            reply.await.map_err(|_| RequestError::Timeout(timeout))
+        };
+        // A publish the broker has not confirmed by then may still go out: the request's
+        // deadline makes a worker that sees it late dead-letter it as `expired`.
+        let outcome = tokio::time::timeout(timeout, exchange).await.unwrap_or_else(|_| {
+            Err(if published.load(std::sync::atomic::Ordering::Relaxed) {
+                RequestError::Timeout(timeout)
+            } else {
+                RequestError::Publish(PublishError::Unavailable(format!("not confirmed within {timeout:?}")))
+            })
+        });
         self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         outcome
     }

@@ -10,6 +10,7 @@
 pub mod api_versions;
 pub mod convert;
 mod dispatch;
+pub mod liveness;
 pub mod offsets;
 
 use std::{
@@ -95,10 +96,10 @@ struct Shared {
     /// known (every handler's first reply at start-up) asks the cluster once instead of
     /// once per message, each on a blocking thread of its own.
     lookup: tokio::sync::Mutex<()>,
-    /// The subscription's consumer, once subscribed (for lag and readiness).
+    /// The subscription's consumer, once subscribed (for lag).
     consumer: Mutex<Option<Arc<StreamConsumer<RebalanceContext>>>>,
-    /// Whether the last metadata request reached the cluster.
-    reachable: std::sync::atomic::AtomicBool,
+    /// The subscription's readiness, once subscribed.
+    liveness: Mutex<Option<Arc<liveness::Liveness>>>,
 }
 
 impl std::fmt::Debug for KafkaTransport {
@@ -108,6 +109,11 @@ impl std::fmt::Debug for KafkaTransport {
 }
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// The consumer group session timeout (librdkafka's default is 45 s).
+const SESSION_TIMEOUT_MS: &str = "30000";
+/// librdkafka's longest wait between reconnect attempts (default 10 s): a broker back
+/// up is found within about a second.
+const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 /// How long topic creation may take before start-up (or `courier topology declare`) fails.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -124,6 +130,7 @@ impl KafkaTransport {
                 ("allow.auto.create.topics", "false"),
                 ("message.timeout.ms", "30000"),
                 ("linger.ms", "1"),
+                ("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS),
             ],
         )
         .create()
@@ -135,7 +142,7 @@ impl KafkaTransport {
                 known_topics: RwLock::default(),
                 lookup: tokio::sync::Mutex::new(()),
                 consumer: Mutex::new(None),
-                reachable: std::sync::atomic::AtomicBool::new(true),
+                liveness: Mutex::new(None),
             }),
         };
         let producer = transport.shared.producer.clone();
@@ -272,29 +279,24 @@ impl Transport for KafkaTransport {
         naming::kafka_topic_problem(destination)
     }
 
+    /// Subscribed, assigned, and a broker up in librdkafka's latest statistics
+    /// ([`liveness`]).
     fn is_ready(&self) -> bool {
-        let subscribed = self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()).is_some();
-        subscribed && self.shared.reachable.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.liveness.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|l| l.ready())
     }
 
     /// Lag of every assigned partition, counted from its first unfinished record (records
     /// fetched and waiting in the dispatcher are lag too), or from the fetch position when
-    /// none is unfinished; whether the watermark requests reach the cluster is the
-    /// readiness.
+    /// none is unfinished.
     async fn backlog(&self, _: &Topology) -> Vec<super::Backlog> {
         let consumer = self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let producer = self.shared.producer.clone();
-        let (reached, backlog) = tokio::task::spawn_blocking(move || {
-            let Some(consumer) = consumer else {
-                return (producer.client().fetch_metadata(None, METADATA_TIMEOUT).is_ok(), Vec::new());
-            };
-            let Ok(positions) = consumer.position() else { return (false, Vec::new()) };
-            let mut reached = true;
+        tokio::task::spawn_blocking(move || {
+            let Some(consumer) = consumer else { return Vec::new() };
+            let Ok(positions) = consumer.position() else { return Vec::new() };
             let mut backlog = Vec::new();
             for element in positions.elements() {
                 let Ok((low, high)) = consumer.fetch_watermarks(element.topic(), element.partition(), METADATA_TIMEOUT)
                 else {
-                    reached = false;
                     break;
                 };
                 let unfinished = {
@@ -310,15 +312,10 @@ impl Transport for KafkaTransport {
                     lag: u64::try_from(high - position).unwrap_or(0),
                 });
             }
-            if backlog.is_empty() {
-                reached = producer.client().fetch_metadata(None, METADATA_TIMEOUT).is_ok();
-            }
-            (reached, backlog)
+            backlog
         })
         .await
-        .unwrap_or((false, Vec::new()));
-        self.shared.reachable.store(reached, std::sync::atomic::Ordering::Relaxed);
-        backlog
+        .unwrap_or_default()
     }
 
     async fn declare(&self, topology: &Topology) -> Result<(), TransportError> {
@@ -347,6 +344,7 @@ impl Transport for KafkaTransport {
     ) -> Result<Subscription<KafkaAcker>, TransportError> {
         let context = RebalanceContext::default();
         let tracking = Arc::clone(&context.tracking);
+        let liveness = Arc::clone(&context.liveness);
         let consumer: StreamConsumer<RebalanceContext> = client_config(
             &self.shared.config,
             &[
@@ -358,8 +356,14 @@ impl Transport for KafkaTransport {
                 ("auto.commit.interval.ms", "100"),
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", "earliest"),
-                ("session.timeout.ms", "10000"),
+                // Long enough that a broker outage shorter than this keeps the member in its
+                // group (ready again within a second of the broker's return instead of
+                // rejoining, which costs the broker's initial rebalance delay, 3 s); short
+                // enough that a crashed member's partitions move on within half a minute.
+                ("session.timeout.ms", SESSION_TIMEOUT_MS),
                 ("heartbeat.interval.ms", "1000"),
+                ("statistics.interval.ms", liveness::STATS_INTERVAL_MS),
+                ("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS),
             ],
         )
         .create_with_context(context)
@@ -370,6 +374,7 @@ impl Transport for KafkaTransport {
         info!(topics = ?topics, group = %self.shared.config.group, ordering = ?self.shared.config.ordering, "Consuming.");
         let consumer = Arc::new(consumer);
         *self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&consumer));
+        *self.shared.liveness.lock().unwrap_or_else(|p| p.into_inner()) = Some(liveness);
         Ok(dispatch::start(consumer, tracking, topology, self.shared.config.ordering, prefetch))
     }
 
@@ -463,13 +468,20 @@ pub(crate) struct Tracking {
 #[derive(Default)]
 struct RebalanceContext {
     tracking: Arc<Mutex<Tracking>>,
+    /// Assignment and broker state, for readiness.
+    liveness: Arc<liveness::Liveness>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.liveness.statistics(statistics);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(revoked) = rebalance {
+            self.liveness.set_assigned(false);
             let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
             for element in revoked.elements() {
                 tracking.partitions.remove(&(Arc::from(element.topic()), element.partition()));
@@ -492,6 +504,7 @@ impl ConsumerContext for RebalanceContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
+            self.liveness.set_assigned(true);
             let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
             tracking.epoch += 1;
             let epoch = tracking.epoch;
