@@ -198,3 +198,49 @@ async fn quorum_requests_that_keep_coming_back_end_in_the_dead_letter_queue() {
     assert!(worker.terminate());
     cleanup(&queue, &replies).await;
 }
+
+/// A dead-letter copy keeps the request's headers in their AMQP types (an integer, a
+/// boolean, a table stay what they were), and an AMQP timestamp works as a deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_copies_keep_amqp_header_types() {
+    use lapin::options::BasicGetOptions;
+    let (queue, replies) = names("typed");
+    let dlq = format!("{queue}.dlq");
+    let client = RawClient::connect().await;
+    client.declare(&queue).await;
+    client.declare(&replies).await;
+    let mut worker = greeter("typed", &queue, &replies, &[]);
+    let mut nested = FieldTable::default();
+    nested.insert("a".into(), AMQPValue::LongInt(1));
+    let mut typed = FieldTable::default();
+    typed.insert("x-order".into(), AMQPValue::LongLongInt(42));
+    typed.insert("x-urgent".into(), AMQPValue::Boolean(true));
+    typed.insert("x-meta".into(), AMQPValue::FieldTable(nested.clone()));
+    let properties = BasicProperties::default().with_reply_to(replies.as_str().into()).with_headers(typed.clone());
+    client.publish(&queue, br#"{"message":""}"#, properties).await;
+    let mut expired = FieldTable::default();
+    expired.insert(h::DEADLINE.into(), AMQPValue::Timestamp(1_000_000_000));
+    let properties = BasicProperties::default().with_reply_to(replies.as_str().into()).with_headers(expired);
+    client.publish(&queue, br#"{"message":"late"}"#, properties).await;
+
+    let mut records = Vec::new();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while records.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "dead letters\n{}", worker.tail());
+        match client.channel.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }).await.expect("get") {
+            Some(got) => records.push(got.delivery.properties.headers().clone().unwrap_or_default()),
+            None => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    let kind = |table: &FieldTable| match table.inner().get(h::FAILURE_KIND) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => format!("{other:?}"),
+    };
+    let permanent = records.iter().find(|t| kind(t) == "permanent").expect("the permanent failure");
+    for (name, value) in typed.inner() {
+        assert_eq!(permanent.inner().get(name), Some(value), "{name} keeps its type");
+    }
+    assert!(records.iter().any(|t| kind(t) == "expired"), "a timestamp deadline: {records:?}");
+    assert!(worker.terminate());
+    cleanup(&queue, &replies).await;
+}

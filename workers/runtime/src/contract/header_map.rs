@@ -4,17 +4,30 @@
 //! than a tree: building, copying and dropping one costs an allocation per value and one
 //! for the vector, not a tree's nodes (a worker builds two per message).
 
-use std::{borrow::Cow, fmt, ops::Index};
+use std::{any::Any, borrow::Cow, fmt, ops::Index, sync::Arc};
 
 /// Message headers: one value per name, iterated in name order. Values that are not text
 /// on the wire are converted by the transport (never a panic). Names are usually the
 /// contract's constants (borrowed, see [`super::headers::name`]), so building and copying
 /// headers allocates only the values.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Headers {
     /// Sorted by name, names unique.
     entries: Vec<(Cow<'static, str>, String)>,
+    /// The headers as the transport received them, where the text view loses something
+    /// (RabbitMQ's typed values: integers, timestamps, tables…): a copy of these headers
+    /// (a dead letter, a retry, a replay) then goes out with the original types. Opaque to
+    /// the runtime, shared by copies, and not part of equality.
+    originals: Option<Arc<dyn Any + Send + Sync>>,
 }
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl Eq for Headers {}
 
 impl Headers {
     /// No headers.
@@ -24,7 +37,17 @@ impl Headers {
 
     /// No headers, with room for `capacity` without reallocating.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self { entries: Vec::with_capacity(capacity) }
+        Self { entries: Vec::with_capacity(capacity), originals: None }
+    }
+
+    /// Keep the transport's own view of these headers (see the field's doc).
+    pub fn set_originals(&mut self, originals: Arc<dyn Any + Send + Sync>) {
+        self.originals = Some(originals);
+    }
+
+    /// The transport's own view of these headers, when one was kept.
+    pub fn originals(&self) -> Option<&(dyn Any + Send + Sync)> {
+        self.originals.as_deref()
     }
 
     /// Number of headers.
@@ -125,7 +148,7 @@ impl FromIterator<(Cow<'static, str>, String)> for Headers {
                 _ => entries.push(entry),
             }
         }
-        Self { entries }
+        Self { entries, originals: None }
     }
 }
 

@@ -5,8 +5,12 @@
 //! `content_type`, and on replies `app_id` for `courier-replied-by` and `type` for
 //! `courier-status`), which travel in the property. On receipt a property fills in its
 //! header unless the producer also set the header (the header wins). Header
-//! values that are not text are converted to text (numbers, booleans); tables and arrays
-//! (such as the broker's own `x-death`) are not carried over.
+//! values that are not text are shown as text (numbers and booleans in decimal, timestamps
+//! in RFC 3339); tables, arrays, decimals and voids have no text form. The received table
+//! is kept with the headers when it holds anything but strings, and a copy of the message
+//! (dead letter, retry, replay) goes out with each unchanged value in its original type
+//! and the values without a text form as they came; the broker's own `x-death` is not
+//! carried over.
 
 use lapin::{
     BasicProperties,
@@ -31,13 +35,22 @@ const PERSISTENT: u8 = 2;
 /// (smaller frames); a value too long for a property (255 bytes) stays in the table.
 pub fn properties(message: &Message) -> BasicProperties {
     let short = |name: &str| message.headers.get(name).and_then(|v| ShortString::try_new(v.clone()).ok());
+    let originals = message.headers.originals().and_then(|o| o.downcast_ref::<FieldTable>());
     let mut table = FieldTable::default();
     for (name, value) in &message.headers {
         if MIRRORED.contains(&name.as_ref()) && value.len() <= 255 {
             continue;
         }
-        if let Ok(name) = ShortString::try_new(name.clone()) {
-            table.insert(name, AMQPValue::LongString(LongString::from(value.as_bytes())));
+        let Ok(key) = ShortString::try_new(name.clone()) else { continue };
+        // An unchanged value keeps its type; a changed or new one is a string.
+        let original = originals.and_then(|o| o.inner().get(&key)).filter(|o| text(o).as_ref() == Some(value));
+        let value = original.cloned().unwrap_or_else(|| AMQPValue::LongString(LongString::from(value.as_bytes())));
+        table.insert(key, value);
+    }
+    // Values without a text form were never in the headers: they go out as they came.
+    for (key, value) in originals.map(|o| o.inner().iter()).into_iter().flatten() {
+        if text(value).is_none() && !message.headers.contains_key(key.as_str()) {
+            table.insert(key.clone(), value.clone());
         }
     }
     let mut props = BasicProperties::default().with_delivery_mode(PERSISTENT);
@@ -70,6 +83,11 @@ pub fn headers(props: &BasicProperties) -> Headers {
         .flat_map(|table| table.inner())
         .filter_map(|(name, value)| Some((h::name(name.as_str()), text(value)?)))
         .collect();
+    if let Some(table) = props.headers().as_ref().filter(|t| t.inner().values().any(|v| !is_string(v))) {
+        let kept: std::collections::BTreeMap<ShortString, AMQPValue> =
+            table.inner().iter().filter(|(k, _)| k.as_str() != X_DEATH).map(|(k, v)| (k.clone(), v.clone())).collect();
+        headers.set_originals(std::sync::Arc::new(FieldTable::from(kept)));
+    }
     let mut fill = |name: &'static str, value: &Option<ShortString>| {
         if let Some(value) = value {
             headers.get_or_insert_with(name.into(), || value.as_str().to_owned());
@@ -88,6 +106,13 @@ pub fn headers(props: &BasicProperties) -> Headers {
     headers
 }
 
+/// The broker's own dead-lettering history: never carried into a copy.
+const X_DEATH: &str = "x-death";
+
+fn is_string(value: &AMQPValue) -> bool {
+    matches!(value, AMQPValue::LongString(_) | AMQPValue::ShortString(_))
+}
+
 fn text(value: &AMQPValue) -> Option<String> {
     Some(match value {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
@@ -102,7 +127,9 @@ fn text(value: &AMQPValue) -> Option<String> {
         AMQPValue::LongLongInt(n) => n.to_string(),
         AMQPValue::Float(n) => n.to_string(),
         AMQPValue::Double(n) => n.to_string(),
-        AMQPValue::Timestamp(n) => n.to_string(),
+        AMQPValue::Timestamp(seconds) => {
+            crate::contract::timestamp::format(std::time::UNIX_EPOCH + std::time::Duration::from_secs(*seconds))
+        }
         AMQPValue::ByteArray(bytes) => String::from_utf8_lossy(bytes.as_slice()).into_owned(),
         _ => return None,
     })
@@ -159,6 +186,49 @@ mod tests {
         assert_eq!(
             headers(&props),
             message.headers.into_iter().chain([(h::CONTENT_TYPE.into(), h::JSON.into())]).collect()
+        );
+    }
+
+    #[test]
+    fn a_copy_keeps_the_original_types() {
+        use lapin::types::{DecimalValue, FieldArray};
+        let mut table = FieldTable::default();
+        let originals = [
+            ("count", AMQPValue::LongLongInt(7)),
+            ("small", AMQPValue::ShortShortUInt(3)),
+            ("flag", AMQPValue::Boolean(true)),
+            ("sent", AMQPValue::Timestamp(1_790_000_000)),
+            ("nested", AMQPValue::FieldTable(FieldTable::default())),
+            ("list", AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongInt(1)]))),
+            ("price", AMQPValue::DecimalValue(DecimalValue { scale: 2, value: 1999 })),
+            ("nothing", AMQPValue::Void),
+            ("changed", AMQPValue::LongInt(1)),
+            ("dropped", AMQPValue::LongInt(2)),
+            ("x-death", AMQPValue::FieldArray(FieldArray::default())),
+        ];
+        for (name, value) in originals.clone() {
+            table.insert(name.into(), value);
+        }
+        let received = BasicProperties::default().with_headers(table);
+        let mut copy = Message { headers: headers(&received), ..Message::default() };
+        assert_eq!(copy.headers.get("sent").map(String::as_str), Some("2026-09-21T14:13:20Z"), "RFC 3339");
+        copy.headers.insert("changed".into(), "now text".into());
+        copy.headers.remove("dropped");
+        copy.headers.insert(h::FAILURE_KIND.into(), "permanent".into());
+        let sent = properties(&copy);
+        let out = sent.headers().as_ref().expect("a table").inner();
+        for (name, value) in &originals[..8] {
+            assert_eq!(out.get(*name), Some(value), "{name} keeps its type");
+        }
+        assert_eq!(out.get("changed"), Some(&AMQPValue::LongString(LongString::from(&b"now text"[..]))));
+        assert_eq!(out.get("dropped"), None, "removed by the runtime");
+        assert_eq!(out.get("x-death"), None, "the broker's own");
+        assert!(matches!(out.get(h::FAILURE_KIND), Some(AMQPValue::LongString(_))));
+        let fresh = Message { headers: copy.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), ..copy };
+        let plain = properties(&fresh);
+        assert!(
+            matches!(plain.headers().as_ref().and_then(|t| t.inner().get("count")), Some(AMQPValue::LongString(_))),
+            "headers built anew carry no originals"
         );
     }
 
