@@ -10,10 +10,24 @@ pub fn parse(value: &str) -> Option<SystemTime> {
 }
 
 /// Format as RFC 3339 in UTC with millisecond precision, e.g. `2026-11-26T05:00:00.123Z`.
+/// An instant RFC 3339 cannot write (before year 0 or after 9999) gives the epoch.
 pub fn format(at: SystemTime) -> String {
-    let t = OffsetDateTime::from(at);
-    let t = t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).unwrap_or(t);
-    t.format(&Rfc3339).unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"))
+    let nanos = match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i128::try_from(after.as_nanos()).unwrap_or(i128::MAX),
+        Err(before) => -i128::try_from(before.duration().as_nanos()).unwrap_or(i128::MAX),
+    };
+    let written = OffsetDateTime::from_unix_timestamp_nanos(nanos).ok().and_then(|t| {
+        let t = t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).unwrap_or(t);
+        t.format(&Rfc3339).ok()
+    });
+    written.unwrap_or_else(|| String::from("1970-01-01T00:00:00Z"))
+}
+
+/// Seconds since the epoch (an AMQP timestamp) as RFC 3339 in UTC, when RFC 3339 can
+/// write that instant.
+pub fn from_unix_seconds(seconds: u64) -> Option<String> {
+    let t = OffsetDateTime::from_unix_timestamp(i64::try_from(seconds).ok()?).ok()?;
+    t.format(&Rfc3339).ok()
 }
 
 #[cfg(test)]
@@ -42,6 +56,13 @@ mod tests {
                 proptest::prop_assert_eq!(parse(&format(at)), Some(at));
             }
         }
+    }
+
+    #[test]
+    fn instants_rfc_3339_cannot_write_do_not_panic() {
+        assert_eq!(from_unix_seconds(u64::MAX), None);
+        assert_eq!(from_unix_seconds(0).as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(format(SystemTime::UNIX_EPOCH + Duration::from_secs(400_000_000_000)), "1970-01-01T00:00:00Z");
     }
 
     #[test]

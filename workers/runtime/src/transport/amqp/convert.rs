@@ -128,7 +128,7 @@ fn text(value: &AMQPValue) -> Option<String> {
         AMQPValue::Float(n) => n.to_string(),
         AMQPValue::Double(n) => n.to_string(),
         AMQPValue::Timestamp(seconds) => {
-            crate::contract::timestamp::format(std::time::UNIX_EPOCH + std::time::Duration::from_secs(*seconds))
+            crate::contract::timestamp::from_unix_seconds(*seconds).unwrap_or_else(|| seconds.to_string())
         }
         AMQPValue::ByteArray(bytes) => String::from_utf8_lossy(bytes.as_slice()).into_owned(),
         _ => return None,
@@ -230,6 +230,55 @@ mod tests {
             matches!(plain.headers().as_ref().and_then(|t| t.inner().get("count")), Some(AMQPValue::LongString(_))),
             "headers built anew carry no originals"
         );
+    }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = AMQPValue> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..12).prop_map(|b| AMQPValue::LongString(LongString::from(b))),
+            any::<i64>().prop_map(AMQPValue::LongLongInt),
+            any::<bool>().prop_map(AMQPValue::Boolean),
+            any::<u64>().prop_map(AMQPValue::Timestamp),
+            any::<f64>().prop_map(AMQPValue::Double),
+            Just(AMQPValue::Void),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            proptest::collection::vec(("[a-z]{1,4}", inner), 0..4).prop_map(|pairs| {
+                let mut table = FieldTable::default();
+                for (k, v) in pairs {
+                    table.insert(k.into(), v);
+                }
+                AMQPValue::FieldTable(table)
+            })
+        })
+    }
+
+    proptest::proptest! {
+        /// Any table a producer sends: headers, never a panic; and a copy sent back out
+        /// carries every value the runtime did not change, in its type.
+        #[test]
+        fn any_table_converts_and_copies_keep_it(pairs in proptest::collection::vec(("\\PC{1,10}", value()), 0..12)) {
+            let mut table = FieldTable::default();
+            for (k, v) in &pairs {
+                if let Ok(k) = ShortString::try_new(k.clone()) {
+                    table.insert(k, v.clone());
+                }
+            }
+            let received = BasicProperties::default().with_headers(table.clone());
+            let copy = Message { headers: headers(&received), ..Message::default() };
+            let sent = properties(&copy);
+            let out = sent.headers().clone().unwrap_or_default();
+            for (k, v) in table.inner() {
+                if k.as_str() == X_DEATH || MIRRORED.contains(&k.as_str()) {
+                    continue;
+                }
+                let same = match (out.inner().get(k), v) {
+                    (Some(AMQPValue::Double(a)), AMQPValue::Double(b)) => a.to_bits() == b.to_bits(),
+                    (got, want) => got == Some(want),
+                };
+                proptest::prop_assert!(same, "{} came back as {:?}, sent {:?}", k, out.inner().get(k), v);
+            }
+        }
     }
 
     #[test]
