@@ -58,10 +58,10 @@ mod tests {
             prop_assert_eq!(message.key.as_deref(), key.as_deref());
             for (name, value) in &pairs {
                 let last = pairs.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v);
-                if let (Some(last), Ok(text)) = (last, std::str::from_utf8(value)) {
-                    if last == value {
-                        prop_assert_eq!(message.headers.get(name).map(String::as_str), Some(text));
-                    }
+                if let (Some(last), Ok(text)) = (last, std::str::from_utf8(value))
+                    && last == value
+                {
+                    prop_assert_eq!(message.headers.get(name).map(String::as_str), Some(text));
                 }
             }
             let sent = headers(&message.headers);
