@@ -6,8 +6,9 @@
 //! `courier-status`), which travel in the property. On receipt a property fills in its
 //! header unless the producer also set the header (the header wins). Header
 //! values that are not text are shown as text (numbers and booleans in decimal, timestamps
-//! in RFC 3339); tables, arrays, decimals and voids have no text form. The received table
-//! is kept with the headers when it holds anything but strings, and a copy of the message
+//! in RFC 3339, bytes that are not UTF-8 with U+FFFD); tables, arrays, decimals and voids
+//! have no text form. The received table is kept with the headers when the text view
+//! loses anything, and a copy of the message
 //! (dead letter, retry, replay) goes out with each unchanged value in its original type
 //! and the values without a text form as they came; the broker's own `x-death` is not
 //! carried over.
@@ -83,7 +84,7 @@ pub fn headers(props: &BasicProperties) -> Headers {
         .flat_map(|table| table.inner())
         .filter_map(|(name, value)| Some((h::name(name.as_str()), text(value)?)))
         .collect();
-    if let Some(table) = props.headers().as_ref().filter(|t| t.inner().values().any(|v| !is_string(v))) {
+    if let Some(table) = props.headers().as_ref().filter(|t| t.inner().values().any(|v| !is_plain_text(v))) {
         let kept: std::collections::BTreeMap<ShortString, AMQPValue> =
             table.inner().iter().filter(|(k, _)| k.as_str() != X_DEATH).map(|(k, v)| (k.clone(), v.clone())).collect();
         headers.set_originals(std::sync::Arc::new(FieldTable::from(kept)));
@@ -109,8 +110,13 @@ pub fn headers(props: &BasicProperties) -> Headers {
 /// The broker's own dead-lettering history: never carried into a copy.
 const X_DEATH: &str = "x-death";
 
-fn is_string(value: &AMQPValue) -> bool {
-    matches!(value, AMQPValue::LongString(_) | AMQPValue::ShortString(_))
+/// A value the text view shows exactly: a string of UTF-8.
+fn is_plain_text(value: &AMQPValue) -> bool {
+    match value {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).is_ok(),
+        AMQPValue::ShortString(_) => true,
+        _ => false,
+    }
 }
 
 fn text(value: &AMQPValue) -> Option<String> {
