@@ -21,14 +21,16 @@ pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
     // The console owns the terminal: only warnings and errors are logged beside it.
     let default_level = if matches!(settings.broker, Broker::Memory) { "warn" } else { "info" };
     init_logging(&args.log_format, default_level);
-    let (outcome, closed) = run(settings, handler).await;
+    let (outcome, _closed) = run(settings, handler).await;
     otlp::flush();
-    if !closed {
-        // The broker clients are still closing on a thread of their own: end the process
-        // without them (what they did not commit is delivered again).
-        std::process::exit(if outcome.is_ok() { 0 } else { 1 });
+    // The process ends here, not in the runtime's teardown: a broker client still closing
+    // (on the thread of `close_within`, or held by a blocking call the broker does not
+    // answer) would hold that teardown for up to librdkafka's session timeout. What it
+    // did not commit is delivered again.
+    if let Err(error) = &outcome {
+        eprintln!("Error: {error:?}");
     }
-    outcome
+    std::process::exit(if outcome.is_ok() { 0 } else { 1 });
 }
 
 /// How long closing the broker clients may take once the worker stopped (Kafka: commit

@@ -271,6 +271,17 @@ impl WorkerArgs {
         if self.handler_timeout.is_zero() {
             return Err(invalid("handler-timeout", "must be > 0"));
         }
+        if self.quorum && i64::from(self.max_redeliveries) >= crate::transport::amqp::topology::QUORUM_DELIVERY_LIMIT {
+            return Err(invalid(
+                "max-redeliveries",
+                format!(
+                    "{} with --quorum: must stay below the quorum queue's delivery limit ({}), which would \
+                     dead-letter first",
+                    self.max_redeliveries,
+                    crate::transport::amqp::topology::QUORUM_DELIVERY_LIMIT
+                ),
+            ));
+        }
         if self.max_payload_bytes == 0 {
             return Err(invalid("max-payload-bytes", "must be > 0"));
         }

@@ -31,7 +31,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::{
     config::Settings,
     contract::{
-        failure::{FailureKind, fingerprint},
+        failure::{FailureKind, code, fingerprint},
         headers::{self as h, Headers, RequestMeta, truncate},
         timestamp, trace,
     },
@@ -107,9 +107,9 @@ impl Output {
     /// The failure code of a message dead-lettered because this output kept being refused.
     fn refused_code(self) -> &'static str {
         match self {
-            Self::Reply => "reply_refused",
-            Self::Retry => "retry_refused",
-            Self::DeadLetter => "dead_letter_refused",
+            Self::Reply => code::REPLY_REFUSED,
+            Self::Retry => code::RETRY_REFUSED,
+            Self::DeadLetter => code::DEAD_LETTER_REFUSED,
         }
     }
 }
@@ -179,7 +179,10 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         async {
             let ack = match self.process(&message, &source, &mut held).await {
                 Settle::Ack => {
-                    self.redeliveries.lock().unwrap_or_else(|p| p.into_inner()).settled(identity(&message, &source));
+                    let mut redeliveries = self.redeliveries.lock().unwrap_or_else(|p| p.into_inner());
+                    if !redeliveries.is_empty() {
+                        redeliveries.settled(identity(&message, &source));
+                    }
                     true
                 }
                 Settle::Requeue(unsettled) => self.unsettled(&mut held, &message, &source, unsettled).await,
@@ -204,7 +207,9 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         source: &Source,
         Unsettled { output, error }: Unsettled,
     ) -> bool {
-        let next = if error.counts_against_the_message() {
+        // A refusal counts; so does an unavailable destination while the broker is up (a
+        // topic whose leader is gone): only an outage of the whole broker does not.
+        let next = if error.counts_against_the_message() || self.transport.is_ready() {
             self.redeliveries.lock().unwrap_or_else(|p| p.into_inner()).refused(identity(message, source))
         } else {
             Next::Requeue { after: redelivery::OUTAGE_DELAY, round: 0 }
@@ -243,11 +248,11 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         if message.payload.len() > self.settings.max_payload_bytes {
             let why =
                 format!("payload is {} bytes, the limit is {}", message.payload.len(), self.settings.max_payload_bytes);
-            let failure = Failure::new(FailureKind::TooLarge, "payload_too_large", why);
+            let failure = Failure::new(FailureKind::TooLarge, code::PAYLOAD_TOO_LARGE, why);
             return self.dead_letter(acker, message, source, &meta, failure, 0).await;
         }
         if let Some(bad) = bad {
-            let failure = Failure::new(FailureKind::Decode, "bad_header", bad.to_string());
+            let failure = Failure::new(FailureKind::Decode, code::BAD_HEADER, bad.to_string());
             return self.dead_letter(acker, message, source, &meta, failure, 0).await;
         }
         // Outputs continue the request's trace with this delivery as their parent.
@@ -263,7 +268,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         if meta.deadline.is_some_and(|d| d <= SystemTime::now()) {
             let failure = Failure::new(
                 FailureKind::Expired,
-                "deadline_exceeded",
+                code::DEADLINE_EXCEEDED,
                 "the request's deadline passed before processing",
             );
             return self.dead_letter(acker, message, source, &meta, failure, 0).await;
@@ -271,22 +276,22 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let reply_to = self.reply_to(&meta);
         if !self.settings.reply_allowed(reply_to) {
             let why = format!("reply-to {reply_to:?} is not in the allowlist {:?}", self.settings.reply_allow);
-            let failure = Failure::new(FailureKind::Unroutable, "reply_not_allowed", why);
+            let failure = Failure::new(FailureKind::Unroutable, code::REPLY_NOT_ALLOWED, why);
             return self.dead_letter(acker, message, source, &meta, failure, 0).await;
         }
         if let Some(reason) = self.transport.name_problem(reply_to) {
             let why = format!("reply-to {:?} is not a valid name: {reason}", truncate(reply_to, 64));
-            let failure = Failure::new(FailureKind::Unroutable, "reply_to_invalid", why);
+            let failure = Failure::new(FailureKind::Unroutable, code::REPLY_TO_INVALID, why);
             return self.dead_letter(acker, message, source, &meta, failure, 0).await;
         }
         let request = match self.schema.decode::<H::Request>(&message.payload) {
             Ok(request) => request,
             Err(Refusal::NotJson(why)) => {
-                let failure = Failure::new(FailureKind::Decode, "invalid_json", why);
+                let failure = Failure::new(FailureKind::Decode, code::INVALID_JSON, why);
                 return self.dead_letter(acker, message, source, &meta, failure, 0).await;
             }
             Err(Refusal::Violation(why)) => {
-                let failure = Failure::new(FailureKind::Schema, "schema_violation", why);
+                let failure = Failure::new(FailureKind::Schema, code::SCHEMA_VIOLATION, why);
                 return self.dead_letter(acker, message, source, &meta, failure, 0).await;
             }
         };
@@ -296,7 +301,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             Ok(reply) => match serde_json::to_vec(&reply) {
                 Ok(payload) => self.reply(acker, message, source, &meta, payload, invocations).await,
                 Err(error) => {
-                    let failure = Failure::new(FailureKind::Permanent, "reply_not_serializable", error.to_string());
+                    let failure = Failure::new(FailureKind::Permanent, code::REPLY_NOT_SERIALIZABLE, error.to_string());
                     self.dead_letter(acker, message, source, &meta, failure, invocations).await
                 }
             },
@@ -336,8 +341,10 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             self.metrics.handler_took(started.elapsed());
             let result = match outcome {
                 Ok(Ok(result)) => result,
-                Ok(Err(panic)) => Err(HandlerError::permanent("handler_panicked", panic_message(panic.as_ref()))),
-                Err(_) => Err(HandlerError::transient("timeout", format!("the handler took longer than {limit:?}"))),
+                Ok(Err(panic)) => Err(HandlerError::permanent(code::HANDLER_PANICKED, panic_message(panic.as_ref()))),
+                Err(_) => {
+                    Err(HandlerError::transient(code::TIMEOUT, format!("the handler took longer than {limit:?}")))
+                }
             };
             match result {
                 Err(error) if error.is_transient() => match backoff.next() {
@@ -374,13 +381,15 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             Err(error) => error,
         };
         let failure = match &error {
-            PublishError::TooLarge { .. } => Failure::new(FailureKind::Permanent, "reply_too_large", error.to_string()),
+            PublishError::TooLarge { .. } => {
+                Failure::new(FailureKind::Permanent, code::REPLY_TOO_LARGE, error.to_string())
+            }
             PublishError::InvalidName { .. } => {
-                Failure::new(FailureKind::Unroutable, "reply_to_invalid", error.to_string())
+                Failure::new(FailureKind::Unroutable, code::REPLY_TO_INVALID, error.to_string())
             }
             _ => Failure::new(
                 FailureKind::Unroutable,
-                "reply_unroutable",
+                code::REPLY_UNROUTABLE,
                 format!("no queue or topic named {reply_to:?}"),
             ),
         };
@@ -502,7 +511,12 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     /// Best effort: the dead-letter copy is already safe, so a failed error reply is only logged.
     async fn error_reply(&self, acker: &mut Held<T::Acker>, request: &Message, meta: &RequestMeta, failure: &Failure) {
         let reply_to = self.reply_to(meta);
-        if failure.kind == FailureKind::Unroutable || !self.settings.reply_allowed(reply_to) {
+        // Not where no reply can go: an unroutable reply-to, or the destination that just
+        // refused the reply on every round.
+        if failure.kind == FailureKind::Unroutable
+            || failure.code == code::REPLY_REFUSED
+            || !self.settings.reply_allowed(reply_to)
+        {
             return;
         }
         let text = truncate(&failure.message, h::MAX_ERROR_MESSAGE_BYTES);
@@ -609,14 +623,24 @@ fn without_payload(record: Message, payload_bytes: usize) -> Message {
 }
 
 /// A stable identity of a delivered message, for counting its redeliveries: its Kafka
-/// position, else its message id, else its payload (within the queue it came from).
+/// position (with its delivery round: a retry topic's record has the work topic as its
+/// source and may share a position with one there), else its message id, else its
+/// payload and headers (within the queue it came from).
 fn identity(message: &Message, source: &Source) -> u64 {
-    use std::hash::BuildHasher as _;
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
     let hasher = foldhash::fast::FixedState::with_seed(0x0063_6f75_7269_6572);
+    let round = message.headers.get(h::ATTEMPT);
     match (source.partition, source.offset, message.headers.get(h::MESSAGE_ID)) {
-        (Some(partition), Some(offset), _) => hasher.hash_one((&*source.queue, partition, offset)),
+        (Some(partition), Some(offset), _) => hasher.hash_one((&*source.queue, partition, offset, round)),
         (_, _, Some(id)) => hasher.hash_one((&*source.queue, id)),
-        _ => hasher.hash_one((&*source.queue, &message.payload[..])),
+        _ => {
+            let mut state = hasher.build_hasher();
+            (&*source.queue, &message.payload[..]).hash(&mut state);
+            for (name, value) in &message.headers {
+                (name.as_ref(), value).hash(&mut state);
+            }
+            state.finish()
+        }
     }
 }
 

@@ -82,6 +82,11 @@ impl Redeliveries {
         }
     }
 
+    /// Whether no message is counted (then a settled one need not be looked up).
+    pub fn is_empty(&self) -> bool {
+        self.rounds.is_empty()
+    }
+
     /// Refusals counted for `identity`.
     pub fn rounds(&self, identity: u64) -> u32 {
         self.rounds.get(&identity).copied().unwrap_or(0)

@@ -53,13 +53,18 @@ pub async fn run<H: Handler, T: Transport>(
         let transport = transport.clone();
         move || transport.is_ready()
     });
+    // Stopped at the end: it holds a handle of the transport (readiness), and the last
+    // handle is what closes the broker connections, within the caller's bound.
+    let mut serving = None;
     if let Some(addr) = settings.http_addr {
         let observed = server::Observed { metrics: metrics.clone(), health: health.clone() };
-        server::spawn(addr, server::routes(observed)).await.map_err(|e| WorkerError::Http(addr, e))?;
+        let (_, task) = server::spawn(addr, server::routes(observed)).await.map_err(|e| WorkerError::Http(addr, e))?;
+        serving = Some(task);
     }
     transport.declare(&topology).await?;
     let mut subscription = transport.subscribe(&topology, settings.concurrency).await?;
     health.set_running(true);
+    let watch = transport.clone();
     let sampler = tokio::spawn(sample_backlog(transport.clone(), topology.clone(), metrics.clone()));
     let grace = settings.shutdown_grace;
     let permits = Arc::new(Semaphore::new(settings.concurrency));
@@ -79,6 +84,9 @@ pub async fn run<H: Handler, T: Transport>(
         // The shutdown signal is polled while the loop waits, and every
         // [`SHUTDOWN_CHECK_TURNS`] deliveries while it never has to: a poll of it costs
         // about 860 instructions, a fifth of what this loop cost per delivery.
+        if let Some(failure) = watch.failure() {
+            break Err(WorkerError::Transport(TransportError::Broker(failure)));
+        }
         turns = turns.wrapping_add(1);
         if turns.is_multiple_of(SHUTDOWN_CHECK_TURNS) && futures::poll!(&mut shutdown).is_ready() {
             break Ok(());
@@ -111,7 +119,9 @@ pub async fn run<H: Handler, T: Transport>(
     // Stop receiving first: unstarted deliveries go back to the broker.
     health.set_running(false);
     sampler.abort();
+    let _ = sampler.await;
     drop(subscription);
+    drop(watch);
     info!(in_flight = in_flight.len(), ?grace, "Stopping: letting in-flight messages finish.");
     let drained = tokio::time::timeout(grace, async {
         while let Some(done) = in_flight.join_next().await {
@@ -124,6 +134,11 @@ pub async fn run<H: Handler, T: Transport>(
         in_flight.abort_all();
         while in_flight.join_next().await.is_some() {}
     }
+    if let Some(serving) = serving {
+        serving.abort();
+        let _ = serving.await;
+    }
+    drop(health);
     info!("Worker stopped.");
     outcome
 }

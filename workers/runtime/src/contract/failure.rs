@@ -64,6 +64,60 @@ impl fmt::Display for FailureKind {
     }
 }
 
+/// The failure codes the runtime itself gives (a handler gives its own); the wire values
+/// are the contract (`schemas/README.md`, checked by a test).
+pub mod code {
+    /// The payload is larger than `--max-payload-bytes`.
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// A request header has a value that cannot be used.
+    pub const BAD_HEADER: &str = "bad_header";
+    /// `courier-deadline` passed before processing.
+    pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+    /// The reply-to does not match `--reply-allow`.
+    pub const REPLY_NOT_ALLOWED: &str = "reply_not_allowed";
+    /// The reply-to cannot be a queue/topic name on this broker.
+    pub const REPLY_TO_INVALID: &str = "reply_to_invalid";
+    /// No queue/topic of the reply-to's name.
+    pub const REPLY_UNROUTABLE: &str = "reply_unroutable";
+    /// The reply is larger than the broker accepts.
+    pub const REPLY_TOO_LARGE: &str = "reply_too_large";
+    /// The payload is not JSON.
+    pub const INVALID_JSON: &str = "invalid_json";
+    /// The payload violates the request schema.
+    pub const SCHEMA_VIOLATION: &str = "schema_violation";
+    /// The handler's reply could not be serialized.
+    pub const REPLY_NOT_SERIALIZABLE: &str = "reply_not_serializable";
+    /// The handler panicked.
+    pub const HANDLER_PANICKED: &str = "handler_panicked";
+    /// The handler took longer than `--handler-timeout`.
+    pub const TIMEOUT: &str = "timeout";
+    /// The broker refused the reply on every round.
+    pub const REPLY_REFUSED: &str = "reply_refused";
+    /// The broker refused the retry copy on every round.
+    pub const RETRY_REFUSED: &str = "retry_refused";
+    /// The broker refused the dead-letter copy on every round.
+    pub const DEAD_LETTER_REFUSED: &str = "dead_letter_refused";
+
+    /// Every code above.
+    pub const ALL: [&str; 15] = [
+        PAYLOAD_TOO_LARGE,
+        BAD_HEADER,
+        DEADLINE_EXCEEDED,
+        REPLY_NOT_ALLOWED,
+        REPLY_TO_INVALID,
+        REPLY_UNROUTABLE,
+        REPLY_TOO_LARGE,
+        INVALID_JSON,
+        SCHEMA_VIOLATION,
+        REPLY_NOT_SERIALIZABLE,
+        HANDLER_PANICKED,
+        TIMEOUT,
+        REPLY_REFUSED,
+        RETRY_REFUSED,
+        DEAD_LETTER_REFUSED,
+    ];
+}
+
 /// A stable 16-hex-digit fingerprint of kind + worker + code (FNV-1a, 64 bit).
 /// Stable across versions and machines, and independent of the payload.
 pub fn fingerprint(kind: FailureKind, worker: &str, code: &str) -> String {
@@ -89,6 +143,14 @@ mod tests {
             assert_eq!(FailureKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(FailureKind::parse("nope"), None);
+    }
+
+    #[test]
+    fn every_runtime_code_is_documented() {
+        let doc = include_str!("../../../../schemas/README.md");
+        for code in code::ALL {
+            assert!(doc.contains(&format!("`{code}`")), "code {code} is missing from schemas/README.md");
+        }
     }
 
     #[test]

@@ -190,7 +190,8 @@ impl RequestMeta {
     /// Headers a producer may get wrong without losing its answer: a malformed
     /// `traceparent` is ignored (W3C says so: a new trace starts); the failure headers of
     /// an earlier round (`courier-failure-attempts`, `-first-at`) are read when valid and
-    /// otherwise carried along untouched; a `courier-attempt` beyond 2^32 − 1 is clamped.
+    /// otherwise read as absent (a failure record replaces them); counters beyond
+    /// 2^32 − 1 are clamped.
     pub fn parse(headers: &Headers) -> (Self, Option<BadHeader>) {
         let seen = Seen::pick(headers);
         let message_id = seen.message_id.map(str::to_owned);
@@ -200,7 +201,7 @@ impl RequestMeta {
             correlation_id,
             reply_to: seen.reply_to.map(str::to_owned),
             traceparent: seen.traceparent.filter(|v| is_traceparent(v)).map(str::to_owned),
-            earlier_attempts: seen.failure_attempts.and_then(|v| v.parse::<u64>().ok()).map_or(0, clamp),
+            earlier_attempts: seen.failure_attempts.and_then(|v| v.parse::<u128>().ok()).map_or(0, clamp),
             first_failure_at: seen.first_failure_at.and_then(timestamp::parse),
             ..Self::default()
         };
@@ -232,7 +233,7 @@ impl RequestMeta {
 }
 
 /// A counter read from a header, clamped into a `u32`.
-fn clamp(n: u64) -> u32 {
+fn clamp(n: u128) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 

@@ -188,7 +188,13 @@ async fn transactional_producer(transport: &KafkaTransport, topic: &str) -> Resu
     let id = format!("courier-dlq.{topic}");
     let producer: FutureProducer = client_config(
         transport.config(),
-        &[("transactional.id", &id), ("enable.idempotence", "true"), ("acks", "all")],
+        &[
+            ("transactional.id", &id),
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            // A dead-letter record is as large as the workers may write.
+            ("message.max.bytes", &transport.config().max_message_bytes.to_string()),
+        ],
     )
     .create()
     .map_err(|e| DlqError::Unavailable(e.to_string()))?;
@@ -264,13 +270,16 @@ struct Entry {
     message: Message,
 }
 
-/// Reads every partition of a topic from the beginning to its end (at least the end it had
-/// when opened; records written meanwhile may be read too), `read_committed`: aborted
-/// transactions are skipped. Outside any consumer group.
+/// Reads every partition of a topic from the beginning to its end, the records written
+/// before it opened (by their timestamps: the watermark alone is not reliable on every
+/// broker), `read_committed`: aborted transactions are skipped. Outside any consumer group.
 struct LogReader {
     consumer: StreamConsumer<QuietEof>,
     /// The topic read.
     topic: String,
+    /// When the reader opened (ms since the epoch): later records are not read, so a
+    /// replay never meets the dead letters its own replays produce, nor a purge newer ones.
+    opened_at: i64,
     /// Partition → offset where it ended when opened; removed once reached.
     ends: HashMap<i32, i64>,
 }
@@ -311,7 +320,10 @@ impl LogReader {
             }
         }
         consumer.assign(&assignment).map_err(|e| DlqError::Unavailable(e.to_string()))?;
-        Ok(Self { consumer, topic: topic.to_owned(), ends })
+        let opened_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
+        Ok(Self { consumer, topic: topic.to_owned(), opened_at, ends })
     }
 
     /// Where the consumer will read `partition` next.
@@ -335,6 +347,9 @@ impl LogReader {
                 Ok(record) => {
                     let partition = record.partition();
                     if !self.ends.contains_key(&partition) {
+                        continue;
+                    }
+                    if record.timestamp().to_millis().is_some_and(|at| at > self.opened_at) {
                         continue;
                     }
                     return Ok(Some(Entry {

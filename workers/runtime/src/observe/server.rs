@@ -27,17 +27,17 @@ pub fn routes(observed: Observed) -> Router {
 }
 
 /// Bind `addr` and serve `router` in the background; returns the bound address (port 0
-/// picks a free one).
-pub async fn spawn(addr: SocketAddr, router: Router) -> std::io::Result<SocketAddr> {
+/// picks a free one) and the serving task, which the caller owns and stops.
+pub async fn spawn(addr: SocketAddr, router: Router) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     info!(%bound, "HTTP endpoints: /metrics /healthz /readyz.");
-    tokio::spawn(async move {
+    let serving = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router).await {
             tracing::error!(%error, "The HTTP server stopped.");
         }
     });
-    Ok(bound)
+    Ok((bound, serving))
 }
 
 async fn metrics(State(observed): State<Observed>) -> impl IntoResponse {

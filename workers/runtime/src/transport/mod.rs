@@ -106,6 +106,13 @@ pub trait Transport: Clone + Send + Sync + 'static {
         None
     }
 
+    /// A failure the transport cannot recover from by itself (Kafka: the idempotent
+    /// producer's fatal error, after which it refuses every message): the worker stops
+    /// with it, so that the process is restarted. `None` while all is well.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
     /// Whether the transport is connected and consuming (readiness).
     fn is_ready(&self) -> bool {
         true

@@ -1,5 +1,6 @@
 //! What a transport knows about destinations it published to: which exist (bounded in
-//! number) and which were missing a moment ago (forgotten after [`MISSING_FOR`]), so a
+//! number, asked again after [`EXISTS_FOR`]) and which were missing a moment ago
+//! (forgotten after [`MISSING_FOR`]), so a
 //! burst of publishes to one name asks the broker once, and a queue created a moment
 //! later is found.
 
@@ -7,6 +8,9 @@ use std::time::{Duration, Instant};
 
 /// How long a "no such destination" answer is believed.
 pub const MISSING_FOR: Duration = Duration::from_secs(1);
+/// How long an "exists" answer is believed (a client's exclusive reply queue goes away
+/// with its client; an unroutable publish is then found by asking again).
+pub const EXISTS_FOR: Duration = Duration::from_secs(60);
 /// At most this many names are remembered either way; past it the oldest answers go.
 pub const CAPACITY: usize = 10_000;
 
@@ -25,7 +29,7 @@ impl Known {
 
     fn get_at(&self, name: &str, now: Instant) -> Option<bool> {
         match self.answers.get(name) {
-            Some((true, _)) => Some(true),
+            Some((true, at)) if now.duration_since(*at) < EXISTS_FOR => Some(true),
             Some((false, at)) if now.duration_since(*at) < MISSING_FOR => Some(false),
             _ => None,
         }
@@ -39,7 +43,8 @@ impl Known {
     fn set_at(&mut self, name: &str, exists: bool, now: Instant) {
         if self.answers.len() >= CAPACITY && !self.answers.contains_key(name) {
             // Expired "missing" answers go first; if none, the oldest half.
-            self.answers.retain(|_, (exists, at)| *exists || now.duration_since(*at) < MISSING_FOR);
+            self.answers
+                .retain(|_, (exists, at)| now.duration_since(*at) < if *exists { EXISTS_FOR } else { MISSING_FOR });
             if self.answers.len() >= CAPACITY {
                 let mut ages: Vec<Instant> = self.answers.values().map(|(_, at)| *at).collect();
                 let (_, median, _) = ages.select_nth_unstable(CAPACITY / 2);
@@ -64,6 +69,7 @@ mod tests {
         known.set_at("b", false, start);
         let later = start + MISSING_FOR * 10;
         assert_eq!(known.get_at("a", later), Some(true));
+        assert_eq!(known.get_at("a", start + EXISTS_FOR), None, "asked again after a minute");
         assert_eq!(known.get_at("b", start + MISSING_FOR / 2), Some(false));
         assert_eq!(known.get_at("b", start + MISSING_FOR), None, "asked again after a second");
         known.set_at("a", false, later);
@@ -79,6 +85,6 @@ mod tests {
             assert!(known.answers.len() <= CAPACITY);
         }
         let newest = format!("q{}", CAPACITY * 3 - 2);
-        assert_eq!(known.get_at(&newest, start + Duration::from_secs(60)), Some(true), "the newest answers stay");
+        assert_eq!(known.get_at(&newest, start + Duration::from_secs(40)), Some(true), "the newest answers stay");
     }
 }

@@ -332,6 +332,11 @@ impl Transport for AmqpTransport {
             return Err(PublishError::invalid_name(destination, "longer than an AMQP short string"));
         };
         let unavailable = |e: &dyn std::fmt::Display| PublishError::Unavailable(e.to_string());
+        let size = message.payload.len() + message.headers.byte_len();
+        if size > MAX_MESSAGE_BYTES {
+            let reason = format!("larger than {MAX_MESSAGE_BYTES} bytes (RabbitMQ 4's default max_message_size)");
+            return Err(PublishError::TooLarge { destination: destination.to_owned(), size, reason });
+        }
         if !self.queue_exists(destination).await? {
             return Err(PublishError::Unroutable(destination.to_owned()));
         }
@@ -342,11 +347,11 @@ impl Transport for AmqpTransport {
             .publisher
             .basic_publish("".into(), routing_key, options, &message.payload, props)
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| publish_failure(destination, size, &e))?;
         let (shared, destination, payload) =
             (Arc::clone(&self.shared), destination.to_owned(), message.payload.clone());
         Ok(Box::pin(async move {
-            match confirm.await.map_err(|e| unavailable(&e))? {
+            match confirm.await.map_err(|e| publish_failure(&destination, size, &e))? {
                 Confirmation::Ack(None) => Ok(()),
                 Confirmation::Ack(Some(returned))
                     if returned.delivery.routing_key.as_str() == destination && returned.delivery.data == payload =>
@@ -364,6 +369,27 @@ impl Transport for AmqpTransport {
             }
         }))
     }
+}
+
+/// Messages larger than this are refused before they are sent: RabbitMQ 4's default
+/// `max_message_size` (3.x allows 128 MiB), which the broker enforces by closing the
+/// publishing channel (every publish in flight on it fails).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A failed publish: the broker's "larger than configured max size" (406, which closes
+/// the channel) is [`PublishError::TooLarge`]; the rest is a broker outage.
+fn publish_failure(destination: &str, size: usize, error: &lapin::Error) -> PublishError {
+    if let lapin::ErrorKind::ProtocolError(amqp) = error.kind()
+        && amqp.kind() == &lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
+        && amqp.get_message().as_str().contains("max size")
+    {
+        return PublishError::TooLarge {
+            destination: destination.to_owned(),
+            size,
+            reason: amqp.get_message().to_string(),
+        };
+    }
+    PublishError::Unavailable(error.to_string())
 }
 
 /// Settles one RabbitMQ delivery on the channel it came from.

@@ -100,6 +100,8 @@ struct Shared {
     consumer: Mutex<Option<Arc<StreamConsumer<RebalanceContext>>>>,
     /// The subscription's readiness, once subscribed.
     liveness: Mutex<Option<Arc<liveness::Liveness>>>,
+    /// Set once the producer reported a fatal error (it refuses everything after it).
+    fatal: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for KafkaTransport {
@@ -143,6 +145,7 @@ impl KafkaTransport {
                 lookup: tokio::sync::Mutex::new(()),
                 consumer: Mutex::new(None),
                 liveness: Mutex::new(None),
+                fatal: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         let producer = transport.shared.producer.clone();
@@ -282,7 +285,16 @@ impl Transport for KafkaTransport {
     /// Subscribed, assigned, and a broker up in librdkafka's latest statistics
     /// ([`liveness`]).
     fn is_ready(&self) -> bool {
-        self.shared.liveness.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|l| l.ready())
+        self.failure().is_none()
+            && self.shared.liveness.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|l| l.ready())
+    }
+
+    fn failure(&self) -> Option<String> {
+        if !self.shared.fatal.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let (code, reason) = self.shared.producer.client().fatal_error()?;
+        Some(format!("the Kafka producer hit a fatal error and refuses every message: {code}: {reason}"))
     }
 
     /// Lag of every assigned partition, counted from its first unfinished record (records
@@ -384,6 +396,7 @@ impl Transport for KafkaTransport {
         if !self.topic_exists(destination).await? {
             return Err(PublishError::Unroutable(destination.to_owned()));
         }
+        let size = message.payload.len() + message.key.as_ref().map_or(0, |k| k.len()) + message.headers.byte_len();
         let mut record =
             FutureRecord::to(destination).payload(&message.payload[..]).headers(convert::headers(&message.headers));
         if let Some(key) = &message.key {
@@ -399,14 +412,14 @@ impl Transport for KafkaTransport {
                     record = returned;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err((error, _)) => return Err(self.publish_error(destination, message, error)),
+                Err((error, _)) => return Err(self.publish_error(destination, size, error)),
             }
         };
-        let (transport, destination, message) = (self.clone(), destination.to_owned(), message.clone());
+        let (transport, destination) = (self.clone(), destination.to_owned());
         Ok(Box::pin(async move {
             match delivery.await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err((error, _))) => Err(transport.publish_error(&destination, &message, error)),
+                Ok(Err((error, _))) => Err(transport.publish_error(&destination, size, error)),
                 Err(_) => Err(PublishError::Unavailable("the producer dropped the message".into())),
             }
         }))
@@ -418,8 +431,12 @@ const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl KafkaTransport {
     /// Our error for a failed produce, classified by what a retry can do about it.
-    fn publish_error(&self, destination: &str, message: &Message, error: KafkaError) -> PublishError {
+    fn publish_error(&self, destination: &str, size: usize, error: KafkaError) -> PublishError {
         use RDKafkaErrorCode as Code;
+        if self.shared.producer.client().fatal_error().is_some() {
+            self.shared.fatal.store(true, std::sync::atomic::Ordering::Relaxed);
+            return PublishError::Unavailable(format!("the producer hit a fatal error: {error}"));
+        }
         let KafkaError::MessageProduction(code) = error else {
             return PublishError::Unavailable(error.to_string());
         };
@@ -428,11 +445,9 @@ impl KafkaTransport {
                 self.shared.known_topics.write().unwrap_or_else(|p| p.into_inner()).set(destination, false);
                 PublishError::Unroutable(destination.to_owned())
             }
-            Code::MessageSizeTooLarge | Code::InvalidMessageSize => PublishError::TooLarge {
-                destination: destination.to_owned(),
-                size: message.payload.len() + message.key.as_ref().map_or(0, |k| k.len()) + message.headers.byte_len(),
-                reason: format!("{code} (the producer allows {} bytes)", self.shared.config.max_message_bytes),
-            },
+            Code::MessageSizeTooLarge | Code::InvalidMessageSize => {
+                PublishError::TooLarge { destination: destination.to_owned(), size, reason: code.to_string() }
+            }
             Code::InvalidTopic => PublishError::invalid_name(destination, "the broker says the topic name is invalid"),
             // librdkafka already retried these for `message.timeout.ms`: the cluster is unwell.
             Code::MessageTimedOut
