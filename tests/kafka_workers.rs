@@ -466,7 +466,10 @@ async fn shutdown_ends_within_the_grace_and_the_close_bound() {
     let took = started.elapsed();
     println!("kafka shutdown: exited {took:?} after SIGTERM (grace 1 s, handlers 3 s)");
     assert!(took <= Duration::from_secs(1) + CLOSE_BOUND + SLACK, "{took:?}\n{}", worker.tail());
-    let mut next = greeter_with("shutdown-b", &cluster, &names, &[], "8", &["--shutdown-grace", "1s"]);
+    // With its HTTP endpoints too: they hold a handle of the transport until the end.
+    let addr = format!("127.0.0.1:{}", courier_tests::http::free_port());
+    let mut next =
+        greeter_with("shutdown-b", &cluster, &names, &[], "8", &["--shutdown-grace", "1s", "--http-addr", &addr]);
     let mut seen = Replies::default();
     client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |_| false).await;
     assert!(seen.missing(&ids).is_empty(), "{} unanswered\n{}", seen.missing(&ids).len(), next.tail());

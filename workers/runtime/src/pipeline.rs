@@ -177,7 +177,15 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             trace_id = tracing::field::Empty,
         );
         async {
-            let ack = match self.process(&message, &source, &mut held).await {
+            let given_up = {
+                let redeliveries = self.redeliveries.lock().unwrap_or_else(|p| p.into_inner());
+                if redeliveries.is_empty() { None } else { redeliveries.given_up(identity(&message, &source)) }
+            };
+            let settle = match given_up {
+                Some(code) => self.fallbacks_again(&mut held, &message, &source, code).await,
+                None => self.process(&message, &source, &mut held).await,
+            };
+            let ack = match settle {
                 Settle::Ack => {
                     let mut redeliveries = self.redeliveries.lock().unwrap_or_else(|p| p.into_inner());
                     if !redeliveries.is_empty() {
@@ -185,6 +193,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
                     }
                     true
                 }
+                // Already paused for: straight back to the broker.
+                Settle::Requeue(_) if given_up.is_some() => false,
                 Settle::Requeue(unsettled) => self.unsettled(&mut held, &message, &source, unsettled).await,
             };
             let result = if ack { held.acker.ack().await } else { held.acker.nack().await };
@@ -234,13 +244,47 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             }
         };
         if let Settle::Requeue(Unsettled { error, .. }) = settle {
-            // Every destination refuses: the broker's configuration needs a person.
+            // Every destination refuses: the broker's configuration needs a person. Later
+            // deliveries go straight to the fallbacks, without the handler.
+            self.redeliveries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .give_up_for_good(identity(message, source), output.refused_code());
             self.metrics.requeued(error.reason());
             tracing::error!(%error, "Neither the dead-letter nor the parking queue takes the message; it goes back to the broker.");
             tokio::time::sleep(redelivery::MAX_DELAY).await;
             return false;
         }
         true
+    }
+
+    /// A message given up before whose fallbacks refused it: try them again, without the
+    /// handler (its side effects ran often enough). `Settle::Requeue` only when every
+    /// destination refuses still; it then waits [`redelivery::MAX_DELAY`] first.
+    async fn fallbacks_again(
+        &self,
+        held: &mut Held<T::Acker>,
+        message: &Message,
+        source: &Source,
+        code: &'static str,
+    ) -> Settle {
+        let (meta, _) = RequestMeta::parse(&message.headers);
+        let why = "the broker refused its output on every round, and the dead-letter and parking queues refused it \
+                   too; not handled again";
+        let failure = Failure::new(FailureKind::Undeliverable, code, why);
+        let settle = match self.dead_letter(held, message, source, &meta, failure.clone(), 0).await {
+            Settle::Requeue(Unsettled { error, .. }) => {
+                let record = self.dead_letter_record(message, source, &meta, &failure, 0);
+                self.park(held, message, &meta, &failure, record, error).await
+            }
+            settled => settled,
+        };
+        if let Settle::Requeue(Unsettled { error, .. }) = &settle {
+            self.metrics.requeued(error.reason());
+            tracing::error!(%error, "Neither the dead-letter nor the parking queue takes the message; it goes back to the broker.");
+            tokio::time::sleep(redelivery::MAX_DELAY).await;
+        }
+        settle
     }
 
     async fn process(&self, message: &Message, source: &Source, acker: &mut Held<T::Acker>) -> Settle {

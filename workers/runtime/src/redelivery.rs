@@ -51,12 +51,15 @@ pub struct Redeliveries {
     rounds: foldhash::HashMap<u64, u32>,
     /// Identities in the order first seen, for forgetting the oldest (may hold settled ones).
     order: VecDeque<u64>,
+    /// Messages given up whose fallbacks refused them too, with the failure code they were
+    /// given up with: later deliveries go straight to the fallbacks, without the handler.
+    given_up: foldhash::HashMap<u64, &'static str>,
 }
 
 impl Redeliveries {
     /// Allow `limit` requeues per message.
     pub fn new(limit: u32) -> Self {
-        Self { limit, rounds: foldhash::HashMap::default(), order: VecDeque::new() }
+        Self { limit, rounds: foldhash::HashMap::default(), order: VecDeque::new(), given_up: Default::default() }
     }
 
     /// The output of message `identity` was refused: requeue it, or give up.
@@ -80,11 +83,28 @@ impl Redeliveries {
         if !self.rounds.is_empty() {
             self.rounds.remove(&identity);
         }
+        if !self.given_up.is_empty() {
+            self.given_up.remove(&identity);
+        }
     }
 
-    /// Whether no message is counted (then a settled one need not be looked up).
+    /// Message `identity` was given up with `code`, and its fallbacks refused it too.
+    pub fn give_up_for_good(&mut self, identity: u64, code: &'static str) {
+        if self.given_up.len() >= CAPACITY {
+            // Forgotten ones run their handler once more per redelivery: still bounded.
+            self.given_up.clear();
+        }
+        self.given_up.insert(identity, code);
+    }
+
+    /// The code message `identity` was given up with, if its fallbacks refused it.
+    pub fn given_up(&self, identity: u64) -> Option<&'static str> {
+        self.given_up.get(&identity).copied()
+    }
+
+    /// Whether no message is counted or given up (then a delivery need not be looked up).
     pub fn is_empty(&self) -> bool {
-        self.rounds.is_empty()
+        self.rounds.is_empty() && self.given_up.is_empty()
     }
 
     /// Refusals counted for `identity`.
@@ -148,6 +168,18 @@ mod tests {
         redeliveries.refused(1);
         redeliveries.settled(1);
         assert_eq!(redeliveries.refused(1), Next::Requeue { after: FIRST_DELAY, round: 1 });
+    }
+
+    #[test]
+    fn given_up_is_remembered_until_settled() {
+        let mut redeliveries = Redeliveries::new(1);
+        assert_eq!(redeliveries.given_up(9), None);
+        redeliveries.give_up_for_good(9, "reply_refused");
+        assert!(!redeliveries.is_empty());
+        assert_eq!(redeliveries.given_up(9), Some("reply_refused"));
+        redeliveries.settled(9);
+        assert_eq!(redeliveries.given_up(9), None);
+        assert!(redeliveries.is_empty());
     }
 
     #[test]

@@ -112,7 +112,8 @@ macro_rules! contract_suite {
             expired_request_is_not_processed, unknown_reply_target_is_dead_lettered,
             handler_panic_is_dead_lettered, refused_reply_ends_after_the_redelivery_limit,
             refused_dead_letter_copy_is_retried_until_accepted, dead_letter_queue_gone_parks_the_record,
-            bad_headers_are_answered_to_the_requester, reply_to_no_broker_can_name_is_unroutable);
+            bad_headers_are_answered_to_the_requester, reply_to_no_broker_can_name_is_unroutable,
+            nothing_takes_the_message_and_the_handler_is_not_run_again);
     };
     (@each #[$attr:meta] $make:expr; $($name:ident),* $(,)?) => {
         $( #[$attr] async fn $name() { $crate::testing::$name($make).await; } )*
@@ -701,5 +702,40 @@ pub async fn reply_to_no_broker_can_name_is_unroutable<Hn: Harness>(harness: Hn)
     }
     let other = run.send_script("echo", 0).await;
     assert_eq!(header(&run.reply().await, h::CORRELATION_ID), other, "still serving");
+    run.stop().await;
+}
+
+/// The reply refused on every round, and the dead-letter and parking queues gone: the
+/// request keeps coming back (every 10 s), but its handler is not run again once given
+/// up; when the dead-letter queue is back, the record lands there.
+pub async fn nothing_takes_the_message_and_the_handler_is_not_run_again<Hn: Harness>(harness: Hn) {
+    if !harness.refuses_one_destination() {
+        eprintln!("skipped: this broker refuses every publish or none (covered on the others)");
+        return;
+    }
+    let run = Run::start(harness, |_| {}).await;
+    let first = run.send_script("echo", 0).await;
+    assert_eq!(header(&run.reply().await, h::CORRELATION_ID), first, "the worker declared its topology");
+    let replies = format!("full-{}.replies", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    run.harness.declare_refusing(&replies).await;
+    let parking = naming::parking(&run.settings.queue);
+    run.harness.delete(&[run.dlq(), parking.clone()]).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::json!({ "id": id, "op": "echo" }).to_string();
+    run.send(body, &[(h::CORRELATION_ID, &id), (h::MESSAGE_ID, &id), (h::REPLY_TO, &replies)]).await;
+    // Given up after 1 + 2 rounds; then two more cycles of 10 s without the handler.
+    let deadline = Instant::now() + PATIENCE;
+    while run.calls(&id).len() < 3 {
+        assert!(Instant::now() < deadline, "the rounds did not happen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert_eq!(run.calls(&id).len(), 3, "not handled again once given up");
+    run.harness.declare(&run.settings.topology()).await;
+    let record = run.harness.receive(&run.dlq(), PATIENCE).await.expect("the record once the queue is back");
+    assert_eq!(header(&record, h::FAILURE_KIND), "undeliverable");
+    assert_eq!(header(&record, h::FAILURE_CODE), "reply_refused");
+    assert_eq!(run.calls(&id).len(), 3);
+    run.harness.delete(std::slice::from_ref(&replies)).await;
     run.stop().await;
 }
