@@ -37,7 +37,7 @@ use crate::{
     },
     handler::{Context, Handler, HandlerError},
     observe::{Metrics, otlp},
-    redelivery::{self, Next, Redeliveries},
+    redelivery::{self, Next},
     schema::{Refusal, RequestSchema},
     transport::{Acker, Delivery, Message, PublishError, Source, Topology, Transport},
 };
@@ -152,13 +152,13 @@ pub(crate) struct Pipeline<H, T> {
     /// Counters and timings.
     metrics: Metrics,
     /// Refusals per message, so an output refused for good cannot loop forever.
-    redeliveries: std::sync::Mutex<Redeliveries>,
+    redeliveries: redelivery::Shared,
 }
 
 impl<H: Handler, T: Transport> Pipeline<H, T> {
     pub(crate) fn new(handler: H, transport: T, schema: RequestSchema, settings: Settings, metrics: Metrics) -> Self {
         let topology = settings.topology();
-        let redeliveries = std::sync::Mutex::new(Redeliveries::new(settings.max_redeliveries));
+        let redeliveries = redelivery::Shared::new(settings.max_redeliveries);
         Self { handler, transport, schema, settings, topology, metrics, redeliveries }
     }
 
@@ -177,20 +177,14 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             trace_id = tracing::field::Empty,
         );
         async {
-            let given_up = {
-                let redeliveries = self.redeliveries.lock().unwrap_or_else(|p| p.into_inner());
-                if redeliveries.is_empty() { None } else { redeliveries.given_up(identity(&message, &source)) }
-            };
+            let given_up = self.redeliveries.given_up(|| identity(&message, &source));
             let settle = match given_up {
                 Some(code) => self.fallbacks_again(&mut held, &message, &source, code).await,
                 None => self.process(&message, &source, &mut held).await,
             };
             let ack = match settle {
                 Settle::Ack => {
-                    let mut redeliveries = self.redeliveries.lock().unwrap_or_else(|p| p.into_inner());
-                    if !redeliveries.is_empty() {
-                        redeliveries.settled(identity(&message, &source));
-                    }
+                    self.redeliveries.settled(|| identity(&message, &source));
                     true
                 }
                 // Already paused for: straight back to the broker.
@@ -220,7 +214,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         // A refusal counts; so does an unavailable destination while the broker is up (a
         // topic whose leader is gone): only an outage of the whole broker does not.
         let next = if error.counts_against_the_message() || self.transport.is_ready() {
-            self.redeliveries.lock().unwrap_or_else(|p| p.into_inner()).refused(identity(message, source))
+            self.redeliveries.refused(identity(message, source))
         } else {
             Next::Requeue { after: redelivery::OUTAGE_DELAY, round: 0 }
         };
@@ -246,10 +240,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         if let Settle::Requeue(Unsettled { error, .. }) = settle {
             // Every destination refuses: the broker's configuration needs a person. Later
             // deliveries go straight to the fallbacks, without the handler.
-            self.redeliveries
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .give_up_for_good(identity(message, source), output.refused_code());
+            self.redeliveries.give_up_for_good(identity(message, source), output.refused_code());
             self.metrics.requeued(error.reason());
             tracing::error!(%error, "Neither the dead-letter nor the parking queue takes the message; it goes back to the broker.");
             tokio::time::sleep(redelivery::MAX_DELAY).await;

@@ -128,6 +128,58 @@ impl Redeliveries {
     }
 }
 
+/// [`Redeliveries`] shared by the delivery tasks. Nearly every delivery finds nothing
+/// counted: that answer is an atomic load, not a lock (and no identity to compute).
+#[derive(Debug)]
+pub struct Shared {
+    counts: std::sync::Mutex<Redeliveries>,
+    /// Whether anything is counted or given up (kept equal to `!counts.is_empty()`).
+    any: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Allow `limit` requeues per message.
+    pub fn new(limit: u32) -> Self {
+        Self { counts: std::sync::Mutex::new(Redeliveries::new(limit)), any: Default::default() }
+    }
+
+    fn with<R>(&self, change: impl FnOnce(&mut Redeliveries) -> R) -> R {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let result = change(&mut counts);
+        self.any.store(!counts.is_empty(), std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    fn anything(&self) -> bool {
+        self.any.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`Redeliveries::refused`].
+    pub fn refused(&self, identity: u64) -> Next {
+        self.with(|counts| counts.refused(identity))
+    }
+
+    /// [`Redeliveries::settled`]; `identity` is computed only when something is counted.
+    pub fn settled(&self, identity: impl FnOnce() -> u64) {
+        if self.anything() {
+            self.with(|counts| counts.settled(identity()));
+        }
+    }
+
+    /// [`Redeliveries::give_up_for_good`].
+    pub fn give_up_for_good(&self, identity: u64, code: &'static str) {
+        self.with(|counts| counts.give_up_for_good(identity, code));
+    }
+
+    /// [`Redeliveries::given_up`]; `identity` is computed only when something is counted.
+    pub fn given_up(&self, identity: impl FnOnce() -> u64) -> Option<&'static str> {
+        if !self.anything() {
+            return None;
+        }
+        self.with(|counts| counts.given_up(identity()))
+    }
+}
+
 /// How long to wait before redelivering after refusal number `round` (1-based).
 pub fn delay(round: u32) -> Duration {
     let doublings = round.saturating_sub(1).min(16);
