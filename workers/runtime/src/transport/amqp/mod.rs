@@ -8,6 +8,7 @@
 //! resume; unacked deliveries come back from the broker.
 
 mod convert;
+pub mod prefetch;
 pub mod topology;
 
 use std::{
@@ -188,11 +189,14 @@ impl AmqpTransport {
         session.connection.create_channel().await.map_err(|e| TransportError::Unavailable(e.to_string()))
     }
 
-    /// Open a channel with the prefetch, (re)declare the topology and start consuming.
+    /// Open a channel with the prefetch, (re)declare the topology and start consuming. The
+    /// prefetch is channel-wide (`global`) on classic queues, so it can change while the
+    /// consumer runs ([`prefetch`]); quorum queues take only a consumer's own.
     async fn start_consumer(&self, topology: &Topology, prefetch: u16) -> Result<(Channel, Consumer), TransportError> {
         let channel = self.channel().await?;
         let broker = |e: lapin::Error| TransportError::Unavailable(e.to_string());
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(broker)?;
+        let options = BasicQosOptions { global: !topology.quorum };
+        channel.basic_qos(prefetch, options).await.map_err(broker)?;
         topology::declare(&channel, topology).await?;
         let queue = ShortString::try_new(topology.queue.clone()).map_err(|e| TransportError::Broker(e.to_string()))?;
         let consumer = channel
@@ -219,7 +223,9 @@ enum Declared {
 struct Consuming {
     transport: AmqpTransport,
     topology: Topology,
-    prefetch: u16,
+    /// The prefetch, following the sizes of the deliveries (classic queues); fixed at
+    /// `--concurrency` on quorum queues.
+    prefetch: prefetch::Prefetch,
     /// The channel and consumer, while the connection lives.
     current: Option<(Channel, Consumer)>,
     /// Wait before the next reconnect attempt (doubles up to [`RECONNECT_MAX`]).
@@ -231,7 +237,7 @@ impl Consuming {
     async fn next(&mut self) -> Delivery<AmqpAcker> {
         loop {
             if self.current.is_none() {
-                match self.transport.start_consumer(&self.topology, self.prefetch).await {
+                match self.transport.start_consumer(&self.topology, self.prefetch.current()).await {
                     Ok(consumer) => {
                         self.current = Some(consumer);
                         self.backoff = RECONNECT_MIN;
@@ -246,6 +252,14 @@ impl Consuming {
             let Some((channel, consumer)) = self.current.as_mut() else { continue };
             let error = match consumer.next().await {
                 Some(Ok(delivery)) => {
+                    if !self.topology.quorum
+                        && let Some(prefetch) = self.prefetch.observe(delivery.data.len())
+                    {
+                        let options = BasicQosOptions { global: true };
+                        if let Err(error) = channel.basic_qos(prefetch, options).await {
+                            warn!(%error, prefetch, "Could not change the prefetch.");
+                        }
+                    }
                     let message = Message {
                         payload: delivery.data.into(),
                         headers: convert::headers(&delivery.properties),
@@ -308,16 +322,17 @@ impl Transport for AmqpTransport {
     }
 
     async fn subscribe(&self, topology: &Topology, prefetch: usize) -> Result<Subscription<AmqpAcker>, TransportError> {
-        let prefetch = u16::try_from(prefetch).unwrap_or(u16::MAX);
+        let limit = u16::try_from(prefetch).unwrap_or(u16::MAX);
+        let prefetch = if topology.quorum { prefetch::Prefetch::fixed(limit) } else { prefetch::Prefetch::new(limit) };
         let mut consuming = Consuming {
             transport: self.clone(),
             topology: topology.clone(),
-            prefetch,
             current: None,
             backoff: RECONNECT_MIN,
+            prefetch,
         };
         // Fail fast if the broker refuses the subscription at start-up; reconnect later.
-        consuming.current = Some(self.start_consumer(topology, prefetch).await?);
+        consuming.current = Some(self.start_consumer(topology, consuming.prefetch.current()).await?);
         self.shared.consuming.store(true, Ordering::Relaxed);
         // Dropping the stream drops the consumer, which cancels it at the broker.
         let stream = futures::stream::unfold(consuming, |mut consuming| async move {
