@@ -14,7 +14,9 @@
 //!
 //! Pure and tested here; the transport applies the answers with `basic.qos` (channel-wide,
 //! which RabbitMQ applies at once; classic queues only: quorum queues take no channel-wide
-//! prefetch, and a consumer's own cannot change while it consumes).
+//! prefetch, and a consumer's own cannot change while it consumes). RabbitMQ 4 lists
+//! channel-wide prefetch among its deprecated features, permitted by default; where a
+//! broker denies it, the alternative is to re-subscribe with the new per-consumer value.
 
 /// Memory the deliveries pushed ahead may take, in bytes.
 pub const BUDGET: f64 = 64.0 * 1024.0 * 1024.0;
