@@ -39,3 +39,31 @@ async fn dlq_replay_refuses_a_broker_without_transactions_before_writing() {
     assert!(written.is_empty(), "created {written:?}");
     assert_eq!(dlq_total(&drill, false), 6, "every record still in place");
 }
+
+/// Requests of 1,010,000 bytes and of 5 MB reach their outcome and the partition moves on
+/// (`support/kafka.rs::oversized_requests`), on a broker that serves 5 MB records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_reach_their_outcome_and_the_partition_moves_on() {
+    let bootstrap = std::env::var("COURIER_TEST_TANSU").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let (queue, replies) = (format!("large-{id}.requests"), format!("large-{id}.replies"));
+    let broker = format!("kafka://{bootstrap}");
+    let args = [
+        "--broker",
+        &broker,
+        "--queue",
+        &queue,
+        "--replies",
+        &replies,
+        "--partitions",
+        "1",
+        "--retry-delays=",
+        "--kafka-property",
+        "fetch.wait.max.ms=10",
+    ];
+    let mut worker = courier_tests::process::Process::start("greeter", "tansu-large", &args, &[]);
+    worker.wait_for_log("Partitions assigned.", std::time::Duration::from_secs(60));
+    let mut client = courier_tests::kafka::KafkaClient::new(&bootstrap);
+    courier_tests::kafka::oversized_requests(&mut client, &queue, &replies, 1, 5_000_000, || worker.tail()).await;
+    assert!(worker.terminate());
+}

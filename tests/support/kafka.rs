@@ -589,3 +589,60 @@ impl crate::dlq::Drill for KafkaDrill {
         messages
     }
 }
+
+/// Two requests whose dead-letter copy the producer cannot write whole, then a good one
+/// with the same key (so the same partition), on a worker already consuming `queue`: one of
+/// 1,010,000 bytes of bad JSON (under `--max-payload-bytes`; its copy keeps its payload)
+/// and one of `too_large` bytes (`too-large`; its copy goes without the payload). Each
+/// reaches its outcome within 10 s and the partition moves on. `tail` shows the worker's
+/// log on failure.
+pub async fn oversized_requests(
+    client: &mut KafkaClient,
+    queue: &str,
+    replies: &str,
+    partitions: i32,
+    too_large: usize,
+    tail: impl Fn() -> String,
+) {
+    let patience = Duration::from_secs(10);
+    let bad_json = vec![b'{'; 1_010_000];
+    let too_large = format!(r#"{{"message":"{}"}}"#, "x".repeat(too_large));
+    let reply_to = replies.as_bytes();
+    for (id, payload) in [("big-bad-json", bad_json.as_slice()), ("big-too-large", too_large.as_bytes())] {
+        let headers: [(&str, &[u8]); 2] = [("courier-correlation-id", id.as_bytes()), ("courier-reply-to", reply_to)];
+        client.publish_raw(queue, b"same-key", payload, &headers).await;
+    }
+    let headers: [(&str, &[u8]); 2] = [("courier-correlation-id", b"after"), ("courier-reply-to", reply_to)];
+    client.publish_raw(queue, b"same-key", br#"{"message":"after"}"#, &headers).await;
+
+    let mut answers = HashMap::new();
+    while answers.len() < 3 {
+        let Some(reply) = client.next_record(replies, partitions, patience).await else {
+            panic!("replies so far: {answers:?}\n{}", tail());
+        };
+        let header = |name: &str| reply.headers.get(name).cloned().unwrap_or_default();
+        answers.insert(header("courier-correlation-id"), (header("courier-status"), header("courier-error-code")));
+    }
+    assert_eq!(answers["big-bad-json"], ("error".to_owned(), "invalid_json".to_owned()));
+    assert_eq!(answers["big-too-large"], ("error".to_owned(), "payload_too_large".to_owned()));
+    assert_eq!(answers["after"].0, "ok", "the partition moved on");
+
+    let dlq = format!("{queue}.dlq");
+    let mut records = HashMap::new();
+    while records.len() < 2 {
+        let record = client.next_record(&dlq, partitions, patience).await.expect("dead-letter records");
+        let id = record.headers.get("courier-correlation-id").cloned().unwrap_or_default();
+        records.insert(id, record);
+    }
+    let whole = &records["big-bad-json"];
+    assert_eq!(whole.payload.len(), 1_010_000, "a copy that fits keeps its payload");
+    assert_eq!(whole.key.as_deref(), Some(&b"same-key"[..]));
+    let omitted = &records["big-too-large"];
+    assert_eq!(omitted.headers.get("courier-failure-kind").map(String::as_str), Some("too-large"));
+    assert!(omitted.payload.is_empty(), "a copy too large for the producer goes without its payload");
+    assert_eq!(
+        omitted.headers.get("courier-failure-payload-bytes").map(String::as_str),
+        Some(too_large.len().to_string().as_str())
+    );
+    assert!(omitted.headers.contains_key("courier-failure-offset"), "where the original still is");
+}
