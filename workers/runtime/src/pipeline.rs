@@ -231,7 +231,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let why = format!("the broker refused the {output:?} {rounds} times; the last time: {error}");
         let failure = Failure::new(FailureKind::Undeliverable, output.refused_code(), why);
         let settle = match output {
-            Output::Reply | Output::Retry => self.dead_letter(held, message, source, &meta, failure, 0).await,
+            Output::Reply | Output::Retry => self.dead_letter_or_park(held, message, source, &meta, failure).await,
             Output::DeadLetter => {
                 let record = self.dead_letter_record(message, source, &meta, &failure, 0);
                 self.park(held, message, &meta, &failure, record, error).await
@@ -263,19 +263,32 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let why = "the broker refused its output on every round, and the dead-letter and parking queues refused it \
                    too; not handled again";
         let failure = Failure::new(FailureKind::Undeliverable, code, why);
-        let settle = match self.dead_letter(held, message, source, &meta, failure.clone(), 0).await {
-            Settle::Requeue(Unsettled { error, .. }) => {
-                let record = self.dead_letter_record(message, source, &meta, &failure, 0);
-                self.park(held, message, &meta, &failure, record, error).await
-            }
-            settled => settled,
-        };
+        let settle = self.dead_letter_or_park(held, message, source, &meta, failure).await;
         if let Settle::Requeue(Unsettled { error, .. }) = &settle {
             self.metrics.requeued(error.reason());
             tracing::error!(%error, "Neither the dead-letter nor the parking queue takes the message; it goes back to the broker.");
             tokio::time::sleep(redelivery::MAX_DELAY).await;
         }
         settle
+    }
+
+    /// The dead-letter copy, or, when the dead-letter queue does not take it (even for a
+    /// while), the parking queue: a message given up has no rounds left to wait.
+    async fn dead_letter_or_park(
+        &self,
+        held: &mut Held<T::Acker>,
+        message: &Message,
+        source: &Source,
+        meta: &RequestMeta,
+        failure: Failure,
+    ) -> Settle {
+        match self.dead_letter(held, message, source, meta, failure.clone(), 0).await {
+            Settle::Requeue(Unsettled { error, .. }) => {
+                let record = self.dead_letter_record(message, source, meta, &failure, 0);
+                self.park(held, message, meta, &failure, record, error).await
+            }
+            settled => settled,
+        }
     }
 
     async fn process(&self, message: &Message, source: &Source, acker: &mut Held<T::Acker>) -> Settle {
