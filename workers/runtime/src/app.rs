@@ -21,7 +21,7 @@ pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
     // The console owns the terminal: only warnings and errors are logged beside it.
     let default_level = if matches!(settings.broker, Broker::Memory) { "warn" } else { "info" };
     init_logging(&args.log_format, default_level);
-    let (outcome, _closed) = run(settings, handler).await;
+    let outcome = run(settings, handler).await;
     otlp::flush();
     // The process ends here, not in the runtime's teardown: a broker client still closing
     // (on the thread of `close_within`, or held by a blocking call the broker does not
@@ -38,46 +38,39 @@ pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
 /// the session timeout while the broker is unreachable.
 pub const CLOSE_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Run the worker; the second value says whether its broker clients closed within
-/// [`CLOSE_BOUND`].
-async fn run<H: Handler>(settings: crate::Settings, handler: H) -> (anyhow::Result<()>, bool) {
+/// Run the worker, then close its broker clients within [`CLOSE_BOUND`].
+async fn run<H: Handler>(settings: crate::Settings, handler: H) -> anyhow::Result<()> {
     match settings.broker.clone() {
-        Broker::Memory => (console::run(settings, handler).await, true),
+        Broker::Memory => console::run(settings, handler).await,
         Broker::Amqp(url) => {
             let name = format!("{} {}", settings.worker, settings.instance);
-            let transport = match AmqpTransport::connect(&url, &name).await {
-                Ok(transport) => transport,
-                Err(error) => return (Err(error.into()), true),
-            };
+            let transport = AmqpTransport::connect(&url, &name).await?;
             let outcome =
                 on_runtime_thread(worker::run(settings, transport.clone(), handler, shutdown::signal())).await;
-            (outcome, close_within(CLOSE_BOUND, transport).await)
+            close_within(CLOSE_BOUND, transport).await;
+            outcome
         }
         Broker::Kafka(config) => {
-            let transport = match KafkaTransport::connect(config).await {
-                Ok(transport) => transport,
-                Err(error) => return (Err(error.into()), true),
-            };
+            let transport = KafkaTransport::connect(config).await?;
             let outcome =
                 on_runtime_thread(worker::run(settings, transport.clone(), handler, shutdown::signal())).await;
-            (outcome, close_within(CLOSE_BOUND, transport).await)
+            close_within(CLOSE_BOUND, transport).await;
+            outcome
         }
     }
 }
 
 /// Drop the last handle of a transport (which closes its connections) on a thread of its
-/// own, waiting at most `bound`; whether it finished.
-async fn close_within<T: Send + 'static>(bound: std::time::Duration, transport: T) -> bool {
+/// own, waiting at most `bound`.
+async fn close_within<T: Send + 'static>(bound: std::time::Duration, transport: T) {
     let (done, finished) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         drop(transport);
         let _ = done.send(());
     });
-    let closed = tokio::time::timeout(bound, finished).await.is_ok();
-    if !closed {
+    if tokio::time::timeout(bound, finished).await.is_err() {
         tracing::warn!(?bound, "Closing the broker connections takes too long; exiting without waiting.");
     }
-    closed
 }
 
 /// Run the consume loop as a task of the runtime, not on `main`'s thread: a task spawned
