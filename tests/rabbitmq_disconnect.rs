@@ -110,8 +110,21 @@ async fn a_random_mix_through_kill_9_and_a_connection_cut_gives_each_request_its
     // Slow enough (8 at a time, 40 ms each) that the kill and the cut land mid-load.
     let slow = |label: &str| {
         let url = courier_tests::rabbitmq::url();
-        let args =
-            ["--broker", &url, "--queue", &queue, "--replies", &replies, "--instance", label, "--concurrency", "8"];
+        // One retry tier, the one `cleanup` removes.
+        let args = [
+            "--broker",
+            &url,
+            "--queue",
+            &queue,
+            "--replies",
+            &replies,
+            "--instance",
+            label,
+            "--concurrency",
+            "8",
+            "--retry-delays",
+            "1s",
+        ];
         let mut worker =
             courier_tests::process::Process::start("greeter", label, &args, &[("GREETER_LATENCY_MS", "40")]);
         worker.wait_for_log("Consuming.", PATIENCE);
