@@ -238,15 +238,20 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             }
         };
         if let Settle::Requeue(Unsettled { error, .. }) = settle {
-            // Every destination refuses: the broker's configuration needs a person. Later
-            // deliveries go straight to the fallbacks, without the handler.
+            // Later deliveries go straight to the fallbacks, without the handler.
             self.redeliveries.give_up_for_good(identity(message, source), output.refused_code());
-            self.metrics.requeued(error.reason());
-            tracing::error!(%error, "Neither the dead-letter nor the parking queue takes the message; it goes back to the broker.");
-            tokio::time::sleep(redelivery::MAX_DELAY).await;
+            self.nothing_takes_it(&error).await;
             return false;
         }
         true
+    }
+
+    /// Every destination refuses the message: the broker's configuration needs a person.
+    /// It goes back to the broker after [`redelivery::MAX_DELAY`].
+    async fn nothing_takes_it(&self, error: &PublishError) {
+        self.metrics.requeued(error.reason());
+        tracing::error!(%error, "Neither the dead-letter nor the parking queue takes the message; it goes back to the broker.");
+        tokio::time::sleep(redelivery::MAX_DELAY).await;
     }
 
     /// A message given up before whose fallbacks refused it: try them again, without the
@@ -265,9 +270,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let failure = Failure::new(FailureKind::Undeliverable, code, why);
         let settle = self.dead_letter_or_park(held, message, source, &meta, failure).await;
         if let Settle::Requeue(Unsettled { error, .. }) = &settle {
-            self.metrics.requeued(error.reason());
-            tracing::error!(%error, "Neither the dead-letter nor the parking queue takes the message; it goes back to the broker.");
-            tokio::time::sleep(redelivery::MAX_DELAY).await;
+            self.nothing_takes_it(error).await;
         }
         settle
     }
@@ -283,7 +286,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         failure: Failure,
     ) -> Settle {
         match self.dead_letter(held, message, source, meta, failure.clone(), 0).await {
-            Settle::Requeue(Unsettled { error, .. }) => {
+            // A refusal for good was parked (or tried) by `dead_letter` already.
+            Settle::Requeue(Unsettled { error, .. }) if error.is_transient() => {
                 let record = self.dead_letter_record(message, source, meta, &failure, 0);
                 self.park(held, message, meta, &failure, record, error).await
             }
@@ -489,12 +493,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         failure: Failure,
         invocations: u32,
     ) -> Settle {
-        let mut record = self.dead_letter_record(message, source, meta, &failure, invocations);
-        let mut result = self.publish(&self.topology.dead_letter, record.clone(), acker).await;
-        if let Err(PublishError::TooLarge { .. }) = &result {
-            record = without_payload(record, message.payload.len());
-            result = self.publish(&self.topology.dead_letter, record.clone(), acker).await;
-        }
+        let record = self.dead_letter_record(message, source, meta, &failure, invocations);
+        let (record, result) = self.publish_record(&self.topology.dead_letter, record, message, acker).await;
         match result {
             Ok(()) => {
                 self.dead_lettered(&failure, &record);
@@ -517,12 +517,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         record: Message,
         refusal: PublishError,
     ) -> Settle {
-        let mut record = record;
-        let mut result = self.publish(&self.topology.parking, record.clone(), acker).await;
-        if let Err(PublishError::TooLarge { .. }) = &result {
-            record = without_payload(record, message.payload.len());
-            result = self.publish(&self.topology.parking, record.clone(), acker).await;
-        }
+        let (record, result) = self.publish_record(&self.topology.parking, record, message, acker).await;
         match result {
             Ok(()) => {
                 tracing::error!(%refusal, parking = %self.topology.parking, "The dead-letter queue refused the copy; parked.");
@@ -533,6 +528,24 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             }
             Err(error) => Settle::Requeue(Unsettled { output: Output::DeadLetter, error }),
         }
+    }
+
+    /// Publish a dead-letter (or parked) copy of `message` to `destination`; one too large
+    /// for the broker goes again without the payload. Returns the copy last sent.
+    async fn publish_record(
+        &self,
+        destination: &str,
+        record: Message,
+        message: &Message,
+        acker: &mut Held<T::Acker>,
+    ) -> (Message, Result<(), PublishError>) {
+        let result = self.publish(destination, record.clone(), acker).await;
+        if !matches!(result, Err(PublishError::TooLarge { .. })) {
+            return (record, result);
+        }
+        let record = without_payload(record, message.payload.len());
+        let result = self.publish(destination, record.clone(), acker).await;
+        (record, result)
     }
 
     /// Count and log a confirmed dead-letter (or parked) copy.
