@@ -96,8 +96,10 @@ struct Shared {
     /// known (every handler's first reply at start-up) asks the cluster once instead of
     /// once per message, each on a blocking thread of its own.
     lookup: tokio::sync::Mutex<()>,
-    /// The subscription's consumer, once subscribed (for lag).
-    consumer: Mutex<Option<Arc<StreamConsumer<RebalanceContext>>>>,
+    /// The subscription's consumer, once subscribed (for lag). Weak: the consumer lives
+    /// while its dispatcher or an acker holds it, and closes (leaving its group) when the
+    /// subscription is over, not when this transport goes.
+    consumer: Mutex<Option<std::sync::Weak<StreamConsumer<RebalanceContext>>>>,
     /// The subscription's readiness, once subscribed.
     liveness: Mutex<Option<Arc<liveness::Liveness>>>,
     /// Set once the producer reported a fatal error (it refuses everything after it).
@@ -301,7 +303,8 @@ impl Transport for KafkaTransport {
     /// fetched and waiting in the dispatcher are lag too), or from the fetch position when
     /// none is unfinished.
     async fn backlog(&self, _: &Topology) -> Vec<super::Backlog> {
-        let consumer = self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let consumer =
+            self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|c| c.upgrade());
         tokio::task::spawn_blocking(move || {
             let Some(consumer) = consumer else { return Vec::new() };
             let Ok(positions) = consumer.position() else { return Vec::new() };
@@ -385,7 +388,7 @@ impl Transport for KafkaTransport {
         consumer.subscribe(&topics).map_err(|e| TransportError::Unavailable(e.to_string()))?;
         info!(topics = ?topics, group = %self.shared.config.group, ordering = ?self.shared.config.ordering, "Consuming.");
         let consumer = Arc::new(consumer);
-        *self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&consumer));
+        *self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(&consumer));
         *self.shared.liveness.lock().unwrap_or_else(|p| p.into_inner()) = Some(liveness);
         Ok(dispatch::start(consumer, tracking, topology, self.shared.config.ordering, prefetch))
     }
