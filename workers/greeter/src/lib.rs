@@ -24,11 +24,17 @@ pub struct Reply {
     pub result: String,
 }
 
+/// The name of the greeter's (simulated) dependency, for its circuit breaker.
+pub const DEPENDENCY: &str = "greetings";
+
 /// The greeter's business logic.
 #[derive(Clone, Debug, Default)]
 pub struct Greeter {
     /// Simulates a broken dependency: every request fails transiently (for DLQ drills).
     pub dependency_down: bool,
+    /// Simulates a dependency outage that can be switched while the worker runs: while
+    /// this file exists, every request fails transiently (for circuit-breaker drills).
+    pub down_while: Option<std::path::PathBuf>,
     /// Simulates a slow dependency: each request takes this long (for benchmarks).
     pub latency: Option<std::time::Duration>,
 }
@@ -44,8 +50,9 @@ impl Handler for Greeter {
         if let Some(latency) = self.latency {
             tokio::time::sleep(latency).await;
         }
-        if self.dependency_down {
-            return Err(HandlerError::transient("dependency_down", "the greeting dependency is unavailable"));
+        if self.dependency_down || self.down_while.as_ref().is_some_and(|file| file.exists()) {
+            return Err(HandlerError::transient("dependency_down", "the greeting dependency is unavailable")
+                .dependency(DEPENDENCY));
         }
         if request.message.trim().is_empty() {
             return Err(HandlerError::permanent("empty_message", "message must not be empty"));
@@ -96,8 +103,21 @@ mod tests {
 
     #[tokio::test]
     async fn broken_dependency_is_transient() {
-        let greeter = Greeter { dependency_down: true, latency: None };
+        let greeter = Greeter { dependency_down: true, ..Greeter::default() };
         let error = greeter.handle(Request { message: "x".into() }, &context()).await.expect_err("down");
         assert!(error.is_transient());
+        assert_eq!(error.dependency.as_deref(), Some(DEPENDENCY));
+    }
+
+    #[tokio::test]
+    async fn the_outage_file_switches_the_dependency_while_it_runs() {
+        let file = std::env::temp_dir().join(format!("greeter-down-{}", std::process::id()));
+        let greeter = Greeter { down_while: Some(file.clone()), ..Greeter::default() };
+        let request = || Request { message: "x".into() };
+        assert!(greeter.handle(request(), &context()).await.is_ok());
+        std::fs::write(&file, "").expect("create the switch");
+        assert!(greeter.handle(request(), &context()).await.expect_err("down").is_transient());
+        std::fs::remove_file(&file).expect("remove the switch");
+        assert!(greeter.handle(request(), &context()).await.is_ok());
     }
 }

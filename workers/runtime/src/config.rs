@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::{
+    breaker::{InvalidPolicy, Policy},
     contract::naming,
     retry::{InvalidRetryPolicy, RetryPolicy},
     transport::Topology,
@@ -73,6 +74,38 @@ pub struct WorkerArgs {
     /// `undeliverable`. Broker outages do not count.
     #[arg(long, env = "COURIER_MAX_REDELIVERIES", default_value_t = 5)]
     pub max_redeliveries: u32,
+
+    /// Circuit breaker: `on` stops taking deliveries while the handler's dependency is down
+    /// (the backlog waits in the broker), `off` lets every request spend its retries.
+    #[arg(long, env = "COURIER_BREAKER", default_value = "on", value_parser = ["on", "off"])]
+    pub breaker: String,
+
+    /// Circuit breaker: handler rounds failed transiently in a row that open it (0: rule off).
+    #[arg(long, env = "COURIER_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+
+    /// Circuit breaker: share of transiently failed rounds among the last --breaker-window
+    /// that opens it.
+    #[arg(long, env = "COURIER_BREAKER_RATIO", default_value_t = 0.5)]
+    pub breaker_ratio: f64,
+
+    /// Circuit breaker: handler rounds the failure share is taken over (0: rule off).
+    #[arg(long, env = "COURIER_BREAKER_WINDOW", default_value_t = 50)]
+    pub breaker_window: u32,
+
+    /// Circuit breaker: how long it stays open the first time (doubles each time a probe
+    /// fails).
+    #[arg(long, env = "COURIER_BREAKER_COOLDOWN", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub breaker_cooldown: Duration,
+
+    /// Circuit breaker: the longest it stays open before probing again.
+    #[arg(long, env = "COURIER_BREAKER_MAX_COOLDOWN", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub breaker_max_cooldown: Duration,
+
+    /// Circuit breaker: deliveries let through at once while half-open; when as many pass,
+    /// it closes.
+    #[arg(long, env = "COURIER_BREAKER_PROBES", default_value_t = 1)]
+    pub breaker_probes: u32,
 
     /// On shutdown, how long in-flight messages may take before they are returned to the broker.
     #[arg(long, env = "COURIER_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
@@ -188,6 +221,8 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// Requeues allowed per message after its output was refused.
     pub max_redeliveries: u32,
+    /// The circuit breaker's policy; `None`: off.
+    pub breaker: Option<Policy>,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Quorum work queue (RabbitMQ).
@@ -210,6 +245,9 @@ pub enum ConfigError {
     /// The retry flags do not form a usable policy.
     #[error("retry flags: {0}")]
     Retry(#[from] InvalidRetryPolicy),
+    /// The circuit breaker flags do not form a usable policy.
+    #[error("--breaker-* flags: {0}")]
+    Breaker(#[from] InvalidPolicy),
 }
 
 fn invalid(flag: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -293,6 +331,20 @@ impl WorkerArgs {
             self.retry_jitter,
             delays,
         )?;
+        let breaker = match self.breaker.as_str() {
+            "off" => None,
+            _ => Some(Policy::new(
+                self.breaker_failures,
+                self.breaker_ratio,
+                self.breaker_window,
+                self.breaker_cooldown,
+                self.breaker_max_cooldown,
+                self.breaker_probes,
+            )?),
+        };
+        if self.breaker_probes > u32::from(u16::MAX) {
+            return Err(invalid("breaker-probes", "must be at most 65535"));
+        }
         let instance = self.instance.clone().unwrap_or_else(default_instance);
         Ok(Settings {
             worker: worker.to_owned(),
@@ -306,6 +358,7 @@ impl WorkerArgs {
             max_payload_bytes: self.max_payload_bytes,
             retry,
             max_redeliveries: self.max_redeliveries,
+            breaker,
             shutdown_grace: self.shutdown_grace,
             quorum: self.quorum,
             http_addr: self.http_addr,

@@ -62,17 +62,29 @@ pub struct HandlerError {
     pub code: Cow<'static, str>,
     /// A human-readable message for the dead-letter record and the error reply.
     pub message: String,
+    /// The dependency that failed, for the circuit breaker (`crate::breaker`): a worker
+    /// with two dependencies names them, so one being down opens its own breaker.
+    /// `None`: the default one.
+    pub dependency: Option<Cow<'static, str>>,
 }
 
 impl HandlerError {
     /// A failure that may pass on a later attempt.
     pub fn transient(code: impl Into<Cow<'static, str>>, message: impl fmt::Display) -> Self {
-        Self { retry: Retry::Transient, code: code.into(), message: message.to_string() }
+        Self { retry: Retry::Transient, code: code.into(), message: message.to_string(), dependency: None }
     }
 
     /// A failure that no retry can fix.
     pub fn permanent(code: impl Into<Cow<'static, str>>, message: impl fmt::Display) -> Self {
-        Self { retry: Retry::Permanent, code: code.into(), message: message.to_string() }
+        Self { retry: Retry::Permanent, code: code.into(), message: message.to_string(), dependency: None }
+    }
+
+    /// Name the dependency that failed:
+    /// `HandlerError::transient("db_down", e).dependency("postgres")`.
+    #[must_use]
+    pub fn dependency(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.dependency = Some(name.into());
+        self
     }
 
     /// Whether retrying may help.

@@ -6,6 +6,7 @@
 //! Where does a delivery go after the handler fails? See [`pipeline`].
 
 pub mod app;
+pub mod breaker;
 pub mod client;
 pub mod config;
 pub mod console;

@@ -3,6 +3,9 @@
 //! ```text
 //! size cap → contract headers → deadline → reply target → JSON + schema
 //!   → handler under a timeout, in-process retries with backoff (transient errors)
+//!     (circuit breaker open before a call, or after the round failed → nack at once,
+//!     no retry round spent; a half-open breaker's probes run their round to the end:
+//!     `breaker/`)
 //!   → ok:        publish reply ──────────────── confirmed → ack
 //!   → transient: publish to the next retry tier ─ confirmed → ack   (no tier left: dead-letter)
 //!   → otherwise: publish dead-letter copy ───── confirmed → ack, then an error reply
@@ -29,6 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
+    breaker::{Call, Gate},
     config::Settings,
     contract::{
         failure::{FailureKind, code, fingerprint},
@@ -49,6 +53,10 @@ use crate::{
 /// throughput was capped at concurrency ÷ confirm latency.
 #[derive(Debug)]
 pub(crate) struct Slot {
+    /// One of the circuit breaker's probes, when the delivery was taken while half-open:
+    /// a probe's round runs to its end, so a request that fails even with its dependency
+    /// up moves on to a retry tier instead of being the next probe again.
+    probe: Option<OwnedSemaphorePermit>,
     handler: Option<OwnedSemaphorePermit>,
     confirming: Option<OwnedSemaphorePermit>,
     confirms: Arc<Semaphore>,
@@ -57,7 +65,13 @@ pub(crate) struct Slot {
 impl Slot {
     /// A slot holding one of `handlers`; it moves to one of `confirms` when handed off.
     pub(crate) fn new(handler: OwnedSemaphorePermit, confirms: Arc<Semaphore>) -> Self {
-        Self { handler: Some(handler), confirming: None, confirms }
+        Self { probe: None, handler: Some(handler), confirming: None, confirms }
+    }
+
+    /// The same, for a probe of the half-open circuit breaker.
+    pub(crate) fn probe(mut self, probe: Option<OwnedSemaphorePermit>) -> Self {
+        self.probe = probe;
+        self
     }
 
     /// The delivery's output is in the broker client's hands: trade the handler slot for a
@@ -84,6 +98,9 @@ enum Settle {
     Ack,
     /// Not finished: the broker delivers it again.
     Requeue(Unsettled),
+    /// Not handled: the circuit breaker is open. Back to the broker at once, without
+    /// spending a retry round or counting as a refusal.
+    GiveBack,
 }
 
 /// Which output was not confirmed, and why.
@@ -136,6 +153,10 @@ impl Failure {
     }
 }
 
+/// The `courier_messages_requeued_total` reason of deliveries given back while the circuit
+/// breaker is open.
+pub(crate) const BREAKER_OPEN: &str = "breaker_open";
+
 /// Everything needed to process deliveries of one worker; shared by all tasks.
 #[derive(Debug)]
 pub(crate) struct Pipeline<H, T> {
@@ -153,13 +174,22 @@ pub(crate) struct Pipeline<H, T> {
     metrics: Metrics,
     /// Refusals per message, so an output refused for good cannot loop forever.
     redeliveries: redelivery::Shared,
+    /// The circuit breakers, fed by each handler round's outcome.
+    gate: Gate,
 }
 
 impl<H: Handler, T: Transport> Pipeline<H, T> {
-    pub(crate) fn new(handler: H, transport: T, schema: RequestSchema, settings: Settings, metrics: Metrics) -> Self {
+    pub(crate) fn new(
+        handler: H,
+        transport: T,
+        schema: RequestSchema,
+        settings: Settings,
+        metrics: Metrics,
+        gate: Gate,
+    ) -> Self {
         let topology = settings.topology();
         let redeliveries = redelivery::Shared::new(settings.max_redeliveries);
-        Self { handler, transport, schema, settings, topology, metrics, redeliveries }
+        Self { handler, transport, schema, settings, topology, metrics, redeliveries, gate }
     }
 
     /// Process one delivery and settle it. If the task is aborted (shutdown grace period
@@ -189,6 +219,10 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
                 }
                 // Already paused for: straight back to the broker.
                 Settle::Requeue(_) if given_up.is_some() => false,
+                Settle::GiveBack => {
+                    self.metrics.requeued(BREAKER_OPEN);
+                    false
+                }
                 Settle::Requeue(unsettled) => self.unsettled(&mut held, &message, &source, unsettled).await,
             };
             let result = if ack { held.acker.ack().await } else { held.acker.nack().await };
@@ -348,7 +382,10 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             }
         };
 
-        let (result, invocations) = self.invoke(request, &meta, source).await;
+        let probe = acker.slot.probe.is_some();
+        let Some((result, invocations)) = self.invoke(request, &meta, source, probe).await else {
+            return Settle::GiveBack;
+        };
         match result {
             Ok(reply) => match serde_json::to_vec(&reply) {
                 Ok(payload) => self.reply(acker, message, source, &meta, payload, invocations).await,
@@ -367,13 +404,17 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     }
 
     /// Call the handler under its timeout, retrying transient errors in-process with
-    /// exponential backoff. Returns the last result and the number of invocations.
+    /// exponential backoff. Returns the last result and the number of invocations, or
+    /// `None` when the circuit breaker is open before a call or after the round failed
+    /// (a probe's round runs to its end). The round's outcome feeds the breaker.
     async fn invoke(
         &self,
         request: H::Request,
         meta: &RequestMeta,
         source: &Source,
-    ) -> (Result<H::Reply, HandlerError>, u32) {
+        probe: bool,
+    ) -> Option<(Result<H::Reply, HandlerError>, u32)> {
+        let give_back = || !probe && self.gate.is_open();
         let mut backoff = self.settings.retry.backoff();
         let mut context = Context {
             correlation_id: meta.correlation_id.clone(),
@@ -384,6 +425,9 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         };
         let mut invocations = 0;
         loop {
+            if give_back() {
+                return None;
+            }
             invocations += 1;
             context.invocation = context.invocation.saturating_add(1);
             let limit = self.settings.handler_timeout;
@@ -404,9 +448,17 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
                         debug!(%error, ?delay, invocations, "Transient failure; retrying in-process.");
                         tokio::time::sleep(delay).await;
                     }
-                    None => return (Err(error), invocations),
+                    None => {
+                        self.gate.record(Call::Failed, error.dependency.as_deref());
+                        return (!give_back()).then_some((Err(error), invocations));
+                    }
                 },
-                other => return (other, invocations),
+                other => {
+                    if other.is_ok() {
+                        self.gate.record(Call::Passed, None);
+                    }
+                    return Some((other, invocations));
+                }
             }
         }
     }

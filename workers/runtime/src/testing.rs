@@ -7,7 +7,10 @@
 use std::{
     collections::HashMap,
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -113,7 +116,8 @@ macro_rules! contract_suite {
             handler_panic_is_dead_lettered, refused_reply_ends_after_the_redelivery_limit,
             refused_dead_letter_copy_is_retried_until_accepted, dead_letter_queue_gone_parks_the_record,
             bad_headers_are_answered_to_the_requester, reply_to_no_broker_can_name_is_unroutable,
-            nothing_takes_the_message_and_the_handler_is_not_run_again);
+            nothing_takes_the_message_and_the_handler_is_not_run_again, open_breaker_leaves_the_backlog_in_the_broker,
+            only_transient_failures_open_the_breaker, a_request_that_always_fails_is_not_probed_forever);
     };
     (@each #[$attr:meta] $make:expr; $($name:ident),* $(,)?) => {
         $( #[$attr] async fn $name() { $crate::testing::$name($make).await; } )*
@@ -125,7 +129,8 @@ macro_rules! contract_suite {
 pub struct ScriptRequest {
     /// Identifies the request in the call log.
     pub id: String,
-    /// `echo`, `permanent`, `flaky` (fails transiently `n` times), `transient` (always), `slow` (`n` ms), `panic`.
+    /// `echo`, `permanent`, `flaky` (fails transiently `n` times), `transient` (always), `slow` (`n` ms), `panic`,
+    /// `dependency` (fails transiently while [`ScriptHandler::down`] is set, else `echo`).
     pub op: String,
     /// Parameter of `flaky` and `slow`.
     #[serde(default)]
@@ -140,14 +145,19 @@ pub type CallLog = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
 pub struct ScriptHandler {
     /// When each request was handled.
     pub calls: CallLog,
+    /// While set, `dependency` requests fail transiently, naming [`SCRIPTED_DEPENDENCY`].
+    pub down: Arc<AtomicBool>,
 }
+
+/// The dependency `dependency` requests fail on while [`ScriptHandler::down`] is set.
+pub const SCRIPTED_DEPENDENCY: &str = "scripted";
 
 const SCRIPT_SCHEMA: &str = r#"{
   "type": "object",
   "required": ["id", "op"],
   "properties": {
     "id": {"type": "string"},
-    "op": {"enum": ["echo", "permanent", "flaky", "transient", "slow", "panic"]},
+    "op": {"enum": ["echo", "permanent", "flaky", "transient", "slow", "panic", "dependency"]},
     "n": {"type": "integer", "minimum": 0}
   },
   "additionalProperties": false
@@ -165,6 +175,9 @@ impl Handler for ScriptHandler {
             "permanent" => Err(HandlerError::permanent("scripted_permanent", "the script says no")),
             "panic" => panic!("the script panics"),
             "transient" => Err(HandlerError::transient("scripted_transient", "the script says later")),
+            "dependency" if self.down.load(Ordering::Relaxed) => {
+                Err(HandlerError::transient("scripted_down", "the dependency is down").dependency(SCRIPTED_DEPENDENCY))
+            }
             "flaky" if u64::from(context.invocation) <= request.n => {
                 Err(HandlerError::transient("scripted_flaky", format!("invocation {}", context.invocation)))
             }
@@ -181,7 +194,7 @@ impl Handler for ScriptHandler {
 struct Run<Hn: Harness> {
     harness: Hn,
     settings: Settings,
-    calls: CallLog,
+    handler: ScriptHandler,
     stop: CancellationToken,
     worker: JoinHandle<Result<(), WorkerError>>,
 }
@@ -203,6 +216,8 @@ fn suite_settings() -> Settings {
     settings.shutdown_grace = Duration::from_secs(5);
     settings.retry = policy(3, &[]);
     settings.max_redeliveries = 2;
+    // On in the scenarios about it only: elsewhere it would hold back their transient failures.
+    settings.breaker = None;
     settings
 }
 
@@ -220,18 +235,18 @@ impl<Hn: Harness> Run<Hn> {
     }
 
     async fn start_with(harness: Hn, settings: Settings) -> Self {
-        let calls = CallLog::default();
-        let (stop, worker) = Self::spawn(&harness, &settings, &calls).await;
-        Self { harness, settings, calls, stop, worker }
+        let handler = ScriptHandler::default();
+        let (stop, worker) = Self::spawn(&harness, &settings, &handler).await;
+        Self { harness, settings, handler, stop, worker }
     }
 
     async fn spawn(
         harness: &Hn,
         settings: &Settings,
-        calls: &CallLog,
+        handler: &ScriptHandler,
     ) -> (CancellationToken, JoinHandle<Result<(), WorkerError>>) {
         let stop = CancellationToken::new();
-        let handler = ScriptHandler { calls: Arc::clone(calls) };
+        let handler = handler.clone();
         let transport = harness.transport().await;
         let worker = tokio::spawn(worker::run(settings.clone(), transport, handler, stop.clone().cancelled_owned()));
         (stop, worker)
@@ -276,7 +291,7 @@ impl<Hn: Harness> Run<Hn> {
     }
 
     fn calls(&self, id: &str) -> Vec<Instant> {
-        self.calls.lock().expect("call log").get(id).cloned().unwrap_or_default()
+        self.handler.calls.lock().expect("call log").get(id).cloned().unwrap_or_default()
     }
 }
 
@@ -490,14 +505,14 @@ pub async fn shutdown_loses_nothing_in_flight<Hn: Harness>(harness: Hn) {
         ids.push(run.send_script("slow", if i % 2 == 0 { 100 } else { 2_000 }).await);
     }
     let deadline = Instant::now() + PATIENCE;
-    while run.calls.lock().expect("log").len() < 4 {
+    while run.handler.calls.lock().expect("log").len() < 4 {
         assert!(Instant::now() < deadline, "the worker did not start");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let Run { harness, settings, calls, stop, worker } = run;
+    let Run { harness, settings, handler, stop, worker } = run;
     stop.cancel();
     worker.await.expect("worker task").expect("clean stop");
-    let (stop, worker) = Run::spawn(&harness, &settings, &calls).await;
+    let (stop, worker) = Run::spawn(&harness, &settings, &handler).await;
     let mut answered = std::collections::HashSet::new();
     while answered.len() < ids.len() {
         // The restarted worker first rejoins its group, which tansu can take long over
@@ -737,5 +752,125 @@ pub async fn nothing_takes_the_message_and_the_handler_is_not_run_again<Hn: Harn
     assert_eq!(header(&record, h::FAILURE_CODE), "reply_refused");
     assert_eq!(run.calls(&id).len(), 3);
     run.harness.delete(std::slice::from_ref(&replies)).await;
+    run.stop().await;
+}
+
+/// The breaker of the scenarios about it: open after `failures` failed rounds in a row,
+/// probing after `cooldown` (doubling up to four times that).
+fn breaker(failures: u32, cooldown: Duration) -> Option<crate::breaker::Policy> {
+    Some(crate::breaker::Policy::new(failures, 1.0, 0, cooldown, cooldown * 4, 1).expect("valid breaker"))
+}
+
+/// Handler calls so far, every request together.
+fn total_calls(handler: &ScriptHandler) -> usize {
+    handler.calls.lock().expect("call log").values().map(Vec::len).sum()
+}
+
+/// While the dependency is down, the open breaker leaves the backlog in the broker: the
+/// handler runs a few rounds and the probes only, nothing is dead-lettered, and a worker
+/// stopped while open gives back what it held. Once the dependency is up, every request
+/// is answered.
+pub async fn open_breaker_leaves_the_backlog_in_the_broker<Hn: Harness>(harness: Hn) {
+    const REQUESTS: usize = 200;
+    let run = Run::start(harness, |s| {
+        s.retry = policy(2, &[300, 600, 1200]);
+        s.breaker = breaker(3, Duration::from_millis(200));
+    })
+    .await;
+    run.handler.down.store(true, Ordering::Relaxed);
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..REQUESTS {
+        ids.insert(run.send_script("dependency", 0).await);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Stopped while open: what it held goes back to the broker.
+    let Run { harness, settings, handler, stop, worker } = run;
+    stop.cancel();
+    worker.await.expect("worker task").expect("clean stop");
+    let (stop, worker) = Run::spawn(&harness, &settings, &handler).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let while_down = total_calls(&handler);
+    handler.down.store(false, Ordering::Relaxed);
+
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    while answered.len() < REQUESTS {
+        let reply = harness.receive(&settings.replies, PATIENCE * 3).await.expect("every request is answered");
+        assert_eq!(header(&reply, h::STATUS), "ok", "answered once the dependency is up");
+        *answered.entry(header(&reply, h::CORRELATION_ID).to_owned()).or_default() += 1;
+    }
+    while let Some(reply) = harness.receive(&settings.replies, QUIET).await {
+        *answered.entry(header(&reply, h::CORRELATION_ID).to_owned()).or_default() += 1;
+    }
+    let duplicates: usize = answered.values().map(|n| n - 1).sum();
+    eprintln!("breaker: {REQUESTS} requests, {while_down} handler calls while down, {duplicates} duplicate replies");
+    assert!(answered.keys().all(|id| ids.contains(id)));
+    let dlq = naming::dead_letter(&settings.queue);
+    assert!(harness.receive(&dlq, QUIET).await.is_none(), "nothing dead-lettered");
+    assert!(
+        while_down < REQUESTS / 2,
+        "{while_down} handler calls for {REQUESTS} requests while the dependency was down: the backlog was not held"
+    );
+    stop.cancel();
+    worker.await.expect("worker task").expect("clean stop");
+    harness.delete(&queues(&settings)).await;
+}
+
+/// Permanent failures say nothing about a dependency: a stream of them mixed with
+/// successes never opens the breaker (an open one would hold the rest for an hour), while
+/// two transient failures in a row do.
+pub async fn only_transient_failures_open_the_breaker<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |s| {
+        s.retry = policy(1, &[]);
+        s.breaker = Some(
+            crate::breaker::Policy::new(2, 0.5, 4, Duration::from_secs(3600), Duration::from_secs(3600), 1)
+                .expect("valid breaker"),
+        );
+    })
+    .await;
+    for i in 0..20 {
+        run.send_script(if i % 4 == 3 { "echo" } else { "permanent" }, 0).await;
+    }
+    let mut statuses = HashMap::<String, usize>::new();
+    for _ in 0..20 {
+        *statuses.entry(header(&run.reply().await, h::STATUS).to_owned()).or_default() += 1;
+    }
+    assert_eq!(statuses, HashMap::from([("ok".to_owned(), 5), ("error".to_owned(), 15)]));
+    for _ in 0..15 {
+        assert_eq!(header(&run.dead_letter().await, h::FAILURE_KIND), "permanent");
+    }
+    // Two transient failures in a row: the first is dead-lettered, the second opened it
+    // and went back to the broker; nothing is taken after that.
+    run.send_script("transient", 0).await;
+    assert_eq!(header(&run.dead_letter().await, h::FAILURE_KIND), "transient");
+    run.send_script("transient", 0).await;
+    let held = run.send_script("echo", 0).await;
+    assert_eq!(header(&run.reply().await, h::STATUS), "error", "the first transient failure's error reply");
+    assert!(run.harness.receive(&run.settings.replies, QUIET * 4).await.is_none(), "the open breaker holds {held}");
+    assert!(run.harness.receive(&run.dlq(), QUIET).await.is_none(), "the second went back to the broker");
+    run.stop().await;
+}
+
+/// A request that fails even with its dependency up cannot stall the worker: it opens the
+/// breaker, is given back, comes first as the probe, and a probe's round runs to its end,
+/// so it moves on to a retry tier and then the dead-letter queue while the rest is served.
+pub async fn a_request_that_always_fails_is_not_probed_forever<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |s| {
+        s.retry = policy(1, &[200]);
+        s.breaker = breaker(1, Duration::from_millis(100));
+    })
+    .await;
+    let poison = run.send_script("transient", 0).await;
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..20 {
+        ids.insert(run.send_script("echo", 0).await);
+    }
+    let record = run.dead_letter().await;
+    assert_eq!(header(&record, h::CORRELATION_ID), poison);
+    assert_eq!(header(&record, h::FAILURE_KIND), "transient");
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < ids.len() + 1 {
+        answered.insert(header(&run.reply().await, h::CORRELATION_ID).to_owned());
+    }
+    assert!(ids.iter().all(|id| answered.contains(id)) && answered.contains(&poison));
     run.stop().await;
 }

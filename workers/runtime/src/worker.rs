@@ -6,12 +6,13 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tracing::{info, warn};
 
 use crate::{
+    breaker::{Gate, Say},
     config::Settings,
     handler::Handler,
     observe::{Health, Metrics, server},
-    pipeline::{Pipeline, Slot},
+    pipeline::{BREAKER_OPEN, Pipeline, Slot},
     schema::{InvalidSchema, RequestSchema},
-    transport::{Backlog, Topology, Transport, TransportError},
+    transport::{Acker, Backlog, Delivery, Intake, Topology, Transport, TransportError},
 };
 
 /// Why a worker stopped other than by its shutdown signal.
@@ -70,10 +71,14 @@ pub async fn run<H: Handler, T: Transport>(
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let confirms = Arc::new(Semaphore::new(settings.concurrency * CONFIRMS_PER_HANDLER));
     info!(worker = %settings.worker, queue = %topology.queue, concurrency = settings.concurrency, "Worker started.");
-    let pipeline = Arc::new(Pipeline::new(handler, transport, schema, settings, metrics));
+    let gate = Gate::new(settings.breaker.clone(), metrics.clone());
+    let mut say = gate.watch();
+    let pipeline = Arc::new(Pipeline::new(handler, transport, schema, settings, metrics.clone(), gate.clone()));
     // In-flight deliveries. Aborting one drops its unsettled acker, which returns the
     // message to the broker.
     let mut in_flight = JoinSet::new();
+    // The half-open breaker's probes: one permit per delivery allowed at once.
+    let mut probes: Option<Arc<Semaphore>> = None;
 
     tokio::pin!(shutdown);
     let mut turns: u32 = 0;
@@ -91,6 +96,44 @@ pub async fn run<H: Handler, T: Transport>(
         if turns.is_multiple_of(SHUTDOWN_CHECK_TURNS) && futures::poll!(&mut shutdown).is_ready() {
             break Ok(());
         }
+        // The circuit breaker's say: everything, a few probes, or nothing.
+        let now = *say.borrow_and_update();
+        let probe = match now {
+            Say::Closed => {
+                probes = None;
+                subscription.set_intake(Intake::Full);
+                None
+            }
+            Say::Open { until } => {
+                probes = None;
+                subscription.set_intake(Intake::Stopped);
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break Ok(()),
+                    _ = say.changed() => {}
+                    () = tokio::time::sleep_until(until) => gate.tick(),
+                    // What the transport held when it stopped goes back unprocessed.
+                    delivery = subscription.next() => match delivery {
+                        Some(delivery) => {
+                            metrics.requeued(BREAKER_OPEN);
+                            in_flight.spawn(give_back(delivery));
+                        }
+                        None => break Err(WorkerError::SubscriptionEnded),
+                    },
+                }
+                continue;
+            }
+            Say::HalfOpen { probes: allowed } => {
+                subscription.set_intake(Intake::Probe(u16::try_from(allowed).unwrap_or(u16::MAX)));
+                let slots = probes.get_or_insert_with(|| Arc::new(Semaphore::new(allowed as usize)));
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break Ok(()),
+                    _ = say.changed() => continue,
+                    probe = Arc::clone(slots).acquire_owned() => Some(probe.expect("the semaphore is never closed")),
+                }
+            }
+        };
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => tokio::select! {
@@ -106,9 +149,10 @@ pub async fn run<H: Handler, T: Transport>(
                 None => break Err(WorkerError::SubscriptionEnded),
             },
             () = &mut shutdown => break Ok(()),
+            _ = say.changed() => continue,
         };
         let pipeline = Arc::clone(&pipeline);
-        let slot = Slot::new(permit, Arc::clone(&confirms));
+        let slot = Slot::new(permit, Arc::clone(&confirms)).probe(probe);
         // Boxed: the pipeline's future is a few KiB, and a task's future is copied when
         // spawned and again when its output is taken.
         in_flight.spawn(async move {
@@ -141,6 +185,13 @@ pub async fn run<H: Handler, T: Transport>(
     drop(health);
     info!("Worker stopped.");
     outcome
+}
+
+/// Return a delivery taken while the circuit breaker is open, unprocessed.
+async fn give_back<A: Acker>(delivery: Delivery<A>) {
+    if let Err(error) = delivery.acker.nack().await {
+        warn!(%error, "Could not give a delivery back; the broker will deliver it again.");
+    }
 }
 
 /// Every few seconds, publish the transport's backlog (queue depths or lag) as metrics.

@@ -27,6 +27,8 @@ pub struct Metrics {
     ready: IntGaugeVec,
     queue_depth: IntGaugeVec,
     consumer_lag: IntGaugeVec,
+    breaker_state: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
 }
 
 impl Metrics {
@@ -91,6 +93,16 @@ impl Metrics {
                 "courier_consumer_lag",
                 "Kafka: high watermark minus the consumer's position.",
                 &["worker", "topic", "partition"],
+            ),
+            breaker_state: gauge(
+                "courier_breaker_state",
+                "A dependency's circuit breaker: 0 closed, 1 half-open, 2 open (no deliveries taken).",
+                &["worker", "dependency"],
+            ),
+            breaker_transitions: counter(
+                "courier_breaker_transitions_total",
+                "Circuit breaker transitions, by dependency and the phase entered.",
+                &["worker", "dependency", "to"],
             ),
             registry,
         }
@@ -164,6 +176,20 @@ impl Metrics {
         self.consumer_lag
             .with_label_values(&[&self.worker, topic, &partition])
             .set(i64::try_from(lag).unwrap_or(i64::MAX));
+    }
+
+    /// A dependency's circuit breaker is in `phase` (`entered`: it just changed to it).
+    pub fn breaker(&self, dependency: &str, phase: crate::breaker::Phase, entered: bool) {
+        use crate::breaker::Phase;
+        let value = match phase {
+            Phase::Closed => 0,
+            Phase::HalfOpen => 1,
+            Phase::Open => 2,
+        };
+        self.breaker_state.with_label_values(&[&self.worker, dependency]).set(value);
+        if entered {
+            self.breaker_transitions.with_label_values(&[&self.worker, dependency, phase.as_str()]).inc();
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -11,7 +11,9 @@ use std::{
 
 use tokio::sync::Notify;
 
-use super::{Acker, Delivery, Message, PublishError, Source, Subscription, Topology, Transport, TransportError};
+use super::{
+    Acker, Delivery, Intake, Message, PublishError, Source, Subscription, Topology, Transport, TransportError,
+};
 
 /// An in-memory broker; clones share the same queues.
 #[derive(Clone, Debug, Default)]
@@ -164,18 +166,29 @@ impl Transport for MemoryBroker {
     ) -> Result<Subscription<MemoryAcker>, TransportError> {
         let broker = self.clone();
         let queue = topology.queue.clone();
+        let (intake, wanted) = super::intake();
         // Pops only when polled: the worker polls only when it has room for a message.
-        let stream = futures::stream::unfold((broker, queue), |(broker, queue)| async move {
-            let stored = broker.next(&queue).await;
+        let stream = futures::stream::unfold((broker, queue, wanted), |(broker, queue, mut wanted)| async move {
+            let stored = loop {
+                // Stopped: nothing is taken until the intake changes.
+                if *wanted.borrow_and_update() == Intake::Stopped {
+                    wanted.changed().await.ok()?;
+                    continue;
+                }
+                tokio::select! {
+                    stored = broker.next(&queue) => break stored,
+                    changed = wanted.changed() => changed.ok()?,
+                }
+            };
             let delivery = Delivery {
                 source: Source { queue: queue.as_str().into(), partition: None, offset: None },
                 redelivered: stored.redelivered,
                 message: Arc::new(stored.message.clone()),
                 acker: MemoryAcker { broker: broker.clone(), queue: queue.clone(), stored: Some(stored) },
             };
-            Some((delivery, (broker, queue)))
+            Some((delivery, (broker, queue, wanted)))
         });
-        Ok(Subscription::new(stream))
+        Ok(Subscription::new(stream, intake))
     }
 
     /// Enqueues at once: the confirm is already there.

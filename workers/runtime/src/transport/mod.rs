@@ -15,6 +15,7 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use tokio::sync::watch;
 
 use crate::contract::headers::Headers;
 
@@ -153,26 +154,53 @@ pub enum Backlog {
 pub struct Subscription<A> {
     /// The transport's deliveries; ends only when consuming stopped for good.
     stream: Pin<Box<dyn Stream<Item = Delivery<A>> + Send>>,
+    /// What the worker takes now; the transport follows it.
+    intake: watch::Sender<Intake>,
+}
+
+/// How much a worker takes from the broker: its circuit breaker's say (`crate::breaker`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Intake {
+    /// Up to the prefetch.
+    #[default]
+    Full,
+    /// At most this many unsettled deliveries (the breaker's probes).
+    Probe(u16),
+    /// Nothing new: the transport stops consuming and yields only deliveries it already
+    /// holds (which the worker gives back), then nothing until the intake changes. The
+    /// transport stays ready: it is the worker's dependency that is down, not the broker.
+    Stopped,
 }
 
 impl<A> Subscription<A> {
-    /// A subscription reading `stream`.
-    pub fn new(stream: impl Stream<Item = Delivery<A>> + Send + 'static) -> Self {
-        Self { stream: Box::pin(stream) }
+    /// A subscription reading `stream`, which follows the intake `wanted` receives from
+    /// [`Subscription::set_intake`] (a pull-based stream may just stop yielding while stopped).
+    pub fn new(stream: impl Stream<Item = Delivery<A>> + Send + 'static, intake: watch::Sender<Intake>) -> Self {
+        Self { stream: Box::pin(stream), intake }
     }
 
     /// A subscription reading a channel a transport's own task fills.
-    pub fn from_channel(mut receiver: tokio::sync::mpsc::Receiver<Delivery<A>>) -> Self
+    pub fn from_channel(mut receiver: tokio::sync::mpsc::Receiver<Delivery<A>>, intake: watch::Sender<Intake>) -> Self
     where
         A: Send + 'static,
     {
-        Self::new(futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)))
+        Self::new(futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)), intake)
     }
 
     /// The next delivery; `None` once the transport has stopped for good.
     pub async fn next(&mut self) -> Option<Delivery<A>> {
         self.stream.next().await
     }
+
+    /// Tell the transport how much to take from now on.
+    pub fn set_intake(&self, intake: Intake) {
+        self.intake.send_if_modified(|current| std::mem::replace(current, intake) != intake);
+    }
+}
+
+/// The intake channel of a new subscription: the transport keeps the receiver.
+pub fn intake() -> (watch::Sender<Intake>, watch::Receiver<Intake>) {
+    watch::channel(Intake::Full)
 }
 
 impl<A> fmt::Debug for Subscription<A> {

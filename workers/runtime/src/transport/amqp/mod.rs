@@ -22,14 +22,17 @@ use std::{
 use futures::StreamExt;
 use lapin::{
     Acker as LapinAcker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions},
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+        BasicQosOptions,
+    },
     types::{FieldTable, ShortString},
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
 use super::{
-    Acker, Confirm, Delivery, Message, PublishError, Source, Subscription, Topology, Transport, TransportError,
+    Acker, Confirm, Delivery, Intake, Message, PublishError, Source, Subscription, Topology, Transport, TransportError,
 };
 pub use convert::{headers, properties};
 
@@ -230,16 +233,30 @@ struct Consuming {
     current: Option<(Channel, Consumer)>,
     /// Wait before the next reconnect attempt (doubles up to [`RECONNECT_MAX`]).
     backoff: Duration,
+    /// What the worker takes ([`Intake`]).
+    wanted: watch::Receiver<Intake>,
+    /// The intake the current consumer follows.
+    applied: Intake,
+    /// The current consumer was cancelled: it yields what it holds, then ends.
+    cancelled: bool,
 }
 
 impl Consuming {
     /// The next delivery, reconnecting (with backoff) for as long as it takes.
     async fn next(&mut self) -> Delivery<AmqpAcker> {
         loop {
+            let wanted = *self.wanted.borrow_and_update();
             if self.current.is_none() {
-                match self.transport.start_consumer(&self.topology, self.prefetch.current()).await {
+                if wanted == Intake::Stopped {
+                    if self.wanted.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    continue;
+                }
+                match self.transport.start_consumer(&self.topology, self.limit(wanted)).await {
                     Ok(consumer) => {
                         self.current = Some(consumer);
+                        self.applied = wanted;
                         self.backoff = RECONNECT_MIN;
                         self.transport.shared.consuming.store(true, Ordering::Relaxed);
                     }
@@ -248,11 +265,18 @@ impl Consuming {
                         continue;
                     }
                 }
+            } else if wanted != self.applied && !self.cancelled {
+                self.follow(wanted).await;
             }
             let Some((channel, consumer)) = self.current.as_mut() else { continue };
-            let error = match consumer.next().await {
+            let next = tokio::select! {
+                next = consumer.next() => next,
+                _ = self.wanted.changed(), if !self.cancelled => continue,
+            };
+            let error = match next {
                 Some(Ok(delivery)) => {
                     if !self.topology.quorum
+                        && self.applied == Intake::Full
                         && let Some(prefetch) = self.prefetch.observe(delivery.data.len())
                     {
                         let options = BasicQosOptions { global: true };
@@ -272,12 +296,49 @@ impl Consuming {
                         acker: AmqpAcker { acker: Some(delivery.acker), _channel: channel.clone() },
                     };
                 }
+                // Cancelled by us: what it held is handed out; start afresh as the intake says.
+                None if self.cancelled => {
+                    self.current = None;
+                    self.cancelled = false;
+                    continue;
+                }
                 Some(Err(error)) => TransportError::Unavailable(error.to_string()),
                 None => TransportError::Unavailable("the broker cancelled the consumer".into()),
             };
             // Unacked deliveries of the lost channel come back from the broker.
             self.current = None;
+            self.cancelled = false;
             self.pause(&error).await;
+        }
+    }
+
+    /// The prefetch for `intake`.
+    fn limit(&self, intake: Intake) -> u16 {
+        match intake {
+            Intake::Full => self.prefetch.current(),
+            Intake::Probe(probes) => probes.clamp(1, self.prefetch.current().max(1)),
+            Intake::Stopped => 0,
+        }
+    }
+
+    /// Make the live consumer follow a new intake. Stopped: cancel it, so the broker sends
+    /// nothing more (what it already sent is handed out and given back by the worker). A
+    /// new limit: a channel-wide `basic.qos` (classic queues); a quorum queue's consumer
+    /// keeps the prefetch it started with, so it is cancelled and started again.
+    async fn follow(&mut self, wanted: Intake) {
+        let Some((channel, consumer)) = self.current.as_ref() else { return };
+        let prefetch = self.limit(wanted);
+        let result = if wanted == Intake::Stopped || self.topology.quorum {
+            self.cancelled = true;
+            channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await
+        } else {
+            channel.basic_qos(prefetch, BasicQosOptions { global: true }).await
+        };
+        self.applied = wanted;
+        match result {
+            Ok(()) => info!(queue = %self.topology.queue, ?wanted, "Consumer follows the circuit breaker."),
+            // The channel is gone: the next turn sees the consumer end and reconnects.
+            Err(error) => warn!(%error, ?wanted, "Could not change the consumer."),
         }
     }
 
@@ -324,12 +385,16 @@ impl Transport for AmqpTransport {
     async fn subscribe(&self, topology: &Topology, prefetch: usize) -> Result<Subscription<AmqpAcker>, TransportError> {
         let limit = u16::try_from(prefetch).unwrap_or(u16::MAX);
         let prefetch = if topology.quorum { prefetch::Prefetch::fixed(limit) } else { prefetch::Prefetch::new(limit) };
+        let (intake, wanted) = super::intake();
         let mut consuming = Consuming {
             transport: self.clone(),
             topology: topology.clone(),
             current: None,
             backoff: RECONNECT_MIN,
             prefetch,
+            wanted,
+            applied: Intake::Full,
+            cancelled: false,
         };
         // Fail fast if the broker refuses the subscription at start-up; reconnect later.
         consuming.current = Some(self.start_consumer(topology, consuming.prefetch.current()).await?);
@@ -339,7 +404,7 @@ impl Transport for AmqpTransport {
             let delivery = consuming.next().await;
             Some((delivery, consuming))
         });
-        Ok(Subscription::new(stream))
+        Ok(Subscription::new(stream, intake))
     }
 
     async fn send(&self, destination: &str, message: &Message) -> Result<Confirm, PublishError> {

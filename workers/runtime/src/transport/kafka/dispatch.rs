@@ -15,11 +15,14 @@ use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     message::BorrowedMessage,
 };
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tracing::{debug, info, warn};
 
 use super::{Ordering, RebalanceContext, Tracking};
-use crate::transport::{Acker, Delivery, Message, Source, Subscription, Topology, TransportError};
+use crate::transport::{Acker, Delivery, Intake, Message, Source, Subscription, Topology, TransportError};
 
 /// Delay before a nacked record is handed out again.
 const REDELIVERY_DELAY: Duration = Duration::from_millis(500);
@@ -84,6 +87,7 @@ pub(super) fn start(
     prefetch: usize,
 ) -> Subscription<KafkaAcker> {
     let (out, receiver) = mpsc::channel(prefetch.max(1));
+    let (intake, wanted) = crate::transport::intake();
     let (events_tx, events) = mpsc::unbounded_channel();
     let dispatcher = Dispatcher {
         consumer,
@@ -103,16 +107,19 @@ pub(super) fn start(
         held_per_partition: HashMap::new(),
         paused: HashSet::new(),
         throttled: false,
+        wanted,
+        stopped: false,
         full_since: None,
         holds_changed: false,
         paused_epoch: 0,
+        paused_stopped: false,
         waiting_len: 0,
         buffer_limit: (prefetch.max(1) * 4 + 100).max(MIN_BUFFERED_RECORDS),
         buffered_bytes: 0,
         sequence: 0,
     };
     tokio::spawn(dispatcher.run());
-    Subscription::from_channel(receiver)
+    Subscription::from_channel(receiver, intake)
 }
 
 struct Dispatcher {
@@ -141,12 +148,19 @@ struct Dispatcher {
     paused: HashSet<Partition>,
     /// Every partition paused: the buffer stayed full for [`MAX_READ_STALL`].
     throttled: bool,
+    /// What the worker takes ([`Intake`]).
+    wanted: watch::Receiver<Intake>,
+    /// The worker takes nothing (its circuit breaker is open): every partition is paused,
+    /// nothing is handed out, and the consumer is read on (rebalances, liveness).
+    stopped: bool,
     /// Since when the buffer is full and the consumer is not read (not while throttled).
     full_since: Option<Instant>,
     /// The held retries changed partitions since the pauses were last applied.
     holds_changed: bool,
     /// The assignment epoch the pauses were last applied for.
     paused_epoch: u64,
+    /// `stopped` when the pauses were last applied.
+    paused_stopped: bool,
     /// Records in `waiting` (summed here, not recounted per record).
     waiting_len: usize,
     /// Payload bytes of every record buffered (ready, waiting or held).
@@ -162,7 +176,10 @@ impl Dispatcher {
         let consumer = Arc::clone(&self.consumer);
         let out = self.out.clone();
         loop {
-            self.flush_ready(&out);
+            self.stopped = *self.wanted.borrow_and_update() == Intake::Stopped;
+            if !self.stopped {
+                self.flush_ready(&out);
+            }
             if self.out.is_closed() {
                 return;
             }
@@ -172,7 +189,7 @@ impl Dispatcher {
                 self.full_since = Some(Instant::now());
             }
             self.apply_pauses();
-            let reading = self.throttled || !self.is_full();
+            let reading = self.throttled || self.stopped || !self.is_full();
             let next_due = self.held.keys().next().map(|(due, _)| *due);
             let stall_at = self.full_since.filter(|_| !reading).map(|since| since + MAX_READ_STALL);
             let step = tokio::select! {
@@ -180,7 +197,11 @@ impl Dispatcher {
                 Some(event) = self.events.recv() => Step::Event(event),
                 () = sleep_until(next_due) => Step::Due,
                 () = sleep_until(stall_at) => Step::Stalled,
-                permit = out.reserve(), if !self.ready.is_empty() => match permit {
+                changed = self.wanted.changed() => match changed {
+                    Ok(()) => Step::Intake,
+                    Err(_) => return,
+                },
+                permit = out.reserve(), if !self.ready.is_empty() && !self.stopped => match permit {
                     Ok(permit) => Step::Room(permit),
                     Err(_) => return,
                 },
@@ -194,8 +215,8 @@ impl Dispatcher {
                 }
                 Step::Event(event) => self.handle(event),
                 Step::Due => self.release_due(),
-                // `apply_pauses` throttles on the next turn.
-                Step::Stalled => {}
+                // `apply_pauses` throttles, or follows the intake, on the next turn.
+                Step::Stalled | Step::Intake => {}
                 Step::Room(permit) => {
                     // A rebalance served while waiting may have made the front record stale.
                     if let Some(pending) = self.next_ready() {
@@ -375,8 +396,9 @@ impl Dispatcher {
         self.ready.len() + self.held.len() + self.waiting_len
     }
 
-    /// Pause partitions with held retries, and everything while the buffer has been full
-    /// for [`MAX_READ_STALL`] (until it is half empty); resume the rest. This runs every
+    /// Pause partitions with held retries, everything while the worker takes nothing, and
+    /// everything while the buffer has been full for [`MAX_READ_STALL`] (until it is half
+    /// empty); resume the rest. This runs every
     /// turn, so it asks librdkafka nothing unless the throttle, the holds or the
     /// assignment changed (`Consumer::assignment` is a round trip to librdkafka's main
     /// thread).
@@ -388,7 +410,11 @@ impl Dispatcher {
         };
         let assignment: Vec<Partition> = {
             let tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
-            if throttled == self.throttled && !self.holds_changed && tracking.epoch == self.paused_epoch {
+            if throttled == self.throttled
+                && self.stopped == self.paused_stopped
+                && !self.holds_changed
+                && tracking.epoch == self.paused_epoch
+            {
                 return;
             }
             self.paused_epoch = tracking.epoch;
@@ -404,14 +430,18 @@ impl Dispatcher {
                 info!(buffered = self.buffered(), "Buffer half empty: resuming every partition.");
             }
         }
+        if self.stopped != self.paused_stopped {
+            info!(stopped = self.stopped, "The worker's intake changed: pausing or resuming every partition.");
+        }
         self.throttled = throttled;
+        self.paused_stopped = self.stopped;
         self.holds_changed = false;
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
         // A revoked partition stays in `paused`: librdkafka keeps a partition paused across
         // revocation, so if it is assigned to us again it must be resumed explicitly.
         for partition in assignment {
-            let want = self.throttled || self.held_per_partition.contains_key(&partition);
+            let want = self.throttled || self.stopped || self.held_per_partition.contains_key(&partition);
             let is = self.paused.contains(&partition);
             if want && !is {
                 pause.add_partition(&partition.0, partition.1);
@@ -440,6 +470,7 @@ enum Step<'c> {
     Event(Event),
     Due,
     Stalled,
+    Intake,
     Room(mpsc::Permit<'c, Delivery<KafkaAcker>>),
 }
 
