@@ -24,11 +24,13 @@ use tokio_util::sync::CancellationToken;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A worker on a one-partition topic with the given ordering: one handler call per
-/// round, then the delayed-retry `tiers`.
+/// round, then the delayed-retry `tiers`; a circuit breaker that opens after three failed
+/// rounds and probes after 200 ms.
 async fn start(
     harness: &KafkaHarness,
     ordering: Ordering,
     tiers: Vec<Duration>,
+    handler: ScriptHandler,
 ) -> (Settings, KafkaTransport, ScriptHandler, CancellationToken, tokio::task::JoinHandle<()>) {
     let mut config = config(&harness.bootstrap, ordering);
     config.partitions = 1;
@@ -40,11 +42,14 @@ async fn start(
     settings.concurrency = 8;
     settings.retry =
         RetryPolicy::new(1, Duration::from_millis(100), Duration::from_secs(1), false, tiers).expect("policy");
+    settings.breaker = Some(
+        courier::breaker::Policy::new(3, 1.0, 0, Duration::from_millis(200), Duration::from_millis(800), 1)
+            .expect("valid breaker"),
+    );
     let topology = settings.topology();
     let mut names = vec![topology.queue.as_str(), &topology.dead_letter, &topology.parking, &topology.replies];
     names.extend(topology.retry_tiers.iter().map(|t| t.name.as_str()));
     harness.cluster.as_ref().expect("the mock cluster").create_topics(&names, 1);
-    let handler = ScriptHandler::default();
     let stop = CancellationToken::new();
     let worker = tokio::spawn({
         let (settings, transport, handler, stop) = (settings.clone(), transport.clone(), handler.clone(), stop.clone());
@@ -81,7 +86,8 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_ordering_keeps_calls_and_replies_in_order() {
     let harness = KafkaHarness::mock().await;
-    let (settings, transport, handler, stop, worker) = start(&harness, Ordering::Partition, vec![]).await;
+    let (settings, transport, handler, stop, worker) =
+        start(&harness, Ordering::Partition, vec![], ScriptHandler::default()).await;
     // Slow and fast messages alternate: with any concurrency inside the partition the
     // fast ones would overtake. The next message may start once the previous reply is
     // handed to the producer, before its confirm; that must not reorder anything.
@@ -108,7 +114,8 @@ async fn partition_ordering_keeps_calls_and_replies_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_lag_counts_records_waiting_in_the_worker() {
     let harness = KafkaHarness::mock().await;
-    let (settings, transport, handler, stop, worker) = start(&harness, Ordering::Partition, vec![]).await;
+    let (settings, transport, handler, stop, worker) =
+        start(&harness, Ordering::Partition, vec![], ScriptHandler::default()).await;
     let slow = send(&transport, &settings, "slow", 4_000).await;
     for _ in 0..20 {
         send(&transport, &settings, "echo", 0).await;
@@ -144,7 +151,8 @@ async fn consumer_lag_counts_records_waiting_in_the_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_offset_never_passes_an_unfinished_message() {
     let harness = KafkaHarness::mock().await;
-    let (settings, transport, _, stop, worker) = start(&harness, Ordering::None, vec![]).await;
+    let (settings, transport, _, stop, worker) =
+        start(&harness, Ordering::None, vec![], ScriptHandler::default()).await;
     let group = transport.config().group.clone();
     let slow = send(&transport, &settings, "slow", 6_000).await;
     let mut fast = Vec::new();
@@ -175,7 +183,8 @@ async fn stored_offset_never_passes_an_unfinished_message() {
 async fn a_message_in_a_retry_topic_does_not_hold_up_its_partition() {
     let harness = KafkaHarness::mock().await;
     let tier = Duration::from_secs(3);
-    let (settings, transport, handler, stop, worker) = start(&harness, Ordering::Partition, vec![tier]).await;
+    let (settings, transport, handler, stop, worker) =
+        start(&harness, Ordering::Partition, vec![tier], ScriptHandler::default()).await;
     // Wait until the worker owns the partition (the group's first rebalance takes seconds).
     let warm_up = send(&transport, &settings, "echo", 0).await;
     let reply = harness.receive(&settings.replies, PATIENCE).await.expect("warm-up reply");
@@ -202,4 +211,47 @@ async fn a_message_in_a_retry_topic_does_not_hold_up_its_partition() {
     }
     stop.cancel();
     worker.await.expect("worker");
+}
+
+/// The circuit breaker in every ordering mode: while the dependency is down the worker
+/// pauses its partitions after a few failed rounds; once it is back, every request is
+/// answered ok and none was dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_holds_and_resumes_in_every_ordering_mode() {
+    let harness = KafkaHarness::mock().await;
+    for ordering in [Ordering::Partition, Ordering::Key, Ordering::None] {
+        let tiers = vec![Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(3)];
+        let handler = ScriptHandler::default();
+        handler.down.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (settings, transport, handler, stop, worker) = start(&harness, ordering, tiers, handler).await;
+        let mut sent = std::collections::HashSet::new();
+        for _ in 0..40 {
+            sent.insert(send(&transport, &settings, "dependency", 0).await);
+        }
+        let calls = || handler.calls.lock().expect("calls").values().map(Vec::len).sum::<usize>();
+        let deadline = Instant::now() + PATIENCE;
+        while calls() < 3 {
+            assert!(Instant::now() < deadline, "{ordering:?}: the worker never took the requests");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let while_down = calls();
+        handler.down.store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut answered = std::collections::HashSet::new();
+        while answered.len() < sent.len() {
+            let reply = harness.receive(&settings.replies, PATIENCE).await.expect("every request is answered");
+            assert_eq!(reply.headers.get(h::STATUS).map(String::as_str), Some("ok"), "{ordering:?}");
+            answered.insert(reply.headers.get(h::CORRELATION_ID).cloned().unwrap_or_default());
+        }
+        assert_eq!(answered, sent, "{ordering:?}");
+        let dlq = settings.topology().dead_letter;
+        assert!(
+            harness.receive(&dlq, Duration::from_millis(500)).await.is_none(),
+            "{ordering:?}: nothing dead-lettered"
+        );
+        println!("{ordering:?}: {while_down} handler calls for 40 requests while the dependency was down");
+        assert!(while_down < 20, "{ordering:?}: {while_down} handler calls while down");
+        stop.cancel();
+        worker.await.expect("worker");
+    }
 }

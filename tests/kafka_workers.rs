@@ -452,3 +452,54 @@ async fn shutdown_ends_within_the_grace_and_the_close_bound() {
 const CLOSE_BOUND: Duration = courier::app::CLOSE_BOUND;
 /// Signal delivery and process exit on a loaded machine.
 const SLACK: Duration = Duration::from_secs(1);
+
+/// A member whose circuit breaker is open pauses its partitions and reads on: a member
+/// joining meanwhile gets partitions (the open one serves the rebalance), and a kill -9 of
+/// the open member loses nothing. Once the dependency is back, every request is answered
+/// ok and nothing was dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_keeps_the_group_going_and_a_kill_9_while_open_loses_nothing() {
+    let names = names("breaker");
+    // Three tiers: a probe that fails uses one, and a request must not run out of them
+    // while the dependency is down.
+    let mut topics = topics(&names);
+    topics.extend(["2s", "4s"].map(|delay| (format!("{}.retry.{delay}", names.queue), PARTITIONS)));
+    let specs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+    let cluster = MockKafkaProcess::start(&specs);
+    let switch = courier_tests::outage::Outage::begin(&names.queue);
+    let addr = format!("127.0.0.1:{}", courier_tests::http::free_port());
+    let tiers = ["--retry-delays", "2s,4s"];
+    let flags =
+        [&tiers[..], &["--breaker-cooldown", "1s", "--breaker-max-cooldown", "2s", "--http-addr", &addr]].concat();
+    let mut a = greeter_with("breaker-a", &cluster, &names, &switch.env(), "64", &flags);
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    let ids = client.publish_greetings(&names.queue, &names.replies, "b", 2_000).await;
+    a.wait_for_log("Circuit breaker open", PATIENCE);
+    let b_flags = [&tiers[..], &["--breaker-cooldown", "1s", "--breaker-max-cooldown", "2s"]].concat();
+    // Waits until it has partitions: the open member gave some up.
+    let mut b = greeter_with("breaker-b", &cluster, &names, &switch.env(), "64", &b_flags);
+    let port: u16 = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port");
+    let (status, _) = courier_tests::http::get(port, "/readyz").await;
+    assert_eq!(status, 200, "the open member is ready: its dependency is down, not the member");
+    a.kill9();
+    switch.end();
+    let recovered = std::time::Instant::now();
+    let mut seen = Replies::default();
+    client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |_| false).await;
+    let drain = recovered.elapsed();
+    let dlq = format!("{}.dlq", names.queue);
+    let dead_lettered = client.next_record(&dlq, PARTITIONS, Duration::from_secs(1)).await;
+    println!(
+        "kafka breaker: {} of {} answered ({:?}), {} lost, {} duplicates, drained {:.1} s after recovery",
+        seen.by_id.len(),
+        ids.len(),
+        seen.by_status,
+        seen.missing(&ids).len(),
+        seen.duplicates(),
+        drain.as_secs_f64()
+    );
+    assert!(seen.missing(&ids).is_empty(), "nothing lost:\n{}", b.tail());
+    assert_eq!(seen.by_status.get("ok"), Some(&ids.len()), "every request answered ok");
+    assert!(dead_lettered.is_none(), "nothing dead-lettered: {dead_lettered:?}");
+    assert!(b.terminate(), "SIGTERM ends the worker cleanly");
+}

@@ -3,6 +3,7 @@
 
 use courier::{contract::headers as h, testing::Harness};
 use courier_tests::{
+    outage,
     rabbitmq::{RabbitHarness, RawClient},
     replies::Replies,
 };
@@ -11,7 +12,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 
-use courier_tests::rabbitmq::{CONCURRENCY, PATIENCE, cleanup, greeter, names};
+use courier_tests::rabbitmq::{CONCURRENCY, PATIENCE, cleanup, greeter, greeter_env, names};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_load_loses_nothing() {
@@ -255,4 +256,60 @@ async fn dead_letter_copies_keep_amqp_header_types() {
     assert!(records.iter().any(|t| kind(t) == "expired"), "a timestamp deadline: {records:?}");
     assert!(worker.terminate());
     cleanup(&queue, &replies).await;
+}
+
+/// The circuit breaker's outage drill: the greeter's dependency is down while 2,000
+/// requests arrive, then up. With the breaker, the backlog waits in the queue: nothing is
+/// dead-lettered, the retry tiers see only the rounds before it opened and the probes,
+/// and every request is answered once the dependency is back. Without it, requests burn
+/// through their retries into the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependency_outage_with_and_without_the_breaker() {
+    let on = outage_drill(true).await;
+    let off = outage_drill(false).await;
+    outage::print_table("RabbitMQ outage drill", OUTAGE, &[&on, &off]);
+    assert_eq!(
+        (on.lost, on.ok, on.dead_lettered),
+        (0, on.requests, 0.0),
+        "breaker on: every request ok, none dead-lettered"
+    );
+    assert!(on.tier_traffic < 50.0, "breaker on: {} retry-tier copies", on.tier_traffic);
+    assert!(on.given_back > 0.0, "breaker on: deliveries in hand went back to the queue");
+    assert_eq!(off.lost, 0, "breaker off: every request answered");
+    assert!(off.dead_lettered > 0.0, "breaker off: the outage outlasts the retry tiers");
+}
+
+/// How long the drill's dependency is down.
+const OUTAGE: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn outage_drill(breaker: bool) -> outage::Figures {
+    let name = if breaker { "breaker-on" } else { "breaker-off" };
+    let (queue, replies) = names(name);
+    let client = RawClient::connect().await;
+    client.declare(&queue).await;
+    client.declare(&replies).await;
+    let switch = outage::Outage::begin(&queue);
+    let addr = format!("127.0.0.1:{}", courier_tests::http::free_port());
+    // One handler call per round, so that without the breaker the rounds run at the
+    // broker's pace and the outage outlasts every tier.
+    let mut flags = vec!["--retry-attempts", "1", "--retry-delays", "2s", "--http-addr", &addr];
+    if breaker {
+        flags.extend(["--breaker-cooldown", "1s", "--breaker-max-cooldown", "4s"]);
+    } else {
+        flags.extend(["--breaker", "off"]);
+    }
+    let mut worker = greeter_env(name, &queue, &replies, &flags, &switch.env());
+    let ids = client.publish_greetings(&queue, &replies, name, 2_000).await;
+    tokio::time::sleep(OUTAGE).await;
+    switch.end();
+    let recovered = std::time::Instant::now();
+    let mut seen = Replies::default();
+    client.collect_replies(&replies, ids.len(), &mut seen, PATIENCE, |_| false).await;
+    let drain = recovered.elapsed();
+    let port: u16 = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port");
+    let metrics = courier_tests::http::get(port, "/metrics").await.1;
+    assert!(worker.terminate(), "SIGTERM ends the worker cleanly:\n{}", worker.tail());
+    cleanup(&queue, &replies).await;
+    RabbitHarness::new().await.delete(&[format!("{queue}.retry.2s")]).await;
+    outage::Figures::new(name, &ids, &metrics, &seen, drain)
 }

@@ -413,20 +413,20 @@ impl KafkaClient {
         while replies.by_id.len() < expected && !stop_early(replies) {
             match tokio::time::timeout(patience, reader.recv()).await {
                 Ok(Ok(record)) => {
-                    let mut id = String::new();
-                    let mut by = String::new();
+                    use courier::contract::headers::{CORRELATION_ID, REPLIED_BY, STATUS};
+                    let (mut id, mut by, mut status) = (String::new(), String::new(), String::new());
                     if let Some(headers) = record.headers() {
                         for header in headers.iter() {
                             let value = String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned();
                             match header.key {
-                                "courier-correlation-id" => id = value,
-                                "courier-replied-by" => by = value,
+                                CORRELATION_ID => id = value,
+                                REPLIED_BY => by = value,
+                                STATUS => status = value,
                                 _ => {}
                             }
                         }
                     }
-                    *replies.by_id.entry(id).or_default() += 1;
-                    *replies.by_instance.entry(by).or_default() += 1;
+                    replies.add(id, by, status);
                 }
                 // The broker may be down on purpose; librdkafka reconnects by itself.
                 Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,

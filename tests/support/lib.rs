@@ -6,6 +6,7 @@ pub mod http;
 pub mod kafka;
 pub mod measure;
 pub mod mix;
+pub mod outage;
 pub mod process;
 pub mod rabbitmq;
 pub mod replies;

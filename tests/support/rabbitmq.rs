@@ -234,8 +234,8 @@ impl RawClient {
                     delivery.ack(BasicAckOptions::default()).await.expect("ack reply");
                     let headers = courier::transport::amqp::headers(&delivery.properties);
                     let get = |name: &str| headers.get(name).cloned().unwrap_or_default();
-                    *replies.by_id.entry(get(courier::contract::headers::CORRELATION_ID)).or_default() += 1;
-                    *replies.by_instance.entry(get(courier::contract::headers::REPLIED_BY)).or_default() += 1;
+                    use courier::contract::headers::{CORRELATION_ID, REPLIED_BY, STATUS};
+                    replies.add(get(CORRELATION_ID), get(REPLIED_BY), get(STATUS));
                 }
                 Ok(other) => panic!("reply consumer ended: {other:?}"),
                 Err(_) => break,
@@ -262,6 +262,17 @@ pub fn names(test: &str) -> (String, String) {
 
 /// Start the greeter binary on the test broker (`label` names its instance and log).
 pub fn greeter(label: &str, queue: &str, replies: &str, extra: &[&str]) -> crate::process::Process {
+    greeter_env(label, queue, replies, extra, &[])
+}
+
+/// [`greeter`] with environment variables.
+pub fn greeter_env(
+    label: &str,
+    queue: &str,
+    replies: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> crate::process::Process {
     let url = url();
     let concurrency = CONCURRENCY.to_string();
     let mut args = vec!["--broker", &url, "--queue", queue, "--replies", replies, "--instance", label];
@@ -270,7 +281,7 @@ pub fn greeter(label: &str, queue: &str, replies: &str, extra: &[&str]) -> crate
         args.extend(["--concurrency", &concurrency]);
     }
     args.extend_from_slice(extra);
-    let mut process = crate::process::Process::start("greeter", label, &args, &[]);
+    let mut process = crate::process::Process::start("greeter", label, &args, env);
     process.wait_for_log("Consuming.", PATIENCE);
     process
 }

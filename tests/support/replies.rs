@@ -7,9 +7,18 @@ pub struct Replies {
     pub by_id: std::collections::HashMap<String, usize>,
     /// Reply count per `courier-replied-by`.
     pub by_instance: std::collections::HashMap<String, usize>,
+    /// Reply count per `courier-status` (`ok`, `error`).
+    pub by_status: std::collections::HashMap<String, usize>,
 }
 
 impl Replies {
+    /// Count a reply from its correlation id, replying instance and status.
+    pub fn add(&mut self, correlation_id: String, replied_by: String, status: String) {
+        *self.by_id.entry(correlation_id).or_default() += 1;
+        *self.by_instance.entry(replied_by).or_default() += 1;
+        *self.by_status.entry(status).or_default() += 1;
+    }
+
     /// Replies beyond the first per request.
     pub fn duplicates(&self) -> usize {
         self.by_id.values().map(|n| n - 1).sum()

@@ -333,6 +333,9 @@ impl WorkerArgs {
         )?;
         let breaker = match self.breaker.as_str() {
             "off" => None,
+            _ if self.breaker_probes > u32::from(u16::MAX) => {
+                return Err(invalid("breaker-probes", "must be at most 65535"));
+            }
             _ => Some(Policy::new(
                 self.breaker_failures,
                 self.breaker_ratio,
@@ -342,9 +345,6 @@ impl WorkerArgs {
                 self.breaker_probes,
             )?),
         };
-        if self.breaker_probes > u32::from(u16::MAX) {
-            return Err(invalid("breaker-probes", "must be at most 65535"));
-        }
         let instance = self.instance.clone().unwrap_or_else(default_instance);
         Ok(Settings {
             worker: worker.to_owned(),
@@ -441,14 +441,24 @@ mod tests {
     }
 
     #[test]
+    fn the_breaker_is_on_by_default_and_can_be_switched_off() {
+        assert!(parse(&[]).expect("valid").breaker.is_some());
+        assert!(parse(&["--breaker", "off", "--breaker-ratio", "7"]).expect("off: not checked").breaker.is_none());
+    }
+
+    #[test]
     fn empty_delay_list_means_no_tiers() {
         assert!(parse(&["--retry-delays", ""]).expect("valid").retry.delays().is_empty());
     }
 
     #[test]
     fn bad_values_name_the_flag() {
-        let cases: [(&[&str], &str); 7] = [
+        let cases: [(&[&str], &str); 11] = [
             (&["--concurrency", "0"], "--concurrency"),
+            (&["--breaker-ratio", "1.5"], "--breaker-* flags"),
+            (&["--breaker-failures", "0", "--breaker-window", "0"], "--breaker-* flags"),
+            (&["--breaker-cooldown", "2m"], "--breaker-* flags"),
+            (&["--breaker-probes", "70000"], "--breaker-probes"),
             (&["--broker", "kafka9://x"], "--broker"),
             (&["--queue", "a b"], "--queue"),
             (&["--queue", "x", "--replies", "x"], "--replies"),

@@ -36,7 +36,9 @@ pub enum WorkerError {
 /// `settings.concurrency` messages at once up to their output (a full worker stops
 /// pulling; outputs awaiting the broker's confirm, up to ten per slot, no longer count), then stop
 /// receiving, give in-flight messages `settings.shutdown_grace` to finish, and return
-/// whatever is left to the broker.
+/// whatever is left to the broker. While the circuit breaker is open it takes nothing and
+/// gives back what the transport still held; half-open, it takes the probes only
+/// ([`crate::breaker`]).
 ///
 /// Run it as a task (`tokio::spawn`), as [`crate::app::main`] does, not directly in a
 /// `block_on`: it spawns a task per message, and spawns from outside the runtime's threads
