@@ -301,12 +301,19 @@ async fn outage_drill(breaker: bool) -> outage::Figures {
     let mut worker = greeter_env(name, &queue, &replies, &flags, &switch.env());
     let ids = client.publish_greetings(&queue, &replies, name, 2_000).await;
     tokio::time::sleep(OUTAGE).await;
+    let port: u16 = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port");
+    let (ready, _) = courier_tests::http::get(port, "/readyz").await;
+    assert_eq!(ready, 200, "{name}: ready during the outage (its dependency is down, not the worker)");
+    let during = courier_tests::http::get(port, "/metrics").await.1;
+    let state =
+        courier_tests::http::metric(&during, r#"courier_breaker_state{dependency="greetings",worker="greeter"}"#);
+    // Open, or half-open for the moment a probe takes (absent, so 0, when off).
+    assert_eq!(state >= 1.0, breaker, "{name}: the breaker's state during the outage is {state}");
     switch.end();
     let recovered = std::time::Instant::now();
     let mut seen = Replies::default();
     client.collect_replies(&replies, ids.len(), &mut seen, PATIENCE, |_| false).await;
     let drain = recovered.elapsed();
-    let port: u16 = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port");
     let metrics = courier_tests::http::get(port, "/metrics").await.1;
     assert!(worker.terminate(), "SIGTERM ends the worker cleanly:\n{}", worker.tail());
     cleanup(&queue, &replies).await;
