@@ -79,10 +79,15 @@ pub fn wait_for_dead_letters(drill: &impl Drill, n: u64, parking: bool) {
     }
 }
 
-/// A greeter on the drill's broker; `down` makes its dependency fail (transient errors).
+/// A greeter on the drill's broker; `down` makes its dependency fail (transient errors),
+/// and every request then ends in the dead-letter queue (its circuit breaker is off, which
+/// would hold them in the queue instead).
 pub fn greeter(drill: &impl Drill, label: &str, down: bool, extra: &[&str]) -> Process {
     let mut args: Vec<String> = drill.flags();
     args.extend(["--instance", label, "--retry-attempts", "1", "--shutdown-grace", "2s"].map(String::from));
+    if down {
+        args.extend(["--breaker", "off"].map(String::from));
+    }
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let env: &[(&str, &str)] = if down { &[("GREETER_DEPENDENCY_DOWN", "1")] } else { &[] };
