@@ -31,6 +31,7 @@ async fn start(
     ordering: Ordering,
     tiers: Vec<Duration>,
     handler: ScriptHandler,
+    tune: impl FnOnce(&mut Settings),
 ) -> (Settings, KafkaTransport, ScriptHandler, CancellationToken, tokio::task::JoinHandle<()>) {
     let mut config = config(&harness.bootstrap, ordering);
     config.partitions = 1;
@@ -46,6 +47,7 @@ async fn start(
         courier::breaker::Policy::new(3, 1.0, 0, Duration::from_millis(200), Duration::from_millis(800), 1)
             .expect("valid breaker"),
     );
+    tune(&mut settings);
     let topology = settings.topology();
     let mut names = vec![topology.queue.as_str(), &topology.dead_letter, &topology.parking, &topology.replies];
     names.extend(topology.retry_tiers.iter().map(|t| t.name.as_str()));
@@ -59,10 +61,14 @@ async fn start(
 }
 
 async fn send(transport: &KafkaTransport, settings: &Settings, op: &str, n: u64) -> String {
+    send_keyed(transport, settings, "same-key", op, n).await
+}
+
+async fn send_keyed(transport: &KafkaTransport, settings: &Settings, key: &str, op: &str, n: u64) -> String {
     let id = uuid::Uuid::new_v4().to_string();
     let mut message = Message {
         payload: serde_json::json!({ "id": id, "op": op, "n": n }).to_string().into(),
-        key: Some("same-key".into()),
+        key: Some(key.to_owned().into()),
         ..Message::default()
     };
     message.headers.insert(h::CORRELATION_ID.into(), id.clone());
@@ -87,7 +93,7 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
 async fn partition_ordering_keeps_calls_and_replies_in_order() {
     let harness = KafkaHarness::mock().await;
     let (settings, transport, handler, stop, worker) =
-        start(&harness, Ordering::Partition, vec![], ScriptHandler::default()).await;
+        start(&harness, Ordering::Partition, vec![], ScriptHandler::default(), |_| {}).await;
     // Slow and fast messages alternate: with any concurrency inside the partition the
     // fast ones would overtake. The next message may start once the previous reply is
     // handed to the producer, before its confirm; that must not reorder anything.
@@ -115,7 +121,7 @@ async fn partition_ordering_keeps_calls_and_replies_in_order() {
 async fn consumer_lag_counts_records_waiting_in_the_worker() {
     let harness = KafkaHarness::mock().await;
     let (settings, transport, handler, stop, worker) =
-        start(&harness, Ordering::Partition, vec![], ScriptHandler::default()).await;
+        start(&harness, Ordering::Partition, vec![], ScriptHandler::default(), |_| {}).await;
     let slow = send(&transport, &settings, "slow", 4_000).await;
     for _ in 0..20 {
         send(&transport, &settings, "echo", 0).await;
@@ -152,7 +158,7 @@ async fn consumer_lag_counts_records_waiting_in_the_worker() {
 async fn stored_offset_never_passes_an_unfinished_message() {
     let harness = KafkaHarness::mock().await;
     let (settings, transport, _, stop, worker) =
-        start(&harness, Ordering::None, vec![], ScriptHandler::default()).await;
+        start(&harness, Ordering::None, vec![], ScriptHandler::default(), |_| {}).await;
     let group = transport.config().group.clone();
     let slow = send(&transport, &settings, "slow", 6_000).await;
     let mut fast = Vec::new();
@@ -184,7 +190,7 @@ async fn a_message_in_a_retry_topic_does_not_hold_up_its_partition() {
     let harness = KafkaHarness::mock().await;
     let tier = Duration::from_secs(3);
     let (settings, transport, handler, stop, worker) =
-        start(&harness, Ordering::Partition, vec![tier], ScriptHandler::default()).await;
+        start(&harness, Ordering::Partition, vec![tier], ScriptHandler::default(), |_| {}).await;
     // Wait until the worker owns the partition (the group's first rebalance takes seconds).
     let warm_up = send(&transport, &settings, "echo", 0).await;
     let reply = harness.receive(&settings.replies, PATIENCE).await.expect("warm-up reply");
@@ -223,7 +229,7 @@ async fn the_breaker_holds_and_resumes_in_every_ordering_mode() {
         let tiers = vec![Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(3)];
         let handler = ScriptHandler::default();
         handler.down.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (settings, transport, handler, stop, worker) = start(&harness, ordering, tiers, handler).await;
+        let (settings, transport, handler, stop, worker) = start(&harness, ordering, tiers, handler, |_| {}).await;
         let mut sent = std::collections::HashSet::new();
         for _ in 0..40 {
             sent.insert(send(&transport, &settings, "dependency", 0).await);
@@ -254,4 +260,76 @@ async fn the_breaker_holds_and_resumes_in_every_ordering_mode() {
         stop.cancel();
         worker.await.expect("worker");
     }
+}
+
+/// `--retry-in-place` with `--ordering key`: a record that fails transiently waits out the
+/// tier delays in the worker, holding its key; the key's later records are answered after
+/// it, in order, while another key's are answered during the hold; nothing goes to a retry
+/// topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_in_place_keeps_a_key_in_order_while_other_keys_flow() {
+    let harness = KafkaHarness::mock().await;
+    let tiers = vec![Duration::from_millis(200), Duration::from_millis(400), Duration::from_millis(800)];
+    let (settings, transport, handler, stop, worker) =
+        start(&harness, Ordering::Key, tiers, ScriptHandler::default(), |s| s.retry_in_place = true).await;
+    let first = send_keyed(&transport, &settings, "a", "flaky", 3).await;
+    let mut a = vec![first.clone()];
+    let mut b = Vec::new();
+    for _ in 0..4 {
+        a.push(send_keyed(&transport, &settings, "a", "echo", 0).await);
+        b.push(send_keyed(&transport, &settings, "b", "echo", 0).await);
+    }
+    let mut order = Vec::new();
+    while order.len() < a.len() + b.len() {
+        let reply = harness.receive(&settings.replies, PATIENCE).await.expect("every request is answered");
+        assert_eq!(reply.headers.get(h::STATUS).map(String::as_str), Some("ok"));
+        order.push(reply.headers.get(h::CORRELATION_ID).cloned().unwrap_or_default());
+    }
+    let of = |ids: &[String]| order.iter().filter(|id| ids.contains(id)).cloned().collect::<Vec<_>>();
+    assert_eq!(of(&a), a, "key a answered in publish order, the retried record first");
+    assert_eq!(of(&b), b, "key b in order");
+    let at = |id: &String| order.iter().position(|o| o == id).expect("answered");
+    assert!(b.iter().all(|id| at(id) < at(&first)), "key b answered during a's hold: {order:?}");
+    let calls = handler.calls.lock().expect("calls")[&first].clone();
+    assert_eq!(calls.len(), 4, "three failed rounds, then success");
+    for (i, delay) in [200, 400, 800].into_iter().enumerate() {
+        let gap = calls[i + 1] - calls[i];
+        assert!(gap >= Duration::from_millis(delay), "round {}: {gap:?}", i + 2);
+    }
+    for tier in settings.topology().retry_tiers {
+        assert!(harness.receive(&tier.name, Duration::from_millis(300)).await.is_none(), "nothing in {}", tier.name);
+    }
+    stop.cancel();
+    worker.await.expect("worker");
+}
+
+/// A record retried in place that fails every round is dead-lettered with every round
+/// counted, and its key's next record is answered after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_in_place_that_exhausts_its_tiers_dead_letters_and_the_lane_moves_on() {
+    let harness = KafkaHarness::mock().await;
+    let tiers = vec![Duration::from_millis(100), Duration::from_millis(200)];
+    let (settings, transport, handler, stop, worker) =
+        start(&harness, Ordering::Partition, tiers, ScriptHandler::default(), |s| {
+            s.retry_in_place = true;
+            s.breaker = None;
+        })
+        .await;
+    let failing = send(&transport, &settings, "transient", 0).await;
+    let next = send(&transport, &settings, "echo", 0).await;
+    let record = harness.receive(&settings.topology().dead_letter, PATIENCE).await.expect("the dead letter");
+    assert_eq!(record.headers.get(h::CORRELATION_ID), Some(&failing));
+    assert_eq!(record.headers.get(h::FAILURE_KIND).map(String::as_str), Some("transient"));
+    assert_eq!(record.headers.get(h::FAILURE_ATTEMPTS).map(String::as_str), Some("3"), "three rounds of one call");
+    assert_eq!(record.headers.get(h::ATTEMPT).map(String::as_str), Some("3"));
+    let mut replies = std::collections::HashSet::new();
+    while replies.len() < 2 {
+        let reply = harness.receive(&settings.replies, PATIENCE).await.expect("replies");
+        replies.insert(reply.headers.get(h::CORRELATION_ID).cloned().unwrap_or_default());
+    }
+    assert!(replies.contains(&failing) && replies.contains(&next), "the error reply and the next record's");
+    let calls = handler.calls.lock().expect("calls").clone();
+    assert!(calls[&next][0] > *calls[&failing].last().expect("called"), "the next record ran after the last round");
+    stop.cancel();
+    worker.await.expect("worker");
 }

@@ -205,10 +205,37 @@ async fn broker_errors_and_outage_lose_nothing() {
     cluster.command("down 1");
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.command("up 1");
-    client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |_| false).await;
-    let missing = seen.missing(&ids);
-    println!("kafka faults: {} answered, {} lost, {} duplicates", seen.by_id.len(), missing.len(), seen.duplicates());
-    assert!(missing.is_empty(), "lost {} requests\n{}", missing.len(), worker.tail());
+    // Every request ends in one outcome: a reply, or (a reply refused on more than
+    // --max-redeliveries rounds) an `undeliverable` dead letter, which has no error reply,
+    // written to the parking topic when the dead-letter topic refused it too.
+    let (dlq, parking) = (format!("{}.dlq", names.queue), format!("{}.parking", names.queue));
+    let mut dead = std::collections::HashMap::new();
+    let deadline = std::time::Instant::now() + PATIENCE * 2;
+    let ended = |seen: &Replies, dead: &std::collections::HashMap<String, String>| {
+        ids.iter().all(|id| seen.by_id.contains_key(id) || dead.contains_key(id))
+    };
+    while !ended(&seen, &dead) && std::time::Instant::now() < deadline {
+        let patience = Duration::from_secs(2);
+        client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, patience, |_| false).await;
+        for topic in [&dlq, &parking] {
+            while let Some(record) = client.next_record(topic, PARTITIONS, Duration::from_millis(500)).await {
+                let get = |name: &str| record.headers.get(name).cloned().unwrap_or_default();
+                dead.insert(get("courier-correlation-id"), get("courier-failure-code"));
+            }
+        }
+    }
+    let missing: Vec<&String> =
+        ids.iter().filter(|id| !seen.by_id.contains_key(*id) && !dead.contains_key(*id)).collect();
+    println!(
+        "kafka faults: {} answered, {} dead-lettered or parked {:?}, {} lost, {} duplicates",
+        seen.by_id.len(),
+        dead.len(),
+        dead.values().collect::<std::collections::HashSet<_>>(),
+        missing.len(),
+        seen.duplicates()
+    );
+    assert!(missing.is_empty(), "lost {:?}\n{}", missing, worker.tail());
+    assert!(dead.values().all(|code| code == "reply_refused"), "only refused replies are dead-lettered: {dead:?}");
     assert!(worker.running(), "the worker recovered by itself:\n{}", worker.tail());
     assert!(worker.terminate());
 }
@@ -501,5 +528,70 @@ async fn an_open_breaker_keeps_the_group_going_and_a_kill_9_while_open_loses_not
     assert!(seen.missing(&ids).is_empty(), "nothing lost:\n{}", b.tail());
     assert_eq!(seen.by_status.get("ok"), Some(&ids.len()), "every request answered ok");
     assert!(dead_lettered.is_none(), "nothing dead-lettered: {dead_lettered:?}");
+    assert!(b.terminate(), "SIGTERM ends the worker cleanly");
+}
+
+/// `--retry-in-place --ordering key`: while the dependency is down, each key's first
+/// record retries in the worker and the key's later records wait behind it. A kill -9
+/// during the hold loses nothing and keeps every key's order (no offset passed the held
+/// record); once the dependency is back, a new member answers everything in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_in_place_keeps_each_key_in_order_through_a_kill_9() {
+    let names = names("inplace");
+    let mut topics = topics(&names);
+    topics.extend(["2s", "4s", "8s"].map(|delay| (format!("{}.retry.{delay}", names.queue), PARTITIONS)));
+    let specs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+    let cluster = MockKafkaProcess::start(&specs);
+    let switch = courier_tests::outage::Outage::begin(&names.queue);
+    let flags = [
+        "--retry-in-place",
+        "--ordering",
+        "key",
+        "--retry-attempts",
+        "1",
+        "--retry-delays",
+        "2s,4s,8s",
+        "--breaker",
+        "off",
+    ];
+    let mut a = greeter_with("inplace-a", &cluster, &names, &switch.env(), "64", &flags);
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    let keys: Vec<String> = (0..6).map(|k| format!("key-{k}")).collect();
+    let mut sent: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
+    for i in 0..5 {
+        for key in &keys {
+            let id = format!("{key}-{i}");
+            let body = format!(r#"{{"message":"{id}"}}"#);
+            let headers: [(&str, &[u8]); 2] =
+                [("courier-correlation-id", id.as_bytes()), ("courier-reply-to", names.replies.as_bytes())];
+            client.publish_raw(&names.queue, key.as_bytes(), body.as_bytes(), &headers).await;
+            sent.entry(key).or_default().push(id);
+        }
+    }
+    a.wait_for_log("retrying in place", PATIENCE);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.kill9();
+    switch.end();
+    let mut b = greeter_with("inplace-b", &cluster, &names, &[], "64", &flags);
+    let total: usize = sent.values().map(Vec::len).sum();
+    let mut order: Vec<String> = Vec::new();
+    let mut duplicates = 0;
+    while order.len() < total {
+        let reply = client.next_record(&names.replies, PARTITIONS, PATIENCE).await.expect("every request is answered");
+        assert_eq!(reply.headers.get("courier-status").map(String::as_str), Some("ok"), "{}", b.tail());
+        let id = reply.headers.get("courier-correlation-id").cloned().unwrap_or_default();
+        if order.contains(&id) {
+            duplicates += 1;
+        } else {
+            order.push(id);
+        }
+    }
+    println!("retry in place through kill -9: {total} answered in order per key, {duplicates} duplicates");
+    for (key, ids) in &sent {
+        let answered: Vec<&String> = order.iter().filter(|id| id.starts_with(&format!("{key}-"))).collect();
+        assert_eq!(answered, ids.iter().collect::<Vec<_>>(), "{key}: answered in publish order");
+    }
+    let dlq = format!("{}.dlq", names.queue);
+    assert!(client.next_record(&dlq, PARTITIONS, Duration::from_secs(1)).await.is_none(), "nothing dead-lettered");
     assert!(b.terminate(), "SIGTERM ends the worker cleanly");
 }

@@ -69,6 +69,13 @@ pub struct WorkerArgs {
     #[arg(long, env = "COURIER_RETRY_DELAYS", default_value = "5s,30s,5m", value_delimiter = ',', value_parser = parse_delay)]
     pub retry_delays: Vec<Option<Duration>>,
 
+    /// Retry in place: a request that fails transiently waits out each tier's delay in the
+    /// worker, keeping its place (Kafka: its key's or partition's lane, so later records
+    /// of it wait and its offset stays uncommitted), instead of going to a retry queue or
+    /// topic where later requests overtake it. Kafka with `--ordering key|partition`.
+    #[arg(long, env = "COURIER_RETRY_IN_PLACE")]
+    pub retry_in_place: bool,
+
     /// How often a request may go back to the broker because the broker refused its output
     /// (reply, retry copy, dead-letter copy); one more refusal dead-letters it as
     /// `undeliverable`. Broker outages do not count.
@@ -219,6 +226,8 @@ pub struct Settings {
     pub max_payload_bytes: usize,
     /// In-process and delayed retries.
     pub retry: RetryPolicy,
+    /// Wait out the retry tiers' delays in the worker, keeping the request's lane.
+    pub retry_in_place: bool,
     /// Requeues allowed per message after its output was refused.
     pub max_redeliveries: u32,
     /// The circuit breaker's policy; `None`: off.
@@ -287,6 +296,14 @@ impl WorkerArgs {
                 ));
             }
         };
+        if self.retry_in_place
+            && (!matches!(broker, Broker::Kafka(_)) || self.ordering == crate::transport::kafka::Ordering::None)
+        {
+            return Err(invalid(
+                "retry-in-place",
+                "keeps a request's Kafka ordering lane: use it with kafka:// and --ordering key or partition",
+            ));
+        }
         let queue = self.queue.clone().unwrap_or_else(|| naming::requests(worker));
         let replies = self.replies.clone().unwrap_or_else(|| naming::replies(worker));
         for (flag, name) in [("queue", &queue), ("replies", &replies)] {
@@ -357,6 +374,7 @@ impl WorkerArgs {
             handler_timeout: self.handler_timeout,
             max_payload_bytes: self.max_payload_bytes,
             retry,
+            retry_in_place: self.retry_in_place,
             max_redeliveries: self.max_redeliveries,
             breaker,
             shutdown_grace: self.shutdown_grace,
@@ -441,6 +459,12 @@ mod tests {
     }
 
     #[test]
+    fn retry_in_place_is_for_kafka_lanes() {
+        let args = ["--retry-in-place", "--broker", "kafka://k:9092", "--ordering", "key"];
+        assert!(parse(&args).expect("valid").retry_in_place);
+    }
+
+    #[test]
     fn the_breaker_is_on_by_default_and_can_be_switched_off() {
         assert!(parse(&[]).expect("valid").breaker.is_some());
         assert!(parse(&["--breaker", "off", "--breaker-ratio", "7"]).expect("off: not checked").breaker.is_none());
@@ -453,8 +477,10 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_flag() {
-        let cases: [(&[&str], &str); 11] = [
+        let cases: [(&[&str], &str); 13] = [
             (&["--concurrency", "0"], "--concurrency"),
+            (&["--retry-in-place"], "--retry-in-place"),
+            (&["--retry-in-place", "--broker", "kafka://k:9092", "--ordering", "none"], "--retry-in-place"),
             (&["--breaker-ratio", "1.5"], "--breaker-* flags"),
             (&["--breaker-failures", "0", "--breaker-window", "0"], "--breaker-* flags"),
             (&["--breaker-cooldown", "2m"], "--breaker-* flags"),

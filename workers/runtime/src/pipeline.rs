@@ -8,6 +8,8 @@
 //!     `breaker/`)
 //!   → ok:        publish reply ──────────────── confirmed → ack
 //!   → transient: publish to the next retry tier ─ confirmed → ack   (no tier left: dead-letter)
+//!     (--retry-in-place: wait out the tier's delay here, keeping the lane, and run the
+//!     next round; no tier left: dead-letter)
 //!   → otherwise: publish dead-letter copy ───── confirmed → ack, then an error reply
 //! an output the broker refuses for good (no such destination, invalid name, too large)
 //!   → its fallback at once: reply → dead-letter copy; retry → dead-letter copy;
@@ -72,6 +74,19 @@ impl Slot {
     pub(crate) fn probe(mut self, probe: Option<OwnedSemaphorePermit>) -> Self {
         self.probe = probe;
         self
+    }
+
+    /// An in-place retry waits out its tier's delay: the handler slot is traded for a place
+    /// among the outputs awaiting a confirm (the same bound) meanwhile, so other requests
+    /// keep flowing, and taken back for the next round.
+    async fn wait(&mut self, delay: Duration) {
+        let handlers = self.handler.as_ref().map(|permit| Arc::clone(permit.semaphore()));
+        self.handed_off().await;
+        tokio::time::sleep(delay).await;
+        if let Some(handlers) = handlers {
+            self.handler = Some(handlers.acquire_owned().await.expect("the semaphore is never closed"));
+            self.confirming = None;
+        }
     }
 
     /// The delivery's output is in the broker client's hands: trade the handler slot for a
@@ -382,10 +397,38 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             }
         };
 
-        let probe = acker.slot.probe.is_some();
-        let Some((result, invocations)) = self.invoke(request, &meta, source, probe).await else {
-            return Settle::GiveBack;
+        let mut probe = acker.slot.probe.is_some();
+        let mut in_place = None;
+        let (result, invocations) = loop {
+            let Some((result, invocations)) = self.invoke(&request, &meta, source, probe).await else {
+                return Settle::GiveBack;
+            };
+            // --retry-in-place: wait out the tier's delay here, keeping the lane, then run
+            // the next round.
+            let (tier, error) = match result {
+                Err(error) if error.is_transient() && self.settings.retry_in_place => {
+                    match self.topology.retry_tiers.get(meta.attempt as usize - 1) {
+                        Some(tier) => (tier, error),
+                        None => break (Err(error), invocations),
+                    }
+                }
+                result => break (result, invocations),
+            };
+            info!(delay = ?tier.delay, code = %error.code, "Transient failure; retrying in place after a delay.");
+            self.metrics.failed(FailureKind::Transient.as_str());
+            self.metrics.retried(&tier.name);
+            acker.slot.wait(tier.delay).await;
+            meta.earlier_attempts = meta.earlier_attempts.saturating_add(invocations);
+            meta.first_failure_at.get_or_insert_with(SystemTime::now);
+            meta.attempt = meta.attempt.saturating_add(1);
+            // Only a probe's first round is the probe.
+            probe = false;
+            let mut headers = message.headers.clone();
+            headers.insert(h::ATTEMPT.into(), meta.attempt.to_string());
+            in_place = Some(Message { payload: message.payload.clone(), headers, key: message.key.clone() });
         };
+        // After rounds in place, outputs carry the round reached (`courier-attempt`).
+        let message = in_place.as_ref().unwrap_or(message);
         match result {
             Ok(reply) => match serde_json::to_vec(&reply) {
                 Ok(payload) => self.reply(acker, message, source, &meta, payload, invocations).await,
@@ -409,7 +452,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     /// (a probe's round runs to its end). The round's outcome feeds the breaker.
     async fn invoke(
         &self,
-        request: H::Request,
+        request: &H::Request,
         meta: &RequestMeta,
         source: &Source,
         probe: bool,

@@ -41,6 +41,11 @@ const MAX_BUFFERED_BYTES: usize = 64 << 20;
 /// or the buffer full of held retries) pauses every partition instead and reads on.
 const MAX_READ_STALL: Duration = Duration::from_secs(1);
 
+/// Records of one partition that may wait behind a busy lane (a slow record, or one
+/// retrying in place) before the partition is paused; it resumes at half. Without it, a
+/// partition whose lane is held for minutes would fill the whole buffer and stop the rest.
+const MAX_WAITING_PER_PARTITION: usize = 1_000;
+
 /// A topic's name is shared by its records ([`Dispatcher::topic`]), not copied per record.
 type Partition = (Arc<str>, i32);
 
@@ -53,6 +58,16 @@ enum Lane {
     Key(Partition, Vec<u8>),
     /// No constraint.
     Free,
+}
+
+impl Lane {
+    /// The partition whose records the lane orders.
+    fn partition(&self) -> Option<&Partition> {
+        match self {
+            Self::Partition(partition) | Self::Key(partition, _) => Some(partition),
+            Self::Free => None,
+        }
+    }
 }
 
 /// A record received and not yet finished.
@@ -105,6 +120,8 @@ pub(super) fn start(
         ready: VecDeque::new(),
         held: BTreeMap::new(),
         held_per_partition: HashMap::new(),
+        waiting_per_partition: HashMap::new(),
+        crowded: HashSet::new(),
         paused: HashSet::new(),
         throttled: false,
         wanted,
@@ -144,6 +161,10 @@ struct Dispatcher {
     /// Retry records not yet due, by due time.
     held: BTreeMap<(Instant, u64), Pending>,
     held_per_partition: HashMap<Partition, usize>,
+    /// Records waiting for their lane, per partition.
+    waiting_per_partition: HashMap<Partition, usize>,
+    /// Partitions paused because too many of their records wait ([`MAX_WAITING_PER_PARTITION`]).
+    crowded: HashSet<Partition>,
     /// Partitions we paused in librdkafka and have not resumed (revoked ones included).
     paused: HashSet<Partition>,
     /// Every partition paused: the buffer stayed full for [`MAX_READ_STALL`].
@@ -322,6 +343,7 @@ impl Dispatcher {
                 self.ready.push_back(pending);
             }
         } else {
+            let partition = pending.lane.partition().cloned();
             let waiting = self.waiting.entry(pending.lane.clone()).or_default();
             if again {
                 let at = waiting.iter().position(|w| w.offset > pending.offset).unwrap_or(waiting.len());
@@ -330,6 +352,13 @@ impl Dispatcher {
                 waiting.push_back(pending);
             }
             self.waiting_len += 1;
+            if let Some(partition) = partition {
+                let count = self.waiting_per_partition.entry(partition.clone()).or_default();
+                *count += 1;
+                if *count >= MAX_WAITING_PER_PARTITION && self.crowded.insert(partition) {
+                    self.holds_changed = true;
+                }
+            }
         }
     }
 
@@ -360,6 +389,17 @@ impl Dispatcher {
         match next {
             Some(next) => {
                 self.waiting_len -= 1;
+                if let Some(partition) = lane.partition()
+                    && let Some(count) = self.waiting_per_partition.get_mut(partition)
+                {
+                    *count -= 1;
+                    if *count <= MAX_WAITING_PER_PARTITION / 2 && self.crowded.remove(partition) {
+                        self.holds_changed = true;
+                    }
+                    if *count == 0 {
+                        self.waiting_per_partition.remove(partition);
+                    }
+                }
                 self.ready.push_back(next);
             }
             None => {
@@ -396,9 +436,9 @@ impl Dispatcher {
         self.ready.len() + self.held.len() + self.waiting_len
     }
 
-    /// Pause partitions with held retries, everything while the worker takes nothing, and
-    /// everything while the buffer has been full for [`MAX_READ_STALL`] (until it is half
-    /// empty); resume the rest. This runs every
+    /// Pause partitions with held retries or too many records waiting for their lanes,
+    /// everything while the worker takes nothing, and everything while the buffer has been
+    /// full for [`MAX_READ_STALL`] (until it is half empty); resume the rest. This runs every
     /// turn, so it asks librdkafka nothing unless the throttle, the holds or the
     /// assignment changed (`Consumer::assignment` is a round trip to librdkafka's main
     /// thread).
@@ -441,7 +481,10 @@ impl Dispatcher {
         // A revoked partition stays in `paused`: librdkafka keeps a partition paused across
         // revocation, so if it is assigned to us again it must be resumed explicitly.
         for partition in assignment {
-            let want = self.throttled || self.stopped || self.held_per_partition.contains_key(&partition);
+            let want = self.throttled
+                || self.stopped
+                || self.held_per_partition.contains_key(&partition)
+                || self.crowded.contains(&partition);
             let is = self.paused.contains(&partition);
             if want && !is {
                 pause.add_partition(&partition.0, partition.1);
