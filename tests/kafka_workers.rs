@@ -143,7 +143,7 @@ async fn a_member_with_stuck_handlers_still_gives_partitions_up() {
     let mut client = KafkaClient::new(&cluster.bootstrap);
     // More than the stuck member's buffer (10,000 records) and in-flight handlers hold.
     let ids = client.publish_greetings(&names.queue, &names.replies, "s", 12_000).await;
-    stuck.wait_for_log("pausing every partition", PATIENCE);
+    stuck.wait_for_log("pausing every partition, reading on", PATIENCE);
     let mut healthy = greeter("stuck-b", &cluster, &names, &[]);
     let mut seen = Replies::default();
     let enough = |r: &Replies| r.by_instance.get("stuck-b").is_some_and(|n| *n >= 1_000);
@@ -534,7 +534,9 @@ async fn an_open_breaker_keeps_the_group_going_and_a_kill_9_while_open_loses_not
 /// `--retry-in-place --ordering key`: while the dependency is down, each key's first
 /// record retries in the worker and the key's later records wait behind it. A kill -9
 /// during the hold loses nothing and keeps every key's order (no offset passed the held
-/// record); once the dependency is back, a new member answers everything in order.
+/// record), and a lane with more records waiting behind it than it may buffer has its
+/// partition paused meanwhile; once the dependency is back, a new member answers
+/// everything in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_in_place_keeps_each_key_in_order_through_a_kill_9() {
     let names = names("inplace");
@@ -569,7 +571,11 @@ async fn retry_in_place_keeps_each_key_in_order_through_a_kill_9() {
         }
     }
     a.wait_for_log("retrying in place", PATIENCE);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // More than may wait behind a held lane: its partition is paused, the rest read on.
+    let crowd: Vec<String> = (5..1_205).map(|i| format!("key-0-{i}")).collect();
+    client.publish_greetings_under(&names.queue, &names.replies, "key-0", &crowd).await;
+    sent.entry("key-0").or_default().extend(crowd);
+    a.wait_for_log("Records pile up behind a record retrying in place", PATIENCE);
     a.kill9();
     switch.end();
     let mut b = greeter_with("inplace-b", &cluster, &names, &[], "64", &flags);

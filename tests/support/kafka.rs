@@ -358,6 +358,22 @@ impl KafkaClient {
         ids
     }
 
+    /// Publish greeter requests with these ids (and correlation ids), all under `key`, in
+    /// order; returns once every one is acknowledged.
+    pub async fn publish_greetings_under(&self, topic: &str, reply_to: &str, key: &str, ids: &[String]) {
+        use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for id in ids {
+            let body = format!(r#"{{"message":"{id}"}}"#);
+            let headers = OwnedHeaders::new()
+                .insert(rdkafka::message::Header { key: "courier-correlation-id", value: Some(id.as_str()) })
+                .insert(rdkafka::message::Header { key: "courier-reply-to", value: Some(reply_to) });
+            let record = FutureRecord::to(topic).key(key).payload(body.as_str()).headers(headers);
+            pending.push(self.producer.send_result(record).map_err(|(e, _)| e).expect("queue the request"));
+        }
+        drain(&mut pending).await;
+    }
+
     /// Queue one greeter request without waiting for its acknowledgement.
     pub fn publish_one(&self, topic: &str, reply_to: &str, id: &str) {
         use rdkafka::{message::OwnedHeaders, producer::FutureRecord};

@@ -417,7 +417,9 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             info!(delay = ?tier.delay, code = %error.code, "Transient failure; retrying in place after a delay.");
             self.metrics.failed(FailureKind::Transient.as_str());
             self.metrics.retried(&tier.name);
+            acker.acker.hold(true);
             acker.slot.wait(tier.delay).await;
+            acker.acker.hold(false);
             meta.earlier_attempts = meta.earlier_attempts.saturating_add(invocations);
             meta.first_failure_at.get_or_insert_with(SystemTime::now);
             meta.attempt = meta.attempt.saturating_add(1);

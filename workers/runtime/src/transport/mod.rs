@@ -67,6 +67,12 @@ pub trait Acker: Send + 'static {
     /// while this one waits for its confirm. Settling still waits for the confirm.
     /// Called at most once by the runtime; transports without lanes ignore it.
     fn release(&mut self) {}
+    /// The delivery waits out a retry delay in the worker (`--retry-in-place`, `true`), or
+    /// runs again (`false`): a transport that buffers the records of its lane may stop
+    /// fetching more behind it. Transports without lanes ignore it.
+    fn hold(&mut self, held: bool) {
+        let _ = held;
+    }
 }
 
 /// A handed-off message's confirm: resolves once the broker has confirmed or refused it.

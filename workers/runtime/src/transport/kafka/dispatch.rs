@@ -41,10 +41,12 @@ const MAX_BUFFERED_BYTES: usize = 64 << 20;
 /// or the buffer full of held retries) pauses every partition instead and reads on.
 const MAX_READ_STALL: Duration = Duration::from_secs(1);
 
-/// Records of one partition that may wait behind a busy lane (a slow record, or one
-/// retrying in place) before the partition is paused; it resumes at half. Without it, a
-/// partition whose lane is held for minutes would fill the whole buffer and stop the rest.
-const MAX_WAITING_PER_PARTITION: usize = 1_000;
+/// Records that may wait behind a lane whose record retries in place before its partition
+/// is paused (until the record moves on). Without it, a lane held for minutes would fill
+/// the whole buffer and stop every other partition. Lanes that are merely busy are not
+/// bounded: waiting behind the record in flight is the normal state of a busy partition
+/// with `--ordering partition`, and a pause costs up to a second of fetching.
+const MAX_WAITING_BEHIND_HELD_LANE: usize = 1_000;
 
 /// A topic's name is shared by its records ([`Dispatcher::topic`]), not copied per record.
 type Partition = (Arc<str>, i32);
@@ -91,6 +93,8 @@ enum Event {
     LaneFree(Lane),
     /// Hand this record out again (its lane stays taken).
     Redeliver(Box<Pending>),
+    /// This lane's record retries in place (`true`) or no longer does.
+    Hold(Lane, bool),
 }
 
 /// Start dispatching; the returned subscription ends the dispatcher when dropped.
@@ -120,7 +124,7 @@ pub(super) fn start(
         ready: VecDeque::new(),
         held: BTreeMap::new(),
         held_per_partition: HashMap::new(),
-        waiting_per_partition: HashMap::new(),
+        held_lanes: HashSet::new(),
         crowded: HashSet::new(),
         paused: HashSet::new(),
         throttled: false,
@@ -161,9 +165,10 @@ struct Dispatcher {
     /// Retry records not yet due, by due time.
     held: BTreeMap<(Instant, u64), Pending>,
     held_per_partition: HashMap<Partition, usize>,
-    /// Records waiting for their lane, per partition.
-    waiting_per_partition: HashMap<Partition, usize>,
-    /// Partitions paused because too many of their records wait ([`MAX_WAITING_PER_PARTITION`]).
+    /// Lanes whose record retries in place ([`Acker::hold`]).
+    held_lanes: HashSet<Lane>,
+    /// Partitions paused because too many records wait behind a held lane
+    /// ([`MAX_WAITING_BEHIND_HELD_LANE`]).
     crowded: HashSet<Partition>,
     /// Partitions we paused in librdkafka and have not resumed (revoked ones included).
     paused: HashSet<Partition>,
@@ -343,7 +348,7 @@ impl Dispatcher {
                 self.ready.push_back(pending);
             }
         } else {
-            let partition = pending.lane.partition().cloned();
+            let lane = pending.lane.clone();
             let waiting = self.waiting.entry(pending.lane.clone()).or_default();
             if again {
                 let at = waiting.iter().position(|w| w.offset > pending.offset).unwrap_or(waiting.len());
@@ -352,19 +357,14 @@ impl Dispatcher {
                 waiting.push_back(pending);
             }
             self.waiting_len += 1;
-            if let Some(partition) = partition {
-                let count = self.waiting_per_partition.entry(partition.clone()).or_default();
-                *count += 1;
-                if *count >= MAX_WAITING_PER_PARTITION && self.crowded.insert(partition) {
-                    self.holds_changed = true;
-                }
-            }
+            self.check_crowding(&lane);
         }
     }
 
     fn handle(&mut self, event: Event) {
         match event {
             Event::LaneFree(lane) => self.free_lane(lane),
+            Event::Hold(lane, held) => self.hold(lane, held),
             Event::Redeliver(mut pending) => {
                 self.buffered_bytes += pending.message.payload.len();
                 if pending.released {
@@ -378,9 +378,40 @@ impl Dispatcher {
         }
     }
 
+    /// Pause the lane's partition when the lane is held and too many records wait behind it.
+    fn check_crowding(&mut self, lane: &Lane) {
+        let Some(partition) = lane.partition() else { return };
+        let waiting = self.waiting.get(lane).map_or(0, VecDeque::len);
+        if self.held_lanes.contains(lane)
+            && waiting >= MAX_WAITING_BEHIND_HELD_LANE
+            && self.crowded.insert(partition.clone())
+        {
+            info!(topic = %partition.0, partition = partition.1, waiting, "Records pile up behind a record retrying in place: pausing its partition, reading on.");
+            self.holds_changed = true;
+        }
+    }
+
+    /// A lane's record retries in place (`held`), or moves on: its partition resumes.
+    fn hold(&mut self, lane: Lane, held: bool) {
+        if held {
+            self.held_lanes.insert(lane.clone());
+            self.check_crowding(&lane);
+        } else {
+            if let Some(partition) = lane.partition()
+                && self.crowded.remove(partition)
+            {
+                self.holds_changed = true;
+            }
+            self.held_lanes.remove(&lane);
+        }
+    }
+
     fn free_lane(&mut self, lane: Lane) {
         if lane == Lane::Free {
             return;
+        }
+        if !self.held_lanes.is_empty() {
+            self.hold(lane.clone(), false);
         }
         let next = self.waiting.get_mut(&lane).and_then(VecDeque::pop_front);
         if self.waiting.get(&lane).is_some_and(VecDeque::is_empty) {
@@ -389,17 +420,6 @@ impl Dispatcher {
         match next {
             Some(next) => {
                 self.waiting_len -= 1;
-                if let Some(partition) = lane.partition()
-                    && let Some(count) = self.waiting_per_partition.get_mut(partition)
-                {
-                    *count -= 1;
-                    if *count <= MAX_WAITING_PER_PARTITION / 2 && self.crowded.remove(partition) {
-                        self.holds_changed = true;
-                    }
-                    if *count == 0 {
-                        self.waiting_per_partition.remove(partition);
-                    }
-                }
                 self.ready.push_back(next);
             }
             None => {
@@ -587,6 +607,12 @@ impl Acker for KafkaAcker {
     async fn nack(mut self) -> Result<(), TransportError> {
         self.redeliver();
         Ok(())
+    }
+
+    fn hold(&mut self, held: bool) {
+        if let Some(pending) = self.pending.as_ref().filter(|p| !p.released && p.lane != Lane::Free) {
+            let _ = self.events.send(Event::Hold(pending.lane.clone(), held));
+        }
     }
 
     fn release(&mut self) {
