@@ -12,7 +12,7 @@ use crate::{
     observe::{Health, Metrics, server},
     pipeline::{BREAKER_OPEN, Pipeline, Slot},
     schema::{InvalidSchema, RequestSchema},
-    transport::{Acker, Backlog, Delivery, Intake, Topology, Transport, TransportError},
+    transport::{Acker, Backlog, Delivery, Intake, Subscription, Topology, Transport, TransportError},
 };
 
 /// Why a worker stopped other than by its shutdown signal.
@@ -81,6 +81,8 @@ pub async fn run<H: Handler, T: Transport>(
     let mut in_flight = JoinSet::new();
     // The half-open breaker's probes: one permit per delivery allowed at once.
     let mut probes: Option<Arc<Semaphore>> = None;
+    // What the subscription was last told (telling it takes a lock: only on a change).
+    let mut intake = Intake::Full;
 
     tokio::pin!(shutdown);
     let mut turns: u32 = 0;
@@ -103,12 +105,12 @@ pub async fn run<H: Handler, T: Transport>(
         let probe = match now {
             Say::Closed => {
                 probes = None;
-                subscription.set_intake(Intake::Full);
+                tell(&subscription, &mut intake, Intake::Full);
                 None
             }
             Say::Open { until } => {
                 probes = None;
-                subscription.set_intake(Intake::Stopped);
+                tell(&subscription, &mut intake, Intake::Stopped);
                 tokio::select! {
                     biased;
                     () = &mut shutdown => break Ok(()),
@@ -126,7 +128,7 @@ pub async fn run<H: Handler, T: Transport>(
                 continue;
             }
             Say::HalfOpen { probes: allowed } => {
-                subscription.set_intake(Intake::Probe(u16::try_from(allowed).unwrap_or(u16::MAX)));
+                tell(&subscription, &mut intake, Intake::Probe(u16::try_from(allowed).unwrap_or(u16::MAX)));
                 let slots = probes.get_or_insert_with(|| Arc::new(Semaphore::new(allowed as usize)));
                 tokio::select! {
                     biased;
@@ -187,6 +189,14 @@ pub async fn run<H: Handler, T: Transport>(
     drop(health);
     info!("Worker stopped.");
     outcome
+}
+
+/// Tell the subscription a new intake, when it changed.
+fn tell<A>(subscription: &Subscription<A>, told: &mut Intake, intake: Intake) {
+    if *told != intake {
+        subscription.set_intake(intake);
+        *told = intake;
+    }
 }
 
 /// Return a delivery taken while the circuit breaker is open, unprocessed.
