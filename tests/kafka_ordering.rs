@@ -333,3 +333,33 @@ async fn retry_in_place_that_exhausts_its_tiers_dead_letters_and_the_lane_moves_
     stop.cancel();
     worker.await.expect("worker");
 }
+
+/// A request retried in place whose deadline passes while it waits is dead-lettered as
+/// `expired`, as its copy coming back from a retry topic would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_in_place_ends_when_the_deadline_passes() {
+    let harness = KafkaHarness::mock().await;
+    let tiers = vec![Duration::from_secs(1)];
+    let (settings, transport, handler, stop, worker) =
+        start(&harness, Ordering::Key, tiers, ScriptHandler::default(), |s| s.retry_in_place = true).await;
+    // Once the worker has its partition (joining the group takes longer than the deadline).
+    send(&transport, &settings, "echo", 0).await;
+    harness.receive(&settings.replies, PATIENCE).await.expect("the worker serves");
+    let id = uuid::Uuid::new_v4().to_string();
+    let deadline = courier::contract::timestamp::format(std::time::SystemTime::now() + Duration::from_millis(500));
+    let mut message = Message {
+        payload: serde_json::json!({ "id": id, "op": "transient" }).to_string().into(),
+        key: Some("late".into()),
+        ..Message::default()
+    };
+    message.headers.insert(h::CORRELATION_ID.into(), id.clone());
+    message.headers.insert(h::DEADLINE.into(), deadline);
+    transport.publish(&settings.queue, &message).await.expect("publish");
+    let record = harness.receive(&settings.topology().dead_letter, PATIENCE).await.expect("the dead letter");
+    assert_eq!(record.headers.get(h::CORRELATION_ID), Some(&id));
+    assert_eq!(record.headers.get(h::FAILURE_KIND).map(String::as_str), Some("expired"));
+    assert_eq!(record.headers.get(h::FAILURE_ATTEMPTS).map(String::as_str), Some("1"));
+    assert_eq!(handler.calls.lock().expect("calls")[&id].len(), 1, "not run again after its deadline");
+    stop.cancel();
+    worker.await.expect("worker");
+}

@@ -427,7 +427,14 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             probe = false;
             let mut headers = message.headers.clone();
             headers.insert(h::ATTEMPT.into(), meta.attempt.to_string());
-            in_place = Some(Message { payload: message.payload.clone(), headers, key: message.key.clone() });
+            let retried =
+                in_place.insert(Message { payload: message.payload.clone(), headers, key: message.key.clone() });
+            // As a copy coming back from a retry tier would be.
+            if meta.deadline.is_some_and(|d| d <= SystemTime::now()) {
+                let why = "the request's deadline passed while it waited to be retried";
+                let failure = Failure::new(FailureKind::Expired, code::DEADLINE_EXCEEDED, why);
+                return self.dead_letter(acker, retried, source, &meta, failure, 0).await;
+            }
         };
         // After rounds in place, outputs carry the round reached (`courier-attempt`).
         let message = in_place.as_ref().unwrap_or(message);

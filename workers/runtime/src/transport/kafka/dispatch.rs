@@ -348,7 +348,8 @@ impl Dispatcher {
                 self.ready.push_back(pending);
             }
         } else {
-            let lane = pending.lane.clone();
+            // Only while some record retries in place: a lane clone is an allocation per record.
+            let held = (!self.held_lanes.is_empty()).then(|| pending.lane.clone());
             let waiting = self.waiting.entry(pending.lane.clone()).or_default();
             if again {
                 let at = waiting.iter().position(|w| w.offset > pending.offset).unwrap_or(waiting.len());
@@ -357,7 +358,9 @@ impl Dispatcher {
                 waiting.push_back(pending);
             }
             self.waiting_len += 1;
-            self.check_crowding(&lane);
+            if let Some(lane) = held {
+                self.check_crowding(&lane);
+            }
         }
     }
 
@@ -456,7 +459,7 @@ impl Dispatcher {
         self.ready.len() + self.held.len() + self.waiting_len
     }
 
-    /// Pause partitions with held retries or too many records waiting for their lanes,
+    /// Pause partitions with held retries or too many records behind a lane retrying in place,
     /// everything while the worker takes nothing, and everything while the buffer has been
     /// full for [`MAX_READ_STALL`] (until it is half empty); resume the rest. This runs every
     /// turn, so it asks librdkafka nothing unless the throttle, the holds or the
