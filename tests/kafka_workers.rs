@@ -494,7 +494,8 @@ async fn an_open_breaker_keeps_the_group_going_and_a_kill_9_while_open_loses_not
     let specs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
     let cluster = MockKafkaProcess::start(&specs);
     let switch = courier_tests::outage::Outage::begin(&names.queue);
-    let addr = format!("127.0.0.1:{}", courier_tests::http::free_port());
+    let port = courier_tests::http::free_port();
+    let addr = format!("127.0.0.1:{port}");
     let tiers = ["--retry-delays", "2s,4s"];
     let flags =
         [&tiers[..], &["--breaker-cooldown", "1s", "--breaker-max-cooldown", "2s", "--http-addr", &addr]].concat();
@@ -505,7 +506,6 @@ async fn an_open_breaker_keeps_the_group_going_and_a_kill_9_while_open_loses_not
     let b_flags = [&tiers[..], &["--breaker-cooldown", "1s", "--breaker-max-cooldown", "2s"]].concat();
     // Waits until it has partitions: the open member gave some up.
     let mut b = greeter_with("breaker-b", &cluster, &names, &switch.env(), "64", &b_flags);
-    let port: u16 = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port");
     let (status, _) = courier_tests::http::get(port, "/readyz").await;
     assert_eq!(status, 200, "the open member is ready: its dependency is down, not the member");
     a.kill9();

@@ -289,7 +289,8 @@ async fn outage_drill(breaker: bool) -> outage::Figures {
     client.declare(&queue).await;
     client.declare(&replies).await;
     let switch = outage::Outage::begin(&queue);
-    let addr = format!("127.0.0.1:{}", courier_tests::http::free_port());
+    let port = courier_tests::http::free_port();
+    let addr = format!("127.0.0.1:{port}");
     // One handler call per round, so that without the breaker the rounds run at the
     // broker's pace and the outage outlasts every tier.
     let mut flags = vec!["--retry-attempts", "1", "--retry-delays", "2s", "--http-addr", &addr];
@@ -301,7 +302,6 @@ async fn outage_drill(breaker: bool) -> outage::Figures {
     let mut worker = greeter_env(name, &queue, &replies, &flags, &switch.env());
     let ids = client.publish_greetings(&queue, &replies, name, 2_000).await;
     tokio::time::sleep(OUTAGE).await;
-    let port: u16 = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port");
     let (ready, _) = courier_tests::http::get(port, "/readyz").await;
     assert_eq!(ready, 200, "{name}: ready during the outage (its dependency is down, not the worker)");
     let during = courier_tests::http::get(port, "/metrics").await.1;

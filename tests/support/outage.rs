@@ -9,9 +9,8 @@ use crate::replies::Replies;
 /// The dependency's switch: down while the file exists; removed when dropped.
 #[derive(Debug)]
 pub struct Outage {
+    /// `GREETER_DEPENDENCY_DOWN_FILE`.
     file: PathBuf,
-    /// `GREETER_DEPENDENCY_DOWN_FILE`, for the greeter's environment.
-    variable: String,
 }
 
 impl Outage {
@@ -19,13 +18,12 @@ impl Outage {
     pub fn begin(name: &str) -> Self {
         let file = std::env::temp_dir().join(format!("courier-outage-{name}"));
         std::fs::write(&file, "").expect("create the outage switch");
-        let variable = file.to_string_lossy().into_owned();
-        Self { file, variable }
+        Self { file }
     }
 
     /// The greeter's environment that follows the switch.
     pub fn env(&self) -> [(&str, &str); 1] {
-        [("GREETER_DEPENDENCY_DOWN_FILE", self.variable.as_str())]
+        [("GREETER_DEPENDENCY_DOWN_FILE", self.file.to_str().expect("a UTF-8 temporary path"))]
     }
 
     /// The dependency comes back.
