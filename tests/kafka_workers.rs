@@ -1,7 +1,8 @@
 //! The greeter binary on Kafka (the mock cluster in a process of its own): a consumer
 //! group losing a member to kill -9 and gaining one mid-load, a member whose handlers
 //! are all stuck, produce errors injected by the broker, a slow broker's confirms, and
-//! records larger than the producer may write. Nothing may be lost.
+//! records larger than the producer may write. Nothing may be lost. And a Python
+//! producer speaking protobuf.
 
 use std::time::Duration;
 
@@ -85,6 +86,18 @@ fn greeter_with(
     let mut process = Process::start("greeter", label, &args, env);
     process.wait_for_log("Partitions assigned.", PATIENCE);
     process
+}
+
+/// A Python producer (confluent-kafka) with code generated from `greeter.proto` gets its
+/// replies in protobuf, and its refusals in the protobuf error envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_protobuf_producer_is_answered_in_protobuf() {
+    let names = names("protobuf");
+    let cluster = start_cluster(&names);
+    let mut worker = greeter("protobuf", &cluster, &names, &[]);
+    let args = ["kafka", cluster.bootstrap.as_str(), &names.queue, &names.replies];
+    courier_tests::python::protobuf_client_is_answered(&args, || worker.tail());
+    assert!(worker.terminate(), "SIGTERM ends the worker cleanly:\n{}", worker.tail());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! The greeter binary against the local RabbitMQ: kill -9 mid-load, competing
-//! consumers, malformed input from a raw client, an RPC client's exclusive reply queue.
+//! consumers, malformed input from a raw client, an RPC client's exclusive reply queue, a
+//! Python producer speaking protobuf.
 
 use courier::{contract::headers as h, testing::Harness};
 use courier_tests::{
@@ -263,6 +264,21 @@ async fn dead_letter_copies_keep_amqp_header_types() {
 /// dead-lettered, the retry tiers see only the rounds before it opened and the probes,
 /// and every request is answered once the dependency is back. Without it, requests burn
 /// through their retries into the dead-letter queue.
+/// A Python producer with code generated from `greeter.proto` gets its replies in
+/// protobuf, and its refusals in the protobuf error envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_protobuf_producer_is_answered_in_protobuf() {
+    let (queue, replies) = names("protobuf");
+    let client = RawClient::connect().await;
+    client.declare(&queue).await;
+    client.declare(&replies).await;
+    let mut worker = greeter("protobuf", &queue, &replies, &[]);
+    let url = courier_tests::rabbitmq::url();
+    courier_tests::python::protobuf_client_is_answered(&["amqp", &url, &queue, &replies], || worker.tail());
+    assert!(worker.terminate(), "SIGTERM ends the worker cleanly:\n{}", worker.tail());
+    cleanup(&queue, &replies).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependency_outage_with_and_without_the_breaker() {
     let on = outage_drill(true).await;

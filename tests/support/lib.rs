@@ -8,5 +8,6 @@ pub mod measure;
 pub mod mix;
 pub mod outage;
 pub mod process;
+pub mod python;
 pub mod rabbitmq;
 pub mod replies;

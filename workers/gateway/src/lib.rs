@@ -1,9 +1,12 @@
-//! The gateway's HTTP surface. `POST /process` takes a greeter request as JSON:
+//! The gateway's HTTP surface. `POST /process` takes a greeter request as JSON, as a form
+//! (`message=Ada`, the article's form value, sent on as JSON) or as Protocol Buffers
+//! (`Content-Type: application/x-protobuf`), and answers in the worker's reply encoding
+//! (protobuf for a protobuf request, else JSON):
 //!
 //! | outcome | status | body |
 //! |---|---|---|
 //! | the worker replied ok | 200 | the reply (`{"result": …}`) |
-//! | not JSON, or not a valid greeter request | 400 | `{"error": {"kind": "decode"\|"schema", "message": …}}` |
+//! | not decodable, or not a valid greeter request | 400 | `{"error": {"kind": "decode"\|"schema", "message": …}}` (JSON) |
 //! | the worker refused it (permanent, schema, …) | 422 | the worker's error reply |
 //! | the worker failed for good otherwise (transient, expired, …) | 502 | the worker's error reply |
 //! | no reply within `--timeout` | 504 | `{"error": {"kind": "timeout", …}}` |
@@ -24,7 +27,7 @@ use axum::{
 use courier::{
     Handler,
     client::{Client, RequestError},
-    contract::headers as h,
+    contract::{codec::Codec, error_reply::ErrorReply, headers as h},
     observe::{Health, Metrics, server},
     schema::{Refusal, RequestSchema},
     transport::Transport,
@@ -79,41 +82,64 @@ async fn process<T: Transport>(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let (status, body) = answer(&gateway, &headers, body).await;
+    let (status, body, codec) = answer(&gateway, &headers, body).await;
     let label = status.as_u16().to_string();
     gateway.requests.with_label_values(&[&label]).inc();
     gateway.seconds.with_label_values(&[&label]).observe(started.elapsed().as_secs_f64());
-    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+    (status, [(axum::http::header::CONTENT_TYPE, codec.content_type())], body).into_response()
 }
 
-async fn answer<T: Transport>(gateway: &Gateway<T>, headers: &HeaderMap, body: Bytes) -> (StatusCode, Vec<u8>) {
+/// The HTTP status, the body and its codec.
+async fn answer<T: Transport>(gateway: &Gateway<T>, headers: &HeaderMap, body: Bytes) -> (StatusCode, Vec<u8>, Codec) {
     let fail = |status: StatusCode, kind: &str, message: String| {
-        (status, json!({ "error": { "kind": kind, "message": message } }).to_string().into_bytes())
+        (status, json!({ "error": { "kind": kind, "message": message } }).to_string().into_bytes(), Codec::Json)
     };
-    match gateway.schema.decode::<greeter::Request>(&body) {
-        Ok(_) => {}
-        Err(Refusal::NotJson(why)) => return fail(StatusCode::BAD_REQUEST, "decode", why),
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (body, codec) = match checked(&gateway.schema, content_type, body) {
+        Ok(request) => request,
         Err(Refusal::Violation(why)) => return fail(StatusCode::BAD_REQUEST, "schema", why),
-    }
+        Err(Refusal::NotJson(why) | Refusal::NotProtobuf(why)) => return fail(StatusCode::BAD_REQUEST, "decode", why),
+    };
     let traceparent = headers.get(h::TRACEPARENT).and_then(|v| v.to_str().ok());
-    match gateway.client.request(&gateway.options.queue, body, traceparent, gateway.options.timeout).await {
+    match gateway.client.request(&gateway.options.queue, body, codec, traceparent, gateway.options.timeout).await {
         Ok(reply) => {
+            let codec =
+                reply.headers.get(h::CONTENT_TYPE).and_then(|ct| Codec::of_content_type(ct)).unwrap_or_default();
             let status = match reply.headers.get(h::STATUS).map(String::as_str) {
                 Some("ok") => StatusCode::OK,
-                _ => match serde_json::from_slice::<serde_json::Value>(&reply.payload)
-                    .ok()
-                    .and_then(|v| v["error"]["kind"].as_str().map(str::to_owned))
-                    .as_deref()
-                {
-                    Some("permanent" | "schema" | "decode" | "too-large") => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => match ErrorReply::decode(codec, &reply.payload).map(|e| e.error.kind) {
+                    Some(kind) if ["permanent", "schema", "decode", "too-large"].contains(&kind.as_str()) => {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    }
                     _ => StatusCode::BAD_GATEWAY,
                 },
             };
-            (status, reply.payload.to_vec())
+            (status, reply.payload.to_vec(), codec)
         }
         Err(RequestError::Timeout(after)) => {
             fail(StatusCode::GATEWAY_TIMEOUT, "timeout", format!("no reply within {after:?}"))
         }
         Err(RequestError::Publish(error)) => fail(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string()),
     }
+}
+
+/// The request as it goes to the worker, checked against the greeter's schema first: a
+/// form becomes JSON, protobuf goes on as it came.
+fn checked(schema: &RequestSchema, content_type: &str, body: Bytes) -> Result<(Bytes, Codec), Refusal> {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        let fields: serde_json::Map<String, serde_json::Value> =
+            form_urlencoded::parse(&body).map(|(name, value)| (name.into_owned(), value.into_owned().into())).collect();
+        let json = serde_json::Value::Object(fields);
+        schema.decode_value::<greeter::Request>(json.clone())?;
+        return Ok((Bytes::from(json.to_string()), Codec::Json));
+    }
+    if Codec::of_content_type(content_type) == Some(Codec::Protobuf) {
+        let protobuf = greeter::Greeter::PROTOBUF.ok_or_else(|| Refusal::NotProtobuf("no protobuf codec".into()))?;
+        let json = protobuf.decode_request(&body).map_err(Refusal::NotProtobuf)?;
+        schema.decode_value::<greeter::Request>(json)?;
+        return Ok((body, Codec::Protobuf));
+    }
+    schema.decode::<greeter::Request>(&body)?;
+    Ok((body, Codec::Json))
 }

@@ -1,28 +1,35 @@
-//! The greeter: `{"message": m}` → `{"result": "Hello, m"}`. An empty message is a
-//! permanent failure, so the dead-letter path is easy to see.
+//! The greeter: `{"message": m}` → `{"result": "Hello, m"}`, in JSON or, as the article's
+//! `Request{message}` → `Response{result}`, in Protocol Buffers
+//! (`schemas/greeter/greeter.proto`). An empty message is a permanent failure, so the
+//! dead-letter path is easy to see.
 
-use courier::{Context, Handler, HandlerError};
+use courier::{Context, Handler, HandlerError, protobuf::Protobuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A greeting request (`schemas/greeter/request.schema.json`).
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+/// A greeting request (`schemas/greeter/request.schema.json`; protobuf `greeter.Request`).
+#[derive(Clone, Deserialize, Serialize, JsonSchema, PartialEq, Eq, prost::Message)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "greeter request")]
 pub struct Request {
     /// Who or what to greet; must not be empty.
     #[schemars(length(max = 1000))]
+    #[prost(string, tag = "1")]
     pub message: String,
 }
 
-/// A greeting (`schemas/greeter/reply.schema.json`).
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+/// A greeting (`schemas/greeter/reply.schema.json`; protobuf `greeter.Response`).
+#[derive(Clone, Deserialize, Serialize, JsonSchema, PartialEq, Eq, prost::Message)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "greeter reply")]
 pub struct Reply {
     /// `Hello, <message>`.
+    #[prost(string, tag = "1")]
     pub result: String,
 }
+
+/// The greeter's Protocol Buffers schema, as published for producers.
+pub const PROTO: &str = include_str!("../../../schemas/greeter/greeter.proto");
 
 /// The name of the greeter's (simulated) dependency, for its circuit breaker.
 pub const DEPENDENCY: &str = "greetings";
@@ -45,6 +52,8 @@ impl Handler for Greeter {
 
     const NAME: &'static str = "greeter";
     const REQUEST_SCHEMA: &'static str = include_str!("../../../schemas/greeter/request.schema.json");
+    const PROTOBUF: Option<Protobuf<Request, Reply>> =
+        Some(Protobuf::new(PROTO, "greeter.Request", "greeter.Response"));
 
     async fn handle(&self, request: Request, _: &Context) -> Result<Reply, HandlerError> {
         if let Some(latency) = self.latency {
@@ -81,6 +90,34 @@ mod tests {
             }
             let committed = std::fs::read_to_string(&path).expect("schema file exists");
             assert_eq!(committed, generated, "{path} drifted from the Rust type; rerun with COURIER_BLESS=1");
+        }
+    }
+
+    /// `schemas/greeter/greeter.proto` describes the Rust types' protobuf encoding: each
+    /// type, encoded with every field set, decodes through the `.proto` (compiled by protox)
+    /// to the same JSON as its serde form, with no field left over on either side.
+    #[test]
+    fn proto_file_matches_the_rust_types() {
+        use prost::Message as _;
+        use prost_reflect::{DescriptorPool, DynamicMessage};
+
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/greeter");
+        let files = protox::compile(["greeter.proto"], [dir]).expect("greeter.proto compiles");
+        let pool = DescriptorPool::from_file_descriptor_set(files).expect("descriptors");
+        let codec = Greeter::PROTOBUF.expect("the greeter speaks protobuf");
+        let request = Request { message: "Ada".into() };
+        let reply = Reply { result: "Hello, Ada".into() };
+        let cases = [
+            (codec.messages.0, request.encode_to_vec(), serde_json::to_value(&request)),
+            (codec.messages.1, reply.encode_to_vec(), serde_json::to_value(&reply)),
+        ];
+        for (name, bytes, json) in cases {
+            let json = json.expect("serde form");
+            let descriptor = pool.get_message_by_name(name).unwrap_or_else(|| panic!("{name} is in greeter.proto"));
+            let decoded = DynamicMessage::decode(descriptor.clone(), &bytes[..]).expect("decodes through the .proto");
+            assert_eq!(serde_json::to_value(&decoded).expect("json"), json, "{name}");
+            let fields = json.as_object().map_or(0, serde_json::Map::len);
+            assert_eq!(descriptor.fields().len(), fields, "{name}: the .proto has no other fields");
         }
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::{
-    contract::{headers as h, timestamp, trace},
+    contract::{codec::Codec, headers as h, timestamp, trace},
     transport::{Acker, Message, PublishError, Topology, Transport, TransportError},
 };
 
@@ -68,13 +68,14 @@ impl<T: Transport> Client<T> {
         self.transport.is_ready()
     }
 
-    /// Publish `payload` (JSON) to `queue` and wait for the reply, all within `timeout`,
+    /// Publish `payload` (in `codec`) to `queue` and wait for the reply, all within `timeout`,
     /// whatever the broker does. `traceparent` continues the caller's trace. While the
     /// transport is not ready (broker unreachable), the answer is `Unavailable` at once.
     pub async fn request(
         &self,
         queue: &str,
         payload: Bytes,
+        codec: Codec,
         traceparent: Option<&str>,
         timeout: Duration,
     ) -> Result<Message, RequestError> {
@@ -84,7 +85,7 @@ impl<T: Transport> Client<T> {
             (h::MESSAGE_ID, id.clone()),
             (h::CORRELATION_ID, id.clone()),
             (h::REPLY_TO, self.replies.clone()),
-            (h::CONTENT_TYPE, h::JSON.to_owned()),
+            (h::CONTENT_TYPE, codec.content_type().to_owned()),
             (h::DEADLINE, timestamp::format(deadline)),
             (h::TRACEPARENT, trace::child_of(traceparent)),
         ];

@@ -5,7 +5,7 @@ use std::{borrow::Cow, fmt, future::Future, time::SystemTime};
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::transport::Source;
+use crate::{protobuf::Protobuf, transport::Source};
 
 /// A worker's business logic. The runtime does everything else: decoding, validation,
 /// timeouts, retries, replies, dead-lettering and acknowledgements.
@@ -19,6 +19,10 @@ pub trait Handler: Send + Sync + 'static {
     const NAME: &'static str;
     /// The JSON Schema (text) every request payload must satisfy; kept in `schemas/`.
     const REQUEST_SCHEMA: &'static str;
+    /// The Protocol Buffers codec, for a worker that also takes `application/x-protobuf`
+    /// requests (answered in kind). `None`: JSON only, and a protobuf request is a
+    /// `decode` dead letter (`unsupported_content_type`).
+    const PROTOBUF: Option<Protobuf<Self::Request, Self::Reply>> = None;
 
     /// Handle one request. Called again for retries, with the same request.
     fn handle(

@@ -6,6 +6,7 @@
 //! Where does a delivery go after the handler fails? See [`pipeline`].
 
 pub mod app;
+pub mod asyncapi;
 pub mod breaker;
 pub mod client;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod dlq;
 pub mod handler;
 pub mod observe;
 pub mod pipeline;
+pub mod protobuf;
 pub mod redelivery;
 pub mod retry;
 pub mod schema;

@@ -37,6 +37,8 @@ use crate::{
     breaker::{Call, Gate},
     config::Settings,
     contract::{
+        codec::Codec,
+        error_reply::ErrorReply,
         failure::{FailureKind, code, fingerprint},
         headers::{self as h, Headers, RequestMeta, truncate},
         timestamp, trace,
@@ -353,7 +355,13 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             return self.dead_letter(acker, message, source, &meta, failure, 0).await;
         }
         if let Some(bad) = bad {
-            let failure = Failure::new(FailureKind::Decode, code::BAD_HEADER, bad.to_string());
+            let code = if bad.name == h::CONTENT_TYPE { code::UNSUPPORTED_CONTENT_TYPE } else { code::BAD_HEADER };
+            let failure = Failure::new(FailureKind::Decode, code, bad.to_string());
+            return self.dead_letter(acker, message, source, &meta, failure, 0).await;
+        }
+        if meta.codec == Codec::Protobuf && H::PROTOBUF.is_none() {
+            let why = format!("worker {} takes application/json only", self.settings.worker);
+            let failure = Failure::new(FailureKind::Decode, code::UNSUPPORTED_CONTENT_TYPE, why);
             return self.dead_letter(acker, message, source, &meta, failure, 0).await;
         }
         // Outputs continue the request's trace with this delivery as their parent.
@@ -385,10 +393,21 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             let failure = Failure::new(FailureKind::Unroutable, code::REPLY_TO_INVALID, why);
             return self.dead_letter(acker, message, source, &meta, failure, 0).await;
         }
-        let request = match self.schema.decode::<H::Request>(&message.payload) {
+        let decoded = match (meta.codec, &H::PROTOBUF) {
+            (Codec::Protobuf, Some(protobuf)) => protobuf
+                .decode_request(&message.payload)
+                .map_err(Refusal::NotProtobuf)
+                .and_then(|value| self.schema.decode_value::<H::Request>(value)),
+            _ => self.schema.decode::<H::Request>(&message.payload),
+        };
+        let request = match decoded {
             Ok(request) => request,
             Err(Refusal::NotJson(why)) => {
                 let failure = Failure::new(FailureKind::Decode, code::INVALID_JSON, why);
+                return self.dead_letter(acker, message, source, &meta, failure, 0).await;
+            }
+            Err(Refusal::NotProtobuf(why)) => {
+                let failure = Failure::new(FailureKind::Decode, code::INVALID_PROTOBUF, why);
                 return self.dead_letter(acker, message, source, &meta, failure, 0).await;
             }
             Err(Refusal::Violation(why)) => {
@@ -439,10 +458,10 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         // After rounds in place, outputs carry the round reached (`courier-attempt`).
         let message = in_place.as_ref().unwrap_or(message);
         match result {
-            Ok(reply) => match serde_json::to_vec(&reply) {
+            Ok(reply) => match encode::<H>(&reply, meta.codec) {
                 Ok(payload) => self.reply(acker, message, source, &meta, payload, invocations).await,
                 Err(error) => {
-                    let failure = Failure::new(FailureKind::Permanent, code::REPLY_NOT_SERIALIZABLE, error.to_string());
+                    let failure = Failure::new(FailureKind::Permanent, code::REPLY_NOT_SERIALIZABLE, error);
                     self.dead_letter(acker, message, source, &meta, failure, invocations).await
                 }
             },
@@ -685,12 +704,11 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             return;
         }
         let text = truncate(&failure.message, h::MAX_ERROR_MESSAGE_BYTES);
-        let body =
-            serde_json::json!({ "error": { "kind": failure.kind.as_str(), "code": failure.code, "message": text } });
+        let body = ErrorReply::new(failure.kind.as_str(), &failure.code, text).encode(meta.codec);
         let mut headers = reply_headers(meta, &self.settings.instance, "error");
         headers.insert(h::ERROR_CODE.into(), failure.code.clone());
         headers.insert(h::ERROR_MESSAGE.into(), text.to_owned());
-        let message = Message { payload: Bytes::from(body.to_string()), headers, key: request.key.clone() };
+        let message = Message { payload: Bytes::from(body), headers, key: request.key.clone() };
         if let Err(error) = self.publish(reply_to, message, acker).await {
             warn!(%error, reply_to, "Error reply not delivered (the dead-letter copy is safe).");
         }
@@ -809,12 +827,20 @@ fn identity(message: &Message, source: &Source) -> u64 {
     }
 }
 
+/// A reply's payload in the request's codec.
+fn encode<H: Handler>(reply: &H::Reply, codec: Codec) -> Result<Vec<u8>, String> {
+    match (codec, &H::PROTOBUF) {
+        (Codec::Protobuf, Some(protobuf)) => Ok(protobuf.encode_reply(reply)),
+        _ => serde_json::to_vec(reply).map_err(|e| e.to_string()),
+    }
+}
+
 /// Headers every reply carries: status, correlation id, content type, trace context, a new
 /// id, who replied. Inserted in name order, so each insert appends.
 fn reply_headers(meta: &RequestMeta, instance: &str, status: &'static str) -> Headers {
     // Room for an error reply's two more.
     let mut headers = Headers::with_capacity(8);
-    headers.insert(h::CONTENT_TYPE.into(), h::JSON.into());
+    headers.insert(h::CONTENT_TYPE.into(), meta.codec.content_type().into());
     headers.insert(h::CORRELATION_ID.into(), meta.correlation_id.clone());
     headers.insert(h::MESSAGE_ID.into(), uuid::Uuid::new_v4().to_string());
     headers.insert(h::REPLIED_BY.into(), instance.to_owned());

@@ -1,4 +1,5 @@
-//! Request validation: raw bytes → JSON → JSON Schema → the handler's Rust type.
+//! Request validation: raw bytes → JSON → JSON Schema → the handler's Rust type (a
+//! protobuf request comes in as the JSON value of its decoded message: `crate::protobuf`).
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -27,6 +28,8 @@ pub struct InvalidSchema(String);
 pub enum Refusal {
     /// Not JSON at all.
     NotJson(String),
+    /// Sent as protobuf, and not a valid message of the request type.
+    NotProtobuf(String),
     /// JSON, but not what the schema describes.
     Violation(String),
 }
@@ -42,6 +45,11 @@ impl RequestSchema {
     /// Decode and validate a payload into `T`.
     pub fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Refusal> {
         let value: Value = serde_json::from_slice(payload).map_err(|e| Refusal::NotJson(e.to_string()))?;
+        self.decode_value(value)
+    }
+
+    /// Validate a JSON value into `T`.
+    pub fn decode_value<T: DeserializeOwned>(&self, value: Value) -> Result<T, Refusal> {
         if self.validator.is_valid(&value) {
             // The schema is the contract; a type that disagrees with it is caught here too.
             return serde_json::from_value(value).map_err(|e| Refusal::Violation(e.to_string()));

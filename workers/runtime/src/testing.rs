@@ -26,6 +26,7 @@ use crate::{
         naming, timestamp,
     },
     handler::{Context, Handler, HandlerError},
+    protobuf::Protobuf,
     retry::RetryPolicy,
     transport::{Message, Topology, Transport, memory::MemoryBroker},
     worker::{self, WorkerError},
@@ -115,7 +116,8 @@ macro_rules! contract_suite {
             expired_request_is_not_processed, unknown_reply_target_is_dead_lettered,
             handler_panic_is_dead_lettered, refused_reply_ends_after_the_redelivery_limit,
             refused_dead_letter_copy_is_retried_until_accepted, dead_letter_queue_gone_parks_the_record,
-            bad_headers_are_answered_to_the_requester, reply_to_no_broker_can_name_is_unroutable,
+            bad_headers_are_answered_to_the_requester, protobuf_requests_are_answered_in_protobuf,
+            reply_to_no_broker_can_name_is_unroutable,
             nothing_takes_the_message_and_the_handler_is_not_run_again, open_breaker_leaves_the_backlog_in_the_broker,
             only_transient_failures_open_the_breaker, a_request_that_always_fails_is_not_probed_forever);
     };
@@ -124,18 +126,36 @@ macro_rules! contract_suite {
     };
 }
 
-/// The scripted request: `op` says how the handler behaves.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// The scripted request: `op` says how the handler behaves. In protobuf: [`SCRIPT_PROTO`].
+#[derive(Clone, Deserialize, Serialize, prost::Message)]
 pub struct ScriptRequest {
     /// Identifies the request in the call log.
+    #[prost(string, tag = "1")]
     pub id: String,
     /// `echo`, `permanent`, `flaky` (fails transiently `n` times), `transient` (always), `slow` (`n` ms), `panic`,
     /// `dependency` (fails transiently while [`ScriptHandler::down`] is set, else `echo`).
+    #[prost(string, tag = "2")]
     pub op: String,
     /// Parameter of `flaky` and `slow`.
     #[serde(default)]
+    #[prost(uint64, tag = "3")]
     pub n: u64,
 }
+
+/// The scripted reply: `{"echo": <request id>}`.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, prost::Message)]
+pub struct ScriptReply {
+    /// The request's id.
+    #[prost(string, tag = "1")]
+    pub echo: String,
+}
+
+/// The scripted handler's messages in protobuf.
+pub const SCRIPT_PROTO: &str = r#"syntax = "proto3";
+package contract;
+message ScriptRequest { string id = 1; string op = 2; uint64 n = 3; }
+message ScriptReply { string echo = 1; }
+"#;
 
 /// Handler invocation times by request id.
 pub type CallLog = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
@@ -165,11 +185,13 @@ const SCRIPT_SCHEMA: &str = r#"{
 
 impl Handler for ScriptHandler {
     type Request = ScriptRequest;
-    type Reply = serde_json::Value;
+    type Reply = ScriptReply;
     const NAME: &'static str = "contract";
     const REQUEST_SCHEMA: &'static str = SCRIPT_SCHEMA;
+    const PROTOBUF: Option<Protobuf<ScriptRequest, ScriptReply>> =
+        Some(Protobuf::new(SCRIPT_PROTO, "contract.ScriptRequest", "contract.ScriptReply"));
 
-    async fn handle(&self, request: ScriptRequest, context: &Context) -> Result<serde_json::Value, HandlerError> {
+    async fn handle(&self, request: ScriptRequest, context: &Context) -> Result<ScriptReply, HandlerError> {
         self.calls.lock().expect("call log").entry(request.id.clone()).or_default().push(Instant::now());
         match request.op.as_str() {
             "permanent" => Err(HandlerError::permanent("scripted_permanent", "the script says no")),
@@ -183,9 +205,9 @@ impl Handler for ScriptHandler {
             }
             "slow" => {
                 tokio::time::sleep(Duration::from_millis(request.n)).await;
-                Ok(serde_json::json!({ "echo": request.id }))
+                Ok(ScriptReply { echo: request.id })
             }
-            _ => Ok(serde_json::json!({ "echo": request.id })),
+            _ => Ok(ScriptReply { echo: request.id }),
         }
     }
 }
@@ -287,7 +309,11 @@ impl<Hn: Harness> Run<Hn> {
     }
 
     async fn dead_letter(&self) -> Message {
-        self.harness.receive(&self.dlq(), PATIENCE).await.expect("a dead-letter record within the patience limit")
+        self.dead_letter_within(PATIENCE).await.expect("a dead-letter record within the patience limit")
+    }
+
+    async fn dead_letter_within(&self, wait: Duration) -> Option<Message> {
+        self.harness.receive(&self.dlq(), wait).await
     }
 
     fn calls(&self, id: &str) -> Vec<Instant> {
@@ -682,18 +708,67 @@ pub async fn bad_headers_are_answered_to_the_requester<Hn: Harness>(harness: Hn)
         assert_eq!(header(&reply, h::CORRELATION_ID), id, "{extra:?}");
         assert_eq!(header(&reply, h::STATUS), "ok", "{extra:?}");
     }
-    for (name, value) in [(h::DEADLINE, "tomorrow"), (h::ATTEMPT, "0"), (h::CONTENT_TYPE, "text/plain")] {
+    let refused = [
+        (h::DEADLINE, "tomorrow", "bad_header"),
+        (h::ATTEMPT, "0", "bad_header"),
+        (h::CONTENT_TYPE, "text/plain", "unsupported_content_type"),
+    ];
+    for (name, value, code) in refused {
         let id = uuid::Uuid::new_v4().to_string();
         let body = serde_json::json!({ "id": id, "op": "echo" }).to_string();
         run.send(body, &[(h::CORRELATION_ID, &id), (h::REPLY_TO, &mine), (name, value)]).await;
         let record = run.dead_letter().await;
-        assert_eq!(header(&record, h::FAILURE_CODE), "bad_header", "{name}");
+        assert_eq!(header(&record, h::FAILURE_CODE), code, "{name}");
         let reply = run.harness.receive(&mine, PATIENCE).await.expect("an error reply to the requester");
         assert_eq!(header(&reply, h::CORRELATION_ID), id, "{name}");
-        assert_eq!(header(&reply, h::ERROR_CODE), "bad_header", "{name}");
+        assert_eq!(header(&reply, h::ERROR_CODE), code, "{name}");
         assert!(run.calls(&id).is_empty(), "{name}: not handled");
     }
     run.harness.delete(std::slice::from_ref(&mine)).await;
+    run.stop().await;
+}
+
+/// A request sent as protobuf is answered in protobuf, and its failures keep their
+/// documented outcomes in that codec: a handler's refusal, a payload that is not a message
+/// of the request type (`decode`, kept byte for byte) and one that breaks the request
+/// schema (`schema`) are dead-lettered with error replies in the protobuf envelope.
+pub async fn protobuf_requests_are_answered_in_protobuf<Hn: Harness>(harness: Hn) {
+    use prost::Message as _;
+
+    use crate::contract::{codec::Codec, error_reply::ErrorReply};
+
+    let run = Run::start(harness, |_| {}).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let ask = |op: &str| ScriptRequest { id: id.clone(), op: op.into(), n: 0 }.encode_to_vec();
+    let protobuf = [(h::CORRELATION_ID, id.as_str()), (h::CONTENT_TYPE, h::PROTOBUF)];
+    run.send(ask("echo"), &protobuf).await;
+    let reply = run.reply().await;
+    assert_eq!(header(&reply, h::STATUS), "ok");
+    assert_eq!(header(&reply, h::CONTENT_TYPE), h::PROTOBUF, "answered in the request's codec");
+    assert_eq!(ScriptReply::decode(&reply.payload[..]).ok(), Some(ScriptReply { echo: id.clone() }));
+    assert!(run.dead_letter_within(QUIET).await.is_none(), "nothing dead-lettered");
+
+    let cases: [(Vec<u8>, &str, &str); 3] = [
+        (ask("permanent"), "permanent", "scripted_permanent"),
+        (b"\x0a\x05ab".to_vec(), "decode", "invalid_protobuf"),
+        (ask("dance"), "schema", "schema_violation"),
+    ];
+    for (payload, kind, code) in cases {
+        run.send(payload.clone(), &protobuf).await;
+        let record = run.dead_letter().await;
+        assert_eq!((header(&record, h::FAILURE_KIND), header(&record, h::FAILURE_CODE)), (kind, code));
+        assert_eq!(record.payload, payload, "{code}: payload kept byte for byte");
+        assert_eq!(header(&record, h::CONTENT_TYPE), h::PROTOBUF, "{code}: its content type too");
+        let reply = run.reply().await;
+        assert_eq!(header(&reply, h::STATUS), "error", "{code}");
+        assert_eq!(header(&reply, h::CONTENT_TYPE), h::PROTOBUF, "{code}");
+        let envelope = ErrorReply::decode(Codec::Protobuf, &reply.payload).expect("the protobuf error envelope");
+        assert_eq!((envelope.error.kind.as_str(), envelope.error.code.as_str()), (kind, code));
+        assert!(!envelope.error.message.is_empty(), "{code}: a reason is given");
+    }
+    let json = run.send_script("echo", 0).await;
+    let reply = run.reply().await;
+    assert_eq!((header(&reply, h::CORRELATION_ID), header(&reply, h::CONTENT_TYPE)), (json.as_str(), h::JSON));
     run.stop().await;
 }
 

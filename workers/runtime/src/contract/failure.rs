@@ -9,7 +9,8 @@ pub enum FailureKind {
     Transient,
     /// The handler rejected the request; retrying cannot help.
     Permanent,
-    /// The payload is not JSON, or a contract header has a bad value.
+    /// The payload cannot be decoded (not JSON, not protobuf, a content type the worker
+    /// does not read), or a contract header has a bad value.
     Decode,
     /// The payload is JSON but violates the request schema.
     Schema,
@@ -83,6 +84,10 @@ pub mod code {
     pub const REPLY_TOO_LARGE: &str = "reply_too_large";
     /// The payload is not JSON.
     pub const INVALID_JSON: &str = "invalid_json";
+    /// The payload, sent as protobuf, is not a valid message of the request type.
+    pub const INVALID_PROTOBUF: &str = "invalid_protobuf";
+    /// The `content-type` is not one the worker reads.
+    pub const UNSUPPORTED_CONTENT_TYPE: &str = "unsupported_content_type";
     /// The payload violates the request schema.
     pub const SCHEMA_VIOLATION: &str = "schema_violation";
     /// The handler's reply could not be serialized.
@@ -99,7 +104,7 @@ pub mod code {
     pub const DEAD_LETTER_REFUSED: &str = "dead_letter_refused";
 
     /// Every code above.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 17] = [
         PAYLOAD_TOO_LARGE,
         BAD_HEADER,
         DEADLINE_EXCEEDED,
@@ -108,6 +113,8 @@ pub mod code {
         REPLY_UNROUTABLE,
         REPLY_TOO_LARGE,
         INVALID_JSON,
+        INVALID_PROTOBUF,
+        UNSUPPORTED_CONTENT_TYPE,
         SCHEMA_VIOLATION,
         REPLY_NOT_SERIALIZABLE,
         HANDLER_PANICKED,

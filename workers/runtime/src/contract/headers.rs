@@ -2,7 +2,7 @@
 
 use std::{borrow::Cow, time::SystemTime};
 
-use crate::contract::timestamp;
+use crate::contract::{codec::Codec, timestamp};
 
 pub use super::header_map::Headers;
 
@@ -12,7 +12,7 @@ pub const MESSAGE_ID: &str = "courier-message-id";
 pub const CORRELATION_ID: &str = "courier-correlation-id";
 /// Queue/topic the reply goes to; must match the worker's allowlist. Also AMQP `reply_to`.
 pub const REPLY_TO: &str = "courier-reply-to";
-/// Payload media type; `application/json` is the only one accepted.
+/// Payload media type: `application/json` (also when absent) or `application/x-protobuf`.
 pub const CONTENT_TYPE: &str = "content-type";
 /// Optional RFC 3339 instant after which the request must not be processed.
 pub const DEADLINE: &str = "courier-deadline";
@@ -129,8 +129,7 @@ pub fn name(raw: &str) -> Cow<'static, str> {
 /// Error messages in headers are cut to this many bytes (at a character boundary).
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 
-/// The only content type a worker accepts (absent means JSON too).
-pub const JSON: &str = "application/json";
+pub use super::codec::{JSON, PROTOBUF};
 
 /// The contract headers of a request, parsed and checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,6 +150,8 @@ pub struct RequestMeta {
     pub earlier_attempts: u32,
     /// First failure time carried from an earlier round.
     pub first_failure_at: Option<SystemTime>,
+    /// The payload's codec (`content-type`; JSON when absent); the reply's too.
+    pub codec: Codec,
 }
 
 impl Default for RequestMeta {
@@ -165,6 +166,7 @@ impl Default for RequestMeta {
             attempt: 1,
             earlier_attempts: 0,
             first_failure_at: None,
+            codec: Codec::Json,
         }
     }
 }
@@ -211,9 +213,9 @@ impl RequestMeta {
             expected,
         };
         if let Some(ct) = seen.content_type {
-            let media = ct.split(';').next().unwrap_or_default().trim();
-            if !media.eq_ignore_ascii_case(JSON) {
-                return (meta, Some(bad(CONTENT_TYPE, ct, "application/json")));
+            match Codec::of_content_type(ct) {
+                Some(codec) => meta.codec = codec,
+                None => return (meta, Some(bad(CONTENT_TYPE, ct, "application/json or application/x-protobuf"))),
             }
         }
         if let Some(v) = seen.deadline {

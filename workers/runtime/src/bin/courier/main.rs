@@ -1,5 +1,6 @@
 //! `courier`: the operators' command-line tool.
 
+mod asyncapi;
 mod dlq;
 
 use clap::{Parser, Subcommand};
@@ -10,7 +11,7 @@ use courier::{
 };
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Courier operations: topology and dead-letter queues.")]
+#[command(version, about = "Courier operations: topology, dead-letter queues, AsyncAPI documents.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +25,10 @@ enum Command {
     /// Dead-letter and parking queues: stats, show, replay, park, purge.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Print a worker's AsyncAPI 3.0 document: its channels, operations, messages in each
+    /// codec and the contract's headers, from its published schemas and the queue names
+    /// its flags give.
+    Asyncapi(asyncapi::AsyncapiArgs),
     /// GET an HTTP URL; exit 0 on status 200, else 1 (container health checks).
     Probe {
         /// e.g. http://127.0.0.1:9464/healthz
@@ -71,6 +76,10 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         },
+        Command::Asyncapi(args) => {
+            println!("{}", asyncapi::render(&args)?);
+            Ok(())
+        }
         Command::Dlq(command) => {
             let code = dlq::main(command).await?;
             std::process::exit(code);
