@@ -40,11 +40,8 @@ fn validate(files: &[String]) -> (bool, String) {
         std::path::Path::new(&format!("{tool}/node_modules/@asyncapi/parser")).exists(),
         "the AsyncAPI parser is not installed: run scripts/deps-node (scripts/test does)"
     );
-    let output = std::process::Command::new("node")
-        .arg(format!("{tool}/validate.mjs"))
-        .args(files)
-        .output()
-        .expect("node runs");
+    let output =
+        std::process::Command::new("node").arg(format!("{tool}/validate.mjs")).args(files).output().expect("node runs");
     let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
     (output.status.success(), text)
 }

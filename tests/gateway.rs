@@ -10,7 +10,7 @@ use courier::{
     testing::Harness,
 };
 use courier_tests::{
-    http::{free_port, get, metric, post, wait_for_status},
+    http::{free_port, get, metric, post, post_as, wait_for_status},
     kafka::MockKafkaProcess,
     process::Process,
 };
@@ -88,6 +88,7 @@ async fn exercise(greeter: &mut Process, metrics_port: u16, gateway_port: u16, o
 
     assert_eq!(get(metrics_port, "/healthz").await.0, 200);
     wait_for_status(metrics_port, "/readyz", 200, PATIENCE).await;
+    other_encodings(gateway_port).await;
     outage().await;
 
     assert!(greeter.terminate(), "the greeter stops cleanly");
@@ -95,7 +96,38 @@ async fn exercise(greeter: &mut Process, metrics_port: u16, gateway_port: u16, o
     assert_eq!(status, 504, "{body}");
     let (_, metrics) = get(gateway_port, "/metrics").await;
     assert_eq!(metric(&metrics, r#"courier_gateway_requests_total{status="504"}"#), 1.0, "{metrics}");
-    assert_eq!(metric(&metrics, r#"courier_gateway_requests_total{status="200"}"#), 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, r#"courier_gateway_requests_total{status="200"}"#), 4.0, "{metrics}");
+}
+
+/// The article's form value (`message=Ada`), JSON labelled as a form (`curl -d`), and a
+/// protobuf body (answered in protobuf).
+async fn other_encodings(gateway_port: u16) {
+    use prost::Message as _;
+
+    let form =
+        post_as(gateway_port, "/process", "application/x-www-form-urlencoded", b"message=Ada+L%C3%B6w", &[]).await;
+    assert_eq!(
+        (form.status, form.body.as_slice()),
+        (200, r#"{"result":"Hello, Ada Löw"}"#.as_bytes()),
+        "{}",
+        form.head
+    );
+    let curl =
+        post_as(gateway_port, "/process", "application/x-www-form-urlencoded", br#"{"message":"Bo"}"#, &[]).await;
+    assert_eq!((curl.status, curl.body.as_slice()), (200, r#"{"result":"Hello, Bo"}"#.as_bytes()), "curl -d '{{…}}'");
+    let form = post_as(gateway_port, "/process", "application/x-www-form-urlencoded", b"name=Ada", &[]).await;
+    assert_eq!(form.status, 400, "a form that is no greeter request: {}", String::from_utf8_lossy(&form.body));
+
+    let request = greeter::Request { message: "Ada".into() }.encode_to_vec();
+    let reply = post_as(gateway_port, "/process", "application/x-protobuf", &request, &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert!(reply.head.to_ascii_lowercase().contains("content-type: application/x-protobuf"), "{}", reply.head);
+    assert_eq!(
+        greeter::Reply::decode(reply.body.as_slice()).ok(),
+        Some(greeter::Reply { result: "Hello, Ada".into() })
+    );
+    let refused = post_as(gateway_port, "/process", "application/x-protobuf", b"\x0a\x05Ad", &[]).await;
+    assert_eq!(refused.status, 400, "not a greeter.Request: {}", String::from_utf8_lossy(&refused.body));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

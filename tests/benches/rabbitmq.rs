@@ -1,7 +1,8 @@
 //! RabbitMQ benchmark: the raw lapin pipe (`bin/raw_amqp_pipe.rs`) and the greeter
-//! worker, one after the other on the local broker, with the same prefetch, persistence
-//! and confirms. Prints throughput, CPU per 10k messages, latency at half the peak rate
-//! and peak RSS, with the worker's ratio to the raw pipe.
+//! worker with JSON requests, then with the same requests in Protocol Buffers, one after
+//! the other on the local broker, with the same prefetch, persistence and confirms.
+//! Prints throughput, CPU per 10k messages, latency at half the peak rate and peak RSS,
+//! with each worker's ratio to the raw pipe.
 //!
 //! Run with `scripts/bench` (builds the release greeter first).
 
@@ -11,10 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use courier::contract::codec::Codec;
 use courier_tests::{
     measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_median_ratio, print_round, print_table},
     process::Process,
-    rabbitmq::{RawClient, cleanup, names, url},
+    rabbitmq::{RawClient, cleanup, greeting, names, url},
 };
 use futures::StreamExt;
 use lapin::{BasicProperties, options::BasicConsumeOptions, types::FieldTable};
@@ -30,27 +32,30 @@ const ROUNDS: usize = 3;
 #[tokio::main]
 async fn main() {
     let rounds = std::env::var("COURIER_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS).max(1);
-    let (mut raw, mut worker) = (Vec::new(), Vec::new());
+    let (mut raw, mut worker, mut protobuf) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
-        raw.push(run("raw lapin pipe", "raw-amqp-pipe").await);
-        worker.push(run("greeter worker", "greeter").await);
+        raw.push(run("raw lapin pipe", "raw-amqp-pipe", Codec::Json).await);
+        worker.push(run("greeter worker", "greeter", Codec::Json).await);
+        protobuf.push(run("greeter worker, protobuf", "greeter", Codec::Protobuf).await);
         print_round(round, &raw[round - 1], &worker[round - 1]);
+        print_round(round, &raw[round - 1], &protobuf[round - 1]);
     }
     print_median_ratio(&raw, &worker);
+    print_median_ratio(&raw, &protobuf);
     print_table(
         &format!(
             "RabbitMQ ({MESSAGES} persistent messages, prefetch {PREFETCH}, confirms; median of {rounds} alternated rounds; latency at half the peak rate)"
         ),
-        &[Figures::median(&raw), Figures::median(&worker)],
+        &[Figures::median(&raw), Figures::median(&worker), Figures::median(&protobuf)],
     );
 }
 
-async fn run(name: &str, binary: &str) -> Figures {
+async fn run(name: &str, binary: &str, codec: Codec) -> Figures {
     let (queue, replies) = names("bench");
     let client = RawClient::connect().await;
     client.declare(&queue).await;
     client.declare(&replies).await;
-    client.publish_greetings(&queue, &replies, "t", MESSAGES).await;
+    client.publish_greetings_in(codec, &queue, &replies, "t", MESSAGES).await;
 
     let url = url();
     let args: Vec<&str> = if binary == "greeter" {
@@ -122,14 +127,14 @@ async fn run(name: &str, binary: &str) -> Figures {
         let props = BasicProperties::default()
             .with_correlation_id(id.as_str().into())
             .with_reply_to(replies.as_str().into())
-            .with_content_type("application/json".into())
+            .with_content_type(codec.content_type().into())
             .with_delivery_mode(2);
         sent.lock().expect("sent").insert(id.clone(), Instant::now());
-        let body = format!(r#"{{"message":"{id}"}}"#);
+        let body = greeting(codec, &id);
         confirms.push(
             client
                 .channel
-                .basic_publish("".into(), queue.as_str().into(), Default::default(), body.as_bytes(), props)
+                .basic_publish("".into(), queue.as_str().into(), Default::default(), &body, props)
                 .await
                 .expect("publish"),
         );

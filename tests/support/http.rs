@@ -16,27 +16,47 @@ pub async fn get(port: u16, path: &str) -> (u16, String) {
     courier::observe::probe::get(&url, Duration::from_secs(30)).await.unwrap_or((0, String::new()))
 }
 
-/// POST a body with extra headers (`name: value` lines).
+/// POST a JSON body with extra headers (`name: value` lines).
 pub async fn post(port: u16, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let response = post_as(port, path, "application/json", body.as_bytes(), headers).await;
+    (response.status, String::from_utf8_lossy(&response.body).into_owned())
+}
+
+/// An HTTP response.
+#[derive(Debug, Default)]
+pub struct Response {
+    /// 0 when nothing answered.
+    pub status: u16,
+    /// The status line and headers, as sent.
+    pub head: String,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// POST `body` of `content_type` with extra headers.
+pub async fn post_as(port: u16, path: &str, content_type: &str, body: &[u8], headers: &[(&str, &str)]) -> Response {
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
-    );
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
     exchange(port, &request).await
 }
 
-async fn exchange(port: u16, request: &str) -> (u16, String) {
+async fn exchange(port: u16, request: &[u8]) -> Response {
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        stream.write_all(request.as_bytes()).await.ok()?;
+        stream.write_all(request).await.ok()?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.ok()?;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+        let end = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&response[..end]).into_owned();
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some(Response { status, head, body: response[end + 4..].to_vec() })
     };
-    tokio::time::timeout(Duration::from_secs(30), attempt).await.ok().flatten().unwrap_or((0, String::new()))
+    tokio::time::timeout(Duration::from_secs(30), attempt).await.ok().flatten().unwrap_or_default()
 }
 
 /// The value of one series in a Prometheus text exposition (`name{labels}` exactly as

@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::replies::Replies;
 use courier::{
     Message,
+    contract::codec::Codec,
     testing::Harness,
     transport::{
         Transport,
@@ -172,20 +173,32 @@ impl RawClient {
     /// Publish `n` greeter requests (ids `<prefix>-<i>`) with replies to `reply_to`,
     /// pipelining confirms in batches.
     pub async fn publish_greetings(&self, queue: &str, reply_to: &str, prefix: &str, n: usize) -> Vec<String> {
+        self.publish_greetings_in(Codec::Json, queue, reply_to, prefix, n).await
+    }
+
+    /// [`Self::publish_greetings`] in `codec`.
+    pub async fn publish_greetings_in(
+        &self,
+        codec: Codec,
+        queue: &str,
+        reply_to: &str,
+        prefix: &str,
+        n: usize,
+    ) -> Vec<String> {
         let mut ids = Vec::with_capacity(n);
         for batch in (0..n).collect::<Vec<_>>().chunks(500) {
             let mut confirms = Vec::with_capacity(batch.len());
             for i in batch {
                 let id = format!("{prefix}-{i}");
-                let body = format!(r#"{{"message":"{id}"}}"#);
+                let body = greeting(codec, &id);
                 let props = lapin::BasicProperties::default()
                     .with_correlation_id(id.as_str().into())
                     .with_reply_to(reply_to.into())
-                    .with_content_type("application/json".into())
+                    .with_content_type(codec.content_type().into())
                     .with_delivery_mode(2);
                 confirms.push(
                     self.channel
-                        .basic_publish("".into(), queue.into(), Default::default(), body.as_bytes(), props)
+                        .basic_publish("".into(), queue.into(), Default::default(), &body, props)
                         .await
                         .expect("publish"),
                 );
@@ -372,5 +385,13 @@ impl Drop for RabbitDrill {
             runtime.block_on(cleanup(&queue, &replies));
         })
         .join();
+    }
+}
+
+/// A greeter request for `message`, in `codec`.
+pub fn greeting(codec: Codec, message: &str) -> Vec<u8> {
+    match codec {
+        Codec::Json => format!(r#"{{"message":"{message}"}}"#).into_bytes(),
+        Codec::Protobuf => prost::Message::encode_to_vec(&greeter::Request { message: message.to_owned() }),
     }
 }

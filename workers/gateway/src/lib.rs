@@ -124,10 +124,12 @@ async fn answer<T: Transport>(gateway: &Gateway<T>, headers: &HeaderMap, body: B
 }
 
 /// The request as it goes to the worker, checked against the greeter's schema first: a
-/// form becomes JSON, protobuf goes on as it came.
+/// form becomes JSON, protobuf goes on as it came. A "form" whose body is a JSON object is
+/// JSON (`curl -d '{…}'` labels JSON as a form).
 fn checked(schema: &RequestSchema, content_type: &str, body: Bytes) -> Result<(Bytes, Codec), Refusal> {
     let media = content_type.split(';').next().unwrap_or_default().trim();
-    if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+    let json_object = body.trim_ascii_start().starts_with(b"{");
+    if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") && !json_object {
         let fields: serde_json::Map<String, serde_json::Value> =
             form_urlencoded::parse(&body).map(|(name, value)| (name.into_owned(), value.into_owned().into())).collect();
         let json = serde_json::Value::Object(fields);

@@ -9,10 +9,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Settings,
-    contract::headers::{self as h, Headers},
+    contract::{
+        codec::Codec,
+        error_reply::ErrorReply,
+        headers::{self as h, Headers},
+        protobuf_text,
+    },
     handler::Handler,
     shutdown,
-    transport::{Message, Transport, memory::MemoryBroker},
+    transport::{Message, Topology, Transport, memory::MemoryBroker},
     worker,
 };
 
@@ -35,6 +40,9 @@ pub async fn run<H: Handler>(settings: Settings, handler: H) -> anyhow::Result<(
     println!("Courier dev console: worker `{}` on the embedded in-memory broker (no broker needed).", settings.worker);
     println!("Type a request payload (JSON) and press enter; `:dlq` lists the dead-letter queue, `:quit` exits.");
     println!("Try:  {{\"message\": \"world\"}}   then   {{\"message\": \"\"}}   then   not json");
+    if H::PROTOBUF.is_some() {
+        println!("      :pb {{\"message\": \"world\"}}   sends it as Protocol Buffers (application/x-protobuf)");
+    }
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let signal = shutdown::signal();
     tokio::pin!(signal);
@@ -52,7 +60,10 @@ pub async fn run<H: Handler>(settings: Settings, handler: H) -> anyhow::Result<(
             "" => {}
             ":quit" | ":q" => break,
             ":dlq" => list_dead_letters(&broker, &topology.dead_letter),
-            payload => request(&broker, &topology.queue, &topology.dead_letter, payload).await?,
+            line => {
+                let Some((payload, codec)) = encode::<H>(line) else { continue };
+                request::<H>(&broker, &topology, payload, codec).await?;
+            }
         }
     }
     stop.cancel();
@@ -60,18 +71,61 @@ pub async fn run<H: Handler>(settings: Settings, handler: H) -> anyhow::Result<(
     Ok(())
 }
 
-async fn request(broker: &MemoryBroker, queue: &str, dead_letters: &str, payload: &str) -> anyhow::Result<()> {
+/// A typed line as a payload: as it is (JSON), or after `:pb `, its JSON encoded as the
+/// worker's protobuf request. `None` (with the reason printed) when that cannot be done.
+fn encode<H: Handler>(line: &str) -> Option<(Vec<u8>, Codec)> {
+    let Some(json) = line.strip_prefix(":pb") else { return Some((line.as_bytes().to_vec(), Codec::Json)) };
+    let Some(protobuf) = H::PROTOBUF else {
+        println!("  this worker takes JSON only");
+        return None;
+    };
+    let encoded = serde_json::from_str(json.trim()).map_err(|e| e.to_string()).and_then(|v| protobuf.encode_request(v));
+    match encoded {
+        Ok(bytes) => Some((bytes, Codec::Protobuf)),
+        Err(why) => {
+            println!("  not a request the worker's protobuf message can hold: {why}");
+            None
+        }
+    }
+}
+
+/// A reply's payload for people: JSON as it is, protobuf decoded (to JSON where the
+/// worker's types say how).
+fn show<H: Handler>(reply: &Message) -> String {
+    let protobuf =
+        reply.headers.get(h::CONTENT_TYPE).and_then(|ct| Codec::of_content_type(ct)) == Some(Codec::Protobuf);
+    if !protobuf {
+        return String::from_utf8_lossy(&reply.payload).into_owned();
+    }
+    let decoded = match (reply.headers.get(h::STATUS).map(String::as_str), H::PROTOBUF) {
+        (Some("ok"), Some(codec)) => codec.decode_reply(&reply.payload).ok(),
+        _ => ErrorReply::decode(Codec::Protobuf, &reply.payload).and_then(|e| serde_json::to_value(e).ok()),
+    };
+    match decoded {
+        Some(json) => format!("(protobuf, {} bytes) {json}", reply.payload.len()),
+        None => protobuf_text::describe_payload(&reply.headers, &reply.payload)
+            .unwrap_or_else(|| String::from_utf8_lossy(&reply.payload).into_owned()),
+    }
+}
+
+async fn request<H: Handler>(
+    broker: &MemoryBroker,
+    topology: &Topology,
+    payload: Vec<u8>,
+    codec: Codec,
+) -> anyhow::Result<()> {
+    let (queue, dead_letters) = (&topology.queue, &topology.dead_letter);
     let id = uuid::Uuid::new_v4().to_string();
     let headers: Headers = [
         (h::MESSAGE_ID, id.as_str()),
         (h::CORRELATION_ID, id.as_str()),
         (h::REPLY_TO, CONSOLE_REPLIES),
-        (h::CONTENT_TYPE, h::JSON),
+        (h::CONTENT_TYPE, codec.content_type()),
     ]
     .into_iter()
     .map(|(k, v)| (k.into(), v.to_owned()))
     .collect();
-    broker.publish(queue, &Message { payload: payload.to_owned().into(), headers, key: None }).await?;
+    broker.publish(queue, &Message { payload: payload.into(), headers, key: None }).await?;
     let deadline = tokio::time::Instant::now() + REPLY_WAIT;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -82,11 +136,11 @@ async fn request(broker: &MemoryBroker, queue: &str, dead_letters: &str, payload
             return Ok(());
         };
         if reply.headers.get(h::CORRELATION_ID) != Some(&id) {
-            println!("  late reply to an earlier request: {}", String::from_utf8_lossy(&reply.payload));
+            println!("  late reply to an earlier request: {}", show::<H>(&reply));
             continue;
         }
         let status = reply.headers.get(h::STATUS).map_or("?", String::as_str);
-        println!("  reply {status}: {}", String::from_utf8_lossy(&reply.payload));
+        println!("  reply {status}: {}", show::<H>(&reply));
         if status != "ok" {
             let record = broker.peek(dead_letters).into_iter().find(|m| m.headers.get(h::CORRELATION_ID) == Some(&id));
             if let Some(record) = record {
@@ -115,6 +169,10 @@ fn print_failure(record: &Message) {
         get(h::FAILURE_FINGERPRINT),
         get(h::FAILURE_ATTEMPTS),
         get(h::FAILURE_MESSAGE),
-        h::truncate(&String::from_utf8_lossy(&record.payload), 200),
+        h::truncate(
+            &protobuf_text::describe_payload(&record.headers, &record.payload)
+                .unwrap_or_else(|| String::from_utf8_lossy(&record.payload).into_owned()),
+            200
+        ),
     );
 }

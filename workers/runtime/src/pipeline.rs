@@ -1,7 +1,7 @@
 //! The delivery pipeline, top to bottom: what happens to one message.
 //!
 //! ```text
-//! size cap → contract headers → deadline → reply target → JSON + schema
+//! size cap → contract headers → deadline → reply target → decode (JSON or protobuf) + schema
 //!   → handler under a timeout, in-process retries with backoff (transient errors)
 //!     (circuit breaker open before a call, or after the round failed → nack at once,
 //!     no retry round spent; a half-open breaker's probes run their round to the end:

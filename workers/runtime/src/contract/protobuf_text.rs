@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use super::{codec::Codec, headers::Headers};
+
 /// Nested messages are looked into this deep; deeper ones are shown as bytes.
 const MAX_DEPTH: usize = 8;
 
@@ -13,6 +15,16 @@ pub fn describe(payload: &[u8]) -> Option<String> {
     let mut out = String::new();
     message(payload, 0, &mut out)?;
     Some(out)
+}
+
+/// A payload sent as protobuf (its `content-type` says so) as `(protobuf, N bytes) {…}`;
+/// `None` for any other payload, or protobuf that does not parse.
+pub fn describe_payload(headers: &Headers, payload: &[u8]) -> Option<String> {
+    let content_type = headers.get(super::headers::CONTENT_TYPE)?;
+    if Codec::of_content_type(content_type)? != Codec::Protobuf {
+        return None;
+    }
+    Some(format!("(protobuf, {} bytes) {}", payload.len(), describe(payload)?))
 }
 
 fn message(mut bytes: &[u8], depth: usize, out: &mut String) -> Option<()> {

@@ -4,7 +4,10 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use crate::{contract::headers as h, dlq::Record};
+use crate::{
+    contract::{headers as h, protobuf_text::describe_payload},
+    dlq::Record,
+};
 
 /// Records grouped by failure: fingerprint, kind, source and worker.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -104,7 +107,8 @@ impl Stats {
     }
 }
 
-/// One record for terminals: id, key, headers, and the payload pretty-printed when it is JSON.
+/// One record for terminals: id, key, headers, and the payload pretty-printed when it is
+/// JSON, by field number when it is protobuf.
 pub fn show(record: &Record) -> String {
     let mut out = format!("── {} ", record.id);
     if let Some(key) = &record.message.key {
@@ -114,7 +118,9 @@ pub fn show(record: &Record) -> String {
     for (name, value) in &record.message.headers {
         let _ = writeln!(out, "  {name}: {value}");
     }
+    let protobuf = describe_payload(&record.message.headers, &record.message.payload);
     let payload = match serde_json::from_slice::<serde_json::Value>(&record.message.payload) {
+        _ if protobuf.is_some() => protobuf.unwrap_or_default(),
         Ok(json) => serde_json::to_string_pretty(&json).unwrap_or_default(),
         Err(_) => {
             let text = String::from_utf8_lossy(&record.message.payload);
@@ -127,10 +133,15 @@ pub fn show(record: &Record) -> String {
     out
 }
 
-/// One record as a JSON object: the payload as JSON when it is, else as text.
+/// One record as a JSON object: the payload as JSON when it is, else as text (protobuf
+/// by field number).
 pub fn show_json(record: &Record) -> serde_json::Value {
+    let text = || {
+        describe_payload(&record.message.headers, &record.message.payload)
+            .unwrap_or_else(|| String::from_utf8_lossy(&record.message.payload).into_owned())
+    };
     let payload = serde_json::from_slice::<serde_json::Value>(&record.message.payload)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&record.message.payload).into_owned()));
+        .unwrap_or_else(|_| serde_json::Value::String(text()));
     serde_json::json!({
         "id": record.id.to_string(),
         "key": record.message.key.as_deref().map(crate::contract::key::display),
@@ -184,5 +195,17 @@ mod tests {
         assert!(show(&binary).contains("not JSON"));
         assert_eq!(show_json(&binary)["payload"], "\u{fffd}\u{fffd}not json");
         assert_eq!(show_json(&record(3, "f", "t", "m"))["payload"]["a"], 1);
+    }
+
+    #[test]
+    fn protobuf_payloads_are_shown_by_field_number() {
+        let mut protobuf = record(1, "f", "t", "m");
+        protobuf.message.payload = bytes::Bytes::from_static(b"\x0a\x03Ada");
+        protobuf.message.headers.insert(h::CONTENT_TYPE.into(), h::PROTOBUF.into());
+        assert!(show(&protobuf).contains(r#"  | (protobuf, 5 bytes) {1: "Ada"}"#), "{}", show(&protobuf));
+        assert_eq!(show_json(&protobuf)["payload"], r#"(protobuf, 5 bytes) {1: "Ada"}"#);
+        // Not protobuf after all: shown as bytes, as any other payload.
+        protobuf.message.payload = bytes::Bytes::from_static(b"\x0a\x09Ada");
+        assert!(show(&protobuf).contains("not JSON"), "{}", show(&protobuf));
     }
 }
