@@ -4,7 +4,9 @@
 //! Prints throughput, CPU per 10k messages, latency at half the peak rate and peak RSS,
 //! with each worker's ratio to the raw pipe.
 //!
-//! Run with `scripts/bench` (builds the release greeter first).
+//! Run with `scripts/bench` (builds the release greeter first). `COURIER_BENCH_WRAP` runs
+//! each pipe under a command such as `valgrind --tool=callgrind` (the latency phase is then
+//! skipped), as in the Kafka bench.
 
 use std::{
     collections::HashMap,
@@ -21,6 +23,7 @@ use courier_tests::{
 use futures::StreamExt;
 use lapin::{BasicProperties, options::BasicConsumeOptions, types::FieldTable};
 
+/// Requests per run (COURIER_BENCH_MESSAGES overrides).
 const MESSAGES: usize = 30_000;
 const PREFETCH: &str = "64";
 const LATENCY_PHASE: Duration = Duration::from_secs(4);
@@ -44,18 +47,26 @@ async fn main() {
     print_median_ratio(&raw, &protobuf);
     print_table(
         &format!(
-            "RabbitMQ ({MESSAGES} persistent messages, prefetch {PREFETCH}, confirms; median of {rounds} alternated rounds; latency at half the peak rate)"
+            "RabbitMQ ({} persistent messages, prefetch {PREFETCH}, confirms; median of {rounds} alternated rounds; latency at half the peak rate)",
+            messages()
         ),
         &[Figures::median(&raw), Figures::median(&worker), Figures::median(&protobuf)],
     );
 }
 
+fn messages() -> usize {
+    std::env::var("COURIER_BENCH_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(MESSAGES)
+}
+
 async fn run(name: &str, binary: &str, codec: Codec) -> Figures {
+    let messages = messages();
+    let wrap = std::env::var("COURIER_BENCH_WRAP").unwrap_or_default();
+    let wrapper: Vec<&str> = wrap.split_whitespace().collect();
     let (queue, replies) = names("bench");
     let client = RawClient::connect().await;
     client.declare(&queue).await;
     client.declare(&replies).await;
-    client.publish_greetings_in(codec, &queue, &replies, "t", MESSAGES).await;
+    client.publish_greetings_in(codec, &queue, &replies, "t", messages).await;
 
     let url = url();
     let args: Vec<&str> = if binary == "greeter" {
@@ -74,7 +85,8 @@ async fn run(name: &str, binary: &str, codec: Codec) -> Figures {
     } else {
         vec![&url, &queue, PREFETCH]
     };
-    let mut process = Process::start(binary, &format!("bench-{binary}"), &args, &[("RUST_LOG", "warn")]);
+    let mut process =
+        Process::start_under(&wrapper, binary, &format!("bench-{binary}"), &args, &[("RUST_LOG", "warn")]);
     let pid = process.pid();
 
     // Throughput: the backlog is drained; time from the first reply to the last.
@@ -91,13 +103,21 @@ async fn run(name: &str, binary: &str, codec: Codec) -> Figures {
     let mut consumer = consumer;
     consumer.next().await.expect("first reply").expect("delivery");
     let (start, cpu_start) = (Instant::now(), cpu_seconds(pid));
-    for _ in 1..MESSAGES {
+    for _ in 1..messages {
         consumer.next().await.expect("reply").expect("delivery");
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu_start;
-    let rate = (MESSAGES - 1) as f64 / elapsed;
-    let cpu_per_10k = cpu / (MESSAGES - 1) as f64 * 10_000.0;
+    let rate = (messages - 1) as f64 / elapsed;
+    let cpu_per_10k = cpu / (messages - 1) as f64 * 10_000.0;
+    if !wrapper.is_empty() {
+        // Under a profiler: only the backlog above; the profile is written on SIGTERM.
+        let rss_mib = peak_rss_mib(pid);
+        process.terminate();
+        cleanup(&queue, &replies).await;
+        let zero = Duration::ZERO;
+        return Figures { name: name.to_owned(), rate, cpu_per_10k, p50: zero, p99: zero, rss_mib };
+    }
 
     // Latency at half the peak rate.
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
