@@ -1,7 +1,8 @@
 //! The broker force-closes every connection mid-load (`rabbitmqctl close_all_connections`):
 //! the greeter recovers by itself and loses nothing; with a random mix of good and poison
-//! requests and a kill -9 too, each request still reaches its one outcome. Its own test
-//! binary, because closing every connection would disturb tests running beside it.
+//! requests and a kill -9 too, each request still reaches its one outcome; the ledger with
+//! the idempotent inbox records each payment once through both. Its own test binary,
+//! because closing every connection would disturb tests running beside it.
 
 use courier_tests::{
     mix::{self, Outcomes},
@@ -159,4 +160,98 @@ async fn a_random_mix_through_kill_9_and_a_connection_cut_gives_each_request_its
     );
     assert!(second.terminate());
     cleanup(&queue, &replies).await;
+}
+
+/// The ledger with the idempotent inbox (`--inbox`, PostgreSQL): 1,000 payments through a
+/// kill -9 and a cut of every broker connection. Every payment is answered, and recorded
+/// exactly once in the ledger table — its row is written in the inbox's transaction, so a
+/// redelivery finds the request answered and replies from the inbox. Duplicate replies
+/// are allowed (a reply published but not acked before the crash); duplicate rows are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_records_each_payment_once_through_a_crash_and_a_disconnect() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let (queue, replies) = names("ledger");
+    let run = queue.trim_end_matches(".requests").to_owned();
+    let client = RawClient::connect().await;
+    client.declare(&queue).await;
+    client.declare(&replies).await;
+    let ids: Vec<String> = (0..1_000).map(|i| format!("{run}-payment-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let payment =
+            serde_json::json!({ "payment": id, "account": format!("{run}-account-{}", i % 10), "amount_cents": 100 });
+        let properties = lapin::BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_correlation_id(id.as_str().into())
+            .with_reply_to(replies.as_str().into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        client.publish(&queue, payment.to_string().as_bytes(), properties).await;
+    }
+
+    let mut first = ledger("ledger-a", &queue, &replies);
+    let mut seen = Replies::default();
+    client.collect_replies(&replies, ids.len(), &mut seen, PATIENCE, |r| r.by_id.len() >= 300).await;
+    assert!(seen.by_id.len() >= 300, "progress before the crash:\n{}", first.tail());
+    first.kill9();
+    let mut second = ledger("ledger-b", &queue, &replies);
+    client.collect_replies(&replies, ids.len(), &mut seen, PATIENCE, |r| r.by_id.len() >= 600).await;
+    drop(client);
+    close_all_connections();
+    let client = RawClient::connect().await;
+    client.collect_replies(&replies, ids.len(), &mut seen, PATIENCE, |_| false).await;
+
+    let database = postgres().await;
+    let rows = database
+        .query(
+            "SELECT payment, COUNT(*) FROM ledger_entries WHERE account LIKE $1 || '-account-%' GROUP BY payment",
+            &[&run],
+        )
+        .await
+        .expect("count the ledger's rows");
+    let recorded: std::collections::HashMap<String, i64> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let twice: Vec<_> = recorded.iter().filter(|(_, n)| **n > 1).collect();
+    let missing = seen.missing(&ids);
+    println!(
+        "ledger: {} answered ({} ok), {} duplicate replies, {} payments recorded, {} recorded more than once",
+        seen.by_id.len(),
+        seen.by_status.get("ok").copied().unwrap_or_default(),
+        seen.duplicates(),
+        recorded.len(),
+        twice.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} payments unanswered, e.g. {:?}\n{}",
+        missing.len(),
+        &missing[..missing.len().min(3)],
+        second.tail()
+    );
+    assert_eq!(seen.by_status.get("ok").copied().unwrap_or_default(), seen.by_id.len() + seen.duplicates(), "all ok");
+    assert!(twice.is_empty(), "recorded more than once: {twice:?}");
+    assert_eq!(recorded.len(), ids.len(), "every payment recorded");
+    assert!(second.running(), "the worker recovered from the disconnect by itself:\n{}", second.tail());
+    assert!(second.terminate());
+    cleanup(&queue, &replies).await;
+}
+
+/// The test database: `COURIER_TEST_POSTGRES_URL`, else the local PostgreSQL.
+fn postgres_url() -> String {
+    std::env::var("COURIER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+async fn postgres() -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+/// The ledger binary with the inbox, on the test broker.
+fn ledger(label: &str, queue: &str, replies: &str) -> courier_tests::process::Process {
+    let (url, inbox) = (courier_tests::rabbitmq::url(), postgres_url());
+    let args = ["--broker", &url, "--queue", queue, "--replies", replies, "--instance", label, "--inbox", &inbox];
+    let mut process = courier_tests::process::Process::start("ledger", label, &args, &[]);
+    process.wait_for_log("Consuming.", PATIENCE);
+    process
 }

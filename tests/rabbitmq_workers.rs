@@ -264,6 +264,39 @@ async fn dead_letter_copies_keep_amqp_header_types() {
 /// dead-lettered, the retry tiers see only the rounds before it opened and the probes,
 /// and every request is answered once the dependency is back. Without it, requests burn
 /// through their retries into the dead-letter queue.
+/// With the inbox, a request sent twice with one `courier-message-id` (a producer's retry)
+/// runs the handler once: the second is answered from the inbox with the same payload,
+/// and the metric counts it. A request without a message id is not deduplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_message_id_is_answered_from_the_inbox() {
+    let (queue, replies) = names("inbox");
+    let client = RawClient::connect().await;
+    client.declare(&queue).await;
+    client.declare(&replies).await;
+    let port = courier_tests::http::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let inbox = std::env::var("COURIER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let mut worker = greeter("inbox", &queue, &replies, &["--inbox", &inbox, "--http-addr", &addr]);
+    let id = format!("{queue}-once");
+    for correlation in ["first", "again"] {
+        let properties = BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_correlation_id(correlation.into())
+            .with_reply_to(replies.as_str().into());
+        client.publish(&queue, br#"{"message":"Ada"}"#, properties).await;
+    }
+    let mut seen = Replies::default();
+    client.collect_replies(&replies, 2, &mut seen, PATIENCE, |_| false).await;
+    assert_eq!(seen.by_status.get("ok"), Some(&2), "both answered ok: {seen:?}\n{}", worker.tail());
+    let (_, metrics) = courier_tests::http::get(port, "/metrics").await;
+    let metric = |series: &str| courier_tests::http::metric(&metrics, series);
+    assert_eq!(metric(r#"courier_inbox_answered_total{worker="greeter"}"#), 1.0, "{metrics}");
+    assert_eq!(metric(r#"courier_handler_duration_seconds_count{worker="greeter"}"#), 1.0, "one handler call");
+    assert!(worker.terminate(), "SIGTERM ends the worker cleanly:\n{}", worker.tail());
+    cleanup(&queue, &replies).await;
+}
+
 /// A Python producer with code generated from `greeter.proto` gets its replies in
 /// protobuf, and its refusals in the protobuf error envelope.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,7 +122,14 @@ mod tests {
     }
 
     fn context() -> Context {
-        Context { correlation_id: "c".into(), attempt: 1, invocation: 1, deadline: None, source: Default::default() }
+        Context {
+            correlation_id: "c".into(),
+            attempt: 1,
+            invocation: 1,
+            deadline: None,
+            source: Default::default(),
+            inbox: None,
+        }
     }
 
     #[tokio::test]

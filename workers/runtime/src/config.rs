@@ -114,6 +114,15 @@ pub struct WorkerArgs {
     #[arg(long, env = "COURIER_BREAKER_PROBES", default_value_t = 1)]
     pub breaker_probes: u32,
 
+    /// Process each request once per `courier-message-id`: the idempotent inbox in this
+    /// PostgreSQL database (`postgres://user@host:5432/db`) [default: no inbox].
+    #[arg(long, env = "COURIER_INBOX")]
+    pub inbox: Option<String>,
+
+    /// How long the inbox keeps a request's row (and so answers a redelivery from it).
+    #[arg(long, env = "COURIER_INBOX_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub inbox_retention: Duration,
+
     /// On shutdown, how long in-flight messages may take before they are returned to the broker.
     #[arg(long, env = "COURIER_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -238,6 +247,23 @@ pub struct Settings {
     pub quorum: bool,
     /// Where to serve metrics and health, if anywhere.
     pub http_addr: Option<std::net::SocketAddr>,
+    /// The idempotent inbox, if any.
+    pub inbox: Option<InboxSettings>,
+}
+
+/// Where the idempotent inbox keeps its rows, and for how long ([`crate::inbox`]).
+#[derive(Clone)]
+pub struct InboxSettings {
+    /// `postgres://…`.
+    pub url: String,
+    /// How long a row is kept.
+    pub retention: Duration,
+}
+
+impl std::fmt::Debug for InboxSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxSettings").field("url", &redact(&self.url)).field("retention", &self.retention).finish()
+    }
 }
 
 /// A configuration that cannot work; the message names the flag and what to do.
@@ -362,8 +388,20 @@ impl WorkerArgs {
                 self.breaker_probes,
             )?),
         };
+        let inbox = match self.inbox.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
+                return Err(invalid("inbox", format!("{} is not a postgres:// URL", redact(url))));
+            }
+            Some(_) if self.retry_in_place => {
+                return Err(invalid("inbox", "cannot be combined with --retry-in-place yet"));
+            }
+            Some(_) if self.inbox_retention.is_zero() => return Err(invalid("inbox-retention", "must be > 0")),
+            Some(url) => Some(InboxSettings { url: url.to_owned(), retention: self.inbox_retention }),
+        };
         let instance = self.instance.clone().unwrap_or_else(default_instance);
         Ok(Settings {
+            inbox,
             worker: worker.to_owned(),
             instance,
             broker,
@@ -465,6 +503,14 @@ mod tests {
     }
 
     #[test]
+    fn the_inbox_is_off_by_default_and_keeps_rows_a_week() {
+        assert!(parse(&[]).expect("valid").inbox.is_none());
+        let inbox = parse(&["--inbox", "postgres://u:secret@db/x"]).expect("valid").inbox.expect("an inbox");
+        assert_eq!(inbox.retention, Duration::from_secs(7 * 24 * 3600));
+        assert!(!format!("{inbox:?}").contains("secret"), "the password stays out of logs");
+    }
+
+    #[test]
     fn the_breaker_is_on_by_default_and_can_be_switched_off() {
         assert!(parse(&[]).expect("valid").breaker.is_some());
         assert!(parse(&["--breaker", "off", "--breaker-ratio", "7"]).expect("off: not checked").breaker.is_none());
@@ -477,8 +523,14 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_flag() {
-        let cases: [(&[&str], &str); 13] = [
+        let cases: [(&[&str], &str); 16] = [
             (&["--concurrency", "0"], "--concurrency"),
+            (&["--inbox", "mysql://db"], "--inbox"),
+            (&["--inbox", "postgres://db", "--inbox-retention", "0s"], "--inbox-retention"),
+            (
+                &["--inbox", "postgres://db", "--retry-in-place", "--broker", "kafka://k:9092", "--ordering", "key"],
+                "--inbox",
+            ),
             (&["--retry-in-place"], "--retry-in-place"),
             (&["--retry-in-place", "--broker", "kafka://k:9092", "--ordering", "none"], "--retry-in-place"),
             (&["--breaker-ratio", "1.5"], "--breaker-* flags"),

@@ -5,7 +5,7 @@ use std::{borrow::Cow, fmt, future::Future, time::SystemTime};
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{protobuf::Protobuf, transport::Source};
+use crate::{inbox::Transaction, protobuf::Protobuf, transport::Source};
 
 /// A worker's business logic. The runtime does everything else: decoding, validation,
 /// timeouts, retries, replies, dead-lettering and acknowledgements.
@@ -23,6 +23,9 @@ pub trait Handler: Send + Sync + 'static {
     /// requests (answered in kind). `None`: JSON only, and a protobuf request is a
     /// `decode` dead letter (`unsupported_content_type`).
     const PROTOBUF: Option<Protobuf<Self::Request, Self::Reply>> = None;
+    /// SQL run at start-up when the worker has an inbox (`--inbox`): the tables the handler
+    /// writes through [`Context::inbox`], created idempotently (`CREATE TABLE IF NOT EXISTS`).
+    const INBOX_SCHEMA: &'static str = "";
 
     /// Handle one request. Called again for retries, with the same request.
     fn handle(
@@ -45,6 +48,10 @@ pub struct Context {
     pub deadline: Option<SystemTime>,
     /// Where the request came from.
     pub source: Source,
+    /// With `--inbox`: the request's database transaction. What the handler writes
+    /// through it commits together with the inbox's record of the request, once, or not
+    /// at all (a failed call's writes are undone before the next).
+    pub inbox: Option<Transaction>,
 }
 
 /// Whether retrying may help.

@@ -14,6 +14,7 @@ pub mod console;
 pub mod contract;
 pub mod dlq;
 pub mod handler;
+pub mod inbox;
 pub mod observe;
 pub mod pipeline;
 pub mod protobuf;

@@ -44,6 +44,7 @@ use crate::{
         timestamp, trace,
     },
     handler::{Context, Handler, HandlerError},
+    inbox::{Claim, Inbox, InboxError, Stored, Transaction},
     observe::{Metrics, otlp},
     redelivery::{self, Next},
     schema::{Refusal, RequestSchema},
@@ -173,6 +174,8 @@ impl Failure {
 /// The `courier_messages_requeued_total` reason of deliveries given back while the circuit
 /// breaker is open.
 pub(crate) const BREAKER_OPEN: &str = "breaker_open";
+/// The circuit breaker's name for the inbox's database.
+const INBOX: &str = "inbox";
 
 /// Everything needed to process deliveries of one worker; shared by all tasks.
 #[derive(Debug)]
@@ -193,6 +196,8 @@ pub(crate) struct Pipeline<H, T> {
     redeliveries: redelivery::Shared,
     /// The circuit breakers, fed by each handler round's outcome.
     gate: Gate,
+    /// The idempotent inbox (`--inbox`).
+    inbox: Option<Inbox>,
 }
 
 impl<H: Handler, T: Transport> Pipeline<H, T> {
@@ -203,10 +208,11 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         settings: Settings,
         metrics: Metrics,
         gate: Gate,
+        inbox: Option<Inbox>,
     ) -> Self {
         let topology = settings.topology();
         let redeliveries = redelivery::Shared::new(settings.max_redeliveries);
-        Self { handler, transport, schema, settings, topology, metrics, redeliveries, gate }
+        Self { handler, transport, schema, settings, topology, metrics, redeliveries, gate, inbox }
     }
 
     /// Process one delivery and settle it. If the task is aborted (shutdown grace period
@@ -416,10 +422,27 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             }
         };
 
+        // --inbox: a request answered before is answered again from the inbox, without the
+        // handler; a new one runs in the transaction that claims its message id.
+        let claim = match (&self.inbox, &meta.message_id) {
+            (Some(inbox), Some(id)) => match inbox.claim(id).await {
+                Ok(Claim::Answered(stored)) => {
+                    debug!("Answered before; replying from the inbox.");
+                    self.metrics.answered_from_inbox();
+                    return self.reply(acker, message, source, &meta, stored.payload, 0).await;
+                }
+                Ok(Claim::Mine(transaction)) => Some(transaction),
+                Err(error) => return self.inbox_failed(acker, message, source, &meta, error).await,
+            },
+            _ => None,
+        };
         let mut probe = acker.slot.probe.is_some();
         let mut in_place = None;
         let (result, invocations) = loop {
-            let Some((result, invocations)) = self.invoke(&request, &meta, source, probe).await else {
+            let Some((result, invocations)) = self.invoke(&request, &meta, source, probe, claim.as_ref()).await else {
+                if let Some(transaction) = &claim {
+                    transaction.rollback().await;
+                }
                 return Settle::GiveBack;
             };
             // --retry-in-place: wait out the tier's delay here, keeping the lane, then run
@@ -457,8 +480,22 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         };
         // After rounds in place, outputs carry the round reached (`courier-attempt`).
         let message = in_place.as_ref().unwrap_or(message);
-        match result {
-            Ok(reply) => match encode::<H>(&reply, meta.codec) {
+        let encoded = result.map(|reply| encode::<H>(&reply, meta.codec));
+        if let Some(transaction) = &claim {
+            match &encoded {
+                Ok(Ok(payload)) => {
+                    let stored =
+                        Stored { content_type: meta.codec.content_type().to_owned(), payload: payload.clone() };
+                    if let Err(error) = transaction.commit(&stored).await {
+                        transaction.rollback().await;
+                        return self.inbox_failed(acker, message, source, &meta, error).await;
+                    }
+                }
+                _ => transaction.rollback().await,
+            }
+        }
+        match encoded {
+            Ok(encoded) => match encoded {
                 Ok(payload) => self.reply(acker, message, source, &meta, payload, invocations).await,
                 Err(error) => {
                     let failure = Failure::new(FailureKind::Permanent, code::REPLY_NOT_SERIALIZABLE, error);
@@ -474,16 +511,35 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         }
     }
 
+    /// The inbox's database failed (claiming or committing): a transient failure of the
+    /// `inbox` dependency, so its circuit breaker opens while the database is down.
+    async fn inbox_failed(
+        &self,
+        acker: &mut Held<T::Acker>,
+        message: &Message,
+        source: &Source,
+        meta: &RequestMeta,
+        error: InboxError,
+    ) -> Settle {
+        warn!(%error, "The inbox's database failed; the request is retried later.");
+        self.gate.record(Call::Failed, Some(INBOX));
+        let error = HandlerError::transient(code::INBOX_UNAVAILABLE, error).dependency(INBOX);
+        self.retry_later(acker, message, source, meta, Failure::from_handler(error), 0).await
+    }
+
     /// Call the handler under its timeout, retrying transient errors in-process with
     /// exponential backoff. Returns the last result and the number of invocations, or
     /// `None` when the circuit breaker is open before a call or after the round failed
-    /// (a probe's round runs to its end). The round's outcome feeds the breaker.
+    /// (a probe's round runs to its end). The round's outcome feeds the breaker. With an
+    /// inbox, each call runs from a savepoint of the request's transaction, rolled back to
+    /// when the call fails.
     async fn invoke(
         &self,
         request: &H::Request,
         meta: &RequestMeta,
         source: &Source,
         probe: bool,
+        transaction: Option<&Transaction>,
     ) -> Option<(Result<H::Reply, HandlerError>, u32)> {
         let give_back = || !probe && self.gate.is_open();
         let mut backoff = self.settings.retry.backoff();
@@ -493,6 +549,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             invocation: meta.earlier_attempts,
             deadline: meta.deadline,
             source: source.clone(),
+            inbox: transaction.cloned(),
         };
         let mut invocations = 0;
         loop {
@@ -501,18 +558,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             }
             invocations += 1;
             context.invocation = context.invocation.saturating_add(1);
-            let limit = self.settings.handler_timeout;
-            let call = AssertUnwindSafe(self.handler.handle(request.clone(), &context)).catch_unwind();
-            let started = std::time::Instant::now();
-            let outcome = tokio::time::timeout(limit, call).await;
-            self.metrics.handler_took(started.elapsed());
-            let result = match outcome {
-                Ok(Ok(result)) => result,
-                Ok(Err(panic)) => Err(HandlerError::permanent(code::HANDLER_PANICKED, panic_message(panic.as_ref()))),
-                Err(_) => {
-                    Err(HandlerError::transient(code::TIMEOUT, format!("the handler took longer than {limit:?}")))
-                }
-            };
+            let result = self.call(request, &context).await;
             match result {
                 Err(error) if error.is_transient() => match backoff.next() {
                     Some(delay) => {
@@ -532,6 +578,30 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
                 }
             }
         }
+    }
+
+    /// One handler call under its timeout, panics caught; with an inbox, from a savepoint
+    /// its writes are rolled back to when it fails.
+    async fn call(&self, request: &H::Request, context: &Context) -> Result<H::Reply, HandlerError> {
+        let inbox_failed =
+            |error: InboxError| HandlerError::transient(code::INBOX_UNAVAILABLE, error).dependency(INBOX);
+        if let Some(transaction) = &context.inbox {
+            transaction.savepoint().await.map_err(inbox_failed)?;
+        }
+        let limit = self.settings.handler_timeout;
+        let call = AssertUnwindSafe(self.handler.handle(request.clone(), context)).catch_unwind();
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(limit, call).await;
+        self.metrics.handler_took(started.elapsed());
+        let result = match outcome {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => Err(HandlerError::permanent(code::HANDLER_PANICKED, panic_message(panic.as_ref()))),
+            Err(_) => Err(HandlerError::transient(code::TIMEOUT, format!("the handler took longer than {limit:?}"))),
+        };
+        if let (Err(_), Some(transaction)) = (&result, &context.inbox) {
+            transaction.undo_call().await.map_err(inbox_failed)?;
+        }
+        result
     }
 
     async fn reply(

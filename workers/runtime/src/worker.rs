@@ -9,6 +9,7 @@ use crate::{
     breaker::{Gate, Say},
     config::Settings,
     handler::Handler,
+    inbox::Inbox,
     observe::{Health, Metrics, server},
     pipeline::{BREAKER_OPEN, Pipeline, Slot},
     schema::{InvalidSchema, RequestSchema},
@@ -30,6 +31,9 @@ pub enum WorkerError {
     /// The metrics and health endpoints could not listen.
     #[error("--http-addr {0}: {1}")]
     Http(std::net::SocketAddr, std::io::Error),
+    /// The inbox's database is unreachable or refused its table at start-up.
+    #[error("--inbox: {0}")]
+    Inbox(#[from] crate::inbox::InboxError),
 }
 
 /// Run a worker until `shutdown` completes: declare the topology, consume, run at most
@@ -64,6 +68,16 @@ pub async fn run<H: Handler, T: Transport>(
         let (_, task) = server::spawn(addr, server::routes(observed)).await.map_err(|e| WorkerError::Http(addr, e))?;
         serving = Some(task);
     }
+    // The inbox's database before the broker: a worker that cannot keep its promise
+    // does not start taking requests.
+    let (inbox, expiry) = match &settings.inbox {
+        Some(config) => {
+            let inbox = Inbox::connect(&config.url, &settings.worker, H::INBOX_SCHEMA).await?;
+            let expiry = tokio::spawn(expire_inbox(inbox.clone(), config.retention));
+            (Some(inbox), Some(expiry))
+        }
+        None => (None, None),
+    };
     transport.declare(&topology).await?;
     let mut subscription = transport.subscribe(&topology, settings.concurrency).await?;
     health.set_running(true);
@@ -75,7 +89,7 @@ pub async fn run<H: Handler, T: Transport>(
     info!(worker = %settings.worker, queue = %topology.queue, concurrency = settings.concurrency, "Worker started.");
     let gate = Gate::new(settings.breaker.clone(), metrics.clone());
     let mut say = gate.watch();
-    let pipeline = Arc::new(Pipeline::new(handler, transport, schema, settings, metrics.clone(), gate.clone()));
+    let pipeline = Arc::new(Pipeline::new(handler, transport, schema, settings, metrics.clone(), gate.clone(), inbox));
     // In-flight deliveries. Aborting one drops its unsettled acker, which returns the
     // message to the broker.
     let mut in_flight = JoinSet::new();
@@ -168,6 +182,9 @@ pub async fn run<H: Handler, T: Transport>(
     health.set_running(false);
     sampler.abort();
     let _ = sampler.await;
+    if let Some(expiry) = expiry {
+        expiry.abort();
+    }
     drop(subscription);
     drop(watch);
     info!(in_flight = in_flight.len(), ?grace, "Stopping: letting in-flight messages finish.");
@@ -235,5 +252,19 @@ const BACKLOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 fn report(done: Result<(), tokio::task::JoinError>) {
     if let Err(error) = done {
         tracing::error!(%error, "A delivery task failed; its message returns to the broker.");
+    }
+}
+
+/// Remove inbox rows older than `retention`, every minute (and at start), for as long as
+/// the process runs; a failure is logged and tried again next time.
+async fn expire_inbox(inbox: Inbox, retention: std::time::Duration) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        match inbox.remove_older_than(retention).await {
+            Ok(0) => {}
+            Ok(removed) => info!(removed, ?retention, "Inbox rows past their retention removed."),
+            Err(error) => tracing::warn!(%error, "Could not remove old inbox rows; trying again in a minute."),
+        }
     }
 }

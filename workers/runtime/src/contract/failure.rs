@@ -102,9 +102,11 @@ pub mod code {
     pub const RETRY_REFUSED: &str = "retry_refused";
     /// The broker refused the dead-letter copy on every round.
     pub const DEAD_LETTER_REFUSED: &str = "dead_letter_refused";
+    /// The inbox's database (`--inbox`) failed (a transient failure).
+    pub const INBOX_UNAVAILABLE: &str = "inbox_unavailable";
 
     /// Every code above.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         PAYLOAD_TOO_LARGE,
         BAD_HEADER,
         DEADLINE_EXCEEDED,
@@ -122,6 +124,7 @@ pub mod code {
         REPLY_REFUSED,
         RETRY_REFUSED,
         DEAD_LETTER_REFUSED,
+        INBOX_UNAVAILABLE,
     ];
 }
 

@@ -22,6 +22,7 @@ pub struct Metrics {
     dead_lettered: IntCounterVec,
     requeued: IntCounterVec,
     parked: IntCounter,
+    answered_from_inbox: IntCounter,
     handler_seconds: Histogram,
     in_flight: IntGauge,
     ready: IntGaugeVec,
@@ -84,6 +85,12 @@ impl Metrics {
                 &["worker"],
             )
             .with_label_values(&[worker]),
+            answered_from_inbox: counter(
+                "courier_inbox_answered_total",
+                "Requests answered again from the inbox (--inbox), without the handler: redeliveries and duplicates.",
+                &["worker"],
+            )
+            .with_label_values(&[worker]),
             handler_seconds: handler_seconds.with_label_values(&[worker]),
             in_flight: gauge("courier_in_flight", "Deliveries being processed.", &["worker"])
                 .with_label_values(&[worker]),
@@ -121,6 +128,11 @@ impl Metrics {
     /// An ok reply was confirmed.
     pub fn succeeded(&self) {
         self.succeeded.inc();
+    }
+
+    /// A request answered before was answered again from the inbox.
+    pub fn answered_from_inbox(&self) {
+        self.answered_from_inbox.inc();
     }
 
     /// A delivery round failed with `kind`.

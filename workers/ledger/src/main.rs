@@ -1,0 +1,6 @@
+//! The ledger worker process: `ledger --broker … --inbox postgres://…`. Flags: `ledger --help`.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    courier::app::main(ledger::Ledger).await
+}
