@@ -18,7 +18,7 @@ use tokio_postgres::{Client, NoTls, Row, types::ToSql};
 /// The inbox table, created at start-up.
 const SCHEMA: &str = include_str!("schema.sql");
 /// Serialises start-up migrations of workers starting together (`pg_advisory_xact_lock`).
-const MIGRATION_LOCK: i64 = 0x636f_7572_6965_72;
+const MIGRATION_LOCK: i64 = 0x0063_6f75_7269_6572;
 
 /// The inbox failed: the database is unreachable, or a statement failed.
 #[derive(Debug, thiserror::Error)]
