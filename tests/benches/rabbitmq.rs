@@ -1,5 +1,6 @@
 //! RabbitMQ benchmark: the raw lapin pipe (`bin/raw_amqp_pipe.rs`) and the greeter
-//! worker with JSON requests, then with the same requests in Protocol Buffers, one after
+//! worker with JSON requests, with the same requests in Protocol Buffers, and with the
+//! idempotent inbox (`--inbox`, the local PostgreSQL), one after
 //! the other on the local broker, with the same prefetch, persistence and confirms.
 //! Prints throughput, CPU per 10k messages, latency at half the peak rate and peak RSS,
 //! with each worker's ratio to the raw pipe.
@@ -35,22 +36,25 @@ const ROUNDS: usize = 3;
 #[tokio::main]
 async fn main() {
     let rounds = std::env::var("COURIER_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS).max(1);
-    let (mut raw, mut worker, mut protobuf) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw, mut worker, mut protobuf, mut inbox) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
-        raw.push(run("raw lapin pipe", "raw-amqp-pipe", Codec::Json).await);
-        worker.push(run("greeter worker", "greeter", Codec::Json).await);
-        protobuf.push(run("greeter worker, protobuf", "greeter", Codec::Protobuf).await);
-        print_round(round, &raw[round - 1], &worker[round - 1]);
-        print_round(round, &raw[round - 1], &protobuf[round - 1]);
+        raw.push(run("raw lapin pipe", "raw-amqp-pipe", Codec::Json, false).await);
+        worker.push(run("greeter worker", "greeter", Codec::Json, false).await);
+        protobuf.push(run("greeter worker, protobuf", "greeter", Codec::Protobuf, false).await);
+        inbox.push(run("greeter worker, inbox", "greeter", Codec::Json, true).await);
+        for pipe in [&worker, &protobuf, &inbox] {
+            print_round(round, &raw[round - 1], &pipe[round - 1]);
+        }
     }
-    print_median_ratio(&raw, &worker);
-    print_median_ratio(&raw, &protobuf);
+    for pipe in [&worker, &protobuf, &inbox] {
+        print_median_ratio(&raw, pipe);
+    }
     print_table(
         &format!(
             "RabbitMQ ({} persistent messages, prefetch {PREFETCH}, confirms; median of {rounds} alternated rounds; latency at half the peak rate)",
             messages()
         ),
-        &[Figures::median(&raw), Figures::median(&worker), Figures::median(&protobuf)],
+        &[Figures::median(&raw), Figures::median(&worker), Figures::median(&protobuf), Figures::median(&inbox)],
     );
 }
 
@@ -58,7 +62,9 @@ fn messages() -> usize {
     std::env::var("COURIER_BENCH_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(MESSAGES)
 }
 
-async fn run(name: &str, binary: &str, codec: Codec) -> Figures {
+/// One pipe's run; `inbox`: the worker with `--inbox` on the local PostgreSQL
+/// (`COURIER_TEST_POSTGRES_URL` overrides).
+async fn run(name: &str, binary: &str, codec: Codec, inbox: bool) -> Figures {
     let messages = messages();
     let wrap = std::env::var("COURIER_BENCH_WRAP").unwrap_or_default();
     let wrapper: Vec<&str> = wrap.split_whitespace().collect();
@@ -69,7 +75,9 @@ async fn run(name: &str, binary: &str, codec: Codec) -> Figures {
     client.publish_greetings_in(codec, &queue, &replies, "t", messages).await;
 
     let url = url();
-    let args: Vec<&str> = if binary == "greeter" {
+    let database = std::env::var("COURIER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let mut args: Vec<&str> = if binary == "greeter" {
         vec![
             "--broker",
             &url,
@@ -85,6 +93,9 @@ async fn run(name: &str, binary: &str, codec: Codec) -> Figures {
     } else {
         vec![&url, &queue, PREFETCH]
     };
+    if inbox {
+        args.extend(["--inbox", &database]);
+    }
     let mut process =
         Process::start_under(&wrapper, binary, &format!("bench-{binary}"), &args, &[("RUST_LOG", "warn")]);
     let pid = process.pid();
@@ -145,6 +156,7 @@ async fn run(name: &str, binary: &str, codec: Codec) -> Figures {
         }
         let id = format!("lat-{i}");
         let props = BasicProperties::default()
+            .with_message_id(format!("{queue}-{id}").as_str().into())
             .with_correlation_id(id.as_str().into())
             .with_reply_to(replies.as_str().into())
             .with_content_type(codec.content_type().into())

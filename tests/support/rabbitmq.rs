@@ -192,6 +192,7 @@ impl RawClient {
                 let id = format!("{prefix}-{i}");
                 let body = greeting(codec, &id);
                 let props = lapin::BasicProperties::default()
+                    .with_message_id(id.as_str().into())
                     .with_correlation_id(id.as_str().into())
                     .with_reply_to(reply_to.into())
                     .with_content_type(codec.content_type().into())
