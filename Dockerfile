@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for every Courier binary: the workers (greeter), the ops CLI (courier) and the
+# One image for every Courier binary: the workers (greeter, ledger), the ops CLI (courier) and the
 # HTTP gateway (gateway). The default command runs the greeter; compose and Kubernetes
 # pick another binary by overriding the command. Checked by scripts/check-deploy.
 
@@ -18,9 +18,9 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p greeter -p courier -p gateway \
+    cargo build --release --locked -p greeter -p ledger -p courier -p gateway \
  && mkdir -p /out \
- && cp target/release/greeter target/release/courier target/release/gateway /out/
+ && cp target/release/greeter target/release/ledger target/release/courier target/release/gateway /out/
 
 # ---- run ---------------------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -33,10 +33,10 @@ RUN apt-get update \
  && groupadd --system --gid 10001 courier \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin courier
 
-COPY --from=builder /out/greeter /out/courier /out/gateway /usr/local/bin/
+COPY --from=builder /out/greeter /out/ledger /out/courier /out/gateway /usr/local/bin/
 
 # Fail the build, not the first start, when a shared library is missing.
-RUN ! ldd /usr/local/bin/greeter /usr/local/bin/courier /usr/local/bin/gateway | grep "not found"
+RUN ! ldd /usr/local/bin/greeter /usr/local/bin/ledger /usr/local/bin/courier /usr/local/bin/gateway | grep "not found"
 
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001

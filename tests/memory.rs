@@ -1,4 +1,5 @@
-//! The contract suite on the in-memory transport, under paused tokio time.
+//! The contract suite on the in-memory transport, under paused tokio time; codecs and the
+//! inbox (with a real PostgreSQL) on the same broker.
 
 use courier::testing::MemoryHarness;
 
@@ -55,6 +56,81 @@ async fn a_json_only_worker_refuses_protobuf_requests() {
     let envelope = ErrorReply::decode(Codec::Protobuf, &reply.payload).expect("the protobuf envelope");
     assert_eq!(envelope.error.code, "unsupported_content_type");
     assert_eq!(calls.0.load(std::sync::atomic::Ordering::Relaxed), 0, "the handler never ran");
+    stop.cancel();
+    worker.await.expect("worker task").expect("worker ends cleanly");
+}
+
+/// With the inbox (a real PostgreSQL, `COURIER_TEST_POSTGRES_URL` or the local one), what
+/// a failed handler call wrote is rolled back before the next call, and a request sent
+/// again with the same message id is answered from the inbox without the handler: one
+/// row, two identical replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_keeps_only_the_writes_of_the_call_that_passed() {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicU32, Ordering},
+        },
+        time::Duration,
+    };
+
+    use courier::{Context, Handler, HandlerError, MemoryBroker, Message, Settings, Transport, contract::headers as h};
+
+    /// Writes a row, then fails transiently on its first call.
+    #[derive(Clone, Debug, Default)]
+    struct FailsOnce(Arc<AtomicU32>);
+    impl Handler for FailsOnce {
+        type Request = serde_json::Value;
+        type Reply = serde_json::Value;
+        const NAME: &'static str = "inbox-fails-once";
+        const REQUEST_SCHEMA: &'static str = "{}";
+        const INBOX_SCHEMA: &'static str =
+            "CREATE TABLE IF NOT EXISTS inbox_test_writes (id text NOT NULL, call int NOT NULL);";
+        async fn handle(&self, request: Self::Request, context: &Context) -> Result<Self::Reply, HandlerError> {
+            let call = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = request["id"].as_str().unwrap_or_default().to_owned();
+            let inbox = context.inbox.as_ref().expect("the request's transaction");
+            let written = inbox
+                .execute("INSERT INTO inbox_test_writes (id, call) VALUES ($1, $2)", &[&id, &(call as i32)])
+                .await
+                .map_err(|e| HandlerError::permanent("db", e))?;
+            assert_eq!(written, 1);
+            if call == 1 {
+                return Err(HandlerError::transient("first_call_fails", "as scripted"));
+            }
+            Ok(serde_json::json!({ "call": call }))
+        }
+    }
+
+    let url = std::env::var("COURIER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let broker = MemoryBroker::new();
+    let mut settings = Settings::defaults(FailsOnce::NAME);
+    settings.inbox = Some(courier::config::InboxSettings { url: url.clone(), retention: Duration::from_secs(60) });
+    broker.declare(&settings.topology()).await.expect("declare");
+    let handler = FailsOnce::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker =
+        tokio::spawn(courier::run(settings.clone(), broker.clone(), handler.clone(), stop.clone().cancelled_owned()));
+    let id = uuid::Uuid::new_v4().to_string();
+    for _ in 0..2 {
+        let headers = [(h::MESSAGE_ID, id.as_str()), (h::CORRELATION_ID, id.as_str())];
+        let request = Message {
+            payload: serde_json::json!({ "id": id }).to_string().into(),
+            headers: headers.into_iter().map(|(k, v)| (k.into(), v.to_owned())).collect(),
+            key: None,
+        };
+        broker.publish(&settings.queue, &request).await.expect("publish");
+        let reply = broker.receive(&settings.replies, Duration::from_secs(10)).await.expect("a reply");
+        assert_eq!(reply.headers.get(h::STATUS).map(String::as_str), Some("ok"));
+        assert_eq!(reply.payload, br#"{"call":2}"#[..], "the same reply both times");
+    }
+    assert_eq!(handler.0.load(Ordering::Relaxed), 2, "two calls for the first delivery, none for the second");
+    let (database, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let rows = database.query("SELECT call FROM inbox_test_writes WHERE id = $1", &[&id]).await.expect("query");
+    let calls: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
+    assert_eq!(calls, [2], "the failed call's write was rolled back");
     stop.cancel();
     worker.await.expect("worker task").expect("worker ends cleanly");
 }

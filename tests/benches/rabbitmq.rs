@@ -72,7 +72,7 @@ async fn run(name: &str, binary: &str, codec: Codec, inbox: bool) -> Figures {
     let client = RawClient::connect().await;
     client.declare(&queue).await;
     client.declare(&replies).await;
-    client.publish_greetings_in(codec, &queue, &replies, "t", messages).await;
+    client.publish_greetings_in(codec, &queue, &replies, &format!("{queue}-t"), messages).await;
 
     let url = url();
     let database = std::env::var("COURIER_TEST_POSTGRES_URL")

@@ -531,8 +531,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     /// exponential backoff. Returns the last result and the number of invocations, or
     /// `None` when the circuit breaker is open before a call or after the round failed
     /// (a probe's round runs to its end). The round's outcome feeds the breaker. With an
-    /// inbox, each call runs from a savepoint of the request's transaction, rolled back to
-    /// when the call fails.
+    /// inbox, the calls run in the request's transaction (`transaction`).
     async fn invoke(
         &self,
         request: &H::Request,
@@ -580,14 +579,11 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         }
     }
 
-    /// One handler call under its timeout, panics caught; with an inbox, from a savepoint
-    /// its writes are rolled back to when it fails.
+    /// One handler call under its timeout, panics caught; with an inbox, what a failed
+    /// call wrote is rolled back (to the savepoint set after the claim).
     async fn call(&self, request: &H::Request, context: &Context) -> Result<H::Reply, HandlerError> {
         let inbox_failed =
             |error: InboxError| HandlerError::transient(code::INBOX_UNAVAILABLE, error).dependency(INBOX);
-        if let Some(transaction) = &context.inbox {
-            transaction.savepoint().await.map_err(inbox_failed)?;
-        }
         let limit = self.settings.handler_timeout;
         let call = AssertUnwindSafe(self.handler.handle(request.clone(), context)).catch_unwind();
         let started = std::time::Instant::now();
