@@ -429,6 +429,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
                 Ok(Claim::Answered(stored)) => {
                     debug!("Answered before; replying from the inbox.");
                     self.metrics.answered_from_inbox();
+                    // In the codec it was stored in, whatever this copy says.
+                    meta.codec = Codec::of_content_type(&stored.content_type).unwrap_or(meta.codec);
                     return self.reply(acker, message, source, &meta, stored.payload, 0).await;
                 }
                 Ok(Claim::Mine(transaction)) => Some(transaction),
