@@ -8,10 +8,12 @@ use courier_tests::process::courier;
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// The committed documents and the `courier asyncapi` flags that make them.
-fn documents() -> [(&'static str, Vec<&'static str>); 2] {
+fn documents() -> [(&'static str, Vec<&'static str>); 3] {
     [
         ("schemas/greeter/asyncapi.json", vec!["--worker", "greeter"]),
         ("schemas/gateway/asyncapi.json", vec!["--worker", "greeter", "--client", "gateway"]),
+        // As docker-compose.yml runs it: no retry tiers.
+        ("schemas/ledger/asyncapi.json", vec!["--worker", "ledger", "--retry-delays="]),
     ]
 }
 

@@ -2,7 +2,7 @@
 //! group losing a member to kill -9 and gaining one mid-load, a member whose handlers
 //! are all stuck, produce errors injected by the broker, a slow broker's confirms, and
 //! records larger than the producer may write. Nothing may be lost. And a Python
-//! producer speaking protobuf.
+//! producer speaking protobuf, and the inbox on Kafka.
 
 use std::time::Duration;
 
@@ -86,6 +86,38 @@ fn greeter_with(
     let mut process = Process::start("greeter", label, &args, env);
     process.wait_for_log("Partitions assigned.", PATIENCE);
     process
+}
+
+/// The inbox is broker-independent: on Kafka too, a request sent twice with one
+/// `courier-message-id` runs the handler once and is answered twice, the second time
+/// from the inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_message_id_is_answered_from_the_inbox() {
+    let names = names("inbox");
+    let cluster = start_cluster(&names);
+    let port = courier_tests::http::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let inbox = std::env::var("COURIER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let mut worker = greeter_with("inbox", &cluster, &names, &[], "64", &["--inbox", &inbox, "--http-addr", &addr]);
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    let id = format!("{}-once", names.queue);
+    for correlation in ["first", "again"] {
+        let headers: [(&str, &[u8]); 3] = [
+            ("courier-message-id", id.as_bytes()),
+            ("courier-correlation-id", correlation.as_bytes()),
+            ("courier-reply-to", names.replies.as_bytes()),
+        ];
+        client.publish_raw(&names.queue, id.as_bytes(), br#"{"message":"Ada"}"#, &headers).await;
+    }
+    let mut seen = Replies::default();
+    client.collect_replies(&names.replies, PARTITIONS, 2, &mut seen, PATIENCE, |_| false).await;
+    assert_eq!(seen.by_status.get("ok"), Some(&2), "both answered ok: {seen:?}\n{}", worker.tail());
+    let (_, metrics) = courier_tests::http::get(port, "/metrics").await;
+    let metric = |series: &str| courier_tests::http::metric(&metrics, series);
+    assert_eq!(metric(r#"courier_inbox_answered_total{worker="greeter"}"#), 1.0, "{metrics}");
+    assert_eq!(metric(r#"courier_handler_duration_seconds_count{worker="greeter"}"#), 1.0, "one handler call");
+    assert!(worker.terminate(), "SIGTERM ends the worker cleanly:\n{}", worker.tail());
 }
 
 /// A Python producer (confluent-kafka) with code generated from `greeter.proto` gets its
