@@ -26,12 +26,7 @@ fn documents_are_generated_from_the_schemas() {
         args.extend(flags.iter().map(|a| (*a).to_owned()));
         let (code, generated, stderr) = courier(&args);
         assert_eq!(code, 0, "courier {args:?}: {stderr}");
-        let path = format!("{REPO}/{file}");
-        if std::env::var_os("COURIER_BLESS").is_some() {
-            std::fs::write(&path, &generated).expect("write the document");
-        }
-        let committed = std::fs::read_to_string(&path).expect("the document is committed");
-        assert_eq!(committed, generated, "{file} drifted; rerun with COURIER_BLESS=1");
+        courier::testing::assert_generated_file(std::path::Path::new(&format!("{REPO}/{file}")), &generated);
     }
 }
 

@@ -97,8 +97,7 @@ async fn a_repeated_message_id_is_answered_from_the_inbox() {
     let cluster = start_cluster(&names);
     let port = courier_tests::http::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let inbox = std::env::var("COURIER_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let inbox = courier_tests::postgres::url();
     let mut worker = greeter_with("inbox", &cluster, &names, &[], "64", &["--inbox", &inbox, "--http-addr", &addr]);
     let mut client = KafkaClient::new(&cluster.bootstrap);
     let id = format!("{}-once", names.queue);
@@ -112,11 +111,7 @@ async fn a_repeated_message_id_is_answered_from_the_inbox() {
     }
     let mut seen = Replies::default();
     client.collect_replies(&names.replies, PARTITIONS, 2, &mut seen, PATIENCE, |_| false).await;
-    assert_eq!(seen.by_status.get("ok"), Some(&2), "both answered ok: {seen:?}\n{}", worker.tail());
-    let (_, metrics) = courier_tests::http::get(port, "/metrics").await;
-    let metric = |series: &str| courier_tests::http::metric(&metrics, series);
-    assert_eq!(metric(r#"courier_inbox_answered_total{worker="greeter"}"#), 1.0, "{metrics}");
-    assert_eq!(metric(r#"courier_handler_duration_seconds_count{worker="greeter"}"#), 1.0, "one handler call");
+    courier_tests::postgres::assert_answered_once_then_from_the_inbox(port, &seen, || worker.tail()).await;
     assert!(worker.terminate(), "SIGTERM ends the worker cleanly:\n{}", worker.tail());
 }
 

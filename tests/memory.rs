@@ -102,8 +102,7 @@ async fn the_inbox_keeps_only_the_writes_of_the_call_that_passed() {
         }
     }
 
-    let url = std::env::var("COURIER_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let url = courier_tests::postgres::url();
     let broker = MemoryBroker::new();
     let mut settings = Settings::defaults(FailsOnce::NAME);
     settings.inbox = Some(courier::config::InboxSettings { url: url.clone(), retention: Duration::from_secs(60) });
@@ -126,8 +125,7 @@ async fn the_inbox_keeps_only_the_writes_of_the_call_that_passed() {
         assert_eq!(reply.payload, br#"{"call":2}"#[..], "the same reply both times");
     }
     assert_eq!(handler.0.load(Ordering::Relaxed), 2, "two calls for the first delivery, none for the second");
-    let (database, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(connection);
+    let database = courier_tests::postgres::connect().await;
     let rows = database.query("SELECT call FROM inbox_test_writes WHERE id = $1", &[&id]).await.expect("query");
     let calls: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
     assert_eq!(calls, [2], "the failed call's write was rolled back");

@@ -200,7 +200,7 @@ async fn ledger_records_each_payment_once_through_a_crash_and_a_disconnect() {
     let client = RawClient::connect().await;
     client.collect_replies(&replies, ids.len(), &mut seen, PATIENCE, |_| false).await;
 
-    let database = postgres().await;
+    let database = courier_tests::postgres::connect().await;
     let rows = database
         .query(
             "SELECT payment, COUNT(*) FROM ledger_entries WHERE account LIKE $1 || '-account-%' GROUP BY payment",
@@ -234,22 +234,9 @@ async fn ledger_records_each_payment_once_through_a_crash_and_a_disconnect() {
     cleanup(&queue, &replies).await;
 }
 
-/// The test database: `COURIER_TEST_POSTGRES_URL`, else the local PostgreSQL.
-fn postgres_url() -> String {
-    std::env::var("COURIER_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-async fn postgres() -> tokio_postgres::Client {
-    let (client, connection) =
-        tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
-    tokio::spawn(connection);
-    client
-}
-
 /// The ledger binary with the inbox, on the test broker.
 fn ledger(label: &str, queue: &str, replies: &str) -> courier_tests::process::Process {
-    let (url, inbox) = (courier_tests::rabbitmq::url(), postgres_url());
+    let (url, inbox) = (courier_tests::rabbitmq::url(), courier_tests::postgres::url());
     let args = ["--broker", &url, "--queue", queue, "--replies", replies, "--instance", label, "--inbox", &inbox];
     let mut process = courier_tests::process::Process::start("ledger", label, &args, &[]);
     process.wait_for_log("Consuming.", PATIENCE);

@@ -75,8 +75,7 @@ async fn run(name: &str, binary: &str, codec: Codec, inbox: bool) -> Figures {
     client.publish_greetings_in(codec, &queue, &replies, &format!("{queue}-t"), messages).await;
 
     let url = url();
-    let database = std::env::var("COURIER_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let database = courier_tests::postgres::url();
     let mut args: Vec<&str> = if binary == "greeter" {
         vec![
             "--broker",

@@ -7,6 +7,7 @@ pub mod kafka;
 pub mod measure;
 pub mod mix;
 pub mod outage;
+pub mod postgres;
 pub mod process;
 pub mod python;
 pub mod rabbitmq;

@@ -84,13 +84,8 @@ mod tests {
             ("request.schema.json", schemars::schema_for!(Request)),
             ("reply.schema.json", schemars::schema_for!(Reply)),
         ] {
-            let path = format!("{dir}/{file}");
             let generated = serde_json::to_string_pretty(&schema).expect("schema serializes") + "\n";
-            if std::env::var_os("COURIER_BLESS").is_some() {
-                std::fs::write(&path, &generated).expect("write schema");
-            }
-            let committed = std::fs::read_to_string(&path).expect("schema file exists");
-            assert_eq!(committed, generated, "{path} drifted from the Rust type; rerun with COURIER_BLESS=1");
+            courier::testing::assert_generated_file(&std::path::Path::new(dir).join(file), &generated);
         }
     }
 

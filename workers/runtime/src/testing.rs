@@ -64,6 +64,16 @@ pub trait Harness: Send + Sync + 'static {
     fn delete(&self, queues: &[String]) -> impl Future<Output = ()> + Send;
 }
 
+/// A generated file (a JSON Schema from Rust types, an AsyncAPI document) must equal its
+/// committed copy; with `COURIER_BLESS=1` the copy is rewritten first.
+pub fn assert_generated_file(path: &std::path::Path, generated: &str) {
+    if std::env::var_os("COURIER_BLESS").is_some() {
+        std::fs::write(path, generated).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert_eq!(committed, generated, "{} drifted from what generates it; rerun with COURIER_BLESS=1", path.display());
+}
+
 /// The in-memory broker as a harness.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryHarness {
