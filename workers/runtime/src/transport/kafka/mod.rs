@@ -12,6 +12,7 @@ pub mod convert;
 mod dispatch;
 pub mod liveness;
 pub mod offsets;
+mod scheduler;
 
 use std::{
     collections::HashMap,
