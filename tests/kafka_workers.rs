@@ -515,6 +515,34 @@ async fn shutdown_ends_within_the_grace_and_the_close_bound() {
     assert!(took <= Duration::from_secs(1) + CLOSE_BOUND + SLACK, "{took:?}\n{}", next.tail());
 }
 
+/// SIGTERM while each partition's request is in the handler: the worker finishes them
+/// within the grace and its last commit includes them, so the next member of the group
+/// redoes none of them. The periodic commit is set to ten minutes: only the stop's own
+/// commit counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_commits_what_it_finished_during_the_grace() {
+    let names = names("clean-stop");
+    let cluster = start_cluster(&names);
+    let no_periodic_commit = ["--kafka-property", "auto.commit.interval.ms=600000", "--shutdown-grace", "10s"];
+    let slow = [("GREETER_LATENCY_MS", "1500")];
+    let mut first = greeter_with("clean-stop-a", &cluster, &names, &slow, "64", &no_periodic_commit);
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    let ids = client.publish_greetings(&names.queue, &names.replies, "c", 60).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(first.terminate(), "SIGTERM ends the worker cleanly\n{}", first.tail());
+    let mut seen = Replies::default();
+    client.collect_replies(&names.replies, PARTITIONS, usize::MAX, &mut seen, Duration::from_secs(2), |_| false).await;
+    let finished = seen.by_id.len();
+    assert!(finished >= 1, "the requests in the handlers at SIGTERM are answered within the grace");
+    let mut next = greeter_with("clean-stop-b", &cluster, &names, &[], "64", &no_periodic_commit);
+    client.collect_replies(&names.replies, PARTITIONS, ids.len(), &mut seen, PATIENCE, |_| false).await;
+    assert!(seen.missing(&ids).is_empty(), "{} unanswered\n{}", seen.missing(&ids).len(), next.tail());
+    client.collect_replies(&names.replies, PARTITIONS, usize::MAX, &mut seen, Duration::from_secs(3), |_| false).await;
+    println!("kafka clean stop: {finished} answered during the grace, {} redone by the next member", seen.duplicates());
+    assert_eq!(seen.duplicates(), 0, "what the stopped member finished was committed");
+    assert!(next.terminate());
+}
+
 /// What closing may take after the grace period (README, "Graceful shutdown").
 const CLOSE_BOUND: Duration = courier::app::CLOSE_BOUND;
 /// Signal delivery and process exit on a loaded machine.

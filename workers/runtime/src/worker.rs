@@ -185,7 +185,7 @@ pub async fn run<H: Handler, T: Transport>(
     if let Some(expiry) = expiry {
         expiry.abort();
     }
-    drop(subscription);
+    let closed = subscription.close();
     drop(watch);
     info!(in_flight = in_flight.len(), ?grace, "Stopping: letting in-flight messages finish.");
     let drained = tokio::time::timeout(grace, async {
@@ -198,6 +198,9 @@ pub async fn run<H: Handler, T: Transport>(
         warn!(in_flight = in_flight.len(), "Grace period over; returning unfinished messages to the broker.");
         in_flight.abort_all();
         while in_flight.join_next().await.is_some() {}
+    }
+    if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
+        warn!("The broker subscription did not close within {CLOSE_TIMEOUT:?}; what finished last may be redone.");
     }
     if let Some(serving) = serving {
         serving.abort();
@@ -268,3 +271,7 @@ async fn expire_inbox(inbox: Inbox, retention: std::time::Duration) {
         }
     }
 }
+
+/// How long a stopping worker waits for its subscription to close after the in-flight
+/// messages are settled (Kafka: storing their offsets and the consumer's last commit).
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -162,6 +162,8 @@ pub struct Subscription<A> {
     stream: Pin<Box<dyn Stream<Item = Delivery<A>> + Send>>,
     /// What the worker takes now; the transport follows it.
     intake: watch::Sender<Intake>,
+    /// Ends once the transport is done with the deliveries taken ([`Subscription::close`]).
+    done: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 /// How much a worker takes from the broker: its circuit breaker's say (`crate::breaker`).
@@ -182,7 +184,27 @@ impl<A> Subscription<A> {
     /// A subscription reading `stream`, which follows the intake `wanted` receives from
     /// [`Subscription::set_intake`] (a pull-based stream may just stop yielding while stopped).
     pub fn new(stream: impl Stream<Item = Delivery<A>> + Send + 'static, intake: watch::Sender<Intake>) -> Self {
-        Self { stream: Box::pin(stream), intake }
+        Self { stream: Box::pin(stream), intake, done: None }
+    }
+
+    /// `done` ends once the transport is done with the deliveries taken (Kafka: their
+    /// offsets are stored, for the consumer's last commit).
+    #[must_use]
+    pub fn with_done(mut self, done: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.done = Some(Box::pin(done));
+        self
+    }
+
+    /// Stop receiving: deliveries not taken go back to the broker. The future ends once
+    /// the transport is done with the deliveries taken: await it after settling them.
+    pub fn close(self) -> impl Future<Output = ()> {
+        let Self { stream, intake, done } = self;
+        drop((stream, intake));
+        async move {
+            if let Some(done) = done {
+                done.await;
+            }
+        }
     }
 
     /// A subscription reading a channel a transport's own task fills.

@@ -38,6 +38,11 @@ const MIN_BUFFERED_RECORDS: usize = 10_000;
 const MAX_BUFFERED_BYTES: usize = 64 << 20;
 /// See [`Limits::waiting_behind_held_lane`].
 const MAX_WAITING_BEHIND_HELD_LANE: usize = 1_000;
+/// Ackers' events handled in one turn of the loop, beyond the one that woke it.
+const MAX_EVENTS_PER_TURN: usize = 1_024;
+
+/// Offsets to store, one per partition (the last, highest, wins).
+type Stores = Vec<(Partition, i64)>;
 
 /// A record received and not yet finished.
 #[derive(Clone, Debug)]
@@ -71,7 +76,9 @@ impl Record for Pending {
 /// What ackers tell the dispatcher.
 #[derive(Debug)]
 enum Event {
-    /// A record of this lane finished: the next may go.
+    /// The record is finished: its offset may be stored, its lane passed on.
+    Acked(Pending),
+    /// The record's lane passes on before the record is settled ([`Acker::release`]).
     LaneFree(Lane),
     /// Hand this record out again (its lane stays taken).
     Redeliver(Box<Pending>),
@@ -105,15 +112,18 @@ pub(super) fn start(
             .collect(),
         out,
         events,
-        events_tx,
+        events_tx: Some(events_tx),
         scheduler: Scheduler::new(limits),
         paused: HashSet::new(),
         wanted,
         stopped: false,
         applied: None,
     };
-    tokio::spawn(dispatcher.run());
-    Subscription::from_channel(receiver, intake)
+    let (drained, done) = tokio::sync::oneshot::channel();
+    tokio::spawn(dispatcher.run(drained));
+    Subscription::from_channel(receiver, intake).with_done(async move {
+        let _ = done.await;
+    })
 }
 
 struct Dispatcher {
@@ -128,7 +138,9 @@ struct Dispatcher {
     /// To the worker.
     out: mpsc::Sender<Delivery<KafkaAcker>>,
     events: mpsc::UnboundedReceiver<Event>,
-    events_tx: mpsc::UnboundedSender<Event>,
+    /// Given to each delivery's acker; dropped once the worker stops taking records, so
+    /// `events` ends when the last acker is gone.
+    events_tx: Option<mpsc::UnboundedSender<Event>>,
     /// Which record goes next, and which partitions to pause.
     scheduler: Scheduler<Pending>,
     /// Partitions we paused in librdkafka and have not resumed (revoked ones included).
@@ -143,7 +155,21 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    async fn run(mut self) {
+    /// Dispatch, then store what the worker still finishes and say so on `drained`. The
+    /// consumer closes after that (committing what was stored), on its own time: with the
+    /// broker gone, librdkafka's close waits up to the session timeout.
+    async fn run(mut self, drained: tokio::sync::oneshot::Sender<()>) {
+        self.dispatch().await;
+        self.drain().await;
+        let _ = drained.send(());
+        // Off the runtime's threads: the task just woken must not wait behind it.
+        let consumer = Arc::clone(&self.consumer);
+        drop(self);
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    }
+
+    /// Hand out records until the worker stops taking them.
+    async fn dispatch(&mut self) {
         // A local handle: records borrow the consumer while `self` is updated.
         let consumer = Arc::clone(&self.consumer);
         let out = self.out.clone();
@@ -158,9 +184,11 @@ impl Dispatcher {
             let stall_at = self.scheduler.throttle(Instant::now());
             self.apply_pauses();
             let reading = self.stopped || self.scheduler.reading();
+            // Acks first: their offsets are stored before a rebalance served by `recv` commits.
             let step = tokio::select! {
-                received = consumer.recv(), if reading => Step::Received(received),
+                biased;
                 Some(event) = self.events.recv() => Step::Event(event),
+                received = consumer.recv(), if reading => Step::Received(received),
                 () = sleep_until(self.scheduler.next_due()) => Step::Due,
                 () = sleep_until(stall_at.filter(|_| !reading)) => Step::Stalled,
                 changed = self.wanted.changed() => match changed {
@@ -179,14 +207,14 @@ impl Dispatcher {
                     warn!(%error, "Kafka consumer error.");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Step::Event(event) => self.handle(event),
+                Step::Event(event) => self.handle_events(event),
                 Step::Due => self.scheduler.release_due(Instant::now()),
                 // The throttle, or the intake, is applied on the next turn.
                 Step::Stalled | Step::Intake => {}
                 Step::Room(permit) => {
                     // A rebalance served while waiting may have made the front record stale.
                     if let Some(pending) = self.next_ready() {
-                        permit.send(delivery(&self.consumer, &self.tracking, &self.events_tx, pending));
+                        permit.send(self.delivery(pending));
                     }
                 }
             }
@@ -198,7 +226,7 @@ impl Dispatcher {
         while self.scheduler.has_ready() {
             let Ok(permit) = out.try_reserve() else { return };
             if let Some(pending) = self.next_ready() {
-                permit.send(delivery(&self.consumer, &self.tracking, &self.events_tx, pending));
+                permit.send(self.delivery(pending));
             }
         }
     }
@@ -254,8 +282,82 @@ impl Dispatcher {
         self.scheduler.arrive(pending, due, Instant::now());
     }
 
-    fn handle(&mut self, event: Event) {
+    /// The worker takes no more records: store the offsets of those it still finishes,
+    /// until the last acker is gone (a record given back stays unstored, for the next owner).
+    async fn drain(&mut self) {
+        self.events_tx = None;
+        let mut stores = Stores::new();
+        while let Some(event) = self.events.recv().await {
+            if let Event::Acked(pending) = event {
+                self.finish(pending, &mut stores);
+                self.store(&mut stores);
+            }
+        }
+    }
+
+    fn delivery(&self, pending: Pending) -> Delivery<KafkaAcker> {
+        Delivery {
+            message: Arc::clone(&pending.message),
+            source: pending.source.clone(),
+            redelivered: false,
+            acker: KafkaAcker { pending: Some(pending), events: self.events_tx.clone() },
+        }
+    }
+
+    /// Handle `first` and whatever else the ackers sent meanwhile (up to a bound, so
+    /// reading and handing out go on under a stream of acks), storing offsets once.
+    fn handle_events(&mut self, first: Event) {
+        let mut stores = Stores::new();
+        self.handle(first, &mut stores);
+        for _ in 0..MAX_EVENTS_PER_TURN {
+            let Ok(event) = self.events.try_recv() else { break };
+            self.handle(event, &mut stores);
+        }
+        self.store(&mut stores);
+    }
+
+    /// A finished record: the offset to store when its partition's finished prefix grew
+    /// (in `stores`), and its lane to the next record.
+    fn finish(&mut self, pending: Pending, stores: &mut Stores) {
+        let next = {
+            let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
+            match tracking.partitions.get_mut(&pending.partition) {
+                Some((epoch, offsets)) if *epoch == pending.epoch => offsets.finish(pending.offset),
+                _ => None,
+            }
+        };
+        if let Some(next) = next {
+            match stores.iter_mut().find(|(partition, _)| *partition == pending.partition) {
+                Some((_, stored)) => *stored = next,
+                None => stores.push((pending.partition.clone(), next)),
+            }
+        }
+        if !pending.released {
+            self.scheduler.lane_free(&pending.lane);
+        }
+    }
+
+    /// Store the offsets of `stores` in librdkafka (committed every 100 ms, on a
+    /// rebalance and on close).
+    fn store(&self, stores: &mut Stores) {
+        if stores.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::with_capacity(stores.len());
+        for ((topic, partition), next) in stores.drain(..) {
+            if let Err(error) = list.add_partition_offset(&topic, partition, Offset::Offset(next)) {
+                warn!(%error, %topic, partition, "Could not store an offset.");
+            }
+        }
+        if let Err(error) = self.consumer.store_offsets(&list) {
+            // The assignment moved on meanwhile: the new owner redoes what is unstored.
+            debug!(%error, "Could not store offsets.");
+        }
+    }
+
+    fn handle(&mut self, event: Event, stores: &mut Stores) {
         match event {
+            Event::Acked(pending) => self.finish(pending, stores),
             Event::LaneFree(lane) => self.scheduler.lane_free(&lane),
             Event::Hold(lane, held) => self.scheduler.hold(&lane, held),
             Event::Redeliver(mut pending) => {
@@ -322,25 +424,6 @@ enum Step<'c> {
     Room(mpsc::Permit<'c, Delivery<KafkaAcker>>),
 }
 
-fn delivery(
-    consumer: &Arc<StreamConsumer<RebalanceContext>>,
-    tracking: &Arc<Mutex<Tracking>>,
-    events: &mpsc::UnboundedSender<Event>,
-    pending: Pending,
-) -> Delivery<KafkaAcker> {
-    Delivery {
-        message: Arc::clone(&pending.message),
-        source: pending.source.clone(),
-        redelivered: false,
-        acker: KafkaAcker {
-            pending: Some(pending),
-            consumer: Arc::clone(consumer),
-            tracking: Arc::clone(tracking),
-            events: events.clone(),
-        },
-    }
-}
-
 async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
@@ -348,17 +431,13 @@ async fn sleep_until(due: Option<Instant>) {
     }
 }
 
-/// Settles one Kafka record: stores the partition's offset as far as every earlier
-/// record is finished, and frees the record's ordering lane.
+/// Settles one Kafka record: tells the dispatcher, which stores the partition's offset as
+/// far as every earlier record is finished and passes the record's ordering lane on.
 pub struct KafkaAcker {
     /// The record, until settled.
     pending: Option<Pending>,
-    /// Stores offsets (the consumer lives until its last acker is gone).
-    consumer: Arc<StreamConsumer<RebalanceContext>>,
-    /// Offsets in flight per partition.
-    tracking: Arc<Mutex<Tracking>>,
-    /// Back to the dispatcher.
-    events: mpsc::UnboundedSender<Event>,
+    /// Back to the dispatcher (none once it stopped handing out).
+    events: Option<mpsc::UnboundedSender<Event>>,
 }
 
 impl std::fmt::Debug for KafkaAcker {
@@ -369,22 +448,8 @@ impl std::fmt::Debug for KafkaAcker {
 
 impl Acker for KafkaAcker {
     async fn ack(mut self) -> Result<(), TransportError> {
-        let Some(pending) = self.pending.take() else { return Ok(()) };
-        let store = {
-            let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
-            match tracking.partitions.get_mut(&pending.partition) {
-                Some((epoch, offsets)) if *epoch == pending.epoch => offsets.finish(pending.offset),
-                _ => None,
-            }
-        };
-        if !pending.released && pending.lane != Lane::Free {
-            let _ = self.events.send(Event::LaneFree(pending.lane));
-        }
-        if let Some(next) = store {
-            let mut list = TopicPartitionList::new();
-            list.add_partition_offset(&pending.partition.0, pending.partition.1, Offset::Offset(next))
-                .map_err(|e| TransportError::Broker(e.to_string()))?;
-            self.consumer.store_offsets(&list).map_err(|e| TransportError::Broker(e.to_string()))?;
+        if let Some(pending) = self.pending.take() {
+            self.send(Event::Acked(pending));
         }
         Ok(())
     }
@@ -396,22 +461,29 @@ impl Acker for KafkaAcker {
 
     fn hold(&mut self, held: bool) {
         if let Some(pending) = self.pending.as_ref().filter(|p| !p.released && p.lane != Lane::Free) {
-            let _ = self.events.send(Event::Hold(pending.lane.clone(), held));
+            let event = Event::Hold(pending.lane.clone(), held);
+            self.send(event);
         }
     }
 
     fn release(&mut self) {
         if let Some(pending) = self.pending.as_mut().filter(|p| !p.released && p.lane != Lane::Free) {
             pending.released = true;
-            let _ = self.events.send(Event::LaneFree(pending.lane.clone()));
+            let event = Event::LaneFree(pending.lane.clone());
+            self.send(event);
         }
     }
 }
 
 impl KafkaAcker {
+    fn send(&self, event: Event) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
+    }
+
     fn redeliver(&mut self) {
-        if let Some(pending) = self.pending.take() {
-            let events = self.events.clone();
+        if let (Some(pending), Some(events)) = (self.pending.take(), self.events.clone()) {
             tokio::spawn(async move {
                 tokio::time::sleep(REDELIVERY_DELAY).await;
                 let _ = events.send(Event::Redeliver(Box::new(pending)));

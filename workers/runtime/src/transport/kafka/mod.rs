@@ -5,7 +5,9 @@
 //! An offset is stored only when its message and every earlier message of its partition
 //! are finished ([`offsets`]); librdkafka commits stored offsets every 100 ms and on
 //! close. A nacked message is handed out again by the dispatcher; its offset stays
-//! unstored until it finishes, so a crash never skips it.
+//! unstored until it finishes, so a crash never skips it. The dispatcher ([`dispatch`])
+//! reads the consumer and stores offsets; which record goes next is its [`scheduler`]'s
+//! decision, without I/O.
 
 pub mod api_versions;
 pub mod convert;
@@ -98,8 +100,8 @@ struct Shared {
     /// once per message, each on a blocking thread of its own.
     lookup: tokio::sync::Mutex<()>,
     /// The subscription's consumer, once subscribed (for lag). Weak: the consumer lives
-    /// while its dispatcher or an acker holds it, and closes (leaving its group) when the
-    /// subscription is over, not when this transport goes.
+    /// while its dispatcher does, and closes (leaving its group) when the subscription is
+    /// over, not when this transport goes.
     consumer: Mutex<Option<std::sync::Weak<StreamConsumer<RebalanceContext>>>>,
     /// The subscription's readiness, once subscribed.
     liveness: Mutex<Option<Arc<liveness::Liveness>>>,
@@ -469,11 +471,11 @@ impl KafkaTransport {
     }
 }
 
-/// Per-partition offset tracking, shared by the dispatcher, the ackers and the
-/// rebalance callbacks. Each assignment of a partition gets a new epoch, so work from
-/// before a revocation never stores offsets for the new assignment. Hashed with foldhash:
-/// it is looked up three times per record, and std's SipHash of the topic name was most
-/// of each lookup's cost.
+/// Per-partition offset tracking, owned by the dispatcher's task: its loop, the rebalance
+/// callbacks (served inside its `recv`) and, every few seconds, the lag sampler lock it;
+/// ackers only send the dispatcher their record. Each assignment of a partition gets a new
+/// epoch, so work from before a revocation never stores offsets for the new assignment.
+/// Hashed with foldhash: std's SipHash of the topic name was most of each lookup's cost.
 #[derive(Debug, Default)]
 pub(crate) struct Tracking {
     /// (topic, partition) → (epoch, offsets in flight).
