@@ -135,7 +135,7 @@ async fn consumer_lag_counts_records_waiting_in_the_worker() {
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let lag = |backlog: Vec<Backlog>| {
         backlog.into_iter().find_map(|b| match b {
-            Backlog::Lag { topic, lag, .. } if topic == settings.queue => Some(lag),
+            Backlog::Lag { topic, lag, .. } if topic == settings.queue => lag,
             _ => None,
         })
     };

@@ -231,12 +231,14 @@ async fn sample_backlog<T: Transport>(transport: T, topology: Topology, metrics:
     let mut every = tokio::time::interval(BACKLOG_INTERVAL);
     loop {
         every.tick().await;
+        let mut lags = Vec::new();
         for backlog in transport.backlog(&topology).await {
             match backlog {
                 Backlog::Queue { queue, messages } => metrics.set_queue_depth(&queue, messages),
-                Backlog::Lag { topic, partition, lag } => metrics.set_consumer_lag(&topic, partition, lag),
+                Backlog::Lag { topic, partition, lag } => lags.push((topic, partition, lag)),
             }
         }
+        metrics.set_consumer_lags(&lags);
     }
 }
 

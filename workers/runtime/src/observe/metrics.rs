@@ -28,6 +28,8 @@ pub struct Metrics {
     ready: IntGaugeVec,
     queue_depth: IntGaugeVec,
     consumer_lag: IntGaugeVec,
+    /// The partitions `consumer_lag` shows, to remove the gauges of revoked ones.
+    lag_partitions: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<(String, i32)>>>,
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
 }
@@ -101,6 +103,7 @@ impl Metrics {
                 "Kafka: high watermark minus the consumer's position.",
                 &["worker", "topic", "partition"],
             ),
+            lag_partitions: std::sync::Arc::default(),
             breaker_state: gauge(
                 "courier_breaker_state",
                 "A dependency's circuit breaker: 0 closed, 1 half-open, 2 open (no deliveries taken).",
@@ -182,12 +185,22 @@ impl Metrics {
         self.queue_depth.with_label_values(&[&self.worker, queue]).set(i64::try_from(messages).unwrap_or(i64::MAX));
     }
 
-    /// Lag of one partition.
-    pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: u64) {
-        let partition = partition.to_string();
-        self.consumer_lag
-            .with_label_values(&[&self.worker, topic, &partition])
-            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+    /// Lags of the partitions assigned now (`None`: not known this time; the gauge keeps
+    /// its last value). The gauges of partitions no longer assigned are removed.
+    pub fn set_consumer_lags(&self, lags: &[(String, i32, Option<u64>)]) {
+        let mut shown = self.lag_partitions.lock().unwrap_or_else(|p| p.into_inner());
+        let now: std::collections::BTreeSet<(String, i32)> = lags.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+        for (topic, partition) in shown.difference(&now) {
+            let _ = self.consumer_lag.remove_label_values(&[&self.worker, topic, &partition.to_string()]);
+        }
+        for (topic, partition, lag) in lags {
+            if let Some(lag) = lag {
+                self.consumer_lag
+                    .with_label_values(&[&self.worker, topic, &partition.to_string()])
+                    .set(i64::try_from(*lag).unwrap_or(i64::MAX));
+            }
+        }
+        *shown = now;
     }
 
     /// A dependency's circuit breaker is in `phase` (`entered`: it just changed to it).
@@ -234,7 +247,7 @@ mod tests {
         metrics.received();
         metrics.failed("schema");
         metrics.dead_lettered("schema", "abc");
-        metrics.set_consumer_lag("t", 2, 7);
+        metrics.set_consumer_lags(&[("t".to_owned(), 2, Some(7))]);
         let guard = metrics.in_flight();
         let text = metrics.render();
         assert!(text.contains(r#"courier_messages_received_total{worker="greeter"} 1"#), "{text}");
@@ -243,5 +256,21 @@ mod tests {
         assert!(text.contains(r#"courier_in_flight{worker="greeter"} 1"#), "{text}");
         drop(guard);
         assert!(metrics.render().contains(r#"courier_in_flight{worker="greeter"} 0"#));
+    }
+
+    #[test]
+    fn a_revoked_partitions_lag_is_removed_and_an_unknown_lag_keeps_its_value() {
+        let metrics = Metrics::new("greeter");
+        let gauge =
+            |p: i32, lag: u64| format!(r#"courier_consumer_lag{{partition="{p}",topic="t",worker="greeter"}} {lag}"#);
+        metrics.set_consumer_lags(&[("t".to_owned(), 0, Some(3)), ("t".to_owned(), 1, Some(5))]);
+        let text = metrics.render();
+        assert!(text.contains(&gauge(0, 3)) && text.contains(&gauge(1, 5)), "{text}");
+        metrics.set_consumer_lags(&[("t".to_owned(), 0, None)]);
+        let text = metrics.render();
+        assert!(text.contains(&gauge(0, 3)), "unknown this time: kept\n{text}");
+        assert!(!text.contains(r#"partition="1""#), "revoked: removed\n{text}");
+        metrics.set_consumer_lags(&[]);
+        assert!(!metrics.render().contains("courier_consumer_lag{"), "nothing assigned");
     }
 }

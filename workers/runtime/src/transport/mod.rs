@@ -149,8 +149,9 @@ pub enum Backlog {
         topic: String,
         /// The partition.
         partition: i32,
-        /// High watermark minus the consumer's position.
-        lag: u64,
+        /// High watermark minus the consumer's position; `None` when the broker could
+        /// not be asked this time.
+        lag: Option<u64>,
     },
 }
 

@@ -304,19 +304,18 @@ impl Transport for KafkaTransport {
 
     /// Lag of every assigned partition, counted from its first unfinished record (records
     /// fetched and waiting in the dispatcher are lag too), or from the fetch position when
-    /// none is unfinished.
+    /// none is unfinished. Once the broker does not answer, the remaining partitions' lag
+    /// is unknown (each question would wait [`METADATA_TIMEOUT`]).
     async fn backlog(&self, _: &Topology) -> Vec<super::Backlog> {
         let consumer =
             self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|c| c.upgrade());
         tokio::task::spawn_blocking(move || {
             let Some(consumer) = consumer else { return Vec::new() };
             let Ok(positions) = consumer.position() else { return Vec::new() };
-            let mut backlog = Vec::new();
-            for element in positions.elements() {
-                let Ok((low, high)) = consumer.fetch_watermarks(element.topic(), element.partition(), METADATA_TIMEOUT)
-                else {
-                    break;
-                };
+            let mut answering = true;
+            let lag = |element: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
+                let (low, high) =
+                    consumer.fetch_watermarks(element.topic(), element.partition(), METADATA_TIMEOUT).ok()?;
                 let unfinished = {
                     let tracking = consumer.context().tracking.lock().unwrap_or_else(|p| p.into_inner());
                     let key = (Arc::from(element.topic()), element.partition());
@@ -324,10 +323,16 @@ impl Transport for KafkaTransport {
                 };
                 let fetched = element.offset().to_raw().filter(|offset| *offset >= 0);
                 let position = unfinished.or(fetched).unwrap_or(low);
+                Some(u64::try_from(high - position).unwrap_or(0))
+            };
+            let mut backlog = Vec::new();
+            for element in positions.elements() {
+                let lag = if answering { lag(&element) } else { None };
+                answering &= lag.is_some();
                 backlog.push(super::Backlog::Lag {
                     topic: element.topic().to_owned(),
                     partition: element.partition(),
-                    lag: u64::try_from(high - position).unwrap_or(0),
+                    lag,
                 });
             }
             backlog
