@@ -77,7 +77,7 @@ pub fn kafka_topic_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() || name.len() > KAFKA_TOPIC_MAX {
         return Some("a Kafka topic name has 1 to 249 characters");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+    if !name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-')) {
         return Some("a Kafka topic name has only the characters a-z A-Z 0-9 . _ -");
     }
     if name == "." || name == ".." {

@@ -169,12 +169,13 @@ impl KafkaTransport {
 
     /// Whether `topic` exists (cached once seen; a missing one is asked again after a second).
     pub async fn topic_exists(&self, topic: &str) -> Result<bool, PublishError> {
-        if let Some(reason) = naming::kafka_topic_problem(topic) {
-            return Err(PublishError::invalid_name(topic, reason));
-        }
+        // Only names that passed the check below are ever known.
         let known = || self.shared.known_topics.read().unwrap_or_else(|p| p.into_inner()).get(topic);
         if let Some(exists) = known() {
             return Ok(exists);
+        }
+        if let Some(reason) = naming::kafka_topic_problem(topic) {
+            return Err(PublishError::invalid_name(topic, reason));
         }
         let _lookup = self.shared.lookup.lock().await;
         if let Some(exists) = known() {
