@@ -275,5 +275,5 @@ async fn expire_inbox(inbox: Inbox, retention: std::time::Duration) {
 }
 
 /// How long a stopping worker waits for its subscription to close after the in-flight
-/// messages are settled (Kafka: storing their offsets and the consumer's last commit).
+/// messages are settled (Kafka: their offsets stored, for the consumer's last commit).
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -482,11 +482,17 @@ impl KafkaAcker {
         }
     }
 
+    /// Back to the dispatcher after [`REDELIVERY_DELAY`]. The wait holds no sender: a
+    /// stopping dispatcher does not wait for it, and drops the record (its offset stays
+    /// unstored, so the partition's next owner takes it).
     fn redeliver(&mut self) {
-        if let (Some(pending), Some(events)) = (self.pending.take(), self.events.clone()) {
+        if let (Some(pending), Some(events)) = (self.pending.take(), self.events.as_ref()) {
+            let events = events.downgrade();
             tokio::spawn(async move {
                 tokio::time::sleep(REDELIVERY_DELAY).await;
-                let _ = events.send(Event::Redeliver(Box::new(pending)));
+                if let Some(events) = events.upgrade() {
+                    let _ = events.send(Event::Redeliver(Box::new(pending)));
+                }
             });
         }
     }
