@@ -80,7 +80,8 @@ enum Event {
     Acked(Pending),
     /// The record's lane passes on before the record is settled ([`Acker::release`]).
     LaneFree(Lane),
-    /// Hand this record out again (its lane stays taken).
+    /// Hand this record out again: first if it still owns its lane, else before the
+    /// lane's later records ([`Scheduler::redeliver`]).
     Redeliver(Box<Pending>),
     /// This lane's record retries in place (`true`) or no longer does.
     Hold(Lane, bool),

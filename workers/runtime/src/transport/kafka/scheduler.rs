@@ -205,7 +205,8 @@ impl<R: Record> Scheduler<R> {
             }
             return;
         }
-        let lane = lane.clone();
+        // Only while some record retries in place: a lane clone is an allocation per record.
+        let held = (!self.held_lanes.is_empty()).then(|| lane.clone());
         let waiting = self.waiting.entry(lane.clone()).or_default();
         if again {
             let at = waiting.iter().position(|w| w.offset() > record.offset()).unwrap_or(waiting.len());
@@ -214,7 +215,7 @@ impl<R: Record> Scheduler<R> {
             waiting.push_back(record);
         }
         self.waiting_len += 1;
-        if !self.held_lanes.is_empty() {
+        if let Some(lane) = held {
             self.check_crowding(&lane);
         }
     }
