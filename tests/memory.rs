@@ -132,3 +132,71 @@ async fn the_inbox_keeps_only_the_writes_of_the_call_that_passed() {
     stop.cancel();
     worker.await.expect("worker task").expect("worker ends cleanly");
 }
+
+/// The byte budget (`--max-in-flight-bytes`): with room for 64 handlers but a budget of
+/// 1 MiB, requests of 400 KB run three at a time (admitted while less than the budget is
+/// held); with the default budget all six run at once. Every request is answered either way.
+#[tokio::test(start_paused = true)]
+async fn the_byte_budget_bounds_the_requests_in_flight() {
+    assert_eq!(most_at_once_with_budget(1 << 20).await, 3);
+    assert_eq!(most_at_once_with_budget(64 << 20).await, 6);
+}
+
+/// How many of six 400 KB requests a worker with `budget` handled at once.
+async fn most_at_once_with_budget(budget: usize) -> usize {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+        time::Duration,
+    };
+
+    use courier::{Context, Handler, HandlerError, MemoryBroker, Message, Settings, Transport, contract::headers as h};
+
+    /// Holds each request for a second; counts how many it holds at once.
+    #[derive(Clone, Debug, Default)]
+    struct Slow {
+        now: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    }
+    impl Handler for Slow {
+        type Request = serde_json::Value;
+        type Reply = serde_json::Value;
+        const NAME: &'static str = "budgeted";
+        const REQUEST_SCHEMA: &'static str = "{}";
+        async fn handle(&self, _: Self::Request, _: &Context) -> Result<Self::Reply, HandlerError> {
+            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            Ok(serde_json::json!({}))
+        }
+    }
+
+    let broker = MemoryBroker::new();
+    let mut settings = Settings::defaults(Slow::NAME);
+    settings.max_in_flight_bytes = budget;
+    broker.declare(&settings.topology()).await.expect("declare");
+    let handler = Slow::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker =
+        tokio::spawn(courier::run(settings.clone(), broker.clone(), handler.clone(), stop.clone().cancelled_owned()));
+    let payload = serde_json::to_vec(&serde_json::json!({ "pad": "x".repeat(400_000) })).expect("json");
+    for n in 0..6 {
+        let headers = [(h::CORRELATION_ID, format!("c-{n}"))];
+        let request = Message {
+            payload: payload.clone().into(),
+            headers: headers.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            key: None,
+        };
+        broker.publish(&settings.queue, &request).await.expect("publish");
+    }
+    for _ in 0..6 {
+        let reply = broker.receive(&settings.replies, Duration::from_secs(10)).await.expect("a reply");
+        assert_eq!(reply.headers.get(h::STATUS).map(String::as_str), Some("ok"), "{reply:?}");
+    }
+    stop.cancel();
+    worker.await.expect("worker task").expect("worker ends cleanly");
+    handler.most.load(Ordering::SeqCst)
+}

@@ -67,3 +67,36 @@ async fn oversized_requests_reach_their_outcome_and_the_partition_moves_on() {
     courier_tests::kafka::oversized_requests(&mut client, &queue, &replies, 1, 5_000_000, || worker.tail()).await;
     assert!(worker.terminate());
 }
+
+/// A worker names, at start-up, each topic it writes to that accepts smaller records than
+/// it may write (here the reply topic, at 500,000 bytes, and the dead-letter topic, at
+/// librdkafka's 1,000,000, under the default limit of 1,114,112), with what happens there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_that_accept_smaller_records_are_named_at_start_up() {
+    use courier::transport::kafka::{KafkaConfig, KafkaTransport, Ordering};
+
+    let bootstrap = std::env::var("COURIER_TEST_TANSU").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let (queue, replies) = (format!("limits-{id}.requests"), format!("limits-{id}.replies"));
+    let transport = KafkaTransport::connect(KafkaConfig {
+        partitions: 1,
+        ..courier_tests::kafka::config(&bootstrap, Ordering::Partition)
+    })
+    .await
+    .expect("tansu answers");
+    let dlq = format!("{queue}.dlq");
+    transport.create_topics_with(&[&replies], &[("max.message.bytes", "500000")]).await.expect("replies");
+    transport.create_topics_with(&[&dlq], &[("max.message.bytes", "1000000")]).await.expect("dlq");
+    let broker = format!("kafka://{bootstrap}");
+    let args = ["--broker", &broker, "--queue", &queue, "--replies", &replies, "--partitions", "1"];
+    let mut worker = courier_tests::process::Process::start("greeter", "tansu-limits", &args, &[]);
+    worker.wait_for_log("Consuming.", std::time::Duration::from_secs(60));
+    let log = worker.tail();
+    assert!(worker.terminate());
+    let named = |topic: &str| log.lines().find(|l| l.contains(&format!("topic {topic} accepts records up to")));
+    let reply_warning = named(&replies).unwrap_or_else(|| panic!("no warning about {replies}:\n{log}"));
+    assert!(reply_warning.contains("500000 bytes") && reply_warning.contains("reply_too_large"), "{reply_warning}");
+    let dlq_warning = named(&dlq).unwrap_or_else(|| panic!("no warning about {dlq}:\n{log}"));
+    assert!(dlq_warning.contains("without their payload"), "{dlq_warning}");
+    assert!(named(&format!("{queue}.parking")).is_none(), "the parking topic takes the broker's default:\n{log}");
+}

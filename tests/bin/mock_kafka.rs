@@ -1,10 +1,11 @@
 //! Hosts librdkafka's mock cluster (a Kafka-protocol broker) for other processes: the
 //! multi-process and benchmark tests, and local experiments.
 //!
-//! Usage: mock-kafka [--brokers N] [--topic NAME:PARTITIONS]...
+//! Usage: mock-kafka [--brokers N] [--topic NAME:PARTITIONS[:REPLICAS]]...
 //! Prints `bootstrap=<host:port>` on stdout, then serves until stdin closes. Commands on
 //! stdin, one per line: `down <broker>`, `up <broker>`, `fail-produces <n>`,
-//! `clear-produces`, `create <name> <partitions>`, `rtt <broker> <milliseconds>`.
+//! `clear-produces`, `create <name> <partitions> [replicas]`, `rtt <broker> <milliseconds>`,
+//! `leader <topic> <partition> <broker>|none`, `coordinator <group> <broker>`.
 
 use std::io::BufRead;
 
@@ -19,15 +20,18 @@ fn main() {
         match (arg.as_str(), args.next()) {
             ("--brokers", Some(n)) => brokers = n.parse().expect("--brokers N"),
             ("--topic", Some(spec)) => {
-                let (name, partitions) = spec.split_once(':').expect("--topic NAME:PARTITIONS");
-                topics.push((name.to_owned(), partitions.parse::<i32>().expect("partitions")));
+                let mut parts = spec.split(':');
+                let name = parts.next().expect("--topic NAME:PARTITIONS[:REPLICAS]");
+                let partitions = parts.next().map_or(1, |p| p.parse::<i32>().expect("partitions"));
+                let replicas = parts.next().map_or(1, |r| r.parse::<i32>().expect("replicas"));
+                topics.push((name.to_owned(), partitions, replicas));
             }
-            _ => panic!("usage: mock-kafka [--brokers N] [--topic NAME:PARTITIONS]..."),
+            _ => panic!("usage: mock-kafka [--brokers N] [--topic NAME:PARTITIONS[:REPLICAS]]..."),
         }
     }
     let cluster = MockKafka::start(brokers);
-    for (name, partitions) in &topics {
-        cluster.create_topics(&[name], *partitions);
+    for (name, partitions, replicas) in &topics {
+        cluster.create_replicated_topics(&[name], *partitions, *replicas);
     }
     println!("bootstrap={}", cluster.bootstrap);
     for line in std::io::stdin().lock().lines() {
@@ -43,6 +47,19 @@ fn main() {
                 std::time::Duration::from_millis(ms.parse().expect("milliseconds")),
             )),
             ["create", name, partitions] => cluster.create_topics(&[name], partitions.parse().expect("partitions")),
+            ["create", name, partitions, replicas] => cluster.create_replicated_topics(
+                &[name],
+                partitions.parse().expect("partitions"),
+                replicas.parse().expect("replicas"),
+            ),
+            ["leader", topic, partition, id] => cluster.command(Command::Leader(
+                (*topic).to_owned(),
+                partition.parse().expect("partition"),
+                id.parse().ok(),
+            )),
+            ["coordinator", group, id] => {
+                cluster.command(Command::GroupCoordinator((*group).to_owned(), id.parse().expect("broker id")));
+            }
             _ => eprintln!("mock-kafka: unknown command {line:?}"),
         }
         println!("ok");

@@ -35,8 +35,13 @@ pub enum Command {
     BrokerUp(i32),
     /// Delay every answer of broker `id` by this round trip time.
     RoundTrip(i32, Duration),
-    /// Create a topic (the mock has no CreateTopics API); answers when done.
-    CreateTopic(String, i32, std::sync::mpsc::Sender<()>),
+    /// Create a topic (the mock has no CreateTopics API) with this many partitions and
+    /// replicas; answers when done.
+    CreateTopic(String, i32, i32, std::sync::mpsc::Sender<()>),
+    /// Make broker `id` the leader of a partition (an election), or none (`None`).
+    Leader(String, i32, Option<i32>),
+    /// Make broker `id` the coordinator of a consumer group.
+    GroupCoordinator(String, i32),
 }
 
 /// A mock Kafka cluster; it lives until the test process exits.
@@ -69,9 +74,14 @@ impl MockKafka {
 
     /// Create topics with `partitions` partitions (existing ones are kept).
     pub fn create_topics(&self, names: &[&str], partitions: i32) {
+        self.create_replicated_topics(names, partitions, 1);
+    }
+
+    /// Create topics with `partitions` partitions of `replication` replicas each.
+    pub fn create_replicated_topics(&self, names: &[&str], partitions: i32, replication: i32) {
         for name in names {
             let (done, wait) = std::sync::mpsc::channel();
-            self.command(Command::CreateTopic((*name).to_owned(), partitions, done));
+            self.command(Command::CreateTopic((*name).to_owned(), partitions, replication, done));
             wait.recv().expect("topic created");
         }
     }
@@ -93,10 +103,14 @@ pub fn apply(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerCo
         Command::BrokerDown(id) => cluster.broker_down(id).expect("broker down"),
         Command::BrokerUp(id) => cluster.broker_up(id).expect("broker up"),
         Command::RoundTrip(id, rtt) => cluster.broker_round_trip_time(id, rtt).expect("round trip time"),
-        Command::CreateTopic(name, partitions, done) => {
+        Command::CreateTopic(name, partitions, replication, done) => {
             // An existing topic is fine: creation is idempotent for the tests.
-            let _ = cluster.create_topic(&name, partitions, 1);
+            let _ = cluster.create_topic(&name, partitions, replication);
             let _ = done.send(());
+        }
+        Command::Leader(topic, partition, id) => cluster.partition_leader(&topic, partition, id).expect("leader"),
+        Command::GroupCoordinator(group, id) => {
+            cluster.coordinator(rdkafka::mocking::MockCoordinator::Group(group), id).expect("coordinator");
         }
     }
 }
@@ -111,6 +125,7 @@ pub fn config(bootstrap: &str, ordering: Ordering) -> KafkaConfig {
         partitions: 2,
         replication: 1,
         max_message_bytes: KafkaConfig::max_message_bytes_for(1_048_576),
+        buffer_bytes: 64 << 20,
         properties: vec![("fetch.wait.max.ms".into(), "10".into())],
     }
 }
@@ -253,12 +268,20 @@ pub struct MockKafkaProcess {
 }
 
 impl MockKafkaProcess {
-    /// Start `mock-kafka` with these topics (`name`, partitions).
+    /// Start `mock-kafka` (one broker) with these topics (`name`, partitions).
     pub fn start(topics: &[(&str, i32)]) -> Self {
+        let topics: Vec<(&str, i32, i32)> = topics.iter().map(|(name, partitions)| (*name, *partitions, 1)).collect();
+        Self::start_cluster(1, &topics)
+    }
+
+    /// Start `mock-kafka` with `brokers` brokers and these topics (`name`, partitions,
+    /// replicas).
+    pub fn start_cluster(brokers: i32, topics: &[(&str, i32, i32)]) -> Self {
         use std::io::BufRead;
         let mut command = std::process::Command::new(crate::process::binary("mock-kafka"));
-        for (name, partitions) in topics {
-            command.args(["--topic", &format!("{name}:{partitions}")]);
+        command.args(["--brokers", &brokers.to_string()]);
+        for (name, partitions, replicas) in topics {
+            command.args(["--topic", &format!("{name}:{partitions}:{replicas}")]);
         }
         let mut child = command
             .stdin(std::process::Stdio::piped())

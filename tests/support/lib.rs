@@ -11,4 +11,5 @@ pub mod postgres;
 pub mod process;
 pub mod python;
 pub mod rabbitmq;
+pub mod rabbitmq_cluster;
 pub mod replies;

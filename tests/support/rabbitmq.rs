@@ -146,8 +146,13 @@ pub struct RawClient {
 impl RawClient {
     /// Connect to the test broker.
     pub async fn connect() -> Self {
+        Self::connect_to(&url()).await
+    }
+
+    /// Connect to the broker at `url`.
+    pub async fn connect_to(url: &str) -> Self {
         let connection =
-            lapin::Connection::connect(&url(), lapin::ConnectionProperties::default()).await.expect("connect");
+            lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.expect("connect");
         let channel = connection.create_channel().await.expect("channel");
         channel.confirm_select(Default::default()).await.expect("confirms");
         Self { _connection: connection, channel }
@@ -215,13 +220,18 @@ impl RawClient {
     /// Every message waiting in `queue` now (acked as taken).
     pub async fn take(&self, queue: &str) -> Vec<Message> {
         let mut messages = Vec::new();
-        while let Some(got) = self.channel.basic_get(queue.into(), BasicGetOptions::default()).await.expect("basic.get")
-        {
-            got.delivery.ack(BasicAckOptions::default()).await.expect("ack");
+        self.take_into(queue, &mut messages).await.expect("basic.get");
+        messages
+    }
+
+    /// [`Self::take`] into `messages`, which keeps what was taken before an error.
+    pub async fn take_into(&self, queue: &str, messages: &mut Vec<Message>) -> Result<(), lapin::Error> {
+        while let Some(got) = self.channel.basic_get(queue.into(), BasicGetOptions::default()).await? {
+            got.delivery.ack(BasicAckOptions::default()).await?;
             let headers = courier::transport::amqp::headers(&got.delivery.properties);
             messages.push(Message { payload: got.delivery.data.into(), headers, key: None });
         }
-        messages
+        Ok(())
     }
 
     /// Count replies on `queue` until `expected` distinct correlation ids arrived,
@@ -287,10 +297,24 @@ pub fn greeter_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> crate::process::Process {
-    let url = url();
+    greeter_at(&url(), label, queue, replies, extra, env)
+}
+
+/// [`greeter_env`] on the broker (or comma-separated list of cluster nodes) at `url`.
+pub fn greeter_at(
+    url: &str,
+    label: &str,
+    queue: &str,
+    replies: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> crate::process::Process {
     let concurrency = CONCURRENCY.to_string();
-    let mut args = vec!["--broker", &url, "--queue", queue, "--replies", replies, "--instance", label];
-    args.extend(["--retry-delays", "1s", "--shutdown-grace", "5s"]);
+    let mut args = vec!["--broker", url, "--queue", queue, "--replies", replies, "--instance", label];
+    args.extend(["--shutdown-grace", "5s"]);
+    if !extra.contains(&"--retry-delays") {
+        args.extend(["--retry-delays", "1s"]);
+    }
     if !extra.contains(&"--concurrency") {
         args.extend(["--concurrency", &concurrency]);
     }

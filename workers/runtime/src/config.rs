@@ -49,6 +49,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "COURIER_MAX_PAYLOAD_BYTES", default_value_t = 1_048_576)]
     pub max_payload_bytes: usize,
 
+    /// Byte budget of the requests in flight and their outputs awaiting a confirm: no new
+    /// request is taken while they hold this much (Kafka: also the bound of each read-ahead
+    /// buffer). See docs/operations.md, "Memory".
+    #[arg(long, env = "COURIER_MAX_IN_FLIGHT_BYTES", default_value_t = 64 << 20)]
+    pub max_in_flight_bytes: usize,
+
     /// Handler invocations per delivery round (in-process retries + 1).
     #[arg(long, env = "COURIER_RETRY_ATTEMPTS", default_value_t = 3)]
     pub retry_attempts: u32,
@@ -183,7 +189,8 @@ fn parse_delay(s: &str) -> Result<Option<Duration>, humantime::DurationError> {
 pub enum Broker {
     /// The embedded in-memory broker (demo and tests).
     Memory,
-    /// RabbitMQ at this URL (`amqp://` or `amqps://`).
+    /// RabbitMQ at this URL (`amqp://` or `amqps://`), or at the first of a comma-separated
+    /// list of them (the nodes of a cluster) that answers.
     Amqp(String),
     /// Kafka with these settings.
     Kafka(crate::transport::kafka::KafkaConfig),
@@ -199,8 +206,12 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-/// `url` with any password replaced by `***`, for logs and error messages.
+/// `url` (or a comma-separated list of URLs) with any password replaced by `***`, for
+/// logs and error messages.
 pub fn redact(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     match authority.rsplit_once('@') {
@@ -210,6 +221,14 @@ pub fn redact(url: &str) -> String {
         }
         None => url.to_owned(),
     }
+}
+
+/// The smallest byte budget accepted: below it Kafka's read-ahead buffers would be
+/// smaller than a fetch.
+const MIN_IN_FLIGHT_BYTES: usize = 1 << 20;
+
+fn is_amqp(url: &str) -> bool {
+    url.starts_with("amqp://") || url.starts_with("amqps://")
 }
 
 /// Validated settings of one worker.
@@ -233,6 +252,8 @@ pub struct Settings {
     pub handler_timeout: Duration,
     /// Largest accepted payload.
     pub max_payload_bytes: usize,
+    /// Byte budget of requests in flight and their outputs ([`crate::budget`]).
+    pub max_in_flight_bytes: usize,
     /// In-process and delayed retries.
     pub retry: RetryPolicy,
     /// Wait out the retry tiers' delays in the worker, keeping the request's lane.
@@ -294,7 +315,15 @@ impl WorkerArgs {
     pub fn settings(&self, worker: &str) -> Result<Settings, ConfigError> {
         let broker = match self.broker.as_deref().map(str::trim) {
             None | Some("") | Some("memory://") | Some("memory") => Broker::Memory,
-            Some(url) if url.starts_with("amqp://") || url.starts_with("amqps://") => Broker::Amqp(url.to_owned()),
+            Some(url) if is_amqp(url) => {
+                if let Some(other) = url.split(',').find(|u| !is_amqp(u.trim())) {
+                    return Err(invalid(
+                        "broker",
+                        format!("{:?} in the list is not an amqp:// or amqps:// URL", redact(other.trim())),
+                    ));
+                }
+                Broker::Amqp(url.to_owned())
+            }
             Some(url) if url.starts_with("kafka://") => {
                 let bootstrap = url.trim_start_matches("kafka://").trim_end_matches('/');
                 if bootstrap.is_empty() {
@@ -312,6 +341,7 @@ impl WorkerArgs {
                     max_message_bytes: crate::transport::kafka::KafkaConfig::max_message_bytes_for(
                         self.max_payload_bytes,
                     ),
+                    buffer_bytes: self.max_in_flight_bytes,
                     properties: self.kafka_properties.clone(),
                 })
             }
@@ -366,6 +396,12 @@ impl WorkerArgs {
         if self.max_payload_bytes == 0 {
             return Err(invalid("max-payload-bytes", "must be > 0"));
         }
+        if self.max_in_flight_bytes < MIN_IN_FLIGHT_BYTES {
+            return Err(invalid(
+                "max-in-flight-bytes",
+                format!("{} is below {MIN_IN_FLIGHT_BYTES} (1 MiB)", self.max_in_flight_bytes),
+            ));
+        }
         let delays: Vec<Duration> = self.retry_delays.iter().flatten().copied().collect();
         let retry = RetryPolicy::new(
             self.retry_attempts,
@@ -411,6 +447,7 @@ impl WorkerArgs {
             concurrency: self.concurrency,
             handler_timeout: self.handler_timeout,
             max_payload_bytes: self.max_payload_bytes,
+            max_in_flight_bytes: self.max_in_flight_bytes,
             retry,
             retry_in_place: self.retry_in_place,
             max_redeliveries: self.max_redeliveries,
@@ -584,6 +621,9 @@ mod tests {
     fn passwords_are_redacted() {
         assert_eq!(redact("amqp://guest:secret@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
         assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
+        assert_eq!(redact("amqp://u:a@h1/%2f,amqp://u:b@h2/%2f"), "amqp://u:***@h1/%2f,amqp://u:***@h2/%2f");
+        let err = parse(&["--broker", "amqp://u:pw@h1,kafka://u:pw2@h2"]).expect_err("a list of amqp URLs").to_string();
+        assert!(err.contains("kafka://u:***@h2") && !err.contains("pw"), "{err}");
         let err = parse(&["--broker", "nats://u:pw@h"]).expect_err("unsupported").to_string();
         assert!(!err.contains("pw"), "{err}");
     }

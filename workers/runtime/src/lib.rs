@@ -8,6 +8,7 @@
 pub mod app;
 pub mod asyncapi;
 pub mod breaker;
+mod budget;
 pub mod client;
 pub mod config;
 pub mod console;

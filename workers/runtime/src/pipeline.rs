@@ -35,6 +35,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     breaker::{Call, Gate},
+    budget::Charge,
     config::Settings,
     contract::{
         codec::Codec,
@@ -65,12 +66,15 @@ pub(crate) struct Slot {
     handler: Option<OwnedSemaphorePermit>,
     confirming: Option<OwnedSemaphorePermit>,
     confirms: Arc<Semaphore>,
+    /// The request's bytes, and its outputs', against the worker's byte budget.
+    bytes: Charge,
 }
 
 impl Slot {
     /// A slot holding one of `handlers`; it moves to one of `confirms` when handed off.
-    pub(crate) fn new(handler: OwnedSemaphorePermit, confirms: Arc<Semaphore>) -> Self {
-        Self { probe: None, handler: Some(handler), confirming: None, confirms }
+    /// `bytes` is the request's charge; its outputs are added to it.
+    pub(crate) fn new(handler: OwnedSemaphorePermit, confirms: Arc<Semaphore>, bytes: Charge) -> Self {
+        Self { probe: None, handler: Some(handler), confirming: None, confirms, bytes }
     }
 
     /// The same, for a probe of the half-open circuit breaker.
@@ -836,6 +840,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     ) -> Result<(), PublishError> {
         const PUBLISH_BACKOFF: [Duration; 3] =
             [Duration::from_millis(50), Duration::from_millis(200), Duration::from_millis(800)];
+        acker.slot.bytes.add(message.byte_len());
         let mut result = self.send(destination, &message, acker).await;
         for delay in PUBLISH_BACKOFF {
             match &result {

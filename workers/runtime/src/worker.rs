@@ -7,6 +7,7 @@ use tracing::{info, warn};
 
 use crate::{
     breaker::{Gate, Say},
+    budget::Budget,
     config::Settings,
     handler::Handler,
     inbox::Inbox,
@@ -82,7 +83,8 @@ pub async fn run<H: Handler, T: Transport>(
     let mut subscription = transport.subscribe(&topology, settings.concurrency).await?;
     health.set_running(true);
     let watch = transport.clone();
-    let sampler = tokio::spawn(sample_backlog(transport.clone(), topology.clone(), metrics.clone()));
+    let budget = Budget::new(settings.max_in_flight_bytes);
+    let sampler = tokio::spawn(sample_backlog(transport.clone(), topology.clone(), metrics.clone(), budget.clone()));
     let grace = settings.shutdown_grace;
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let confirms = Arc::new(Semaphore::new(settings.concurrency * CONFIRMS_PER_HANDLER));
@@ -169,8 +171,15 @@ pub async fn run<H: Handler, T: Transport>(
             () = &mut shutdown => break Ok(()),
             _ = say.changed() => continue,
         };
+        // Over the byte budget, the delivery waits here and nothing more is taken.
+        let bytes = delivery.message.byte_len();
+        let charge = tokio::select! {
+            biased;
+            charge = budget.admit(bytes) => charge,
+            () = &mut shutdown => break Ok(()),
+        };
         let pipeline = Arc::clone(&pipeline);
-        let slot = Slot::new(permit, Arc::clone(&confirms)).probe(probe);
+        let slot = Slot::new(permit, Arc::clone(&confirms), charge).probe(probe);
         // Boxed: the pipeline's future is a few KiB, and a task's future is copied when
         // spawned and again when its output is taken.
         in_flight.spawn(async move {
@@ -226,11 +235,13 @@ async fn give_back<A: Acker>(delivery: Delivery<A>) {
     }
 }
 
-/// Every few seconds, publish the transport's backlog (queue depths or lag) as metrics.
-async fn sample_backlog<T: Transport>(transport: T, topology: Topology, metrics: Metrics) {
+/// Every few seconds, publish the transport's backlog (queue depths or lag) and the bytes
+/// held against the budget as metrics.
+async fn sample_backlog<T: Transport>(transport: T, topology: Topology, metrics: Metrics, budget: Budget) {
     let mut every = tokio::time::interval(BACKLOG_INTERVAL);
     loop {
         every.tick().await;
+        metrics.set_in_flight_bytes(budget.held());
         let mut lags = Vec::new();
         for backlog in transport.backlog(&topology).await {
             match backlog {

@@ -25,6 +25,7 @@ pub struct Metrics {
     answered_from_inbox: IntCounter,
     handler_seconds: Histogram,
     in_flight: IntGauge,
+    in_flight_bytes: IntGauge,
     ready: IntGaugeVec,
     queue_depth: IntGaugeVec,
     consumer_lag: IntGaugeVec,
@@ -96,6 +97,13 @@ impl Metrics {
             handler_seconds: handler_seconds.with_label_values(&[worker]),
             in_flight: gauge("courier_in_flight", "Deliveries being processed.", &["worker"])
                 .with_label_values(&[worker]),
+            in_flight_bytes: gauge(
+                "courier_in_flight_bytes",
+                "Payload bytes of the requests being processed and of their outputs awaiting a confirm \
+                 (--max-in-flight-bytes), sampled every 2 s.",
+                &["worker"],
+            )
+            .with_label_values(&[worker]),
             ready: gauge("courier_ready", "1 while connected and consuming.", &["worker"]),
             queue_depth: gauge("courier_queue_depth", "Messages waiting in a RabbitMQ queue.", &["worker", "queue"]),
             consumer_lag: gauge(
@@ -173,6 +181,11 @@ impl Metrics {
         let gauge = self.in_flight.clone();
         gauge.inc();
         InFlight(gauge)
+    }
+
+    /// Bytes held against the worker's byte budget.
+    pub fn set_in_flight_bytes(&self, bytes: usize) {
+        self.in_flight_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Readiness as a gauge.

@@ -30,6 +30,13 @@ pub struct Message {
     pub key: Option<Bytes>,
 }
 
+impl Message {
+    /// Payload, key and headers, in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.payload.len() + self.key.as_ref().map_or(0, Bytes::len) + self.headers.byte_len()
+    }
+}
+
 /// Where a delivery came from, for dead-letter records and logs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Source {

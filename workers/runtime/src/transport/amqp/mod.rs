@@ -53,8 +53,10 @@ pub struct AmqpTransport {
 
 #[derive(Debug)]
 struct Shared {
-    /// Broker URL (may hold a password: never logged unredacted).
-    url: String,
+    /// Broker URLs, the nodes of a cluster (may hold passwords: never logged unredacted).
+    urls: Vec<String>,
+    /// Which of `urls` to try first: the last that answered.
+    current: std::sync::atomic::AtomicUsize,
     /// Name shown in the management UI.
     name: String,
     /// The live connection, replaced on reconnect; read on every publish (a plain
@@ -87,12 +89,19 @@ impl Session {
 }
 
 impl AmqpTransport {
-    /// Connect to `url` (`amqp://` or `amqps://`); `name` identifies the connection in
-    /// the broker's management UI.
+    /// Connect to `url` (`amqp://` or `amqps://`), or to the first that answers of a
+    /// comma-separated list of them (the nodes of a cluster; each reconnect tries them in
+    /// turn from the last that answered); `name` identifies the connection in the
+    /// broker's management UI.
     pub async fn connect(url: &str, name: &str) -> Result<Self, TransportError> {
+        let urls: Vec<String> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+        if urls.is_empty() {
+            return Err(TransportError::Unavailable("no broker URL".into()));
+        }
         let transport = Self {
             shared: Arc::new(Shared {
-                url: url.to_owned(),
+                urls,
+                current: std::sync::atomic::AtomicUsize::new(0),
                 name: name.to_owned(),
                 session: std::sync::RwLock::new(None),
                 reconnect: Mutex::new(()),
@@ -101,7 +110,6 @@ impl AmqpTransport {
             }),
         };
         transport.session().await?;
-        info!(broker = %redact(url), "Connected to RabbitMQ.");
         Ok(transport)
     }
 
@@ -125,11 +133,28 @@ impl AmqpTransport {
         current.as_ref().filter(|s| s.alive()).map(Arc::clone)
     }
 
+    /// A session on the first URL that answers, from the last that did, in turn.
     async fn open(&self) -> Result<Session, TransportError> {
-        let unavailable =
-            |e: &dyn std::fmt::Display| TransportError::Unavailable(format!("{}: {e}", redact(&self.shared.url)));
+        let urls = &self.shared.urls;
+        let first = self.shared.current.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for index in (first..urls.len()).chain(0..first) {
+            match self.open_at(&urls[index]).await {
+                Ok(session) => {
+                    self.shared.current.store(index, Ordering::Relaxed);
+                    info!(broker = %redact(&urls[index]), "Connected to RabbitMQ.");
+                    return Ok(session);
+                }
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+        Err(TransportError::Unavailable(failures.join("; ")))
+    }
+
+    async fn open_at(&self, url: &str) -> Result<Session, TransportError> {
+        let unavailable = |e: &dyn std::fmt::Display| TransportError::Unavailable(format!("{}: {e}", redact(url)));
         let properties = ConnectionProperties::default().with_connection_name(self.shared.name.clone().into());
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.shared.url, properties))
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
             .await
             .map_err(|_| unavailable(&"connection timed out"))?
             .map_err(|e| unavailable(&e))?;

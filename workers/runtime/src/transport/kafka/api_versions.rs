@@ -14,6 +14,8 @@ use std::{
 
 /// Kafka's API key of EndTxn (commit or abort a transaction).
 pub const END_TXN: i16 = 26;
+/// Kafka's API key of DescribeConfigs (a topic's settings).
+pub const DESCRIBE_CONFIGS: i16 = 32;
 /// Kafka's API key of ApiVersions.
 const API_VERSIONS: i16 = 18;
 /// Largest answer accepted (a broker lists ~70 APIs at 6 bytes each).

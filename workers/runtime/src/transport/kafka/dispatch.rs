@@ -28,14 +28,13 @@ use crate::transport::{Acker, Delivery, Intake, Message, Source, Subscription, T
 /// Delay before a nacked record is handed out again.
 const REDELIVERY_DELAY: Duration = Duration::from_millis(500);
 
-/// Records the dispatcher may buffer; at the limit it stops reading from the consumer, and
-/// librdkafka's own prefetch limits (`queued.max.messages.kbytes`, 64 MiB by default, on
-/// top of this buffer) then stop its fetching. Pausing instead would cost throughput:
+/// Records the dispatcher may buffer; at the limit (or at its byte limit, the transport's
+/// `buffer_bytes`) it stops reading from the consumer, and librdkafka's own prefetch limit
+/// (`queued.max.messages.kbytes`, the same bytes, on top of this buffer) then stops its
+/// fetching. Pausing instead would cost throughput:
 /// librdkafka drops what it prefetched and takes up to a second to fetch again after a
 /// resume, which cut a no-op worker at concurrency 1,000 to 18,000 msg/s.
 const MIN_BUFFERED_RECORDS: usize = 10_000;
-/// Payload bytes the dispatcher may buffer before it stops reading.
-const MAX_BUFFERED_BYTES: usize = 64 << 20;
 /// See [`Limits::waiting_behind_held_lane`].
 const MAX_WAITING_BEHIND_HELD_LANE: usize = 1_000;
 /// Ackers' events handled in one turn of the loop, beyond the one that woke it.
@@ -94,13 +93,14 @@ pub(super) fn start(
     topology: &Topology,
     ordering: Ordering,
     prefetch: usize,
+    buffer_bytes: usize,
 ) -> Subscription<KafkaAcker> {
     let (out, receiver) = mpsc::channel(prefetch.max(1));
     let (intake, wanted) = crate::transport::intake();
     let (events_tx, events) = mpsc::unbounded_channel();
     let limits = Limits {
         records: (prefetch.max(1) * 4 + 100).max(MIN_BUFFERED_RECORDS),
-        bytes: MAX_BUFFERED_BYTES,
+        bytes: buffer_bytes,
         waiting_behind_held_lane: MAX_WAITING_BEHIND_HELD_LANE,
     };
     let dispatcher = Dispatcher {

@@ -15,6 +15,7 @@ mod dispatch;
 pub mod liveness;
 pub mod offsets;
 mod scheduler;
+mod topic_limits;
 
 use std::{
     collections::HashMap,
@@ -66,6 +67,10 @@ pub struct KafkaConfig {
     /// record the worker writes (derived from `--max-payload-bytes`, with room for the
     /// headers of a dead-letter copy).
     pub max_message_bytes: usize,
+    /// Bytes each buffer ahead of or behind the worker may hold: librdkafka's fetched
+    /// records, the dispatcher's records waiting to be handed out, and the producer's queue
+    /// (never below two of the largest records). `--max-in-flight-bytes`.
+    pub buffer_bytes: usize,
     /// librdkafka properties passed through (`security.protocol`, `sasl.mechanisms`,
     /// `fetch.wait.max.ms`, …); they override ours.
     pub properties: Vec<(String, String)>,
@@ -79,6 +84,23 @@ impl KafkaConfig {
     /// never below librdkafka's own default (1,000,000).
     pub fn max_message_bytes_for(max_payload_bytes: usize) -> usize {
         max_payload_bytes.saturating_add(Self::HEADER_ROOM).clamp(1_000_000, 1_000_000_000)
+    }
+
+    /// librdkafka's size properties for a buffer of `bytes`, in KiB (1 KiB up to its
+    /// maximum, 2,097,151).
+    fn kbytes(bytes: usize) -> String {
+        (bytes / 1024).clamp(1, 2_097_151).to_string()
+    }
+
+    /// The producer's queue: the buffer, or two of the largest records when that is more.
+    fn producer_queue_kbytes(&self) -> String {
+        Self::kbytes(self.buffer_bytes.max(2 * self.max_message_bytes))
+    }
+
+    /// What the consumer fetches ahead (`queued.max.messages.kbytes`): the buffer. librdkafka
+    /// keeps each fetch (`fetch.max.bytes`, 50 MB) below it and above one record.
+    fn fetched_kbytes(&self) -> String {
+        Self::kbytes(self.buffer_bytes)
     }
 }
 
@@ -128,10 +150,12 @@ impl KafkaTransport {
     /// Create the producer and check that the cluster answers.
     pub async fn connect(config: KafkaConfig) -> Result<Self, TransportError> {
         let max_message_bytes = config.max_message_bytes.to_string();
+        let producer_queue = config.producer_queue_kbytes();
         let producer: FutureProducer = client_config(
             &config,
             &[
                 ("message.max.bytes", &max_message_bytes),
+                ("queue.buffering.max.kbytes", &producer_queue),
                 ("enable.idempotence", "true"),
                 ("acks", "all"),
                 ("allow.auto.create.topics", "false"),
@@ -358,6 +382,7 @@ impl Transport for KafkaTransport {
                 )));
             }
         }
+        topic_limits::check(&self.shared.config, topology).await;
         Ok(())
     }
 
@@ -369,9 +394,11 @@ impl Transport for KafkaTransport {
         let context = RebalanceContext::default();
         let tracking = Arc::clone(&context.tracking);
         let liveness = Arc::clone(&context.liveness);
+        let fetched = self.shared.config.fetched_kbytes();
         let consumer: StreamConsumer<RebalanceContext> = client_config(
             &self.shared.config,
             &[
+                ("queued.max.messages.kbytes", &fetched),
                 ("group.id", &self.shared.config.group),
                 ("enable.auto.commit", "true"),
                 // A crash repeats what was answered since the last commit: at most ~100 ms
@@ -399,7 +426,8 @@ impl Transport for KafkaTransport {
         let consumer = Arc::new(consumer);
         *self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(&consumer));
         *self.shared.liveness.lock().unwrap_or_else(|p| p.into_inner()) = Some(liveness);
-        Ok(dispatch::start(consumer, tracking, topology, self.shared.config.ordering, prefetch))
+        let config = &self.shared.config;
+        Ok(dispatch::start(consumer, tracking, topology, config.ordering, prefetch, config.buffer_bytes))
     }
 
     /// Enqueues in the producer (idempotent: it keeps the order per partition, retries
@@ -408,7 +436,7 @@ impl Transport for KafkaTransport {
         if !self.topic_exists(destination).await? {
             return Err(PublishError::Unroutable(destination.to_owned()));
         }
-        let size = message.payload.len() + message.key.as_ref().map_or(0, |k| k.len()) + message.headers.byte_len();
+        let size = message.byte_len();
         let mut record =
             FutureRecord::to(destination).payload(&message.payload[..]).headers(convert::headers(&message.headers));
         if let Some(key) = &message.key {
