@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use courier::transport::amqp::topology;
 use courier_tests::{
+    dlq::by_id,
     rabbitmq::{CONCURRENCY, RawClient, greeter_at, names},
     rabbitmq_cluster::{Cluster, NODES},
     replies::Replies,
@@ -30,6 +31,22 @@ async fn delete(client: &RawClient, queues: &[String]) {
     for queue in queues {
         let _ = client.channel.queue_delete(queue.as_str().into(), Default::default()).await;
     }
+}
+
+/// Every message in `queue`, read through node `node`. Right after a leader died, RabbitMQ
+/// 3.10 may refuse a `basic.get` on a channel that knew the old leader (`nodedown`): the
+/// read goes on over a new connection.
+async fn take(queue: &str, node: usize) -> Vec<courier::Message> {
+    let mut messages = Vec::new();
+    for _ in 0..20 {
+        let client = RawClient::connect_to(&Cluster::url(node)).await;
+        match client.take_into(queue, &mut messages).await {
+            Ok(()) => return messages,
+            Err(error) => println!("reading {queue}: {error}; again on a new connection"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("could not read {queue}");
 }
 
 /// The work queue's leader is killed while the worker is 3,000 requests into 10,000: the
@@ -69,7 +86,9 @@ async fn the_work_queue_leader_dies_mid_load_and_nothing_is_lost() {
         &missing[..missing.len().min(5)],
         worker.tail()
     );
-    assert!(seen.duplicates() <= CONCURRENCY + 1, "duplicates beyond the unacked window: {}", seen.duplicates());
+    // Redelivered: the deliveries unacked when the connection died (the prefetch), and
+    // acks the dead leader took but had not committed.
+    assert!(seen.duplicates() <= 2 * CONCURRENCY, "duplicates beyond two prefetches: {}", seen.duplicates());
     assert!(worker.running(), "the worker rode out the node's death:\n{}", worker.tail());
     cluster.start(leader).await;
     assert!(worker.terminate(), "SIGTERM ends the worker cleanly:\n{}", worker.tail());
@@ -77,6 +96,149 @@ async fn the_work_queue_leader_dies_mid_load_and_nothing_is_lost() {
     delete(
         &client,
         &[queue.clone(), replies, client_replies, format!("{queue}.dlq"), format!("{queue}.parking"), retry],
+    )
+    .await;
+}
+
+/// Requests wait in a retry tier (a quorum queue with a 10 s TTL that dead-letters back to
+/// the work queue, at-least-once) when the tier's leader is killed: each still comes back
+/// after its delay, fails again and ends in the dead-letter queue with an error reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails on RabbitMQ 3.10.8: 3 to 5 of 1,000 requests lost (docs/delivery.md, Clusters)"]
+async fn the_retry_tier_leader_dies_while_requests_wait_and_each_reaches_the_dead_letter_queue() {
+    let cluster = Cluster::up().await;
+    let (queue, replies) = names("qtier");
+    let tier = format!("{queue}.retry.10s");
+    let args = ["--quorum", "--retry-delays", "10s", "--retry-attempts", "1", "--breaker", "off"];
+    let mut worker =
+        greeter_at(&Cluster::urls(), "qtier", &queue, &replies, &args, &[("GREETER_DEPENDENCY_DOWN", "1")]);
+    let leader = cluster.leader(&tier, None);
+    let near = NODES.into_iter().find(|n| *n != leader).expect("another node");
+    let client = RawClient::connect_to(&Cluster::url(near)).await;
+    let client_replies = format!("{queue}.client.replies");
+    quorum_replies(&client, &client_replies).await;
+    let ids = client.publish_greetings(&queue, &client_replies, "t", 1_000).await;
+    // Killed while the tier holds requests: once 500 went there, well within its delay.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&worker.log).unwrap_or_default().matches("retrying after a delay").count() < 500 {
+        assert!(std::time::Instant::now() < deadline, "the tier never held requests:\n{}", worker.tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.kill(leader);
+    let mut seen = Replies::default();
+    client.collect_replies(&client_replies, ids.len(), &mut seen, PATIENCE, |_| false).await;
+    let dead_letters = by_id(&take(&format!("{queue}.dlq"), near).await);
+    let missing: Vec<&String> = ids.iter().filter(|id| !dead_letters.contains_key(*id)).collect();
+    let duplicates: usize = dead_letters.values().map(|n| n - 1).sum();
+    println!(
+        "node {leader} (leader of the retry tier) killed while it held requests: {} of {} dead-lettered ({} \
+         duplicates), {} error replies ({} duplicates), {} lost",
+        dead_letters.len(),
+        ids.len(),
+        duplicates,
+        seen.by_id.len(),
+        seen.duplicates(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "lost {}, e.g. {:?}\n{}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        worker.tail()
+    );
+    assert!(seen.missing(&ids).is_empty(), "every dead letter has its error reply");
+    assert_eq!(seen.by_status.get("ok"), None, "nothing succeeded with the dependency down");
+    cluster.start(leader).await;
+    assert!(worker.terminate(), "SIGTERM ends the worker cleanly:\n{}", worker.tail());
+    delete(
+        &client,
+        &[queue.clone(), replies, client_replies, format!("{queue}.dlq"), format!("{queue}.parking"), tier],
+    )
+    .await;
+}
+
+/// A memory alarm on the cluster (its watermark set near zero on the worker's node, which
+/// blocks publishers on every node): the worker's replies wait and its `/readyz` turns 503;
+/// the gateway answers a request within its timeout (503 or 504), not later, and its
+/// `/readyz` turns 503 once its own publish was blocked; once the alarm
+/// clears the worker resumes by itself and every request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_alarm_blocks_publishing_readiness_says_so_and_nothing_is_lost() {
+    use courier_tests::http::{free_port, get, post, wait_for_status};
+
+    let cluster = Cluster::up().await;
+    let (queue, replies) = names("qalarm");
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let port: u16 = port.parse().expect("port");
+    let args = ["--quorum", "--http-addr", &addr];
+    let env = [("GREETER_LATENCY_MS", "200")];
+    let mut worker = greeter_at(&Cluster::urls(), "qalarm", &queue, &replies, &args, &env);
+    let client = RawClient::connect_to(&Cluster::url(2)).await;
+    let client_replies = format!("{queue}.client.replies");
+    quorum_replies(&client, &client_replies).await;
+    let ids = client.publish_greetings(&queue, &client_replies, "a", 3_000).await;
+    let mut seen = Replies::default();
+    client.collect_replies(&client_replies, ids.len(), &mut seen, PATIENCE, |r| r.by_id.len() >= 300).await;
+    wait_for_status(port, "/readyz", 200, Duration::from_secs(10)).await;
+
+    let gateway_port = free_port();
+    let gateway_replies = format!("{queue}.gateway.replies");
+    let gateway_args = [
+        "--broker",
+        &Cluster::urls(),
+        "--queue",
+        &queue,
+        "--replies",
+        &gateway_replies,
+        "--listen",
+        &format!("127.0.0.1:{gateway_port}"),
+        "--timeout",
+        "3s",
+    ];
+    let mut gateway = courier_tests::process::Process::start("gateway", "qalarm-gateway", &gateway_args, &[]);
+    wait_for_status(gateway_port, "/readyz", 200, Duration::from_secs(30)).await;
+
+    cluster.ctl(1, &["set_vm_memory_high_watermark", "0.000001"]);
+    wait_for_status(port, "/readyz", 503, Duration::from_secs(10)).await;
+    let asked = std::time::Instant::now();
+    let (status, body) = post(gateway_port, "/process", r#"{"message":"blocked"}"#, &[]).await;
+    let took = asked.elapsed();
+    println!("memory alarm: readiness 503, gateway answered {status} in {took:?}: {body}");
+    assert!(status == 503 || status == 504, "the gateway says the broker is unavailable: {status} {body}");
+    assert!(took < Duration::from_secs(4), "answered within its timeout: {took:?}");
+    // Its connection is blocked once it tried to publish: its readiness says so too.
+    wait_for_status(gateway_port, "/readyz", 503, Duration::from_secs(5)).await;
+    let (status, _) = get(port, "/readyz").await;
+    assert_eq!(status, 503, "still blocked");
+
+    cluster.ctl(1, &["set_vm_memory_high_watermark", "0.4"]);
+    wait_for_status(port, "/readyz", 200, Duration::from_secs(30)).await;
+    client.collect_replies(&client_replies, ids.len(), &mut seen, PATIENCE, |_| false).await;
+    let missing = seen.missing(&ids);
+    println!(
+        "after the alarm: {} of {} answered, {} lost, {} duplicates",
+        seen.by_id.len(),
+        ids.len(),
+        missing.len(),
+        seen.duplicates()
+    );
+    assert!(missing.is_empty(), "lost {}\n{}", missing.len(), worker.tail());
+    assert!(gateway.terminate());
+    assert!(worker.terminate(), "SIGTERM ends the worker cleanly:\n{}", worker.tail());
+    let retry = format!("{queue}.retry.1s");
+    delete(
+        &client,
+        &[
+            queue.clone(),
+            replies,
+            client_replies,
+            format!("{queue}.dlq"),
+            format!("{queue}.parking"),
+            retry,
+            gateway_replies,
+        ],
     )
     .await;
 }

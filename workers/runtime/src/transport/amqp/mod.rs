@@ -382,8 +382,11 @@ impl Transport for AmqpTransport {
         naming::amqp_queue_problem(destination)
     }
 
+    /// Consuming, and the broker has not blocked the connection's publishers (a memory or
+    /// disk alarm: publishes would wait until it clears).
     fn is_ready(&self) -> bool {
         self.shared.consuming.load(Ordering::Relaxed)
+            && !self.live_session().is_some_and(|session| session.connection.status().blocked())
     }
 
     async fn backlog(&self, topology: &Topology) -> Vec<super::Backlog> {
