@@ -242,3 +242,95 @@ async fn a_memory_alarm_blocks_publishing_readiness_says_so_and_nothing_is_lost(
     )
     .await;
 }
+
+/// `courier dlq replay` of 3,000 records (100 a second), `--quorum`, when the node leading the dead-letter
+/// and work queues (and holding the replay's connection) is killed mid-way; replays are
+/// run again until one finishes. No record may be acked out of the dead-letter queue
+/// without reaching the work queue; a record replayed twice is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_through_a_node_death_loses_no_record() {
+    use courier::contract::failure::FailureKind;
+    use courier_tests::{dlq::dead_letter, process::courier};
+
+    const RECORDS: usize = 3_000;
+    let cluster = Cluster::up().await;
+    let (queue, replies) = names("qreplay");
+    let dlq = format!("{queue}.dlq");
+    let flags: Vec<String> =
+        ["--worker", "greeter", "--broker", &Cluster::urls(), "--queue", &queue, "--replies", &replies]
+            .into_iter()
+            .chain(["--retry-delays=", "--quorum"])
+            .map(String::from)
+            .collect();
+    let run = |args: &[&str]| courier(&args.iter().map(|a| (*a).to_owned()).chain(flags.clone()).collect::<Vec<_>>());
+    let (code, out, err) = run(&["topology", "declare"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let leader = cluster.leader(&dlq, None);
+    let near = NODES.into_iter().find(|n| *n != leader).expect("another node");
+    let client = RawClient::connect_to(&Cluster::url(near)).await;
+    let records: Vec<courier::Message> =
+        (0..RECORDS).map(|i| dead_letter(&format!("r{i}"), &queue, &replies, FailureKind::Transient)).collect();
+    for chunk in records.chunks(500) {
+        for record in chunk {
+            let props = courier::transport::amqp::properties(record);
+            let confirm = client
+                .channel
+                .basic_publish("".into(), dlq.as_str().into(), Default::default(), &record.payload, props)
+                .await
+                .expect("publish");
+            assert!(confirm.await.expect("confirm").is_ack());
+        }
+    }
+
+    let mut args: Vec<String> = ["dlq", "replay", "--rate", "100"].map(String::from).to_vec();
+    args.extend(flags.clone());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut replay = courier_tests::process::Process::start("courier", "qreplay", &args, &[]);
+    let mut replayed = Vec::new();
+    while replayed.len() < 300 {
+        client.take_into(&queue, &mut replayed).await.expect("basic.get before the kill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(replay.running(), "the replay finished before the kill: slow the rate down");
+    cluster.kill(leader);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while replay.running() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("the first replay, after its node died: {}", replay.tail().lines().last().unwrap_or_default());
+    let mut reruns = Vec::new();
+    for _ in 0..10 {
+        let (code, out, err) = run(&["dlq", "replay"]);
+        reruns.push(format!("{code}: {}{}", out.trim(), err.lines().last().unwrap_or_default()));
+        if code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    replayed.extend(take(&queue, near).await);
+    let left = take(&dlq, near).await;
+    let counts = by_id(&replayed);
+    let missing: Vec<String> = (0..RECORDS)
+        .map(|i| format!("r{i}"))
+        .filter(|id| !counts.contains_key(id) && !by_id(&left).contains_key(id))
+        .collect();
+    let twice = counts.values().filter(|n| **n > 1).count();
+    println!(
+        "replay through node {leader}'s death: {} replayed ({} distinct, {twice} twice), {} left in the dead-letter \
+         queue, {} lost; reruns: {reruns:?}",
+        replayed.len(),
+        counts.len(),
+        left.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acked out of the dead-letter queue without a replay: {:?}",
+        &missing[..missing.len().min(5)]
+    );
+    assert!(left.is_empty(), "a rerun that finished leaves nothing behind");
+    cluster.start(leader).await;
+    let queues = [queue.clone(), replies, dlq, format!("{queue}.parking")];
+    delete(&client, &queues).await;
+}
