@@ -110,24 +110,6 @@ async fn collect(scenario: &Scenario, client: &mut KafkaClient, ids: &[String], 
     client.collect_replies(topic, PARTITIONS, ids.len(), seen, PATIENCE, |r| r.by_id.len() >= until).await;
 }
 
-fn report(what: &str, ids: &[String], seen: &Replies, worker: &Process) {
-    let missing = seen.missing(ids);
-    println!(
-        "{what}: {} of {} answered, {} lost, {} duplicates",
-        seen.by_id.len(),
-        ids.len(),
-        missing.len(),
-        seen.duplicates()
-    );
-    assert!(
-        missing.is_empty(),
-        "lost {}, e.g. {:?}\n{}",
-        missing.len(),
-        &missing[..missing.len().min(5)],
-        worker.tail()
-    );
-}
-
 /// 10,000 requests; after 2,000 replies the work topic's leader dies (its partitions move
 /// to broker 2), after 5,000 the reply topic's leader dies (broker 1 is back and takes
 /// over), after 7,500 broker 3 — dead-letter topics and the group's coordinator — is cut
@@ -150,7 +132,7 @@ async fn partition_leaders_die_and_a_broker_is_cut_off_mid_load_and_nothing_is_l
     scenario.cluster.command("up 3");
     scenario.cluster.command("up 2");
     collect(&scenario, &mut client, &ids, &mut seen, ids.len()).await;
-    report("work-topic leader, reply-topic leader and a broker cut off", &ids, &seen, &worker);
+    seen.assert_none_lost("work-topic leader, reply-topic leader and a broker cut off", &ids, || worker.tail());
     assert!(worker.running(), "the worker rode it out:\n{}", worker.tail());
     assert!(worker.terminate());
 }
@@ -169,7 +151,7 @@ async fn the_group_coordinator_dies_mid_load_and_nothing_is_lost() {
     let command = format!("coordinator {} 1", scenario.group);
     scenario.cluster.command(&command);
     collect(&scenario, &mut client, &ids, &mut seen, ids.len()).await;
-    report("group coordinator's broker down", &ids, &seen, &worker);
+    seen.assert_none_lost("group coordinator's broker down", &ids, || worker.tail());
     assert!(worker.running(), "the worker rode it out:\n{}", worker.tail());
     assert!(worker.terminate());
 }

@@ -69,23 +69,11 @@ async fn the_work_queue_leader_dies_mid_load_and_nothing_is_lost() {
     let answered_before = seen.by_id.len();
     cluster.kill(leader);
     client.collect_replies(&client_replies, ids.len(), &mut seen, PATIENCE, |_| false).await;
-    let missing = seen.missing(&ids);
     let new_leader = cluster.leader(&queue, Some(leader));
-    println!(
-        "node {leader} (leader of the work queue) killed after {answered_before} replies; node {new_leader} leads \
-         now: {} of {} answered, {} lost, {} duplicates",
-        seen.by_id.len(),
-        ids.len(),
-        missing.len(),
-        seen.duplicates()
+    let what = format!(
+        "node {leader} (leader of the work queue) killed after {answered_before} replies, node {new_leader} leads now"
     );
-    assert!(
-        missing.is_empty(),
-        "lost {}, e.g. {:?}\n{}",
-        missing.len(),
-        &missing[..missing.len().min(5)],
-        worker.tail()
-    );
+    seen.assert_none_lost(&what, &ids, || worker.tail());
     // Redelivered: the deliveries unacked when the connection died (the prefetch), and
     // acks the dead leader took but had not committed.
     assert!(seen.duplicates() <= 2 * CONCURRENCY, "duplicates beyond two prefetches: {}", seen.duplicates());
@@ -216,15 +204,7 @@ async fn a_memory_alarm_blocks_publishing_readiness_says_so_and_nothing_is_lost(
     cluster.ctl(1, &["set_vm_memory_high_watermark", "0.4"]);
     wait_for_status(port, "/readyz", 200, Duration::from_secs(30)).await;
     client.collect_replies(&client_replies, ids.len(), &mut seen, PATIENCE, |_| false).await;
-    let missing = seen.missing(&ids);
-    println!(
-        "after the alarm: {} of {} answered, {} lost, {} duplicates",
-        seen.by_id.len(),
-        ids.len(),
-        missing.len(),
-        seen.duplicates()
-    );
-    assert!(missing.is_empty(), "lost {}\n{}", missing.len(), worker.tail());
+    seen.assert_none_lost("after the alarm", &ids, || worker.tail());
     assert!(gateway.terminate());
     assert!(worker.terminate(), "SIGTERM ends the worker cleanly:\n{}", worker.tail());
     let retry = format!("{queue}.retry.1s");

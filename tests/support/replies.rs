@@ -28,4 +28,18 @@ impl Replies {
     pub fn missing<'a>(&self, ids: &'a [String]) -> Vec<&'a String> {
         ids.iter().filter(|id| !self.by_id.contains_key(*id)).collect()
     }
+
+    /// Print `what` happened — answered, lost, duplicates — and fail when a request of
+    /// `ids` has no reply, with `log` (the worker's tail) in the message.
+    pub fn assert_none_lost(&self, what: &str, ids: &[String], log: impl FnOnce() -> String) {
+        let missing = self.missing(ids);
+        println!(
+            "{what}: {} of {} answered, {} lost, {} duplicates",
+            self.by_id.len(),
+            ids.len(),
+            missing.len(),
+            self.duplicates()
+        );
+        assert!(missing.is_empty(), "lost {}, e.g. {:?}\n{}", missing.len(), &missing[..missing.len().min(5)], log());
+    }
 }
