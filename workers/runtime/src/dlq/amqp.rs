@@ -38,11 +38,7 @@ pub struct AmqpStore {
 impl AmqpStore {
     /// Open `queue`; fails with [`DlqError::NotFound`] when it does not exist.
     pub async fn open(transport: &AmqpTransport, queue: &str) -> Result<Self, DlqError> {
-        let snapshot = transport
-            .message_count(queue)
-            .await
-            .map_err(|e| DlqError::Unavailable(e.to_string()))?
-            .ok_or_else(|| DlqError::NotFound(queue.to_owned()))?;
+        let snapshot = checked_count(transport, queue).await?;
         let channel = transport.channel().await.map_err(|e| DlqError::Unavailable(e.to_string()))?;
         channel.tx_select().await.map_err(|e| DlqError::Broker(e.to_string()))?;
         Ok(Self {
@@ -53,6 +49,33 @@ impl AmqpStore {
             read: 0,
             tags: HashMap::new(),
         })
+    }
+}
+
+/// The records in `queue` now. A quorum queue whose leader is moving can answer 0 while it
+/// holds records (seen on RabbitMQ 3.10 right after a node died): a 0 is checked with a
+/// `basic.get` on a channel of its own, whose record goes back when the channel closes, and
+/// a queue that holds records after all is an error to retry, never an empty run.
+async fn checked_count(transport: &AmqpTransport, queue: &str) -> Result<u64, DlqError> {
+    let unavailable = |e: &dyn std::fmt::Display| DlqError::Unavailable(e.to_string());
+    let count = transport
+        .message_count(queue)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .ok_or_else(|| DlqError::NotFound(queue.to_owned()))?;
+    if count > 0 {
+        return Ok(count);
+    }
+    let channel = transport.channel().await.map_err(|e| unavailable(&e))?;
+    let got = channel.basic_get(queue.into(), BasicGetOptions::default()).await;
+    let _ = channel.close(200, "checked".into()).await;
+    match got {
+        Ok(None) => Ok(0),
+        Ok(Some(_)) => Err(DlqError::Unavailable(format!(
+            "{queue} reports no records but holds some (a quorum queue electing a new leader?): try again in a few \
+             seconds"
+        ))),
+        Err(error) => Err(unavailable(&error)),
     }
 }
 
