@@ -80,9 +80,40 @@ struct Session {
     connection: Connection,
     /// Confirm-mode channel for every publish.
     publisher: Channel,
+    /// Held while a publish takes its confirm number and queues its frames ([`Session::publish`]).
+    numbering: std::sync::Mutex<()>,
 }
 
 impl Session {
+    /// Publish on the confirm channel. lapin numbers a publish for its confirm and then
+    /// queues its frames, both in the first poll of `basic_publish` but not atomically: two
+    /// threads publishing at once could queue their frames in the other order than they
+    /// were numbered, and the broker's ack of one would be read as the other's — a nacked
+    /// retry copy taken for confirmed, and its request acked and lost (seen on a RabbitMQ
+    /// cluster whose retry tier refused some publishes while others were acked; the AMQP
+    /// frames showed the broker's nack of the very message lapin reported acked). So that
+    /// first poll runs under a lock; waiting for the frames to be written does not.
+    async fn publish(
+        &self,
+        routing_key: ShortString,
+        options: BasicPublishOptions,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> lapin::Result<lapin::PublisherConfirm> {
+        let mut publish =
+            std::pin::pin!(self.publisher.basic_publish("".into(), routing_key, options, payload, properties));
+        let mut first = true;
+        std::future::poll_fn(|cx| {
+            if std::mem::take(&mut first) {
+                let _numbering = self.numbering.lock().unwrap_or_else(|p| p.into_inner());
+                publish.as_mut().poll(cx)
+            } else {
+                publish.as_mut().poll(cx)
+            }
+        })
+        .await
+    }
+
     fn alive(&self) -> bool {
         self.connection.status().connected() && self.publisher.status().connected()
     }
@@ -160,7 +191,7 @@ impl AmqpTransport {
             .map_err(|e| unavailable(&e))?;
         let publisher = connection.create_channel().await.map_err(|e| unavailable(&e))?;
         publisher.confirm_select(Default::default()).await.map_err(|e| unavailable(&e))?;
-        Ok(Session { connection, publisher })
+        Ok(Session { connection, publisher, numbering: std::sync::Mutex::new(()) })
     }
 
     /// Whether a queue named `name` exists (cached once seen; a missing one is asked again
@@ -452,8 +483,7 @@ impl Transport for AmqpTransport {
         let props: BasicProperties = convert::properties(message);
         let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
         let confirm = session
-            .publisher
-            .basic_publish("".into(), routing_key, options, &message.payload, props)
+            .publish(routing_key, options, &message.payload, props)
             .await
             .map_err(|e| publish_failure(destination, size, &e))?;
         let (shared, destination, payload) =
