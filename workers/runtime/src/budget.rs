@@ -1,6 +1,6 @@
-//! The worker's byte budget (`--max-in-flight-bytes`): payload bytes of the requests it
-//! holds, from receipt to settlement, and of their outputs until the broker confirms them.
-//! A new request is admitted only while the bytes held are below the budget; once
+//! The worker's byte budget (`--max-in-flight-bytes`): bytes (payload, key and headers) of
+//! the requests it holds, from receipt to settlement, and of their outputs until the
+//! broker confirms them. A new request is admitted only while the bytes held are below the budget; once
 //! admitted, a request and its outputs are charged whatever their size (its outputs never
 //! wait, so requests holding the budget cannot wait on each other). So the bytes held stay
 //! below the budget plus the last request admitted plus the outputs of the requests in

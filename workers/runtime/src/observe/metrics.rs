@@ -99,7 +99,7 @@ impl Metrics {
                 .with_label_values(&[worker]),
             in_flight_bytes: gauge(
                 "courier_in_flight_bytes",
-                "Payload bytes of the requests being processed and of their outputs awaiting a confirm \
+                "Bytes (payload, key, headers) of the requests being processed and of their outputs awaiting a confirm \
                  (--max-in-flight-bytes), sampled every 2 s.",
                 &["worker"],
             )
