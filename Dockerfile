@@ -18,7 +18,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p greeter -p ledger -p courier -p gateway \
+    cargo build --release --locked -p greeter -p ledger -p courier-ops -p gateway \
  && mkdir -p /out \
  && cp target/release/greeter target/release/ledger target/release/courier target/release/gateway /out/
 

@@ -5,9 +5,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use courier::{
+    broker::{Broker, UseTransport},
     client::Client,
-    config::{Broker, WorkerArgs},
-    transport::{Transport, amqp::AmqpTransport, kafka::KafkaTransport},
+    config::WorkerArgs,
+    transport::Transport,
 };
 
 /// Flags of the gateway; broker flags are the workers' (`--broker`, `--kafka-property`, …).
@@ -41,20 +42,32 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(settings: &courier::Settings, options: gateway::Options, listen: SocketAddr) -> anyhow::Result<()> {
-    match settings.broker.clone() {
-        Broker::Memory => anyhow::bail!("--broker is required: the gateway talks to workers through a broker"),
-        Broker::Amqp(url) => {
-            let transport = AmqpTransport::connect(&url, &format!("gateway {}", settings.instance)).await?;
-            serve(transport, &settings.replies, options, listen).await
-        }
-        Broker::Kafka(mut config) => {
-            // Each gateway reads every partition of its reply topic, in a group of its own.
-            // It starts at the beginning (starting at the end could skip a reply that
-            // arrives while the end is being looked up): keep reply topics' retention short.
-            config.group = format!("{}-{}", config.group, settings.instance);
-            let transport = KafkaTransport::connect(config).await?;
-            serve(transport, &settings.replies, options, listen).await
-        }
+    if settings.broker.is_memory() {
+        anyhow::bail!("--broker is required: the gateway talks to workers through a broker");
+    }
+    let mut broker = settings.broker.clone();
+    if let Broker::Kafka(config) = &mut broker {
+        // Each gateway reads every partition of its reply topic, in a group of its own.
+        // It starts at the beginning (starting at the end could skip a reply that
+        // arrives while the end is being looked up): keep reply topics' retention short.
+        config.group = format!("{}-{}", config.group, settings.instance);
+    }
+    let serve = Serve { replies: &settings.replies, options, listen };
+    broker.run(&format!("gateway {}", settings.instance), serve).await?
+}
+
+/// The gateway on whichever transport the broker is.
+struct Serve<'a> {
+    replies: &'a str,
+    options: gateway::Options,
+    listen: SocketAddr,
+}
+
+impl UseTransport for Serve<'_> {
+    type Output = anyhow::Result<()>;
+
+    async fn with<T: Transport>(self, transport: T) -> Self::Output {
+        serve(transport, self.replies, self.options, self.listen).await
     }
 }
 

@@ -4,12 +4,7 @@
 use clap::Parser;
 
 use crate::{
-    config::{Broker, WorkerArgs},
-    console,
-    handler::Handler,
-    observe::otlp,
-    shutdown,
-    transport::{amqp::AmqpTransport, kafka::KafkaTransport},
+    broker::UseTransport, config::WorkerArgs, console, handler::Handler, observe::otlp, shutdown, transport::Transport,
     worker,
 };
 
@@ -19,7 +14,7 @@ pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
     let args = WorkerArgs::parse();
     let settings = args.settings(H::NAME)?;
     // The console owns the terminal: only warnings and errors are logged beside it.
-    let default_level = if matches!(settings.broker, Broker::Memory) { "warn" } else { "info" };
+    let default_level = if settings.broker.is_memory() { "warn" } else { "info" };
     init_logging(&args.log_format, default_level);
     let outcome = run(settings, handler).await;
     otlp::flush();
@@ -40,23 +35,27 @@ pub const CLOSE_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Run the worker, then close its broker clients within [`CLOSE_BOUND`].
 async fn run<H: Handler>(settings: crate::Settings, handler: H) -> anyhow::Result<()> {
-    match settings.broker.clone() {
-        Broker::Memory => console::run(settings, handler).await,
-        Broker::Amqp(url) => {
-            let name = format!("{} {}", settings.worker, settings.instance);
-            let transport = AmqpTransport::connect(&url, &name).await?;
-            let outcome =
-                on_runtime_thread(worker::run(settings, transport.clone(), handler, shutdown::signal())).await;
-            close_within(CLOSE_BOUND, transport).await;
-            outcome
-        }
-        Broker::Kafka(config) => {
-            let transport = KafkaTransport::connect(config).await?;
-            let outcome =
-                on_runtime_thread(worker::run(settings, transport.clone(), handler, shutdown::signal())).await;
-            close_within(CLOSE_BOUND, transport).await;
-            outcome
-        }
+    if settings.broker.is_memory() {
+        return console::run(settings, handler).await;
+    }
+    let name = format!("{} {}", settings.worker, settings.instance);
+    settings.broker.clone().run(&name, Worker { settings, handler }).await?
+}
+
+/// A worker to run on whichever transport the broker is.
+struct Worker<H> {
+    settings: crate::Settings,
+    handler: H,
+}
+
+impl<H: Handler> UseTransport for Worker<H> {
+    type Output = anyhow::Result<()>;
+
+    async fn with<T: Transport>(self, transport: T) -> Self::Output {
+        let outcome =
+            on_runtime_thread(worker::run(self.settings, transport.clone(), self.handler, shutdown::signal())).await;
+        close_within(CLOSE_BOUND, transport).await;
+        outcome
     }
 }
 

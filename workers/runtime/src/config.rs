@@ -5,12 +5,28 @@ use std::time::Duration;
 
 use clap::Parser;
 
+#[cfg(feature = "amqp")]
+use crate::transport::amqp::topology::QUORUM_DELIVERY_LIMIT;
+#[cfg(feature = "kafka")]
+use crate::transport::kafka::{KafkaConfig, Ordering};
 use crate::{
     breaker::{InvalidPolicy, Policy},
+    broker::Broker,
     contract::naming,
     retry::{InvalidRetryPolicy, RetryPolicy},
-    transport::Topology,
+    transport::{Topology, redact},
 };
+
+/// The URL schemes `--broker` takes in this build.
+const SCHEMES: &[&str] = &[
+    #[cfg(feature = "amqp")]
+    "amqp://",
+    #[cfg(feature = "amqp")]
+    "amqps://",
+    #[cfg(feature = "kafka")]
+    "kafka://",
+    "memory://",
+];
 
 /// Flags and environment variables common to every worker.
 #[derive(Clone, Debug, Parser)]
@@ -141,22 +157,28 @@ pub struct WorkerArgs {
     #[arg(long, env = "COURIER_QUORUM")]
     pub quorum: bool,
 
+    #[cfg(feature = "kafka")]
     /// Kafka: consumer group [default: courier-<worker>].
     #[arg(long, env = "COURIER_GROUP")]
     pub group: Option<String>,
 
-    /// Kafka: what may run concurrently within a partition.
-    #[arg(long, env = "COURIER_ORDERING", value_enum, default_value = "partition")]
-    pub ordering: crate::transport::kafka::Ordering,
+    #[cfg(feature = "kafka")]
+    /// Kafka: what may run concurrently within a partition: `partition` (one record at a
+    /// time), `key` (one per key) or `none`.
+    #[arg(long, env = "COURIER_ORDERING", default_value = "partition")]
+    pub ordering: Ordering,
 
+    #[cfg(feature = "kafka")]
     /// Kafka: partitions of the topics the worker creates.
     #[arg(long, env = "COURIER_PARTITIONS", default_value_t = 3)]
     pub partitions: i32,
 
+    #[cfg(feature = "kafka")]
     /// Kafka: replication factor of the topics the worker creates.
     #[arg(long, env = "COURIER_REPLICATION", default_value_t = 1)]
     pub replication: i32,
 
+    #[cfg(feature = "kafka")]
     /// Kafka: a librdkafka property passed through, `key=value` (repeatable, or
     /// comma-separated in the variable), e.g. `security.protocol=SASL_SSL`.
     #[arg(long = "kafka-property", env = "COURIER_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
@@ -172,6 +194,7 @@ pub struct WorkerArgs {
     pub log_format: String,
 }
 
+#[cfg(feature = "kafka")]
 fn parse_property(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
@@ -184,49 +207,11 @@ fn parse_delay(s: &str) -> Result<Option<Duration>, humantime::DurationError> {
     if s.trim().is_empty() { Ok(None) } else { humantime::parse_duration(s.trim()).map(Some) }
 }
 
-/// Which broker to use.
-#[derive(Clone)]
-pub enum Broker {
-    /// The embedded in-memory broker (demo and tests).
-    Memory,
-    /// RabbitMQ at this URL (`amqp://` or `amqps://`), or at the first of a comma-separated
-    /// list of them (the nodes of a cluster) that answers.
-    Amqp(String),
-    /// Kafka with these settings.
-    Kafka(crate::transport::kafka::KafkaConfig),
-}
-
-impl std::fmt::Debug for Broker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Memory => f.write_str("memory://"),
-            Self::Amqp(url) => f.write_str(&redact(url)),
-            Self::Kafka(config) => write!(f, "kafka://{}", config.bootstrap),
-        }
-    }
-}
-
-/// `url` (or a comma-separated list of URLs) with any password replaced by `***`, for
-/// logs and error messages.
-pub fn redact(url: &str) -> String {
-    if url.contains(',') {
-        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
-    }
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 /// The smallest byte budget accepted: below it Kafka's read-ahead buffers would be
 /// smaller than a fetch.
 const MIN_IN_FLIGHT_BYTES: usize = 1 << 20;
 
+#[cfg(feature = "amqp")]
 fn is_amqp(url: &str) -> bool {
     url.starts_with("amqp://") || url.starts_with("amqps://")
 }
@@ -311,10 +296,12 @@ fn invalid(flag: &'static str, problem: impl Into<String>) -> ConfigError {
 }
 
 impl WorkerArgs {
-    /// Check every value and derive the settings of worker `worker`.
-    pub fn settings(&self, worker: &str) -> Result<Settings, ConfigError> {
-        let broker = match self.broker.as_deref().map(str::trim) {
+    /// The broker `--broker` names, with the Kafka flags where it is Kafka.
+    fn broker(&self, worker: &str) -> Result<Broker, ConfigError> {
+        let _ = worker;
+        Ok(match self.broker.as_deref().map(str::trim) {
             None | Some("") | Some("memory://") | Some("memory") => Broker::Memory,
+            #[cfg(feature = "amqp")]
             Some(url) if is_amqp(url) => {
                 if let Some(other) = url.split(',').find(|u| !is_amqp(u.trim())) {
                     return Err(invalid(
@@ -324,6 +311,7 @@ impl WorkerArgs {
                 }
                 Broker::Amqp(url.to_owned())
             }
+            #[cfg(feature = "kafka")]
             Some(url) if url.starts_with("kafka://") => {
                 let bootstrap = url.trim_start_matches("kafka://").trim_end_matches('/');
                 if bootstrap.is_empty() {
@@ -332,29 +320,31 @@ impl WorkerArgs {
                 if self.partitions < 1 || self.replication < 1 {
                     return Err(invalid("partitions", "partitions and replication must be at least 1"));
                 }
-                Broker::Kafka(crate::transport::kafka::KafkaConfig {
+                Broker::Kafka(KafkaConfig {
                     bootstrap: bootstrap.to_owned(),
                     group: self.group.clone().unwrap_or_else(|| format!("courier-{worker}")),
                     ordering: self.ordering,
                     partitions: self.partitions,
                     replication: self.replication,
-                    max_message_bytes: crate::transport::kafka::KafkaConfig::max_message_bytes_for(
-                        self.max_payload_bytes,
-                    ),
+                    max_message_bytes: KafkaConfig::max_message_bytes_for(self.max_payload_bytes),
                     buffer_bytes: self.max_in_flight_bytes,
                     properties: self.kafka_properties.clone(),
                 })
             }
             Some(url) => {
-                return Err(invalid(
-                    "broker",
-                    format!("unsupported URL {}: use amqp://, amqps://, kafka:// or memory://", redact(url)),
-                ));
+                return Err(invalid("broker", format!("unsupported URL {}: use {}", redact(url), SCHEMES.join(", "))));
             }
-        };
-        if self.retry_in_place
-            && (!matches!(broker, Broker::Kafka(_)) || self.ordering == crate::transport::kafka::Ordering::None)
-        {
+        })
+    }
+
+    /// Check every value and derive the settings of worker `worker`.
+    pub fn settings(&self, worker: &str) -> Result<Settings, ConfigError> {
+        let broker = self.broker(worker)?;
+        #[cfg(feature = "kafka")]
+        let keeps_a_lane = matches!(&broker, Broker::Kafka(config) if config.ordering != Ordering::None);
+        #[cfg(not(feature = "kafka"))]
+        let keeps_a_lane = false;
+        if self.retry_in_place && !keeps_a_lane {
             return Err(invalid(
                 "retry-in-place",
                 "keeps a request's Kafka ordering lane: use it with kafka:// and --ordering key or partition",
@@ -382,14 +372,14 @@ impl WorkerArgs {
         if self.handler_timeout.is_zero() {
             return Err(invalid("handler-timeout", "must be > 0"));
         }
-        if self.quorum && i64::from(self.max_redeliveries) >= crate::transport::amqp::topology::QUORUM_DELIVERY_LIMIT {
+        #[cfg(feature = "amqp")]
+        if self.quorum && i64::from(self.max_redeliveries) >= QUORUM_DELIVERY_LIMIT {
             return Err(invalid(
                 "max-redeliveries",
                 format!(
-                    "{} with --quorum: must stay below the quorum queue's delivery limit ({}), which would \
-                     dead-letter first",
+                    "{} with --quorum: must stay below the quorum queue's delivery limit \
+                     ({QUORUM_DELIVERY_LIMIT}), which would dead-letter first",
                     self.max_redeliveries,
-                    crate::transport::amqp::topology::QUORUM_DELIVERY_LIMIT
                 ),
             ));
         }
@@ -513,7 +503,7 @@ fn glob(pattern: &str, text: &str) -> bool {
     pattern[p..].iter().all(|c| *c == '*')
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "amqp", feature = "kafka"))]
 mod tests {
     use super::*;
 
@@ -618,10 +608,7 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redact("amqp://guest:secret@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
-        assert_eq!(redact("amqp://host:5672"), "amqp://host:5672");
-        assert_eq!(redact("amqp://u:a@h1/%2f,amqp://u:b@h2/%2f"), "amqp://u:***@h1/%2f,amqp://u:***@h2/%2f");
+    fn passwords_are_redacted_in_errors() {
         let err = parse(&["--broker", "amqp://u:pw@h1,kafka://u:pw2@h2"]).expect_err("a list of amqp URLs").to_string();
         assert!(err.contains("kafka://u:***@h2") && !err.contains("pw"), "{err}");
         let err = parse(&["--broker", "nats://u:pw@h"]).expect_err("unsupported").to_string();

@@ -6,14 +6,13 @@
 //! Where does a delivery go after the handler fails? See [`pipeline`].
 
 pub mod app;
-pub mod asyncapi;
 pub mod breaker;
+pub mod broker;
 mod budget;
 pub mod client;
 pub mod config;
+pub use courier_contract as contract;
 pub mod console;
-pub mod contract;
-pub mod dlq;
 pub mod handler;
 pub mod inbox;
 pub mod observe;

@@ -74,7 +74,7 @@ impl Gate {
     pub fn new(policy: Option<Policy>, metrics: Metrics) -> Self {
         let breakers = match &policy {
             Some(policy) => {
-                metrics.breaker(DEFAULT_DEPENDENCY, Phase::Closed, false);
+                metrics.breaker(DEFAULT_DEPENDENCY, Phase::Closed.gauge(), None);
                 vec![(Arc::from(DEFAULT_DEPENDENCY), state::Breaker::new(policy.clone(), Instant::now()))]
             }
             None => Vec::new(),
@@ -153,7 +153,7 @@ impl Gate {
     /// Log and count a transition; returns whether there was one.
     fn transition(&self, dependency: &str, to: Option<Phase>, breaker: &state::Breaker) -> bool {
         let Some(to) = to else { return false };
-        self.shared.metrics.breaker(dependency, to, true);
+        self.shared.metrics.breaker(dependency, to.gauge(), Some(to.as_str()));
         match to {
             Phase::Open => {
                 let cooldown = breaker.until().map(|until| until - Instant::now());

@@ -105,6 +105,15 @@ impl Phase {
             Self::HalfOpen => "half_open",
         }
     }
+
+    /// The value of the `courier_breaker_state` gauge: 0 closed, 1 half-open, 2 open.
+    pub fn gauge(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::HalfOpen => 1,
+            Self::Open => 2,
+        }
+    }
 }
 
 /// The outcome of one handler call, as a breaker sees it.

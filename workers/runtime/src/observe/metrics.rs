@@ -216,17 +216,12 @@ impl Metrics {
         *shown = now;
     }
 
-    /// A dependency's circuit breaker is in `phase` (`entered`: it just changed to it).
-    pub fn breaker(&self, dependency: &str, phase: crate::breaker::Phase, entered: bool) {
-        use crate::breaker::Phase;
-        let value = match phase {
-            Phase::Closed => 0,
-            Phase::HalfOpen => 1,
-            Phase::Open => 2,
-        };
-        self.breaker_state.with_label_values(&[&self.worker, dependency]).set(value);
-        if entered {
-            self.breaker_transitions.with_label_values(&[&self.worker, dependency, phase.as_str()]).inc();
+    /// A dependency's circuit breaker is in the phase whose gauge value is `state`;
+    /// `entered`: the phase it just changed to, counted as a transition.
+    pub fn breaker(&self, dependency: &str, state: i64, entered: Option<&str>) {
+        self.breaker_state.with_label_values(&[&self.worker, dependency]).set(state);
+        if let Some(phase) = entered {
+            self.breaker_transitions.with_label_values(&[&self.worker, dependency, phase]).inc();
         }
     }
 

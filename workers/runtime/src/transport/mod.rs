@@ -5,19 +5,23 @@
 //! offset once a message and every earlier one of its partition is settled. Either way
 //! the runtime settles each [`Delivery`] once, after its output is confirmed.
 
+#[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "kafka")]
 pub mod kafka;
-pub mod lint;
 pub mod memory;
 pub mod names;
+mod redact;
 
-use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
 use crate::contract::headers::Headers;
+pub use crate::contract::naming::{RetryTier, Topology};
+pub use redact::redact;
 
 /// A message as it travels on the wire: payload bytes, string headers, optional key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -243,47 +247,6 @@ impl<A> fmt::Debug for Subscription<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Subscription")
     }
-}
-
-/// The queues/topics a worker uses, named by the rules in `contract::naming`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Topology {
-    /// The work queue/topic requests arrive on.
-    pub queue: String,
-    /// Delayed-retry tiers, shortest first; each sends its messages back to `queue` after `delay`.
-    pub retry_tiers: Vec<RetryTier>,
-    /// Where terminal failures go.
-    pub dead_letter: String,
-    /// Where replay parks records that keep failing.
-    pub parking: String,
-    /// The default reply destination (for requests that name none).
-    pub replies: String,
-    /// Use a quorum queue for `queue` (RabbitMQ only).
-    pub quorum: bool,
-}
-
-impl Topology {
-    /// Just a reply queue (for a request-reply client): every role names that one queue,
-    /// so declaring it creates nothing else.
-    pub fn replies_only(queue: &str) -> Self {
-        Self {
-            queue: queue.to_owned(),
-            retry_tiers: Vec::new(),
-            dead_letter: queue.to_owned(),
-            parking: queue.to_owned(),
-            replies: queue.to_owned(),
-            quorum: false,
-        }
-    }
-}
-
-/// One delayed-retry tier.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RetryTier {
-    /// Queue/topic name of the tier.
-    pub name: String,
-    /// How long a message waits there before it is delivered again.
-    pub delay: Duration,
 }
 
 /// Why a publish was not confirmed, classified where the broker's answer is read so the

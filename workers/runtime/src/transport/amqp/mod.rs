@@ -36,7 +36,7 @@ use super::{
 };
 pub use convert::{headers, properties};
 
-use crate::{config::redact, contract::naming};
+use crate::{contract::naming, transport::redact};
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -39,7 +39,7 @@ use super::{Confirm, Message, PublishError, Subscription, Topology, Transport, T
 use crate::contract::naming;
 
 /// How messages of one partition may run concurrently.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Ordering {
     /// One message at a time per partition (Kafka's classic guarantee).
     #[default]
@@ -48,6 +48,19 @@ pub enum Ordering {
     Key,
     /// No ordering: every message as soon as there is room.
     None,
+}
+
+impl std::str::FromStr for Ordering {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "partition" => Ok(Self::Partition),
+            "key" => Ok(Self::Key),
+            "none" => Ok(Self::None),
+            _ => Err(format!("{s:?} is not an ordering: use partition, key or none")),
+        }
+    }
 }
 
 /// Everything the Kafka transport needs to connect.
@@ -292,8 +305,9 @@ impl KafkaTransport {
     }
 }
 
-/// Our client configuration: bootstrap, our defaults, then the pass-through properties.
-pub(crate) fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+/// A librdkafka client configuration: the bootstrap servers, `defaults`, then the
+/// `--kafka-property` pass-through properties (which win).
+pub fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.bootstrap);
     for (key, value) in defaults {

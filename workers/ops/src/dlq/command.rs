@@ -3,11 +3,10 @@
 use std::io::{IsTerminal, Write as _};
 
 use clap::{Args, Subcommand};
-use courier::{
-    WorkerArgs,
-    dlq::{self, Filter, Operation, RunOptions, Store, Summary, report, run::Event},
-};
+use courier::WorkerArgs;
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::dlq::{self, Filter, Operation, RunOptions, Store, Summary, report, run::Event};
 
 /// Which queue of which worker.
 #[derive(Debug, Args)]

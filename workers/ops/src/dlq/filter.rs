@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::{
+use courier::{
     contract::{headers as h, timestamp},
     transport::Message,
 };
@@ -20,7 +20,7 @@ pub struct Filter {
     #[arg(long)]
     pub source: Option<String>,
     /// Only records with this key (Kafka record key): its text, or `hex:<hex>` for any bytes.
-    #[arg(long, value_parser = crate::contract::key::parse)]
+    #[arg(long, value_parser = courier::contract::key::parse)]
     pub key: Option<bytes::Bytes>,
     /// Only records that last failed at or after this time: RFC 3339, or a duration ago (`2h`).
     #[arg(long, value_parser = parse_instant)]

@@ -1,7 +1,7 @@
 //! `courier topology lint`: compare what a broker has with what a worker needs, without
 //! changing anything. Reports missing queues/topics and, on Kafka, mis-sized ones.
 
-use super::{PublishError, Topology, TransportError, amqp::AmqpTransport, kafka::KafkaTransport};
+use courier::transport::{PublishError, Topology, TransportError, amqp::AmqpTransport, kafka::KafkaTransport};
 
 /// One problem found.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,10 +4,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
-use crate::{
-    contract::{headers as h, protobuf_text::describe_payload},
-    dlq::Record,
-};
+use crate::dlq::Record;
+use courier::contract::{headers as h, protobuf_text::describe_payload};
 
 /// Records grouped by failure: fingerprint, kind, source and worker.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -112,7 +110,7 @@ impl Stats {
 pub fn show(record: &Record) -> String {
     let mut out = format!("── {} ", record.id);
     if let Some(key) = &record.message.key {
-        let _ = write!(out, "key={} ", crate::contract::key::display(key));
+        let _ = write!(out, "key={} ", courier::contract::key::display(key));
     }
     out.push('\n');
     for (name, value) in &record.message.headers {
@@ -144,7 +142,7 @@ pub fn show_json(record: &Record) -> serde_json::Value {
         .unwrap_or_else(|_| serde_json::Value::String(text()));
     serde_json::json!({
         "id": record.id.to_string(),
-        "key": record.message.key.as_deref().map(crate::contract::key::display),
+        "key": record.message.key.as_deref().map(courier::contract::key::display),
         "headers": record.message.headers,
         "payload": payload,
     })
@@ -153,7 +151,9 @@ pub fn show_json(record: &Record) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{dlq::RecordId, transport::Message};
+    use courier::transport::Message;
+
+    use crate::dlq::RecordId;
 
     fn record(n: u64, fingerprint: &str, at: &str, message: &str) -> Record {
         let headers = [

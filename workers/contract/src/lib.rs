@@ -1,7 +1,9 @@
-//! The wire contract in code: header names, naming rules, failure kinds, payload codecs. The prose
+//! The wire contract in code: header names, naming rules, failure kinds, payload codecs,
+//! the error reply and the AsyncAPI document they add up to. The prose
 //! version for producers in other languages is `schemas/README.md`; the two are kept
 //! equal by tests.
 
+pub mod asyncapi;
 pub mod codec;
 pub mod error_reply;
 pub mod failure;

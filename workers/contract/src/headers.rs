@@ -2,7 +2,7 @@
 
 use std::{borrow::Cow, time::SystemTime};
 
-use crate::contract::{codec::Codec, timestamp};
+use crate::{codec::Codec, timestamp};
 
 pub use super::header_map::Headers;
 
@@ -409,11 +409,11 @@ mod tests {
 
     #[test]
     fn every_header_and_kind_is_documented() {
-        let doc = include_str!("../../../../schemas/README.md");
+        let doc = include_str!("../../../schemas/README.md");
         for name in ALL {
             assert!(doc.contains(&format!("`{name}`")), "{name} is missing from schemas/README.md");
         }
-        for kind in crate::contract::failure::FailureKind::ALL {
+        for kind in crate::failure::FailureKind::ALL {
             assert!(doc.contains(&format!("`{kind}`")), "kind {kind} is missing from schemas/README.md");
         }
     }

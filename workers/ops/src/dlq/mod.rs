@@ -15,6 +15,7 @@
 //!   one Kafka transaction holding the outputs and their ledger entries.
 
 pub mod amqp;
+pub mod command;
 pub mod filter;
 pub mod kafka;
 pub mod report;
@@ -22,9 +23,9 @@ pub mod run;
 
 use std::fmt;
 
-use crate::{
-    config::Broker,
-    transport::{Message, TransportError, amqp::AmqpTransport, kafka::KafkaTransport},
+use courier::{
+    broker::{Broker, Connected},
+    transport::{Message, TransportError},
 };
 
 pub use filter::Filter;
@@ -87,9 +88,6 @@ pub enum DlqError {
 
 /// A dead-letter queue or topic, read in order and settled in atomic batches.
 pub trait Store: Send {
-    /// The queue/topic this store reads.
-    fn name(&self) -> &str;
-
     /// How many records are in the queue now (Kafka: records not yet in the ledger,
     /// counted while reading; `None` until known).
     fn pending(&self) -> Option<u64>;
@@ -120,29 +118,16 @@ pub enum AnyStore {
 /// Open `queue` on `broker`; `writable` when records will be settled.
 pub async fn open(broker: &Broker, queue: &str, writable: bool) -> Result<AnyStore, DlqError> {
     let unavailable = |e: TransportError| DlqError::Unavailable(e.to_string());
-    match broker {
-        Broker::Amqp(url) => {
-            let transport = AmqpTransport::connect(url, "courier dlq").await.map_err(unavailable)?;
-            Ok(AnyStore::Amqp(amqp::AmqpStore::open(&transport, queue).await?))
-        }
-        Broker::Kafka(config) => {
-            let transport = KafkaTransport::connect(config.clone()).await.map_err(unavailable)?;
-            Ok(AnyStore::Kafka(kafka::KafkaStore::open(&transport, queue, writable).await?))
-        }
-        Broker::Memory => Err(DlqError::Unavailable(
+    match broker.connect("courier dlq").await.map_err(unavailable)? {
+        Connected::Amqp(transport) => Ok(AnyStore::Amqp(amqp::AmqpStore::open(&transport, queue).await?)),
+        Connected::Kafka(transport) => Ok(AnyStore::Kafka(kafka::KafkaStore::open(&transport, queue, writable).await?)),
+        Connected::Memory(_) => Err(DlqError::Unavailable(
             "--broker is required: the in-memory broker lives inside a worker process".into(),
         )),
     }
 }
 
 impl Store for AnyStore {
-    fn name(&self) -> &str {
-        match self {
-            Self::Amqp(s) => s.name(),
-            Self::Kafka(s) => s.name(),
-        }
-    }
-
     fn pending(&self) -> Option<u64> {
         match self {
             Self::Amqp(s) => s.pending(),

@@ -29,7 +29,7 @@ pub struct ErrorBody {
 }
 
 /// The envelope's Protocol Buffers schema, as published in `schemas/`.
-pub const PROTO: &str = include_str!("../../../../schemas/envelope/error-reply.proto");
+pub const PROTO: &str = include_str!("../../../schemas/envelope/error-reply.proto");
 
 impl ErrorReply {
     /// An error reply of a failure.

@@ -18,9 +18,9 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, Producer},
 };
 
-use crate::{
+use crate::dlq::{DlqError, Record, RecordId, Settlement, Store};
+use courier::{
     contract::{naming, timestamp},
-    dlq::{DlqError, Record, RecordId, Settlement, Store},
     transport::{
         Message,
         kafka::{KafkaTransport, api_versions, client_config, convert},
@@ -111,10 +111,6 @@ impl KafkaStore {
 }
 
 impl Store for KafkaStore {
-    fn name(&self) -> &str {
-        &self.topic
-    }
-
     fn pending(&self) -> Option<u64> {
         self.reader.finished().then_some(self.seen)
     }

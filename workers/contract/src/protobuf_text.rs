@@ -101,7 +101,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::contract::{codec::Codec, error_reply::ErrorReply};
+    use crate::{codec::Codec, error_reply::ErrorReply};
 
     #[test]
     fn fields_are_shown_by_number() {

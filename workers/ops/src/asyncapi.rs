@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use courier::{WorkerArgs, asyncapi};
+use courier::{WorkerArgs, contract::asyncapi};
 
 /// Flags of `courier asyncapi`.
 #[derive(Debug, clap::Args)]

@@ -6,13 +6,11 @@
 use serde_json::{Map, Value, json};
 
 use crate::{
-    contract::{
-        codec::{self, Codec},
-        error_reply,
-        failure::FailureKind,
-        headers as h,
-    },
-    transport::Topology,
+    codec::{self, Codec},
+    error_reply,
+    failure::FailureKind,
+    headers as h,
+    naming::Topology,
 };
 
 /// What the document describes: a worker's name, its schemas and its queues.
@@ -102,7 +100,7 @@ fn build(worker: &Worker, client: Option<&str>) -> Value {
         .flat_map(|kind| codecs.iter().map(move |c| message_id(kind, *c)))
         .map(|id| json!({ "$ref": format!("#/channels/replies/messages/{id}") }))
         .collect();
-    let reply_address = client.map(crate::contract::naming::replies);
+    let reply_address = client.map(crate::naming::replies);
     channels.insert(
         "replies".into(),
         json!({
@@ -449,7 +447,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::transport::RetryTier;
+    use crate::naming::RetryTier;
 
     fn worker(proto: Option<(&'static str, &'static str, &'static str)>) -> Worker<'static> {
         let schema = json!({ "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object" });

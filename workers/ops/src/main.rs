@@ -2,12 +2,13 @@
 
 mod asyncapi;
 mod dlq;
+mod topology;
 
 use clap::{Parser, Subcommand};
 use courier::{
     WorkerArgs,
-    config::Broker,
-    transport::{Transport, amqp::AmqpTransport, kafka::KafkaTransport, lint},
+    broker::{Connected, UseTransport},
+    transport::{Topology, Transport, TransportError},
 };
 
 #[derive(Debug, Parser)]
@@ -24,7 +25,7 @@ enum Command {
     Topology(TopologyCommand),
     /// Dead-letter and parking queues: stats, show, replay, park, purge.
     #[command(subcommand)]
-    Dlq(dlq::DlqCommand),
+    Dlq(dlq::command::DlqCommand),
     /// Print a worker's AsyncAPI 3.0 document: its channels, operations, messages in each
     /// codec and the contract's headers, from its published schemas and the queue names
     /// its flags give.
@@ -81,21 +82,19 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(command) => {
-            let code = dlq::main(command).await?;
+            let code = dlq::command::main(command).await?;
             std::process::exit(code);
         }
         Command::Topology(TopologyCommand::Lint { worker, args }) => {
             courier::app::init_logging(&args.log_format, "warn");
             let settings = args.settings(&worker)?;
             let topology = settings.topology();
-            let findings = match &settings.broker {
-                Broker::Amqp(url) => {
-                    lint::amqp(&AmqpTransport::connect(url, "courier topology").await?, &topology).await?
+            let findings = match settings.broker.connect("courier topology").await? {
+                Connected::Amqp(transport) => topology::amqp(&transport, &topology).await?,
+                Connected::Kafka(transport) => topology::kafka(&transport, &topology).await?,
+                Connected::Memory(_) => {
+                    anyhow::bail!("--broker is required: the in-memory broker has no topology to lint")
                 }
-                Broker::Kafka(config) => {
-                    lint::kafka(&KafkaTransport::connect(config.clone()).await?, &topology).await?
-                }
-                Broker::Memory => anyhow::bail!("--broker is required: the in-memory broker has no topology to lint"),
             };
             for finding in &findings {
                 println!("problem: {}: {}", finding.name, finding.problem);
@@ -110,13 +109,10 @@ async fn main() -> anyhow::Result<()> {
             courier::app::init_logging(&args.log_format, "warn");
             let settings = args.settings(&worker)?;
             let topology = settings.topology();
-            match &settings.broker {
-                Broker::Amqp(url) => AmqpTransport::connect(url, "courier topology").await?.declare(&topology).await?,
-                Broker::Kafka(config) => KafkaTransport::connect(config.clone()).await?.declare(&topology).await?,
-                Broker::Memory => {
-                    anyhow::bail!("--broker is required: the in-memory broker has no topology to declare")
-                }
+            if settings.broker.is_memory() {
+                anyhow::bail!("--broker is required: the in-memory broker has no topology to declare")
             }
+            settings.broker.run("courier topology", Declare(&topology)).await??;
             println!("declared: {}", topology.queue);
             for tier in &topology.retry_tiers {
                 println!("declared: {} (delay {:?}, back to {})", tier.name, tier.delay, topology.queue);
@@ -126,5 +122,16 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Declare a topology on whichever transport the broker is.
+struct Declare<'a>(&'a Topology);
+
+impl UseTransport for Declare<'_> {
+    type Output = Result<(), TransportError>;
+
+    async fn with<T: Transport>(self, transport: T) -> Self::Output {
+        transport.declare(self.0).await
     }
 }

@@ -14,8 +14,6 @@
 
 use std::time::Duration;
 
-use crate::transport::{RetryTier, Topology};
-
 /// The default work queue of a worker.
 pub fn requests(worker: &str) -> String {
     format!("{worker}.requests")
@@ -51,6 +49,47 @@ pub fn ledger(topic: &str) -> String {
 /// queue of which `source` is a retry tier.
 pub fn work_queue_of(source: &str) -> &str {
     source.rsplit_once(".retry.").map_or(source, |(queue, _)| queue)
+}
+
+/// The queues/topics a worker uses, named by the rules of this module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    /// The work queue/topic requests arrive on.
+    pub queue: String,
+    /// Delayed-retry tiers, shortest first; each sends its messages back to `queue` after `delay`.
+    pub retry_tiers: Vec<RetryTier>,
+    /// Where terminal failures go.
+    pub dead_letter: String,
+    /// Where replay parks records that keep failing.
+    pub parking: String,
+    /// The default reply destination (for requests that name none).
+    pub replies: String,
+    /// Use a quorum queue for `queue` (RabbitMQ only).
+    pub quorum: bool,
+}
+
+impl Topology {
+    /// Just a reply queue (for a request-reply client): every role names that one queue,
+    /// so declaring it creates nothing else.
+    pub fn replies_only(queue: &str) -> Self {
+        Self {
+            queue: queue.to_owned(),
+            retry_tiers: Vec::new(),
+            dead_letter: queue.to_owned(),
+            parking: queue.to_owned(),
+            replies: queue.to_owned(),
+            quorum: false,
+        }
+    }
+}
+
+/// One delayed-retry tier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryTier {
+    /// Queue/topic name of the tier.
+    pub name: String,
+    /// How long a message waits there before it is delivered again.
+    pub delay: Duration,
 }
 
 /// The whole topology of a work queue.

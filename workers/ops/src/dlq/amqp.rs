@@ -11,12 +11,10 @@ use lapin::{
     types::ShortString,
 };
 
-use crate::{
-    dlq::{DlqError, Record, RecordId, Settlement, Store},
-    transport::{
-        Message,
-        amqp::{self, AmqpTransport},
-    },
+use crate::dlq::{DlqError, Record, RecordId, Settlement, Store};
+use courier::transport::{
+    Message,
+    amqp::{self, AmqpTransport},
 };
 
 /// One dead-letter (or parking) queue, opened for reading and settling.
@@ -80,10 +78,6 @@ async fn checked_count(transport: &AmqpTransport, queue: &str) -> Result<u64, Dl
 }
 
 impl Store for AmqpStore {
-    fn name(&self) -> &str {
-        &self.queue
-    }
-
     fn pending(&self) -> Option<u64> {
         Some(self.snapshot)
     }

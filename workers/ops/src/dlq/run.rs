@@ -9,9 +9,9 @@ use std::{collections::HashMap, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::{
+use crate::dlq::{DlqError, Filter, Record, Settlement, Store};
+use courier::{
     contract::{headers as h, naming},
-    dlq::{DlqError, Filter, Record, Settlement, Store},
     transport::Message,
 };
 
@@ -247,9 +247,6 @@ mod tests {
     }
 
     impl Store for VecStore {
-        fn name(&self) -> &str {
-            "q.dlq"
-        }
         fn pending(&self) -> Option<u64> {
             Some(self.records.len() as u64)
         }
