@@ -240,12 +240,10 @@ async fn a_replay_through_a_node_death_loses_no_record() {
     let dlq = format!("{queue}.dlq");
     let flags: Vec<String> =
         ["--worker", "greeter", "--broker", &Cluster::urls(), "--queue", &queue, "--replies", &replies]
-            .into_iter()
-            .chain(["--retry-delays=", "--quorum"])
             .map(String::from)
-            .collect();
+            .to_vec();
     let run = |args: &[&str]| courier(&args.iter().map(|a| (*a).to_owned()).chain(flags.clone()).collect::<Vec<_>>());
-    let (code, out, err) = run(&["topology", "declare"]);
+    let (code, out, err) = run(&["topology", "declare", "--retry-delays=", "--quorum"]);
     assert_eq!(code, 0, "{out}{err}");
     let leader = cluster.leader(&dlq, None);
     let near = NODES.into_iter().find(|n| *n != leader).expect("another node");

@@ -84,7 +84,9 @@ pub fn wait_for_dead_letters(drill: &impl Drill, n: u64, parking: bool) {
 /// would hold them in the queue instead).
 pub fn greeter(drill: &impl Drill, label: &str, down: bool, extra: &[&str]) -> Process {
     let mut args: Vec<String> = drill.flags();
-    args.extend(["--instance", label, "--retry-attempts", "1", "--shutdown-grace", "2s"].map(String::from));
+    args.extend(
+        ["--instance", label, "--retry-attempts", "1", "--retry-delays=", "--shutdown-grace", "2s"].map(String::from),
+    );
     if down {
         args.extend(["--breaker", "off"].map(String::from));
     }

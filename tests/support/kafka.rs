@@ -581,7 +581,6 @@ impl crate::dlq::Drill for KafkaDrill {
             &self.group,
             "--partitions",
             "1",
-            "--retry-delays=",
             "--kafka-property",
             "fetch.wait.max.ms=10",
         ]

@@ -355,9 +355,7 @@ impl RabbitDrill {
 
 impl crate::dlq::Drill for RabbitDrill {
     fn flags(&self) -> Vec<String> {
-        ["--broker", &url(), "--queue", &self.queue, "--replies", &self.replies, "--retry-delays="]
-            .map(String::from)
-            .to_vec()
+        ["--broker", &url(), "--queue", &self.queue, "--replies", &self.replies].map(String::from).to_vec()
     }
 
     fn queue(&self) -> &str {

@@ -7,11 +7,13 @@ use clap::Parser;
 use courier::{
     broker::{Broker, UseTransport},
     client::Client,
-    config::WorkerArgs,
+    config::{BrokerArgs, ClientLimits, ObservabilityArgs, QueueArgs},
+    contract::naming,
     transport::Transport,
 };
 
-/// Flags of the gateway; broker flags are the workers' (`--broker`, `--kafka-property`, …).
+/// Flags of the gateway; the broker, queue and log flags are the workers' (`--broker`,
+/// `--kafka-property`, `--queue`, …).
 #[derive(Debug, Parser)]
 #[command(version, about = "HTTP gateway: POST /process publishes a request and returns the worker's reply.")]
 struct Args {
@@ -22,38 +24,39 @@ struct Args {
     #[arg(long, env = "GATEWAY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     #[command(flatten)]
-    worker: WorkerArgs,
+    broker: BrokerArgs,
+    #[command(flatten)]
+    queues: QueueArgs,
+    #[command(flatten)]
+    observability: ObservabilityArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // The gateway's own reply queue defaults to gateway.replies; requests go to --queue
-    // (default greeter.requests).
-    let mut settings = args.worker.settings("gateway")?;
-    if args.worker.queue.is_none() {
-        settings.queue = courier::contract::naming::requests(<greeter::Greeter as courier::Handler>::NAME);
-    }
-    courier::app::init_logging(&args.worker.log_format, "info");
-    let options = gateway::Options { queue: settings.queue.clone(), timeout: args.timeout };
-    let outcome = run(&settings, options, args.listen).await;
-    courier::observe::otlp::flush();
-    outcome
-}
-
-async fn run(settings: &courier::Settings, options: gateway::Options, listen: SocketAddr) -> anyhow::Result<()> {
-    if settings.broker.is_memory() {
+    // Requests go to --queue (default greeter.requests); the gateway's own reply queue
+    // defaults to gateway.replies.
+    let (queue, replies) = args
+        .queues
+        .names(naming::requests(<greeter::Greeter as courier::Handler>::NAME), naming::replies("gateway"))?;
+    let mut broker = args.broker.resolve("gateway", &ClientLimits::default())?;
+    if broker.is_memory() {
         anyhow::bail!("--broker is required: the gateway talks to workers through a broker");
     }
-    let mut broker = settings.broker.clone();
+    let instance = args.observability.instance();
     if let Broker::Kafka(config) = &mut broker {
         // Each gateway reads every partition of its reply topic, in a group of its own.
         // It starts at the beginning (starting at the end could skip a reply that
         // arrives while the end is being looked up): keep reply topics' retention short.
-        config.group = format!("{}-{}", config.group, settings.instance);
+        config.group = format!("{}-{instance}", config.group);
     }
-    let serve = Serve { replies: &settings.replies, options, listen };
-    broker.run(&format!("gateway {}", settings.instance), serve).await?
+    courier::app::init_logging(&args.observability.log_format, "info");
+    let serve =
+        Serve { replies: &replies, options: gateway::Options { queue, timeout: args.timeout }, listen: args.listen };
+    let outcome =
+        broker.run(&format!("gateway {instance}"), serve).await.map_err(anyhow::Error::from).and_then(|served| served);
+    courier::observe::otlp::flush();
+    outcome
 }
 
 /// The gateway on whichever transport the broker is.

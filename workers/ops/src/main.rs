@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Topology(TopologyCommand::Lint { worker, args }) => {
-            courier::app::init_logging(&args.log_format, "warn");
+            courier::app::init_logging(&args.observability.log_format, "warn");
             let settings = args.settings(&worker)?;
             let topology = settings.topology();
             let findings = match settings.broker.connect("courier topology").await? {
@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Topology(TopologyCommand::Declare { worker, args }) => {
-            courier::app::init_logging(&args.log_format, "warn");
+            courier::app::init_logging(&args.observability.log_format, "warn");
             let settings = args.settings(&worker)?;
             let topology = settings.topology();
             if settings.broker.is_memory() {

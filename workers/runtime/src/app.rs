@@ -15,7 +15,7 @@ pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
     let settings = args.settings(H::NAME)?;
     // The console owns the terminal: only warnings and errors are logged beside it.
     let default_level = if settings.broker.is_memory() { "warn" } else { "info" };
-    init_logging(&args.log_format, default_level);
+    init_logging(&args.observability.log_format, default_level);
     let outcome = run(settings, handler).await;
     otlp::flush();
     // The process ends here, not in the runtime's teardown: a broker client still closing

@@ -17,6 +17,11 @@ use crate::{
     transport::{Topology, redact},
 };
 
+/// The default of `--max-payload-bytes`.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// The default of `--max-in-flight-bytes`.
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+
 /// The URL schemes `--broker` takes in this build.
 const SCHEMES: &[&str] = &[
     #[cfg(feature = "amqp")]
@@ -28,19 +33,42 @@ const SCHEMES: &[&str] = &[
     "memory://",
 ];
 
-/// Flags and environment variables common to every worker.
-#[derive(Clone, Debug, Parser)]
-#[command(
-    version,
-    about = "A Courier worker: consumes requests, publishes replies, retries and dead-letters failures."
-)]
-pub struct WorkerArgs {
+/// Where the broker is and how to reach it: every Courier binary that talks to one.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Broker")]
+pub struct BrokerArgs {
     /// Broker URL: amqp://user:pass@host:5672/%2f, amqps://…, kafka://host:9092[,host:9092],
     /// or memory:// (the embedded in-memory broker with an interactive console; the
     /// default when none is given).
     #[arg(long, env = "COURIER_BROKER")]
     pub broker: Option<String>,
 
+    #[cfg(feature = "kafka")]
+    /// Kafka: consumer group [default: courier-<worker>].
+    #[arg(long, env = "COURIER_GROUP")]
+    pub group: Option<String>,
+
+    #[cfg(feature = "kafka")]
+    /// Kafka: partitions of the topics the worker creates.
+    #[arg(long, env = "COURIER_PARTITIONS", default_value_t = 3)]
+    pub partitions: i32,
+
+    #[cfg(feature = "kafka")]
+    /// Kafka: replication factor of the topics the worker creates.
+    #[arg(long, env = "COURIER_REPLICATION", default_value_t = 1)]
+    pub replication: i32,
+
+    #[cfg(feature = "kafka")]
+    /// Kafka: a librdkafka property passed through, `key=value` (repeatable, or
+    /// comma-separated in the variable), e.g. `security.protocol=SASL_SSL`.
+    #[arg(long = "kafka-property", env = "COURIER_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    pub kafka_properties: Vec<(String, String)>,
+}
+
+/// The queues a worker reads and answers on (the rest of its topology is named after them).
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Queues")]
+pub struct QueueArgs {
     /// Work queue/topic to consume [default: <worker>.requests].
     #[arg(long, env = "COURIER_QUEUE")]
     pub queue: Option<String>,
@@ -48,7 +76,25 @@ pub struct WorkerArgs {
     /// Default reply queue/topic, for requests without reply-to [default: <worker>.replies].
     #[arg(long, env = "COURIER_REPLIES")]
     pub replies: Option<String>,
+}
 
+/// How a process names itself and logs.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Instance and logs")]
+pub struct ObservabilityArgs {
+    /// Name of this instance in dead-letter records [default: $HOSTNAME-<pid>].
+    #[arg(long, env = "COURIER_INSTANCE")]
+    pub instance: Option<String>,
+
+    /// Log format: `text` (for terminals) or `json` (for log pipelines).
+    #[arg(long, env = "COURIER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// How a worker processes requests: concurrency, limits, retries, the breaker, the inbox, its HTTP endpoints.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Processing")]
+pub struct ProcessingArgs {
     /// Comma-separated patterns a request's reply-to must match (`*` matches anything).
     #[arg(long, env = "COURIER_REPLY_ALLOW", default_value = "*.replies", value_delimiter = ',')]
     pub reply_allow: Vec<String>,
@@ -62,13 +108,13 @@ pub struct WorkerArgs {
     pub handler_timeout: Duration,
 
     /// Largest accepted payload in bytes; larger ones are dead-lettered as too-large.
-    #[arg(long, env = "COURIER_MAX_PAYLOAD_BYTES", default_value_t = 1_048_576)]
+    #[arg(long, env = "COURIER_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,
 
     /// Byte budget of the requests in flight and their outputs awaiting a confirm: no new
     /// request is taken while they hold this much (Kafka: also the bound of each read-ahead
     /// buffer). See docs/operations.md, "Memory".
-    #[arg(long, env = "COURIER_MAX_IN_FLIGHT_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "COURIER_MAX_IN_FLIGHT_BYTES", default_value_t = DEFAULT_MAX_IN_FLIGHT_BYTES)]
     pub max_in_flight_bytes: usize,
 
     /// Handler invocations per delivery round (in-process retries + 1).
@@ -149,18 +195,9 @@ pub struct WorkerArgs {
     #[arg(long, env = "COURIER_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Name of this instance in dead-letter records [default: $HOSTNAME-<pid>].
-    #[arg(long, env = "COURIER_INSTANCE")]
-    pub instance: Option<String>,
-
     /// Declare the work queue as a RabbitMQ quorum queue.
     #[arg(long, env = "COURIER_QUORUM")]
     pub quorum: bool,
-
-    #[cfg(feature = "kafka")]
-    /// Kafka: consumer group [default: courier-<worker>].
-    #[arg(long, env = "COURIER_GROUP")]
-    pub group: Option<String>,
 
     #[cfg(feature = "kafka")]
     /// Kafka: what may run concurrently within a partition: `partition` (one record at a
@@ -168,30 +205,28 @@ pub struct WorkerArgs {
     #[arg(long, env = "COURIER_ORDERING", default_value = "partition")]
     pub ordering: Ordering,
 
-    #[cfg(feature = "kafka")]
-    /// Kafka: partitions of the topics the worker creates.
-    #[arg(long, env = "COURIER_PARTITIONS", default_value_t = 3)]
-    pub partitions: i32,
-
-    #[cfg(feature = "kafka")]
-    /// Kafka: replication factor of the topics the worker creates.
-    #[arg(long, env = "COURIER_REPLICATION", default_value_t = 1)]
-    pub replication: i32,
-
-    #[cfg(feature = "kafka")]
-    /// Kafka: a librdkafka property passed through, `key=value` (repeatable, or
-    /// comma-separated in the variable), e.g. `security.protocol=SASL_SSL`.
-    #[arg(long = "kafka-property", env = "COURIER_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
-    pub kafka_properties: Vec<(String, String)>,
-
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address, e.g. `0.0.0.0:9464`
     /// [default: no HTTP server].
     #[arg(long, env = "COURIER_HTTP_ADDR")]
     pub http_addr: Option<std::net::SocketAddr>,
+}
 
-    /// Log format: `text` (for terminals) or `json` (for log pipelines).
-    #[arg(long, env = "COURIER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+/// Every flag of a worker (each also an environment variable), grouped by role; other
+/// binaries take only the groups that do something there.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    version,
+    about = "A Courier worker: consumes requests, publishes replies, retries and dead-letters failures."
+)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub queues: QueueArgs,
+    #[command(flatten)]
+    pub processing: ProcessingArgs,
+    #[command(flatten)]
+    pub observability: ObservabilityArgs,
 }
 
 #[cfg(feature = "kafka")]
@@ -295,10 +330,11 @@ fn invalid(flag: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { flag, problem: problem.into() }
 }
 
-impl WorkerArgs {
-    /// The broker `--broker` names, with the Kafka flags where it is Kafka.
-    fn broker(&self, worker: &str) -> Result<Broker, ConfigError> {
-        let _ = worker;
+impl BrokerArgs {
+    /// The broker `--broker` names, with the Kafka flags where it is Kafka; `worker` names
+    /// the default consumer group.
+    pub fn resolve(&self, worker: &str, limits: &ClientLimits) -> Result<Broker, ConfigError> {
+        let _ = (worker, limits);
         Ok(match self.broker.as_deref().map(str::trim) {
             None | Some("") | Some("memory://") | Some("memory") => Broker::Memory,
             #[cfg(feature = "amqp")]
@@ -323,11 +359,11 @@ impl WorkerArgs {
                 Broker::Kafka(KafkaConfig {
                     bootstrap: bootstrap.to_owned(),
                     group: self.group.clone().unwrap_or_else(|| format!("courier-{worker}")),
-                    ordering: self.ordering,
+                    ordering: limits.ordering,
                     partitions: self.partitions,
                     replication: self.replication,
-                    max_message_bytes: KafkaConfig::max_message_bytes_for(self.max_payload_bytes),
-                    buffer_bytes: self.max_in_flight_bytes,
+                    max_message_bytes: KafkaConfig::max_message_bytes_for(limits.max_payload_bytes),
+                    buffer_bytes: limits.max_in_flight_bytes,
                     properties: self.kafka_properties.clone(),
                 })
             }
@@ -336,22 +372,38 @@ impl WorkerArgs {
             }
         })
     }
+}
 
-    /// Check every value and derive the settings of worker `worker`.
-    pub fn settings(&self, worker: &str) -> Result<Settings, ConfigError> {
-        let broker = self.broker(worker)?;
-        #[cfg(feature = "kafka")]
-        let keeps_a_lane = matches!(&broker, Broker::Kafka(config) if config.ordering != Ordering::None);
-        #[cfg(not(feature = "kafka"))]
-        let keeps_a_lane = false;
-        if self.retry_in_place && !keeps_a_lane {
-            return Err(invalid(
-                "retry-in-place",
-                "keeps a request's Kafka ordering lane: use it with kafka:// and --ordering key or partition",
-            ));
+/// What a broker client takes from a worker's processing flags; other binaries use the
+/// workers' defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientLimits {
+    /// `--max-payload-bytes`: Kafka's producer takes records up to it plus headers.
+    pub max_payload_bytes: usize,
+    /// `--max-in-flight-bytes`: bounds Kafka's read-ahead and producer buffers.
+    pub max_in_flight_bytes: usize,
+    /// `--ordering` (Kafka).
+    #[cfg(feature = "kafka")]
+    pub ordering: Ordering,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+            #[cfg(feature = "kafka")]
+            ordering: Ordering::default(),
         }
-        let queue = self.queue.clone().unwrap_or_else(|| naming::requests(worker));
-        let replies = self.replies.clone().unwrap_or_else(|| naming::replies(worker));
+    }
+}
+
+impl QueueArgs {
+    /// The work queue and the default reply queue, `default_queue` and `default_replies`
+    /// unless the flags name others.
+    pub fn names(&self, default_queue: String, default_replies: String) -> Result<(String, String), ConfigError> {
+        let queue = self.queue.clone().unwrap_or(default_queue);
+        let replies = self.replies.clone().unwrap_or(default_replies);
         for (flag, name) in [("queue", &queue), ("replies", &replies)] {
             if !is_valid_name(name) {
                 return Err(invalid(
@@ -363,69 +415,96 @@ impl WorkerArgs {
         if queue == replies {
             return Err(invalid("replies", "must differ from --queue"));
         }
-        if self.reply_allow.iter().any(|p| p.trim().is_empty()) {
+        Ok((queue, replies))
+    }
+}
+
+impl ObservabilityArgs {
+    /// This instance's name: `--instance`, else `$HOSTNAME-<pid>`.
+    pub fn instance(&self) -> String {
+        self.instance.clone().unwrap_or_else(default_instance)
+    }
+}
+
+impl WorkerArgs {
+    /// Check every value and derive the settings of worker `worker`.
+    pub fn settings(&self, worker: &str) -> Result<Settings, ConfigError> {
+        let (p, o) = (&self.processing, &self.observability);
+        let limits = ClientLimits {
+            max_payload_bytes: p.max_payload_bytes,
+            max_in_flight_bytes: p.max_in_flight_bytes,
+            #[cfg(feature = "kafka")]
+            ordering: p.ordering,
+        };
+        let broker = self.broker.resolve(worker, &limits)?;
+        #[cfg(feature = "kafka")]
+        let keeps_a_lane = matches!(&broker, Broker::Kafka(config) if config.ordering != Ordering::None);
+        #[cfg(not(feature = "kafka"))]
+        let keeps_a_lane = false;
+        if p.retry_in_place && !keeps_a_lane {
+            return Err(invalid(
+                "retry-in-place",
+                "keeps a request's Kafka ordering lane: use it with kafka:// and --ordering key or partition",
+            ));
+        }
+        let (queue, replies) = self.queues.names(naming::requests(worker), naming::replies(worker))?;
+        if p.reply_allow.iter().any(|p| p.trim().is_empty()) {
             return Err(invalid("reply-allow", "empty pattern"));
         }
-        if !(1..=10_000).contains(&self.concurrency) {
-            return Err(invalid("concurrency", format!("{} is outside 1..=10000", self.concurrency)));
+        if !(1..=10_000).contains(&p.concurrency) {
+            return Err(invalid("concurrency", format!("{} is outside 1..=10000", p.concurrency)));
         }
-        if self.handler_timeout.is_zero() {
+        if p.handler_timeout.is_zero() {
             return Err(invalid("handler-timeout", "must be > 0"));
         }
         #[cfg(feature = "amqp")]
-        if self.quorum && i64::from(self.max_redeliveries) >= QUORUM_DELIVERY_LIMIT {
+        if p.quorum && i64::from(p.max_redeliveries) >= QUORUM_DELIVERY_LIMIT {
             return Err(invalid(
                 "max-redeliveries",
                 format!(
                     "{} with --quorum: must stay below the quorum queue's delivery limit \
                      ({QUORUM_DELIVERY_LIMIT}), which would dead-letter first",
-                    self.max_redeliveries,
+                    p.max_redeliveries,
                 ),
             ));
         }
-        if self.max_payload_bytes == 0 {
+        if p.max_payload_bytes == 0 {
             return Err(invalid("max-payload-bytes", "must be > 0"));
         }
-        if self.max_in_flight_bytes < MIN_IN_FLIGHT_BYTES {
+        if p.max_in_flight_bytes < MIN_IN_FLIGHT_BYTES {
             return Err(invalid(
                 "max-in-flight-bytes",
-                format!("{} is below {MIN_IN_FLIGHT_BYTES} (1 MiB)", self.max_in_flight_bytes),
+                format!("{} is below {MIN_IN_FLIGHT_BYTES} (1 MiB)", p.max_in_flight_bytes),
             ));
         }
-        let delays: Vec<Duration> = self.retry_delays.iter().flatten().copied().collect();
-        let retry = RetryPolicy::new(
-            self.retry_attempts,
-            self.retry_backoff,
-            self.retry_max_backoff,
-            self.retry_jitter,
-            delays,
-        )?;
-        let breaker = match self.breaker.as_str() {
+        let delays: Vec<Duration> = p.retry_delays.iter().flatten().copied().collect();
+        let retry = RetryPolicy::new(p.retry_attempts, p.retry_backoff, p.retry_max_backoff, p.retry_jitter, delays)?;
+        let breaker = match p.breaker.as_str() {
             "off" => None,
-            _ if self.breaker_probes > u32::from(u16::MAX) => {
+            _ if p.breaker_probes > u32::from(u16::MAX) => {
                 return Err(invalid("breaker-probes", "must be at most 65535"));
             }
             _ => Some(Policy::new(
-                self.breaker_failures,
-                self.breaker_ratio,
-                self.breaker_window,
-                self.breaker_cooldown,
-                self.breaker_max_cooldown,
-                self.breaker_probes,
+                p.breaker_failures,
+                p.breaker_ratio,
+                p.breaker_window,
+                p.breaker_cooldown,
+                p.breaker_max_cooldown,
+                p.breaker_probes,
             )?),
         };
-        let inbox = match self.inbox.as_deref().map(str::trim) {
+        let inbox = match p.inbox.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
                 return Err(invalid("inbox", format!("{} is not a postgres:// URL", redact(url))));
             }
-            Some(_) if self.retry_in_place => {
+            Some(_) if p.retry_in_place => {
                 return Err(invalid("inbox", "cannot be combined with --retry-in-place yet"));
             }
-            Some(_) if self.inbox_retention.is_zero() => return Err(invalid("inbox-retention", "must be > 0")),
-            Some(url) => Some(InboxSettings { url: url.to_owned(), retention: self.inbox_retention }),
+            Some(_) if p.inbox_retention.is_zero() => return Err(invalid("inbox-retention", "must be > 0")),
+            Some(url) => Some(InboxSettings { url: url.to_owned(), retention: p.inbox_retention }),
         };
-        let instance = self.instance.clone().unwrap_or_else(default_instance);
+        let instance = o.instance();
         Ok(Settings {
             inbox,
             worker: worker.to_owned(),
@@ -433,18 +512,18 @@ impl WorkerArgs {
             broker,
             queue,
             replies,
-            reply_allow: self.reply_allow.iter().map(|p| p.trim().to_owned()).collect(),
-            concurrency: self.concurrency,
-            handler_timeout: self.handler_timeout,
-            max_payload_bytes: self.max_payload_bytes,
-            max_in_flight_bytes: self.max_in_flight_bytes,
+            reply_allow: p.reply_allow.iter().map(|p| p.trim().to_owned()).collect(),
+            concurrency: p.concurrency,
+            handler_timeout: p.handler_timeout,
+            max_payload_bytes: p.max_payload_bytes,
+            max_in_flight_bytes: p.max_in_flight_bytes,
             retry,
-            retry_in_place: self.retry_in_place,
-            max_redeliveries: self.max_redeliveries,
+            retry_in_place: p.retry_in_place,
+            max_redeliveries: p.max_redeliveries,
             breaker,
-            shutdown_grace: self.shutdown_grace,
-            quorum: self.quorum,
-            http_addr: self.http_addr,
+            shutdown_grace: p.shutdown_grace,
+            quorum: p.quorum,
+            http_addr: p.http_addr,
         })
     }
 }

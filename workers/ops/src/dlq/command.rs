@@ -3,7 +3,11 @@
 use std::io::{IsTerminal, Write as _};
 
 use clap::{Args, Subcommand};
-use courier::WorkerArgs;
+use courier::{
+    broker::Broker,
+    config::{BrokerArgs, ClientLimits, ObservabilityArgs, QueueArgs},
+    contract::naming,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::dlq::{self, Filter, Operation, RunOptions, Store, Summary, report, run::Event};
@@ -18,7 +22,11 @@ pub struct Target {
     #[arg(long)]
     parking: bool,
     #[command(flatten)]
-    args: WorkerArgs,
+    broker: BrokerArgs,
+    #[command(flatten)]
+    queues: QueueArgs,
+    #[command(flatten)]
+    observability: ObservabilityArgs,
 }
 
 /// How a changing command runs.
@@ -126,13 +134,13 @@ pub async fn main(command: DlqCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         DlqCommand::Replay { target, change, max_replays } => {
-            let parking = target.settings()?.topology().parking;
+            let parking = naming::parking(&target.work_queue()?);
             let max_replays = (!target.parking).then_some(max_replays);
             change_records(&target, &change, &Operation::Replay { max_replays, parking }).await
         }
         DlqCommand::Park { target, change } => {
             anyhow::ensure!(!target.parking, "these records are parked already");
-            let parking = target.settings()?.topology().parking;
+            let parking = naming::parking(&target.work_queue()?);
             change_records(&target, &change, &Operation::Park { parking }).await
         }
         DlqCommand::Purge { target, change, yes } => {
@@ -145,22 +153,29 @@ pub async fn main(command: DlqCommand) -> anyhow::Result<i32> {
 }
 
 impl Target {
-    fn settings(&self) -> anyhow::Result<courier::Settings> {
-        Ok(self.args.settings(&self.worker)?)
+    fn broker(&self) -> anyhow::Result<Broker> {
+        Ok(self.broker.resolve(&self.worker, &ClientLimits::default())?)
+    }
+
+    /// The worker's work queue.
+    fn work_queue(&self) -> anyhow::Result<String> {
+        let (queue, _) = self.queues.names(naming::requests(&self.worker), naming::replies(&self.worker))?;
+        Ok(queue)
     }
 
     /// The queue this command reads: the dead-letter queue, or with `--parking` the parking queue.
-    fn queue(&self, topology: courier::transport::Topology) -> String {
-        if self.parking { topology.parking } else { topology.dead_letter }
+    fn queue(&self) -> anyhow::Result<String> {
+        let queue = self.work_queue()?;
+        Ok(if self.parking { naming::parking(&queue) } else { naming::dead_letter(&queue) })
     }
 }
 
 /// The store and the name of the queue it reads.
 async fn open(target: &Target, writable: bool) -> anyhow::Result<(dlq::AnyStore, String)> {
-    let settings = target.settings()?;
-    courier::app::init_logging(&target.args.log_format, "warn");
-    let queue = target.queue(settings.topology());
-    Ok((dlq::open(&settings.broker, &queue, writable).await?, queue))
+    let broker = target.broker()?;
+    courier::app::init_logging(&target.observability.log_format, "warn");
+    let queue = target.queue()?;
+    Ok((dlq::open(&broker, &queue, writable).await?, queue))
 }
 
 /// Visit every record that matches (at most `limit`), leaving them all in place.
@@ -247,7 +262,7 @@ fn print_summary(summary: &Summary, dry_run: bool) {
 
 fn confirm_purge(target: &Target, filter: &Filter) -> anyhow::Result<()> {
     anyhow::ensure!(std::io::stdin().is_terminal(), "refusing to purge without --yes: stdin is not a terminal");
-    let queue = target.queue(target.settings()?.topology());
+    let queue = target.queue()?;
     let which = if filter.is_empty() { "EVERY record" } else { "the matching records" };
     eprint!("Delete {which} of {queue}? This cannot be undone. Type yes: ");
     let mut answer = String::new();

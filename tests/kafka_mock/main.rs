@@ -1,0 +1,7 @@
+//! Real greeter and `courier` processes on librdkafka's mock cluster, hosted in a process
+//! of its own (`mock-kafka`), one cluster per test. One binary: each file is a module
+//! (`cargo test -p courier-tests --test kafka_mock kafka_cluster::`).
+
+mod dlq_kafka;
+mod kafka_cluster;
+mod kafka_workers;
