@@ -1,6 +1,8 @@
 //! Request-reply for Rust producers: publish a request, wait for its reply by correlation
 //! id. One reply queue per client; a background task routes each reply to its waiter.
 //! Replies nobody waits for (timed out, or for another client) are acked and dropped.
+//! The task lives as long as the client: when its last handle is dropped, it stops
+//! consuming and closes the subscription.
 
 use std::{
     collections::HashMap,
@@ -10,6 +12,7 @@ use std::{
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::debug;
 
 use crate::{
@@ -37,6 +40,8 @@ pub struct Client<T> {
     transport: T,
     replies: String,
     waiters: Waiters,
+    /// Stops the reply task when the last handle goes.
+    _routing: Arc<DropGuard>,
 }
 
 impl<T: Transport> Client<T> {
@@ -47,8 +52,18 @@ impl<T: Transport> Client<T> {
         let mut subscription = transport.subscribe(&topology, 256).await?;
         let waiters: Waiters = Arc::default();
         let routes = Arc::clone(&waiters);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         tokio::spawn(async move {
-            while let Some(delivery) = subscription.next().await {
+            loop {
+                let delivery = tokio::select! {
+                    biased;
+                    () = stopped.cancelled() => break,
+                    delivery = subscription.next() => match delivery {
+                        Some(delivery) => delivery,
+                        None => break,
+                    },
+                };
                 let id = delivery.message.headers.get(h::CORRELATION_ID).cloned().unwrap_or_default();
                 let waiter = routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 match waiter {
@@ -59,8 +74,9 @@ impl<T: Transport> Client<T> {
                     debug!(%error, "Could not ack a reply.");
                 }
             }
+            subscription.close().await;
         });
-        Ok(Self { transport, replies: replies.to_owned(), waiters })
+        Ok(Self { transport, replies: replies.to_owned(), waiters, _routing: Arc::new(stop.drop_guard()) })
     }
 
     /// Whether the transport is connected and consuming replies.
@@ -116,5 +132,39 @@ impl<T: Transport> Client<T> {
         });
         self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::memory::MemoryBroker;
+
+    /// Waits (in paused time) until `queue` holds no message that was not handed out.
+    async fn drained(broker: &MemoryBroker, queue: &str) -> bool {
+        for _ in 0..100 {
+            if broker.peek(queue).is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// The reply task consumes while any handle of the client lives, and stops with the
+    /// last one: a reply sent after that stays in the queue for the next consumer.
+    #[tokio::test(start_paused = true)]
+    async fn the_reply_task_ends_with_the_last_handle() {
+        let broker = MemoryBroker::new();
+        let client = Client::start(broker.clone(), "c.replies").await.expect("start");
+        let other = client.clone();
+        drop(client);
+        broker.publish("c.replies", &Message::default()).await.expect("publish");
+        assert!(drained(&broker, "c.replies").await, "a handle lives: the reply is taken");
+        drop(other);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        broker.publish("c.replies", &Message::default()).await.expect("publish");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(broker.peek("c.replies").len(), 1, "no handle left: nothing takes the reply");
     }
 }

@@ -30,8 +30,8 @@ pub enum WorkerError {
     #[error("the broker subscription ended")]
     SubscriptionEnded,
     /// The metrics and health endpoints could not listen.
-    #[error("--http-addr {0}: {1}")]
-    Http(std::net::SocketAddr, std::io::Error),
+    #[error("--http-addr {0}: cannot listen")]
+    Http(std::net::SocketAddr, #[source] std::io::Error),
     /// The inbox's database is unreachable or refused its table at start-up.
     #[error("--inbox: {0}")]
     Inbox(#[from] crate::inbox::InboxError),
