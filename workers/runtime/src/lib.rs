@@ -1,7 +1,9 @@
 //! Courier: the runtime of event-driven message-queue workers. A worker supplies a
-//! [`Handler`]; the runtime consumes requests from RabbitMQ (or the in-memory broker),
-//! validates them, calls the handler with timeouts and retries, publishes replies, and
-//! dead-letters what fails — acking each message only after its output is confirmed.
+//! [`Handler`]; the runtime consumes requests from RabbitMQ or Kafka (cargo features
+//! `amqp` and `kafka`, both default) or the in-memory broker, validates them, calls the
+//! handler with timeouts and retries, publishes replies, and dead-letters what fails —
+//! acking each message only after its output is confirmed. The wire contract is the
+//! `courier-contract` crate, re-exported as [`contract`].
 //!
 //! Where does a delivery go after the handler fails? See [`pipeline`].
 
