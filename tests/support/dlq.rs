@@ -36,6 +36,11 @@ pub fn courier(drill: &impl Drill, args: &[&str]) -> (i32, String, String) {
     crate::process::courier(&all)
 }
 
+/// `courier topology declare` of the drill's greeter, which runs without retry tiers.
+pub fn declare_topology(drill: &impl Drill) {
+    courier_ok(drill, &["topology", "declare", "--retry-delays="]);
+}
+
 /// `courier <args>`, which must exit 0; returns its stdout.
 pub fn courier_ok(drill: &impl Drill, args: &[&str]) -> String {
     let (code, stdout, stderr) = courier(drill, args);
@@ -158,7 +163,7 @@ pub fn by_id(messages: &[Message]) -> HashMap<String, usize> {
 /// count every one (a reader that stopped at a partition's first end-of-partition event
 /// saw 24 of 25 on tansu), and reading changes nothing.
 pub async fn stats_and_show_count_every_record(drill: &mut impl Drill, n: usize) {
-    courier_ok(drill, &["topology", "declare", "--retry-delays="]);
+    declare_topology(drill);
     let dlq = format!("{}.dlq", drill.queue());
     let (queue, replies) = (drill.queue().to_owned(), drill.replies().to_owned());
     let records: Vec<Message> =
@@ -223,7 +228,7 @@ macro_rules! dlq_drills {
             use courier_tests::dlq::*;
             let mut drill = $drill;
             let (queue, replies) = (drill.queue().to_owned(), drill.replies().to_owned());
-            courier_ok(&drill, &["topology", "declare", "--retry-delays="]);
+            courier_tests::dlq::declare_topology(&drill);
             let kinds = [Transient, Schema, Transient, Decode, Transient, Schema];
             let records =
                 kinds.iter().enumerate().map(|(i, kind)| dead_letter(&format!("d{i}"), &queue, &replies, *kind));
@@ -275,7 +280,7 @@ macro_rules! dlq_drills {
             const RECORDS: usize = 5_000;
             let mut drill = $drill;
             let (queue, replies) = (drill.queue().to_owned(), drill.replies().to_owned());
-            courier_ok(&drill, &["topology", "declare", "--retry-delays="]);
+            courier_tests::dlq::declare_topology(&drill);
             let records = (0..RECORDS).map(|i| {
                 dead_letter(&format!("k{i}"), &queue, &replies, courier::contract::failure::FailureKind::Transient)
             });

@@ -7,7 +7,7 @@ use clap::Parser;
 use courier::{
     broker::{Broker, UseTransport},
     client::Client,
-    config::{BrokerArgs, ClientLimits, ObservabilityArgs, QueueArgs},
+    config::ClientArgs,
     contract::naming,
     transport::Transport,
 };
@@ -24,11 +24,7 @@ struct Args {
     #[arg(long, env = "GATEWAY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     #[command(flatten)]
-    broker: BrokerArgs,
-    #[command(flatten)]
-    queues: QueueArgs,
-    #[command(flatten)]
-    observability: ObservabilityArgs,
+    client: ClientArgs,
 }
 
 #[tokio::main]
@@ -37,20 +33,21 @@ async fn main() -> anyhow::Result<()> {
     // Requests go to --queue (default greeter.requests); the gateway's own reply queue
     // defaults to gateway.replies.
     let (queue, replies) = args
+        .client
         .queues
         .names(naming::requests(<greeter::Greeter as courier::Handler>::NAME), naming::replies("gateway"))?;
-    let mut broker = args.broker.resolve("gateway", &ClientLimits::default())?;
+    let mut broker = args.client.broker("gateway")?;
     if broker.is_memory() {
         anyhow::bail!("--broker is required: the gateway talks to workers through a broker");
     }
-    let instance = args.observability.instance();
+    let instance = args.client.observability.instance();
     if let Broker::Kafka(config) = &mut broker {
         // Each gateway reads every partition of its reply topic, in a group of its own.
         // It starts at the beginning (starting at the end could skip a reply that
         // arrives while the end is being looked up): keep reply topics' retention short.
         config.group = format!("{}-{instance}", config.group);
     }
-    courier::app::init_logging(&args.observability.log_format, "info");
+    courier::app::init_logging(&args.client.observability.log_format, "info");
     let serve =
         Serve { replies: &replies, options: gateway::Options { queue, timeout: args.timeout }, listen: args.listen };
     let outcome =

@@ -211,6 +211,26 @@ pub struct ProcessingArgs {
     pub http_addr: Option<std::net::SocketAddr>,
 }
 
+/// The flags of a program that talks to a worker's queues without being the worker (the
+/// gateway, `courier dlq`): where the broker is, which queues, how to name itself and log.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub queues: QueueArgs,
+    #[command(flatten)]
+    pub observability: ObservabilityArgs,
+}
+
+impl ClientArgs {
+    /// The broker, its Kafka clients sized as a worker's are by default; `worker` names
+    /// the default consumer group.
+    pub fn broker(&self, worker: &str) -> Result<Broker, ConfigError> {
+        self.broker.resolve(worker, &ClientLimits::default())
+    }
+}
+
 /// Every flag of a worker (each also an environment variable), grouped by role; other
 /// binaries take only the groups that do something there.
 #[derive(Clone, Debug, Parser)]

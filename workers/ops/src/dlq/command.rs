@@ -3,11 +3,7 @@
 use std::io::{IsTerminal, Write as _};
 
 use clap::{Args, Subcommand};
-use courier::{
-    broker::Broker,
-    config::{BrokerArgs, ClientLimits, ObservabilityArgs, QueueArgs},
-    contract::naming,
-};
+use courier::{broker::Broker, config::ClientArgs, contract::naming};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::dlq::{self, Filter, Operation, RunOptions, Store, Summary, report, run::Event};
@@ -22,11 +18,7 @@ pub struct Target {
     #[arg(long)]
     parking: bool,
     #[command(flatten)]
-    broker: BrokerArgs,
-    #[command(flatten)]
-    queues: QueueArgs,
-    #[command(flatten)]
-    observability: ObservabilityArgs,
+    client: ClientArgs,
 }
 
 /// How a changing command runs.
@@ -154,12 +146,12 @@ pub async fn main(command: DlqCommand) -> anyhow::Result<i32> {
 
 impl Target {
     fn broker(&self) -> anyhow::Result<Broker> {
-        Ok(self.broker.resolve(&self.worker, &ClientLimits::default())?)
+        Ok(self.client.broker(&self.worker)?)
     }
 
     /// The worker's work queue.
     fn work_queue(&self) -> anyhow::Result<String> {
-        let (queue, _) = self.queues.names(naming::requests(&self.worker), naming::replies(&self.worker))?;
+        let (queue, _) = self.client.queues.names(naming::requests(&self.worker), naming::replies(&self.worker))?;
         Ok(queue)
     }
 
@@ -173,7 +165,7 @@ impl Target {
 /// The store and the name of the queue it reads.
 async fn open(target: &Target, writable: bool) -> anyhow::Result<(dlq::AnyStore, String)> {
     let broker = target.broker()?;
-    courier::app::init_logging(&target.observability.log_format, "warn");
+    courier::app::init_logging(&target.client.observability.log_format, "warn");
     let queue = target.queue()?;
     Ok((dlq::open(&broker, &queue, writable).await?, queue))
 }
