@@ -45,6 +45,9 @@ pub const FAILURE_MESSAGE: &str = "courier-failure-message";
 pub const FAILURE_FINGERPRINT: &str = "courier-failure-fingerprint";
 /// Queue/topic the failed message was consumed from (replay sends it back there).
 pub const FAILURE_SOURCE: &str = "courier-failure-source";
+/// Kafka topic the failed record was read from: the work topic or one of its retry tiers.
+/// `courier-failure-partition` and `courier-failure-offset` are its position there.
+pub const FAILURE_TOPIC: &str = "courier-failure-topic";
 /// Kafka partition of the failed message.
 pub const FAILURE_PARTITION: &str = "courier-failure-partition";
 /// Kafka offset of the failed message.
@@ -57,7 +60,7 @@ pub const FAILURE_FIRST_AT: &str = "courier-failure-first-at";
 pub const FAILURE_LAST_AT: &str = "courier-failure-last-at";
 /// On a dead-letter copy too large for the broker: the original payload's size in bytes.
 /// The payload is then omitted and only the contract's headers are kept (on Kafka the
-/// original stays in the source topic at `courier-failure-offset`).
+/// original stays in `courier-failure-topic` at `courier-failure-offset`).
 pub const FAILURE_PAYLOAD_BYTES: &str = "courier-failure-payload-bytes";
 /// Name of the worker that gave up.
 pub const FAILURE_WORKER: &str = "courier-failure-worker";
@@ -71,12 +74,13 @@ pub const X_FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
 pub const X_FIRST_DEATH_REASON: &str = "x-first-death-reason";
 
 /// Every failure header: stripped on replay.
-pub const FAILURE_HEADERS: [&str; 13] = [
+pub const FAILURE_HEADERS: [&str; 14] = [
     FAILURE_KIND,
     FAILURE_CODE,
     FAILURE_MESSAGE,
     FAILURE_FINGERPRINT,
     FAILURE_SOURCE,
+    FAILURE_TOPIC,
     FAILURE_PARTITION,
     FAILURE_OFFSET,
     FAILURE_ATTEMPTS,
@@ -88,7 +92,7 @@ pub const FAILURE_HEADERS: [&str; 13] = [
 ];
 
 /// Every header the contract defines (the documentation test checks each is in `schemas/README.md`).
-pub const ALL: [&str; 26] = [
+pub const ALL: [&str; 27] = [
     MESSAGE_ID,
     CORRELATION_ID,
     REPLY_TO,
@@ -107,6 +111,7 @@ pub const ALL: [&str; 26] = [
     FAILURE_MESSAGE,
     FAILURE_FINGERPRINT,
     FAILURE_SOURCE,
+    FAILURE_TOPIC,
     FAILURE_PARTITION,
     FAILURE_OFFSET,
     FAILURE_ATTEMPTS,

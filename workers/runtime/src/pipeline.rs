@@ -810,6 +810,9 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         put(h::FAILURE_MESSAGE, truncate(&failure.message, h::MAX_ERROR_MESSAGE_BYTES).to_owned());
         put(h::FAILURE_FINGERPRINT, fingerprint(failure.kind, worker, &failure.code));
         put(h::FAILURE_SOURCE, source.queue.to_string());
+        if let Some(topic) = &source.topic {
+            put(h::FAILURE_TOPIC, topic.to_string());
+        }
         if let Some(partition) = source.partition {
             put(h::FAILURE_PARTITION, partition.to_string());
         }

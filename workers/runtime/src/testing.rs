@@ -353,6 +353,18 @@ fn queues(settings: &Settings) -> Vec<String> {
     names
 }
 
+/// Where a broker gives positions (Kafka), a dead-letter record names the topic it was read
+/// from (`read_from`) with its partition and offset there; elsewhere it names none.
+fn assert_position(record: &Message, read_from: &str) {
+    let has = |name| record.headers.contains_key(name);
+    if has(h::FAILURE_PARTITION) {
+        assert_eq!(header(record, h::FAILURE_TOPIC), read_from, "the topic the partition and offset are in");
+        assert!(has(h::FAILURE_OFFSET));
+    } else {
+        assert!(!has(h::FAILURE_TOPIC) && !has(h::FAILURE_OFFSET));
+    }
+}
+
 fn header<'m>(message: &'m Message, name: &str) -> &'m str {
     message.headers.get(name).map_or("", String::as_str)
 }
@@ -422,6 +434,7 @@ pub async fn permanent_failure_is_dead_lettered<Hn: Harness>(harness: Hn) {
         fingerprint(crate::contract::failure::FailureKind::Permanent, "contract", "scripted_permanent")
     );
     assert_eq!(header(&record, h::FAILURE_SOURCE), run.settings.queue);
+    assert_position(&record, &run.settings.queue);
     assert_eq!(header(&record, h::FAILURE_ATTEMPTS), "1", "permanent failures are not retried");
     assert_eq!(header(&record, h::FAILURE_WORKER), "contract");
     assert_eq!(header(&record, h::FAILURE_INSTANCE), "suite-1");
@@ -477,7 +490,9 @@ pub async fn exhausted_retries_are_dead_lettered<Hn: Harness>(harness: Hn) {
     assert_eq!(header(&record, h::FAILURE_CODE), "scripted_transient");
     assert_eq!(header(&record, h::FAILURE_ATTEMPTS), "6", "2 invocations x 3 rounds");
     assert_eq!(header(&record, h::ATTEMPT), "3", "the attempt count survived the round trips");
-    assert_eq!(header(&record, h::FAILURE_SOURCE), run.settings.queue);
+    assert_eq!(header(&record, h::FAILURE_SOURCE), run.settings.queue, "replay goes to the work queue");
+    let last_tier = run.settings.topology().retry_tiers.pop().expect("two tiers").name;
+    assert_position(&record, &last_tier);
     let first = timestamp::parse(header(&record, h::FAILURE_FIRST_AT)).expect("first-at");
     let last = timestamp::parse(header(&record, h::FAILURE_LAST_AT)).expect("last-at");
     assert!(first <= last);

@@ -44,9 +44,12 @@ impl Message {
 /// Where a delivery came from, for dead-letter records and logs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Source {
-    /// Queue or topic the message was consumed from (shared by every delivery of it).
+    /// The work queue or topic the message was consumed for (shared by every delivery of
+    /// it): where a replay sends it.
     pub queue: Arc<str>,
-    /// Kafka partition, when there is one.
+    /// The Kafka topic it was read from, when there is one: the work topic or a retry tier.
+    pub topic: Option<Arc<str>>,
+    /// Kafka partition in that topic, when there is one.
     pub partition: Option<i32>,
     /// Kafka offset, when there is one.
     pub offset: Option<i64>,
@@ -342,7 +345,7 @@ pub enum TransportError {
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.queue)?;
+        f.write_str(self.topic.as_deref().unwrap_or(&self.queue))?;
         if let Some(p) = self.partition {
             write!(f, "[{p}]")?;
         }

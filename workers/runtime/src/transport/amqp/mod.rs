@@ -347,7 +347,12 @@ impl Consuming {
                     };
                     return Delivery {
                         message: Arc::new(message),
-                        source: Source { queue: self.topology.queue.as_str().into(), partition: None, offset: None },
+                        source: Source {
+                            queue: self.topology.queue.as_str().into(),
+                            topic: None,
+                            partition: None,
+                            offset: None,
+                        },
                         redelivered: delivery.redelivered,
                         acker: AmqpAcker { acker: Some(delivery.acker), _channel: channel.clone() },
                     };

@@ -272,7 +272,12 @@ impl Dispatcher {
                 None => Lane::Partition(partition.clone()),
             },
         };
-        let source = Source { queue: Arc::clone(&self.queue), partition: Some(partition.1), offset: Some(offset) };
+        let source = Source {
+            queue: Arc::clone(&self.queue),
+            topic: Some(Arc::clone(&partition.0)),
+            partition: Some(partition.1),
+            offset: Some(offset),
+        };
         // A retry-topic record is due its tier's delay after it was written.
         let due = delay.map(|delay| {
             let written = record.timestamp().to_millis().and_then(|ms| u64::try_from(ms).ok());
