@@ -2,8 +2,10 @@
 //! (`bin/raw_kafka_pipe.rs`) against the greeter worker, then a slow handler (20 ms) at
 //! concurrency 1, 8 and 64 in `partition` and `key` ordering on a 3-partition topic; then
 //! the raw pipe against the worker again on tansu, an independent broker, as a second line.
+//! With the no-op rows runs the closest Rust peer, a greeter on RustStream
+//! (`tests/peers/ruststream`, its own cargo project: not part of the workspace or the tests).
 //!
-//! Run with `scripts/bench` (builds the release greeter, starts tansu).
+//! Run with `scripts/bench` (builds the release greeter and the peer, starts tansu).
 
 use std::{
     collections::HashMap,
@@ -34,12 +36,18 @@ const ROUNDS: usize = 3;
 const TANSU_MESSAGES: usize = 150_000;
 
 /// What runs: the raw pipe (`contract`: writing the wire contract's reply, key and five
-/// headers, as the worker does), or the greeter with (ordering, handler delay, concurrency).
+/// headers, as the worker does), the RustStream greeter, or the greeter with (ordering,
+/// handler delay, concurrency).
 #[derive(Clone, Copy)]
 enum Pipe<'a> {
     Raw { contract: bool },
+    RustStream,
     Greeter(&'a str, Option<Duration>, usize),
 }
+
+/// The peer's binary, built by `scripts/bench` into this target directory.
+const RUSTSTREAM_BINARY: &str = "ruststream-greeter";
+const RUSTSTREAM_NAME: &str = "RustStream 0.7.7 greeter (Commit::Tracked)";
 
 const RAW: Pipe<'static> = Pipe::Raw { contract: false };
 const RAW_CONTRACT: Pipe<'static> = Pipe::Raw { contract: true };
@@ -102,12 +110,19 @@ async fn main() {
     let concurrency = std::env::var("COURIER_BENCH_CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(1000);
     let none_name = format!("greeter worker, ordering none (concurrency {concurrency})");
     let partition_name = "greeter worker, ordering partition (concurrency 1024)";
+    let key_name = "greeter worker, ordering key (concurrency 1024)";
+    let peer = peer_built();
     let (mut raw, mut contract, mut none, mut partition) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ruststream, mut key) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         raw.push(run(&mut mock, "raw rdkafka pipe", RAW).await);
         contract.push(run(&mut mock, RAW_CONTRACT_NAME, RAW_CONTRACT).await);
+        if peer {
+            ruststream.push(run(&mut mock, RUSTSTREAM_NAME, Pipe::RustStream).await);
+        }
         none.push(run(&mut mock, &none_name, Pipe::Greeter("none", None, concurrency)).await);
         partition.push(run(&mut mock, partition_name, Pipe::Greeter("partition", None, 1024)).await);
+        key.push(run(&mut mock, key_name, Pipe::Greeter("key", None, 1024)).await);
         print_round(round, &raw[round - 1], &none[round - 1]);
     }
     print_median_ratio(&raw, &none);
@@ -118,15 +133,23 @@ async fn main() {
             "Kafka, mock cluster ({} messages, {NOOP_PARTITIONS} partitions; median of {rounds} alternated rounds; latency at half the peak rate)",
             messages_per_run()
         ),
-        &[raw, Figures::median(&contract), Figures::median(&none), Figures::median(&partition)],
+        &[
+            &[raw, Figures::median(&contract)][..],
+            &medians(&ruststream),
+            &[Figures::median(&none), Figures::median(&partition), Figures::median(&key)],
+        ]
+        .concat(),
     );
-    let (contract, none) = (Figures::median(&contract), Figures::median(&none));
-    println!(
-        "\n{} against the raw pipe writing the contract's reply: throughput {:.2}x, CPU {:.2}x",
-        none.name,
-        none.rate / contract.rate,
-        none.cpu_per_10k / contract.cpu_per_10k
-    );
+    let none = Figures::median(&none);
+    for baseline in [medians(&contract), medians(&ruststream)].concat() {
+        println!(
+            "\n{} against the {}: throughput {:.2}x, CPU {:.2}x",
+            none.name,
+            baseline.name,
+            none.rate / baseline.rate,
+            none.cpu_per_10k / baseline.cpu_per_10k
+        );
+    }
     if !quick {
         slow_rows(&mut mock, raw_rate).await;
     }
@@ -185,6 +208,21 @@ async fn slow_rows(cluster: &mut Broker, raw_rate: f64) {
     }
 }
 
+/// The median of a pipe's rounds, none for a pipe that did not run.
+fn medians(rounds: &[Figures]) -> Vec<Figures> {
+    if rounds.is_empty() { Vec::new() } else { vec![Figures::median(rounds)] }
+}
+
+/// Whether the RustStream greeter is built (`scripts/bench` builds it); a note when not.
+fn peer_built() -> bool {
+    let exe = std::env::current_exe().expect("bench executable path");
+    let built = exe.parent().and_then(|deps| deps.parent()).is_some_and(|dir| dir.join(RUSTSTREAM_BINARY).exists());
+    if !built {
+        println!("No {RUSTSTREAM_BINARY} in the target directory (scripts/bench builds it): no RustStream row.");
+    }
+    built
+}
+
 /// Requests per no-op run.
 fn messages_per_run() -> usize {
     std::env::var("COURIER_BENCH_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(MESSAGES)
@@ -199,7 +237,7 @@ fn tansu_messages() -> usize {
 async fn run(broker: &mut Broker, name: &str, pipe: Pipe<'_>) -> Figures {
     let worker = match pipe {
         Pipe::Greeter(ordering, delay, concurrency) => Some((ordering, delay, concurrency)),
-        Pipe::Raw { .. } => None,
+        Pipe::Raw { .. } | Pipe::RustStream => None,
     };
     let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
     let (queue, replies, group) =
@@ -229,6 +267,10 @@ async fn run(broker: &mut Broker, name: &str, pipe: Pipe<'_>) -> Figures {
     let wrap = std::env::var("COURIER_BENCH_WRAP").unwrap_or_default();
     let wrapper: Vec<&str> = wrap.split_whitespace().collect();
     let mut process = match worker {
+        None if matches!(pipe, Pipe::RustStream) => {
+            let args = [bootstrap.as_str(), &queue, &group];
+            Process::start_under(&wrapper, RUSTSTREAM_BINARY, "bench-ruststream", &args, &[("RUST_LOG", "warn")])
+        }
         None => {
             let mut args = vec![bootstrap.as_str(), &queue, &group];
             if matches!(pipe, Pipe::Raw { contract: true }) {
