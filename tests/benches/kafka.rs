@@ -109,7 +109,7 @@ async fn main() {
     // (COURIER_BENCH_CONCURRENCY overrides).
     let concurrency = std::env::var("COURIER_BENCH_CONCURRENCY").ok().and_then(|c| c.parse().ok()).unwrap_or(1000);
     let none_name = format!("greeter worker, ordering none (concurrency {concurrency})");
-    let partition_name = "greeter worker, ordering partition (concurrency 1024)";
+    let partition_name = "greeter worker, ordering partition (concurrency 64: the defaults)";
     let key_name = "greeter worker, ordering key (concurrency 1024)";
     let peer = peer_built();
     let (mut raw, mut contract, mut none, mut partition) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -121,7 +121,7 @@ async fn main() {
             ruststream.push(run(&mut mock, RUSTSTREAM_NAME, Pipe::RustStream).await);
         }
         none.push(run(&mut mock, &none_name, Pipe::Greeter("none", None, concurrency)).await);
-        partition.push(run(&mut mock, partition_name, Pipe::Greeter("partition", None, 1024)).await);
+        partition.push(run(&mut mock, partition_name, Pipe::Greeter("partition", None, 64)).await);
         key.push(run(&mut mock, key_name, Pipe::Greeter("key", None, 1024)).await);
         print_round(round, &raw[round - 1], &none[round - 1]);
     }

@@ -138,16 +138,17 @@ impl Index<&str> for Headers {
 /// many headers in reverse order.
 impl FromIterator<(Cow<'static, str>, String)> for Headers {
     fn from_iter<I: IntoIterator<Item = (Cow<'static, str>, String)>>(iter: I) -> Self {
-        let mut all: Vec<(Cow<'static, str>, String)> = iter.into_iter().collect();
-        // Stable: of equal names, the later one stays later.
-        all.sort_by(|(a, _), (b, _)| a.cmp(b));
-        let mut entries: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(all.len());
-        for entry in all {
-            match entries.last_mut() {
-                Some(last) if last.0 == entry.0 => *last = entry,
-                _ => entries.push(entry),
+        let mut entries: Vec<(Cow<'static, str>, String)> = iter.into_iter().collect();
+        // Stable: of equal names, the later one stays later; it is the one kept, in place.
+        entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+        let mut kept = 0;
+        for next in 1..=entries.len() {
+            if entries.get(next).is_none_or(|(name, _)| *name != entries[next - 1].0) {
+                entries.swap(kept, next - 1);
+                kept += 1;
             }
         }
+        entries.truncate(kept);
         Self { entries, originals: None }
     }
 }

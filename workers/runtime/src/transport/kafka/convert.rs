@@ -12,7 +12,7 @@ pub fn to_message(record: &impl rdkafka::Message) -> Message {
         .into_iter()
         .flat_map(|list| list.iter())
         .map(|header| {
-            let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+            let value = header.value.map(text).unwrap_or_default();
             (crate::contract::headers::name(header.key), value)
         })
         .collect();
@@ -20,6 +20,14 @@ pub fn to_message(record: &impl rdkafka::Message) -> Message {
         payload: record.payload().map(bytes::Bytes::copy_from_slice).unwrap_or_default(),
         headers,
         key: record.key().map(bytes::Bytes::copy_from_slice),
+    }
+}
+
+/// A header value as text: UTF-8 as it is (checked word by word), other bytes lossily.
+fn text(value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(value).into_owned(),
     }
 }
 
