@@ -6,6 +6,7 @@
 use courier::contract::failure::FailureKind;
 use courier_tests::{
     dlq::{Drill, dead_letter, dlq_total},
+    in_place,
     kafka::{KafkaDrill, KafkaHarness},
 };
 
@@ -13,6 +14,17 @@ courier::contract_suite!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     KafkaHarness::tansu().await
 );
+
+/// `--retry-in-place` keeps a key's order on a broker that is not librdkafka's mock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_in_place_keeps_a_key_in_order_while_other_keys_flow() {
+    in_place::keeps_a_key_in_order_while_other_keys_flow(KafkaHarness::tansu().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_in_place_that_exhausts_its_tiers_dead_letters_and_the_lane_moves_on() {
+    in_place::exhausting_its_tiers_dead_letters_and_the_lane_moves_on(KafkaHarness::tansu().await).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_stats_and_show_count_every_record_of_300() {

@@ -3,6 +3,7 @@
 
 pub mod dlq;
 pub mod http;
+pub mod in_place;
 pub mod kafka;
 pub mod measure;
 pub mod mix;

@@ -106,7 +106,11 @@ impl Slot {
     /// place among the outputs awaiting a confirm (waiting for one while all are taken).
     async fn handed_off(&mut self) {
         if self.handler.is_some() {
-            let permit = Arc::clone(&self.confirms).acquire_owned().await.expect("the semaphore is never closed");
+            // Without a waiter's future when one is free, as it nearly always is.
+            let permit = match Arc::clone(&self.confirms).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => Arc::clone(&self.confirms).acquire_owned().await.expect("the semaphore is never closed"),
+            };
             self.confirming = Some(permit);
             self.handler = None;
         }
@@ -408,7 +412,10 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             let failure = Failure::new(FailureKind::Unroutable, code::REPLY_NOT_ALLOWED, why);
             return self.dead_letter(acker, message, source, &meta, failure, 0).await;
         }
-        if let Some(reason) = self.transport.name_problem(reply_to) {
+        // The worker's own reply queue was declared at start, so only other names are checked.
+        if let Some(reason) =
+            (reply_to != self.settings.replies).then(|| self.transport.name_problem(reply_to)).flatten()
+        {
             let why = format!("reply-to {:?} is not a valid name: {reason}", truncate(reply_to, 64));
             let failure = Failure::new(FailureKind::Unroutable, code::REPLY_TO_INVALID, why);
             return self.dead_letter(acker, message, source, &meta, failure, 0).await;
