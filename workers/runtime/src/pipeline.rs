@@ -55,7 +55,7 @@ use crate::{
     observe::{Metrics, otlp},
     redelivery::{self, Next},
     schema::{Refusal, RequestSchema},
-    transport::{Acker, Delivery, Message, PublishError, Source, Topology, Transport},
+    transport::{Acker, Delivery, Message, Position, PublishError, Source, Topology, Transport},
 };
 
 /// A delivery's place in the worker's limits: one of the `--concurrency` handler slots
@@ -845,13 +845,9 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         put(h::FAILURE_MESSAGE, truncate(&failure.message, h::MAX_ERROR_MESSAGE_BYTES).to_owned());
         put(h::FAILURE_FINGERPRINT, fingerprint(failure.kind, worker, &failure.code));
         put(h::FAILURE_SOURCE, source.queue.to_string());
-        if let Some(topic) = &source.topic {
+        if let Some(Position { topic, partition, offset }) = &source.position {
             put(h::FAILURE_TOPIC, topic.to_string());
-        }
-        if let Some(partition) = source.partition {
             put(h::FAILURE_PARTITION, partition.to_string());
-        }
-        if let Some(offset) = source.offset {
             put(h::FAILURE_OFFSET, offset.to_string());
         }
         put(h::FAILURE_ATTEMPTS, meta.earlier_attempts.saturating_add(invocations).to_string());
@@ -924,9 +920,9 @@ fn identity(message: &Message, source: &Source) -> u64 {
     use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
     let hasher = foldhash::fast::FixedState::with_seed(0x0063_6f75_7269_6572);
     let round = message.headers.get(h::ATTEMPT);
-    match (source.partition, source.offset, message.headers.get(h::MESSAGE_ID)) {
-        (Some(partition), Some(offset), _) => hasher.hash_one((&*source.queue, partition, offset, round)),
-        (_, _, Some(id)) => hasher.hash_one((&*source.queue, id)),
+    match (&source.position, message.headers.get(h::MESSAGE_ID)) {
+        (Some(Position { partition, offset, .. }), _) => hasher.hash_one((&*source.queue, partition, offset, round)),
+        (_, Some(id)) => hasher.hash_one((&*source.queue, id)),
         _ => {
             let mut state = hasher.build_hasher();
             (&*source.queue, &message.payload[..]).hash(&mut state);

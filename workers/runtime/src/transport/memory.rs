@@ -181,7 +181,7 @@ impl Transport for MemoryBroker {
                 }
             };
             let delivery = Delivery {
-                source: Source { queue: queue.as_str().into(), topic: None, partition: None, offset: None },
+                source: Source { queue: queue.as_str().into(), position: None },
                 redelivered: stored.redelivered,
                 message: Arc::new(stored.message.clone()),
                 acker: MemoryAcker { broker: broker.clone(), queue: queue.clone(), stored: Some(stored) },

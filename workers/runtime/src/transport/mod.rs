@@ -47,12 +47,19 @@ pub struct Source {
     /// The work queue or topic the message was consumed for (shared by every delivery of
     /// it): where a replay sends it.
     pub queue: Arc<str>,
-    /// The Kafka topic it was read from, when there is one: the work topic or a retry tier.
-    pub topic: Option<Arc<str>>,
-    /// Kafka partition in that topic, when there is one.
-    pub partition: Option<i32>,
-    /// Kafka offset, when there is one.
-    pub offset: Option<i64>,
+    /// Where it was read, on a broker with positions (Kafka).
+    pub position: Option<Position>,
+}
+
+/// A Kafka record's position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// The topic it was read from: the work topic or a retry tier.
+    pub topic: Arc<str>,
+    /// Its partition in that topic.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
 }
 
 /// One received message and the handle that settles it.
@@ -345,13 +352,9 @@ pub enum TransportError {
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.topic.as_deref().unwrap_or(&self.queue))?;
-        if let Some(p) = self.partition {
-            write!(f, "[{p}]")?;
+        match &self.position {
+            Some(Position { topic, partition, offset }) => write!(f, "{topic}[{partition}]@{offset}"),
+            None => f.write_str(&self.queue),
         }
-        if let Some(o) = self.offset {
-            write!(f, "@{o}")?;
-        }
-        Ok(())
     }
 }

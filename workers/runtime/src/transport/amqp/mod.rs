@@ -347,12 +347,7 @@ impl Consuming {
                     };
                     return Delivery {
                         message: Arc::new(message),
-                        source: Source {
-                            queue: self.topology.queue.as_str().into(),
-                            topic: None,
-                            partition: None,
-                            offset: None,
-                        },
+                        source: Source { queue: self.topology.queue.as_str().into(), position: None },
                         redelivered: delivery.redelivered,
                         acker: AmqpAcker { acker: Some(delivery.acker), _channel: channel.clone() },
                     };

@@ -23,7 +23,7 @@ use super::{
     Ordering, RebalanceContext, Tracking,
     scheduler::{Lane, Limits, Partition, Record, Scheduler},
 };
-use crate::transport::{Acker, Delivery, Intake, Message, Source, Subscription, Topology, TransportError};
+use crate::transport::{Acker, Delivery, Intake, Message, Position, Source, Subscription, Topology, TransportError};
 
 /// Delay before a nacked record is handed out again.
 const REDELIVERY_DELAY: Duration = Duration::from_millis(500);
@@ -272,12 +272,8 @@ impl Dispatcher {
                 None => Lane::Partition(partition.clone()),
             },
         };
-        let source = Source {
-            queue: Arc::clone(&self.queue),
-            topic: Some(Arc::clone(&partition.0)),
-            partition: Some(partition.1),
-            offset: Some(offset),
-        };
+        let position = Position { topic: Arc::clone(&partition.0), partition: partition.1, offset };
+        let source = Source { queue: Arc::clone(&self.queue), position: Some(position) };
         // A retry-topic record is due its tier's delay after it was written.
         let due = delay.map(|delay| {
             let written = record.timestamp().to_millis().and_then(|ms| u64::try_from(ms).ok());
