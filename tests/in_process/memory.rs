@@ -105,7 +105,11 @@ async fn the_inbox_keeps_only_the_writes_of_the_call_that_passed() {
     let url = courier_tests::postgres::url();
     let broker = MemoryBroker::new();
     let mut settings = Settings::defaults(FailsOnce::NAME);
-    settings.inbox = Some(courier::config::InboxSettings { url: url.clone(), retention: Duration::from_secs(60) });
+    settings.inbox = Some(courier::config::InboxSettings {
+        url: url.clone(),
+        retention: Duration::from_secs(60),
+        bounds: courier::inbox::Bounds { timeout: Duration::from_secs(5), connections: 16 },
+    });
     broker.declare(&settings.topology()).await.expect("declare");
     let handler = FailsOnce::default();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -199,4 +203,53 @@ async fn most_at_once_with_budget(budget: usize) -> usize {
     stop.cancel();
     worker.await.expect("worker task").expect("worker ends cleanly");
     handler.most.load(Ordering::SeqCst)
+}
+
+/// `--retry-in-place` at `--concurrency 1`: a request waiting out its tier's delay gives
+/// its handler slot up, and takes it back for its next round, though the worker's loop
+/// is waiting for a delivery meanwhile (the lane it holds may be what keeps one from
+/// coming). The reply follows the tier's delay.
+#[tokio::test(start_paused = true)]
+async fn a_request_retrying_in_place_gets_its_slot_back_at_concurrency_one() {
+    use std::time::Duration;
+
+    use courier::{
+        MemoryBroker, Message, Settings, Transport,
+        contract::headers as h,
+        retry::RetryPolicy,
+        testing::{ScriptHandler, ScriptRequest},
+    };
+
+    let broker = MemoryBroker::new();
+    let mut settings = Settings::defaults(<ScriptHandler as courier::Handler>::NAME);
+    settings.concurrency = 1;
+    settings.retry_in_place = true;
+    settings.breaker = None;
+    let delays = vec![Duration::from_secs(2)];
+    settings.retry =
+        RetryPolicy::new(1, Duration::from_millis(100), Duration::from_secs(1), false, delays).expect("valid policy");
+    broker.declare(&settings.topology()).await.expect("declare");
+    let handler = ScriptHandler::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker =
+        tokio::spawn(courier::run(settings.clone(), broker.clone(), handler.clone(), stop.clone().cancelled_owned()));
+    let request = ScriptRequest { id: "in-place".into(), op: "flaky".into(), n: 1 };
+    let headers = [(h::CORRELATION_ID, "in-place")];
+    let message = Message {
+        payload: serde_json::to_vec(&request).expect("json").into(),
+        headers: headers.into_iter().map(|(k, v)| (k.into(), v.to_owned())).collect(),
+        key: None,
+    };
+    let sent = tokio::time::Instant::now();
+    broker.publish(&settings.queue, &message).await.expect("publish");
+    let reply =
+        broker.receive(&settings.replies, Duration::from_secs(60)).await.expect("a reply after the tier's delay");
+    let waited = sent.elapsed();
+    println!("retry in place at concurrency 1: answered after {waited:?}");
+    assert_eq!(reply.headers.get(h::STATUS).map(String::as_str), Some("ok"), "{reply:?}");
+    assert!(waited >= Duration::from_secs(2), "after the tier's delay: {waited:?}");
+    let calls = handler.calls.lock().expect("call log").get("in-place").map_or(0, Vec::len);
+    assert_eq!(calls, 2, "one failed round, one that passed");
+    stop.cancel();
+    worker.await.expect("worker task").expect("worker ends cleanly");
 }

@@ -39,7 +39,13 @@ fn topics(names: &Names) -> Vec<(String, i32)> {
 }
 
 fn start_cluster(names: &Names) -> MockKafkaProcess {
-    let topics = topics(names);
+    start_cluster_with_tiers(names, &[])
+}
+
+/// [`start_cluster`] with retry tiers of these delays besides the 1 s one.
+fn start_cluster_with_tiers(names: &Names, delays: &[&str]) -> MockKafkaProcess {
+    let mut topics = topics(names);
+    topics.extend(delays.iter().map(|delay| (format!("{}.retry.{delay}", names.queue), PARTITIONS)));
     let specs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
     MockKafkaProcess::start(&specs)
 }
@@ -610,10 +616,7 @@ async fn an_open_breaker_keeps_the_group_going_and_a_kill_9_while_open_loses_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_in_place_keeps_each_key_in_order_through_a_kill_9() {
     let names = names("inplace");
-    let mut topics = topics(&names);
-    topics.extend(["2s", "4s", "8s"].map(|delay| (format!("{}.retry.{delay}", names.queue), PARTITIONS)));
-    let specs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-    let cluster = MockKafkaProcess::start(&specs);
+    let cluster = start_cluster_with_tiers(&names, &["2s", "4s", "8s"]);
     let switch = courier_tests::outage::Outage::begin(&names.queue);
     let flags = [
         "--retry-in-place",
@@ -670,4 +673,77 @@ async fn retry_in_place_keeps_each_key_in_order_through_a_kill_9() {
     let dlq = format!("{}.dlq", names.queue);
     assert!(client.next_record(&dlq, PARTITIONS, Duration::from_secs(1)).await.is_none(), "nothing dead-lettered");
     assert!(b.terminate(), "SIGTERM ends the worker cleanly");
+}
+
+/// A record in a retry tier dated a day ahead (a producer's clock, or a forged record) is
+/// held no longer than the tier's delay after it was read, and so is a real retry behind
+/// it in the same partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_dated_record_does_not_stall_its_retry_tier() {
+    use rdkafka::{
+        config::ClientConfig,
+        message::{Header, OwnedHeaders},
+        producer::{FutureProducer, FutureRecord},
+    };
+
+    let names = names("future");
+    let cluster = start_cluster(&names);
+    let mut worker = greeter("future", &cluster, &names, &[]);
+    let tier = format!("{}.retry.1s", names.queue);
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &cluster.bootstrap).create().expect("producer");
+    let now_ms = i64::try_from(std::time::SystemTime::UNIX_EPOCH.elapsed().expect("clock").as_millis()).expect("ms");
+    let started = std::time::Instant::now();
+    for (id, timestamp) in [("dated-ahead", now_ms + 86_400_000), ("real-retry", now_ms)] {
+        let body = format!(r#"{{"message":"{id}"}}"#);
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "courier-correlation-id", value: Some(id) })
+            .insert(Header { key: "courier-reply-to", value: Some(names.replies.as_str()) })
+            .insert(Header { key: "courier-attempt", value: Some("2") });
+        let record =
+            FutureRecord::to(&tier).partition(0).key(id).payload(body.as_str()).headers(headers).timestamp(timestamp);
+        producer.send(record, Duration::from_secs(10)).await.expect("record written");
+    }
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    let mut seen = Replies::default();
+    client.collect_replies(&names.replies, PARTITIONS, 2, &mut seen, Duration::from_secs(20), |_| false).await;
+    let took = started.elapsed();
+    println!("future-dated record in a 1 s tier: both answered after {took:.1?}");
+    assert_eq!(seen.by_id.len(), 2, "both answered within the tier's delay and the patience:\n{}", worker.tail());
+    assert!(took < Duration::from_secs(15), "held no longer than about the tier's delay: {took:?}");
+    assert!(worker.terminate(), "SIGTERM ends the worker cleanly");
+}
+
+/// `--retry-in-place --ordering partition --concurrency 1`: the one request fails while
+/// its dependency is down and waits out its tier in place; once the dependency is back it
+/// is answered after that wait, though the worker's only handler slot was free for the
+/// loop meanwhile and its partition held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_in_place_at_concurrency_one_retries() {
+    let names = names("inplace1");
+    let cluster = start_cluster_with_tiers(&names, &["2s"]);
+    let switch = courier_tests::outage::Outage::begin(&names.queue);
+    let flags = [
+        "--retry-in-place",
+        "--ordering",
+        "partition",
+        "--retry-attempts",
+        "1",
+        "--retry-delays",
+        "2s",
+        "--breaker",
+        "off",
+    ];
+    let mut worker = greeter_with("inplace1", &cluster, &names, &switch.env(), "1", &flags);
+    let mut client = KafkaClient::new(&cluster.bootstrap);
+    client.publish_one(&names.queue, &names.replies, "held-once");
+    worker.wait_for_log("retrying in place", PATIENCE);
+    switch.end();
+    let back = std::time::Instant::now();
+    let reply = client.next_record(&names.replies, PARTITIONS, Duration::from_secs(20)).await;
+    let took = back.elapsed();
+    println!("retry in place at concurrency 1: answered {took:.1?} after the dependency came back");
+    let reply = reply.unwrap_or_else(|| panic!("answered after its in-place wait:\n{}", worker.tail()));
+    assert_eq!(reply.headers.get("courier-status").map(String::as_str), Some("ok"));
+    assert!(worker.terminate(), "SIGTERM ends the worker cleanly");
 }

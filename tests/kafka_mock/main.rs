@@ -4,4 +4,5 @@
 
 mod dlq_kafka;
 mod kafka_cluster;
+mod kafka_rebalance;
 mod kafka_workers;

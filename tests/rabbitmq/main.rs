@@ -6,6 +6,7 @@
 
 mod dlq_rabbitmq;
 mod gateway;
+mod inbox_trust;
 mod observability;
 mod rabbitmq_suite;
 mod rabbitmq_workers;

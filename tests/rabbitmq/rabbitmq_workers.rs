@@ -72,6 +72,55 @@ async fn two_workers_share_one_queue() {
     cleanup(&queue, &replies).await;
 }
 
+/// A request carrying RabbitMQ's sender-selected headers (`CC`, `BCC`: more queues to
+/// route a publish to) cannot make the worker copy it elsewhere: its dead-letter copy
+/// and its retry copy go to the worker's own queues only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_cc_header_does_not_route_the_workers_copies() {
+    use lapin::types::FieldArray;
+    let (queue, replies) = names("cc");
+    let elsewhere = format!("{queue}-elsewhere");
+    let client = RawClient::connect().await;
+    for name in [&queue, &replies, &elsewhere] {
+        client.declare(name).await;
+    }
+    let switch = outage::Outage::begin(&queue);
+    let mut worker = greeter_env(
+        "cc",
+        &queue,
+        &replies,
+        &["--retry-delays", "30s", "--retry-attempts", "1", "--breaker", "off"],
+        &switch.env(),
+    );
+    let harness = RabbitHarness::new().await;
+    let route =
+        AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongString(LongString::from(elsewhere.as_bytes()))]));
+    for (payload, expect) in
+        [(&br#"{"msg": 1}"#[..], format!("{queue}.dlq")), (&br#"{"message":"x"}"#[..], format!("{queue}.retry.30s"))]
+    {
+        let mut table = FieldTable::default();
+        table.insert("CC".into(), route.clone());
+        table.insert("BCC".into(), route.clone());
+        let properties = BasicProperties::default().with_reply_to(replies.as_str().into()).with_headers(table);
+        client.publish(&queue, payload, properties).await;
+        let copy = harness.receive(&expect, PATIENCE).await;
+        assert!(copy.is_some(), "a copy in {expect}\n{}", worker.tail());
+    }
+    // The producer's own publishes are routed there by the broker; the worker's copies are not.
+    let routed = client.take(&elsewhere).await;
+    let copies = routed.iter().filter(|m| m.headers.contains_key(h::FAILURE_KIND)).count();
+    println!(
+        "CC/BCC on requests: {} requests routed there by their producer, {copies} copies by the worker",
+        routed.len() - copies
+    );
+    assert_eq!(copies, 0, "no copy of the worker reached the queue the request named: {routed:?}");
+    assert!(worker.terminate(), "SIGTERM ends the worker cleanly:\n{}", worker.tail());
+    for name in [&elsewhere, &format!("{queue}.retry.30s")] {
+        let _ = client.channel.queue_delete(name.as_str().into(), Default::default()).await;
+    }
+    cleanup(&queue, &replies).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_is_dead_lettered_and_the_worker_survives() {
     let (queue, replies) = names("malformed");

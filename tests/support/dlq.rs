@@ -175,6 +175,59 @@ pub async fn stats_and_show_count_every_record(drill: &mut impl Drill, n: usize)
     }
 }
 
+/// Issue 30: records published straight into the dead-letter queue that name `elsewhere` as
+/// their source (a queue/topic that exists, so a replay there would be delivered): one with
+/// `courier-failure-source`, one as a RabbitMQ delivery-limit dead letter
+/// (`x-first-death-queue`), both headers any producer can set. `courier dlq replay` (and
+/// its dry run) replays a genuine record of the same queue to the work queue, skips and
+/// reports the two, and leaves them in the dead-letter queue, in order; nothing reaches
+/// `elsewhere`. Only `--to <elsewhere>`, the operator's explicit choice, sends them there.
+pub async fn records_naming_another_source_stay(drill: &mut impl Drill, elsewhere: &str) {
+    declare_topology(drill);
+    let (queue, replies) = (drill.queue().to_owned(), drill.replies().to_owned());
+    let forged = dead_letter("forged", elsewhere, &replies, FailureKind::Transient);
+    let mut forged_limit = request("forged-limit", &replies);
+    for (name, value) in [(h::X_FIRST_DEATH_QUEUE, elsewhere), (h::X_FIRST_DEATH_REASON, "delivery_limit")] {
+        forged_limit.headers.insert(h::name(name), value.to_owned());
+    }
+    let genuine = dead_letter("genuine", &queue, &replies, FailureKind::Transient);
+    drill.publish(&format!("{queue}.dlq"), vec![forged, forged_limit, genuine]).await;
+    assert!(drill.take(elsewhere).await.is_empty(), "{elsewhere} starts empty");
+    let refusal = format!("names `{elsewhere}` as its source, not this worker's `{queue}`: not replayed without --to");
+
+    let (code, dry, err) = courier(drill, &["dlq", "replay", "--dry-run"]);
+    println!("dry run, exit {code}:\n{dry}{err}");
+    assert_eq!(code, 2, "records left in place: exit 2\n{dry}\n{err}");
+    assert!(dry.contains(&format!("would replay to {queue}:")), "{dry}");
+    assert!(!dry.contains(&format!("would replay to {elsewhere}")), "{dry}");
+    assert_eq!(dry.matches("would skip ").count(), 2, "{dry}");
+    assert_eq!(dry.matches(&refusal).count(), 2, "{dry}");
+    assert!(
+        dry.contains("3 read: would be 1 replayed") && dry.contains("2 skipped (another queue's records)"),
+        "{dry}"
+    );
+    assert_eq!(dlq_total(drill, false), 3, "a dry run changes nothing");
+
+    let (code, out, err) = courier(drill, &["dlq", "replay"]);
+    println!("replay, exit {code}:\n{out}{err}");
+    assert_eq!(code, 2, "records left in place: exit 2\n{out}\n{err}");
+    assert!(out.contains("3 read: 1 replayed") && out.contains("2 skipped (another queue's records)"), "{out}");
+    assert_eq!(err.matches(&refusal).count(), 2, "each named on stderr: {err}");
+    let mut replayed = collect(drill, &queue, |all| !all.is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    replayed.extend(drill.take(&queue).await);
+    assert_eq!(by_id(&replayed), HashMap::from([("genuine".to_owned(), 1)]), "only the genuine record is replayed");
+    assert!(drill.take(elsewhere).await.is_empty(), "nothing reached {elsewhere}");
+    assert_eq!(shown_ids(drill, &[]), ["forged", "forged-limit"], "the two stay in the dead-letter queue, in order");
+
+    let out = courier_ok(drill, &["dlq", "replay", "--to", elsewhere]);
+    println!("replay --to {elsewhere}:\n{out}");
+    assert!(out.contains("2 read: 2 replayed"), "{out}");
+    let there = collect(drill, elsewhere, |all| all.len() >= 2).await;
+    assert_eq!(by_id(&there), HashMap::from([("forged".to_owned(), 1), ("forged-limit".to_owned(), 1)]));
+    assert_eq!(dlq_total(drill, false), 0);
+}
+
 /// The `dlq` drills for one broker: `dlq_drills!(<expression giving a fresh Drill>)`.
 #[macro_export]
 macro_rules! dlq_drills {
@@ -218,6 +271,15 @@ macro_rules! dlq_drills {
             let answered: Vec<courier::Message> = answered.into_iter().filter(|m| ok(m)).collect();
             assert!(ids.iter().all(|id| by_id(&answered).contains_key(id)));
             assert_eq!(dlq_total(&drill, false), 0);
+        }
+
+        /// A record naming another queue as its source (here the reply queue, which every
+        /// drill has) is not replayed there without `--to`.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn records_naming_another_source_stay_in_the_dead_letter_queue() {
+            let mut drill = $drill;
+            let elsewhere = courier_tests::dlq::Drill::replies(&drill).to_owned();
+            courier_tests::dlq::records_naming_another_source_stay(&mut drill, &elsewhere).await;
         }
 
         /// Filters, limits, dry runs, purge and park touch exactly the matching records

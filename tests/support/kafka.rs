@@ -684,3 +684,238 @@ pub async fn oversized_requests(
     );
     assert!(omitted.headers.contains_key("courier-failure-offset"), "where the original still is");
 }
+
+/// A steady flow of greeter requests, one to each partition of a work topic every
+/// `every`, and the replies to them as they arrive: when each request was sent and when,
+/// and by which instance, it was first answered. What the rebalance tests measure a
+/// hand-over with (`kafka_mock/kafka_rebalance.rs`).
+#[derive(Debug)]
+pub struct RequestFlow {
+    /// What was sent and answered so far.
+    state: std::sync::Arc<Mutex<FlowState>>,
+    /// Stops the producing task (the reader goes on until [`RequestFlow::finish`]).
+    stop_producing: tokio_util::sync::CancellationToken,
+    /// Stops the reading task.
+    stop_reading: tokio_util::sync::CancellationToken,
+    producing: tokio::task::JoinHandle<()>,
+    reading: tokio::task::JoinHandle<()>,
+}
+
+/// Requests of a [`RequestFlow`] and their replies.
+#[derive(Debug, Default)]
+pub struct FlowState {
+    /// Request id → (partition, when it was sent), for every request the broker
+    /// acknowledged.
+    pub sent: HashMap<String, (i32, std::time::Instant)>,
+    /// Request id → (when its first reply arrived, the instance that sent it).
+    pub answered: HashMap<String, (std::time::Instant, String)>,
+    /// Replies beyond the first per request.
+    pub duplicates: usize,
+}
+
+impl FlowState {
+    /// How long after `since` every partition had a reply to a request sent after
+    /// `since` (replies flowing on every partition again); `None` while one has none.
+    pub fn flowing_again_after(&self, since: std::time::Instant, partitions: i32) -> Option<Duration> {
+        let mut first: HashMap<i32, std::time::Instant> = HashMap::new();
+        for (id, (partition, sent)) in &self.sent {
+            if *sent < since {
+                continue;
+            }
+            if let Some((at, _)) = self.answered.get(id) {
+                let earliest = first.entry(*partition).or_insert(*at);
+                *earliest = (*earliest).min(*at);
+            }
+        }
+        if first.len() < usize::try_from(partitions).unwrap_or_default() {
+            return None;
+        }
+        first.values().max().map(|last| last.saturating_duration_since(since))
+    }
+
+    /// The longest time a partition went without a reply between `from` and `to` while
+    /// requests were sent to it (the edges of the window count as replies).
+    pub fn longest_gap(&self, from: std::time::Instant, to: std::time::Instant) -> Duration {
+        let mut arrivals: HashMap<i32, Vec<std::time::Instant>> = HashMap::new();
+        for (id, (at, _)) in &self.answered {
+            if let Some((partition, _)) = self.sent.get(id)
+                && *at >= from
+                && *at <= to
+            {
+                arrivals.entry(*partition).or_default().push(*at);
+            }
+        }
+        let mut longest = Duration::ZERO;
+        for (_, mut times) in arrivals {
+            times.push(from);
+            times.push(to);
+            times.sort_unstable();
+            for pair in times.windows(2) {
+                longest = longest.max(pair[1].saturating_duration_since(pair[0]));
+            }
+        }
+        longest
+    }
+
+    /// Requests sent and never answered.
+    pub fn unanswered(&self) -> Vec<&String> {
+        self.sent.keys().filter(|id| !self.answered.contains_key(*id)).collect()
+    }
+
+    /// Replies per instance.
+    pub fn by_instance(&self) -> std::collections::BTreeMap<&str, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (_, by) in self.answered.values() {
+            *counts.entry(by.as_str()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+impl RequestFlow {
+    /// Start sending a request to each of the `partitions` partitions of `queue` every
+    /// `every` (ids `<partition>-<n>`, replies asked on `replies`) and reading the replies.
+    pub fn start(bootstrap: &str, queue: &str, replies: &str, partitions: i32, every: Duration) -> Self {
+        let state = std::sync::Arc::new(Mutex::new(FlowState::default()));
+        let stop_producing = tokio_util::sync::CancellationToken::new();
+        let stop_reading = tokio_util::sync::CancellationToken::new();
+        let client = KafkaClient::new(bootstrap);
+        let producing = tokio::spawn({
+            let (state, stop, queue, replies) =
+                (std::sync::Arc::clone(&state), stop_producing.clone(), queue.to_owned(), replies.to_owned());
+            async move {
+                let mut tick = tokio::time::interval(every);
+                for n in 0u64.. {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let sends = (0..partitions).map(|partition| {
+                        let id = format!("{partition}-{n}");
+                        let at = std::time::Instant::now();
+                        let sent = client.send_to_partition(&queue, &replies, &id, partition);
+                        async move { sent.await.then_some((id, partition, at)) }
+                    });
+                    let sent = futures::future::join_all(sends).await;
+                    let mut state = state.lock().expect("flow state");
+                    for (id, partition, at) in sent.into_iter().flatten() {
+                        state.sent.insert(id, (partition, at));
+                    }
+                }
+            }
+        });
+        let reading = tokio::spawn({
+            let (state, stop) = (std::sync::Arc::clone(&state), stop_reading.clone());
+            let reader = reader(bootstrap, replies, partitions);
+            async move {
+                use courier::contract::headers::{CORRELATION_ID, REPLIED_BY};
+                loop {
+                    let record = tokio::select! {
+                        () = stop.cancelled() => return,
+                        record = reader.recv() => record,
+                    };
+                    let Ok(record) = record else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    let at = std::time::Instant::now();
+                    let (mut id, mut by) = (String::new(), String::new());
+                    for header in record.headers().map(|h| h.iter().collect::<Vec<_>>()).unwrap_or_default() {
+                        let value = String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned();
+                        match header.key {
+                            CORRELATION_ID => id = value,
+                            REPLIED_BY => by = value,
+                            _ => {}
+                        }
+                    }
+                    let mut state = state.lock().expect("flow state");
+                    match state.answered.entry(id) {
+                        std::collections::hash_map::Entry::Occupied(_) => state.duplicates += 1,
+                        std::collections::hash_map::Entry::Vacant(first) => {
+                            first.insert((at, by));
+                        }
+                    }
+                }
+            }
+        });
+        Self { state, stop_producing, stop_reading, producing, reading }
+    }
+
+    /// Look at what was sent and answered so far.
+    pub fn with<R>(&self, look: impl FnOnce(&FlowState) -> R) -> R {
+        look(&self.state.lock().expect("flow state"))
+    }
+
+    /// Wait until replies flow on every partition again after `since` (see
+    /// [`FlowState::flowing_again_after`]), up to `patience`; `None` if they do not.
+    pub async fn wait_flowing_again(
+        &self,
+        since: std::time::Instant,
+        partitions: i32,
+        patience: Duration,
+    ) -> Option<Duration> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Some(took) = self.with(|state| state.flowing_again_after(since, partitions)) {
+                return Some(took);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stop sending, wait until every request sent has its reply (or `patience` passes
+    /// without a new one), and return what was seen.
+    pub async fn finish(self, patience: Duration) -> FlowState {
+        let Self { state, stop_producing, stop_reading, producing, reading } = self;
+        stop_producing.cancel();
+        let _ = producing.await;
+        let with = |look: &dyn Fn(&FlowState) -> (usize, usize)| look(&state.lock().expect("flow state"));
+        let mut last = (0, std::time::Instant::now());
+        loop {
+            let (answered, unanswered) = with(&|s| (s.answered.len(), s.unanswered().len()));
+            if unanswered == 0 {
+                break;
+            }
+            if answered != last.0 {
+                last = (answered, std::time::Instant::now());
+            } else if last.1.elapsed() > patience {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Duplicates arriving late are counted too.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop_reading.cancel();
+        let _ = reading.await;
+        std::mem::take(&mut *state.lock().expect("flow state"))
+    }
+}
+
+impl KafkaClient {
+    /// Send one greeter request `id` (the key too) to `partition` of `topic`, replies asked
+    /// on `reply_to`; resolves to whether the broker acknowledged it.
+    pub fn send_to_partition(
+        &self,
+        topic: &str,
+        reply_to: &str,
+        id: &str,
+        partition: i32,
+    ) -> impl std::future::Future<Output = bool> + use<> {
+        use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
+        let body = format!(r#"{{"message":"{id}"}}"#);
+        let headers = OwnedHeaders::new()
+            .insert(rdkafka::message::Header { key: "courier-correlation-id", value: Some(id) })
+            .insert(rdkafka::message::Header { key: "courier-reply-to", value: Some(reply_to) });
+        let record = FutureRecord::to(topic).key(id).payload(body.as_str()).headers(headers).partition(partition);
+        let delivery = self.producer.send_result(record).map_err(|(e, _)| e);
+        async move {
+            match delivery {
+                Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
+                Err(_) => false,
+            }
+        }
+    }
+}

@@ -104,9 +104,15 @@ pub mod code {
     pub const DEAD_LETTER_REFUSED: &str = "dead_letter_refused";
     /// The inbox's database (`--inbox`) failed (a transient failure).
     pub const INBOX_UNAVAILABLE: &str = "inbox_unavailable";
+    /// The inbox's database refused what the request carries (a value it cannot store, a
+    /// constraint it violates): a permanent failure, not an outage.
+    pub const INBOX_REFUSED: &str = "inbox_refused";
+    /// The inbox answered another request (another payload) under this
+    /// `courier-message-id`: refused, never answered with that request's reply.
+    pub const DUPLICATE_MESSAGE_ID: &str = "duplicate_message_id";
 
     /// Every code above.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 20] = [
         PAYLOAD_TOO_LARGE,
         BAD_HEADER,
         DEADLINE_EXCEEDED,
@@ -125,6 +131,8 @@ pub mod code {
         RETRY_REFUSED,
         DEAD_LETTER_REFUSED,
         INBOX_UNAVAILABLE,
+        INBOX_REFUSED,
+        DUPLICATE_MESSAGE_ID,
     ];
 }
 

@@ -43,7 +43,8 @@ pub const FAILURE_CODE: &str = "courier-failure-code";
 pub const FAILURE_MESSAGE: &str = "courier-failure-message";
 /// Hash of kind + worker + code: groups identical failures; never depends on the payload.
 pub const FAILURE_FINGERPRINT: &str = "courier-failure-fingerprint";
-/// Queue/topic the failed message was consumed from (replay sends it back there).
+/// Queue/topic the failed message was consumed from. Replay sends a record only to the
+/// worker's own work queue (or `--to`): one naming another source is skipped.
 pub const FAILURE_SOURCE: &str = "courier-failure-source";
 /// Kafka topic the failed record was read from: the work topic or one of its retry tiers.
 /// `courier-failure-partition` and `courier-failure-offset` are its position there.
@@ -68,7 +69,7 @@ pub const FAILURE_WORKER: &str = "courier-failure-worker";
 pub const FAILURE_INSTANCE: &str = "courier-failure-instance";
 
 /// Set by RabbitMQ on a message it dead-lettered itself (a quorum work queue's delivery
-/// limit): the queue it came from. Replay sends such a record back there.
+/// limit): the queue it came from, a source like [`FAILURE_SOURCE`] (never a destination).
 pub const X_FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
 /// Set by RabbitMQ with [`X_FIRST_DEATH_QUEUE`]: why (`delivery_limit`, `rejected`, …).
 pub const X_FIRST_DEATH_REASON: &str = "x-first-death-reason";

@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
+use courier::observe::serve;
 use courier::{
     broker::{Broker, UseTransport},
     client::Client,
@@ -23,6 +24,18 @@ struct Args {
     /// How long to wait for a reply before answering 504 (also sent as the request's deadline).
     #[arg(long, env = "GATEWAY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// How long a client may take to send a request's line and headers (from the connection's
+    /// accept, or from the previous response); then the connection is closed.
+    #[arg(long, env = "GATEWAY_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// How long the whole body may take to arrive once the headers are in; then 408.
+    #[arg(long, env = "GATEWAY_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    body_timeout: Duration,
+    /// Connections open at once (at most the open-file limit less 64); beyond it new ones
+    /// wait in the kernel's listen backlog until one closes.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -30,6 +43,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    for (flag, value) in [("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)] {
+        anyhow::ensure!(!value.is_zero(), "{flag} must be above 0");
+    }
     // Requests go to --queue (default greeter.requests); the gateway's own reply queue
     // defaults to gateway.replies.
     let (queue, replies) = args
@@ -48,8 +64,22 @@ async fn main() -> anyhow::Result<()> {
         config.group = format!("{}-{instance}", config.group);
     }
     courier::app::init_logging(&args.client.observability.log_format, "info");
-    let serve =
-        Serve { replies: &replies, options: gateway::Options { queue, timeout: args.timeout }, listen: args.listen };
+    let wanted = usize::try_from(args.max_connections)?;
+    let max_connections = serve::fitted_cap(wanted, serve::open_file_limit());
+    if max_connections < wanted {
+        tracing::warn!(
+            wanted,
+            max_connections,
+            "--max-connections lowered to fit the open-file limit (ulimit -n) less {}.",
+            serve::RESERVED_FDS
+        );
+    }
+    let serve = Serve {
+        replies: &replies,
+        options: gateway::Options { queue, timeout: args.timeout, body_timeout: args.body_timeout },
+        bounds: serve::Bounds { header_timeout: args.header_timeout, max_connections },
+        listen: args.listen,
+    };
     let outcome =
         broker.run(&format!("gateway {instance}"), serve).await.map_err(anyhow::Error::from).and_then(|served| served);
     courier::observe::otlp::flush();
@@ -60,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
 struct Serve<'a> {
     replies: &'a str,
     options: gateway::Options,
+    bounds: serve::Bounds,
     listen: SocketAddr,
 }
 
@@ -67,7 +98,7 @@ impl UseTransport for Serve<'_> {
     type Output = anyhow::Result<()>;
 
     async fn with<T: Transport>(self, transport: T) -> Self::Output {
-        serve(transport, self.replies, self.options, self.listen).await
+        serve(transport, self.replies, self.options, self.bounds, self.listen).await
     }
 }
 
@@ -75,12 +106,13 @@ async fn serve<T: Transport>(
     transport: T,
     replies: &str,
     options: gateway::Options,
+    bounds: serve::Bounds,
     listen: SocketAddr,
 ) -> anyhow::Result<()> {
     let client = Client::start(transport, replies).await?;
     let router = gateway::router(client, options)?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, "Gateway listening: POST /process.");
-    axum::serve(listener, router).with_graceful_shutdown(courier::shutdown::signal()).await?;
+    tracing::info!(listen = %listener.local_addr()?, ?bounds, "Gateway listening: POST /process.");
+    serve::serve(listener, router, bounds, courier::shutdown::signal()).await;
     Ok(())
 }

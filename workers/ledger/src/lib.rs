@@ -52,7 +52,11 @@ impl Handler for Ledger {
         let Some(transaction) = &context.inbox else {
             return Err(HandlerError::permanent("inbox_required", "the ledger runs with --inbox postgres://…"));
         };
-        let database = |error| HandlerError::transient("database", error).dependency(DATABASE);
+        // A value the table refuses is this request's fault, not the database's.
+        let database = |error: courier::inbox::InboxError| match error.is_refusal() {
+            true => HandlerError::permanent("refused_by_database", error),
+            false => HandlerError::transient("database", error).dependency(DATABASE),
+        };
         transaction
             .execute(
                 "INSERT INTO ledger_entries (payment, account, amount_cents) VALUES ($1, $2, $3)",

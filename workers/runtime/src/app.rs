@@ -28,9 +28,11 @@ pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
     std::process::exit(if outcome.is_ok() { 0 } else { 1 });
 }
 
-/// How long closing the broker clients may take once the worker stopped (Kafka: commit
-/// what is finished, leave the group, flush the producer). librdkafka bounds it only by
-/// the session timeout while the broker is unreachable.
+/// How long closing the broker clients may take after the shutdown grace (Kafka: the
+/// consumer commits what is finished and leaves its group, then the producer closes).
+/// librdkafka bounds it only by the session timeout while the broker is unreachable.
+/// One budget for both: the consumer's close has most of it (the transport cuts it off
+/// a little before), the producer what is left.
 pub const CLOSE_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Run the worker, then close its broker clients within [`CLOSE_BOUND`].
@@ -52,9 +54,22 @@ impl<H: Handler> UseTransport for Worker<H> {
     type Output = anyhow::Result<()>;
 
     async fn with<T: Transport>(self, transport: T) -> Self::Output {
-        let outcome =
-            on_runtime_thread(worker::run(self.settings, transport.clone(), self.handler, shutdown::signal())).await;
-        close_within(CLOSE_BOUND, transport).await;
+        // The promise (docs/delivery.md): a stop ends within the grace plus the close
+        // bound of the signal, whatever part of it the subscription's close took.
+        let grace = self.settings.shutdown_grace;
+        let signalled = std::sync::Arc::new(std::sync::OnceLock::new());
+        let signal = {
+            let signalled = std::sync::Arc::clone(&signalled);
+            async move {
+                shutdown::signal().await;
+                let _ = signalled.set(tokio::time::Instant::now());
+            }
+        };
+        let outcome = on_runtime_thread(worker::run(self.settings, transport.clone(), self.handler, signal)).await;
+        // Stopped without a signal (a broker failure): the close bound from now.
+        let deadline =
+            signalled.get().map_or_else(|| tokio::time::Instant::now() + CLOSE_BOUND, |at| *at + grace + CLOSE_BOUND);
+        close_within(deadline.saturating_duration_since(tokio::time::Instant::now()), transport).await;
         outcome
     }
 }

@@ -191,6 +191,16 @@ pub struct ProcessingArgs {
     #[arg(long, env = "COURIER_INBOX_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub inbox_retention: Duration,
 
+    /// How long any one inbox call (connecting, the claim, each of the handler's
+    /// statements, the commit) may take before it counts as a failure of the database.
+    #[arg(long, env = "COURIER_INBOX_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub inbox_timeout: Duration,
+
+    /// Connections the inbox opens at most (keep it below the database role's connection
+    /// limit); requests beyond it wait for one.
+    #[arg(long, env = "COURIER_INBOX_CONNECTIONS", default_value_t = 16)]
+    pub inbox_connections: usize,
+
     /// On shutdown, how long in-flight messages may take before they are returned to the broker.
     #[arg(long, env = "COURIER_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -319,11 +329,17 @@ pub struct InboxSettings {
     pub url: String,
     /// How long a row is kept.
     pub retention: Duration,
+    /// Each call's bound and the pool's size.
+    pub bounds: crate::inbox::Bounds,
 }
 
 impl std::fmt::Debug for InboxSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InboxSettings").field("url", &redact(&self.url)).field("retention", &self.retention).finish()
+        f.debug_struct("InboxSettings")
+            .field("url", &redact(&self.url))
+            .field("retention", &self.retention)
+            .field("bounds", &self.bounds)
+            .finish()
     }
 }
 
@@ -522,7 +538,15 @@ impl WorkerArgs {
                 return Err(invalid("inbox", "cannot be combined with --retry-in-place yet"));
             }
             Some(_) if p.inbox_retention.is_zero() => return Err(invalid("inbox-retention", "must be > 0")),
-            Some(url) => Some(InboxSettings { url: url.to_owned(), retention: p.inbox_retention }),
+            Some(_) if p.inbox_timeout.is_zero() => return Err(invalid("inbox-timeout", "must be > 0")),
+            Some(_) if !(1..=1_000).contains(&p.inbox_connections) => {
+                return Err(invalid("inbox-connections", format!("{} is outside 1..=1000", p.inbox_connections)));
+            }
+            Some(url) => Some(InboxSettings {
+                url: url.to_owned(),
+                retention: p.inbox_retention,
+                bounds: crate::inbox::Bounds { timeout: p.inbox_timeout, connections: p.inbox_connections },
+            }),
         };
         let instance = o.instance();
         Ok(Settings {

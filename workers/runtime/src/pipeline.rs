@@ -51,7 +51,7 @@ use crate::{
         timestamp, trace,
     },
     handler::{Context, Handler, HandlerError},
-    inbox::{Claim, Inbox, InboxError, Stored, Transaction},
+    inbox::{self, Claim, Inbox, InboxError, Stored, Transaction},
     observe::{Metrics, otlp},
     redelivery::{self, Next},
     schema::{Refusal, RequestSchema},
@@ -446,17 +446,28 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         // --inbox: a request answered before is answered again from the inbox, without the
         // handler; a new one runs in the transaction that claims its message id.
         let claim = match (&self.inbox, &meta.message_id) {
-            (Some(inbox), Some(id)) => match Box::pin(inbox.claim(id)).await {
-                Ok(Claim::Answered(stored)) => {
-                    debug!("Answered before; replying from the inbox.");
-                    self.metrics.answered_from_inbox();
-                    // In the codec it was stored in, whatever this copy says.
-                    meta.codec = Codec::of_content_type(&stored.content_type).unwrap_or(meta.codec);
-                    return self.reply(acker, message, source, &meta, stored.payload, 0).await;
+            (Some(inbox), Some(id)) => {
+                if let Some(why) = inbox::message_id_problem(id) {
+                    let failure = Failure::new(FailureKind::Decode, code::BAD_HEADER, why);
+                    return self.dead_letter(acker, message, source, &meta, failure, 0).await;
                 }
-                Ok(Claim::Mine(transaction)) => Some(transaction),
-                Err(error) => return self.inbox_failed(acker, message, source, &meta, error).await,
-            },
+                match Box::pin(inbox.claim(id, &message.payload)).await {
+                    Ok(Claim::Answered(stored)) => {
+                        debug!("Answered before; replying from the inbox.");
+                        self.metrics.answered_from_inbox();
+                        // In the codec it was stored in, whatever this copy says.
+                        meta.codec = Codec::of_content_type(&stored.content_type).unwrap_or(meta.codec);
+                        return self.reply(acker, message, source, &meta, stored.payload, 0).await;
+                    }
+                    Ok(Claim::Reused) => {
+                        let why = "another request was answered under this courier-message-id; send a new id";
+                        let failure = Failure::new(FailureKind::Permanent, code::DUPLICATE_MESSAGE_ID, why);
+                        return self.dead_letter(acker, message, source, &meta, failure, 0).await;
+                    }
+                    Ok(Claim::Mine(transaction)) => Some(transaction),
+                    Err(error) => return self.inbox_failed(acker, message, source, &meta, error).await,
+                }
+            }
             _ => None,
         };
         let mut probe = acker.slot.probe.is_some();
@@ -535,7 +546,9 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     }
 
     /// The inbox's database failed (claiming or committing): a transient failure of the
-    /// `inbox` dependency, so its circuit breaker opens while the database is down.
+    /// `inbox` dependency, so its circuit breaker opens while the database is down; or it
+    /// refused what the request carries (SQLSTATE classes 22, 23): a permanent failure of
+    /// the request that says nothing about the database.
     fn inbox_failed(
         &self,
         acker: &mut Held<T::Acker>,
@@ -545,6 +558,11 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         error: InboxError,
     ) -> Pin<Box<impl Future<Output = Settle>>> {
         Box::pin(async move {
+            if error.is_refusal() {
+                // The request's data, not the database's health: no breaker, no retry.
+                let failure = Failure::new(FailureKind::Permanent, code::INBOX_REFUSED, error.to_string());
+                return self.dead_letter(acker, message, source, meta, failure, 0).await;
+            }
             warn!(%error, "The inbox's database failed; the request is retried later.");
             self.gate.record(Call::Failed, Some(INBOX));
             let error = HandlerError::transient(code::INBOX_UNAVAILABLE, error).dependency(INBOX);
@@ -582,7 +600,16 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             }
             invocations += 1;
             context.invocation = context.invocation.saturating_add(1);
-            let result = self.call(request, &context).await;
+            let result = match self.call(request, &context).await {
+                Ok(result) => result,
+                // The request's transaction is gone (a call cut short or timed out): no
+                // in-process round can use it; the next delivery claims anew.
+                Err(lost) => {
+                    self.gate.record(Call::Failed, Some(INBOX));
+                    let error = HandlerError::transient(code::INBOX_UNAVAILABLE, lost).dependency(INBOX);
+                    return (!give_back()).then_some((Err(error), invocations));
+                }
+            };
             match result {
                 Err(error) if error.is_transient() => match backoff.next() {
                     Some(delay) => {
@@ -605,10 +632,13 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     }
 
     /// One handler call under its timeout, panics caught; with an inbox, what a failed
-    /// call wrote is rolled back (to the savepoint set after the claim).
-    async fn call(&self, request: &H::Request, context: &Context) -> Result<H::Reply, HandlerError> {
-        let inbox_failed =
-            |error: InboxError| HandlerError::transient(code::INBOX_UNAVAILABLE, error).dependency(INBOX);
+    /// call wrote is rolled back (to the savepoint set after the claim), and `Err` when
+    /// that is impossible: the request's transaction is over.
+    async fn call(
+        &self,
+        request: &H::Request,
+        context: &Context,
+    ) -> Result<Result<H::Reply, HandlerError>, InboxError> {
         let limit = self.settings.handler_timeout;
         let call = AssertUnwindSafe(self.handler.handle(request.clone(), context)).catch_unwind();
         let started = std::time::Instant::now();
@@ -620,9 +650,9 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             Err(_) => Err(HandlerError::transient(code::TIMEOUT, format!("the handler took longer than {limit:?}"))),
         };
         if let (Err(_), Some(transaction)) = (&result, &context.inbox) {
-            Box::pin(transaction.undo_call()).await.map_err(inbox_failed)?;
+            Box::pin(transaction.undo_call()).await?;
         }
-        result
+        Ok(result)
     }
 
     async fn reply(

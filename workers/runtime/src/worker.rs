@@ -73,7 +73,7 @@ pub async fn run<H: Handler, T: Transport>(
     // does not start taking requests.
     let (inbox, expiry) = match &settings.inbox {
         Some(config) => {
-            let inbox = Inbox::connect(&config.url, &settings.worker, H::INBOX_SCHEMA).await?;
+            let inbox = Inbox::connect(&config.url, &settings.worker, H::INBOX_SCHEMA, config.bounds).await?;
             let expiry = tokio::spawn(expire_inbox(inbox.clone(), config.retention));
             (Some(inbox), Some(expiry))
         }
@@ -154,14 +154,9 @@ pub async fn run<H: Handler, T: Transport>(
                 }
             }
         };
-        let permit = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
-                biased;
-                permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
-                () = &mut shutdown => break Ok(()),
-            },
-        };
+        // The delivery first, then its handler slot: a loop that held a slot while it
+        // waited for a delivery would keep it from a request retrying in place, whose
+        // held lane may be what keeps the next delivery from coming (`Slot::wait`).
         let delivery = tokio::select! {
             biased;
             delivery = subscription.next() => match delivery {
@@ -170,6 +165,14 @@ pub async fn run<H: Handler, T: Transport>(
             },
             () = &mut shutdown => break Ok(()),
             _ = say.changed() => continue,
+        };
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                biased;
+                permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
+                () = &mut shutdown => break Ok(()),
+            },
         };
         // Over the byte budget, the delivery waits here and nothing more is taken.
         let bytes = delivery.message.byte_len();
@@ -286,5 +289,8 @@ async fn expire_inbox(inbox: Inbox, retention: std::time::Duration) {
 }
 
 /// How long a stopping worker waits for its subscription to close after the in-flight
-/// messages are settled (Kafka: their offsets stored, for the consumer's last commit).
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// messages are settled (Kafka: their offsets stored, the consumer's last commit, leaving
+/// the group; the transport bounds that close itself, a little below this). The close
+/// bound a stopping worker has after its grace (`app::CLOSE_BOUND`, 3 s) covers this wait
+/// and the transport's own close after it.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);

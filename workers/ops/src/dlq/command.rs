@@ -65,13 +65,18 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Republish records to the queue they failed on (failure headers stripped, replay
-    /// count + 1); records replayed too often go to the parking queue instead.
+    /// Republish records to the worker's work queue (failure headers stripped, replay
+    /// count + 1); records replayed too often go to the parking queue instead, and records
+    /// naming another queue as their source stay where they are unless --to is given.
     Replay {
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
         change: Change,
+        /// Replay to this queue/topic instead of the worker's work queue: every matching
+        /// record, whatever source it names.
+        #[arg(long)]
+        to: Option<String>,
         /// Loop guard: records already replayed this many times are parked (not applied
         /// when replaying the parking queue).
         #[arg(long, default_value_t = 3)]
@@ -96,7 +101,8 @@ pub enum DlqCommand {
     },
 }
 
-/// Run a `dlq` command; the exit code is 2 when some records could not be handled.
+/// Run a `dlq` command; the exit code is 2 when some records were left in place because
+/// they could not be handled or (replay) name another queue as their source.
 pub async fn main(command: DlqCommand) -> anyhow::Result<i32> {
     match command {
         DlqCommand::Stats { target, filter, json } => {
@@ -125,10 +131,14 @@ pub async fn main(command: DlqCommand) -> anyhow::Result<i32> {
             store.close().await?;
             Ok(0)
         }
-        DlqCommand::Replay { target, change, max_replays } => {
-            let parking = naming::parking(&target.work_queue()?);
+        DlqCommand::Replay { target, change, to, max_replays } => {
+            let own = target.work_queue()?;
+            if let Some(to) = &to {
+                anyhow::ensure!(*to != target.queue()?, "--to must differ from the queue being replayed ({to})");
+            }
+            let parking = naming::parking(&own);
             let max_replays = (!target.parking).then_some(max_replays);
-            change_records(&target, &change, &Operation::Replay { max_replays, parking }).await
+            change_records(&target, &change, &Operation::Replay { own, to, max_replays, parking }).await
         }
         DlqCommand::Park { target, change } => {
             anyhow::ensure!(!target.parking, "these records are parked already");
@@ -213,6 +223,12 @@ async fn change_records(target: &Target, change: &Change, operation: &Operation)
             progress.suspend(|| println!("would {} {}", describe(action), record.id));
         }
         Event::Planned(..) => {}
+        Event::Elsewhere(record, elsewhere) if dry_run => {
+            progress.suspend(|| println!("would skip {}: {elsewhere}", record.id));
+        }
+        Event::Elsewhere(record, elsewhere) => {
+            progress.suspend(|| eprintln!("left in {queue}: {}: {elsewhere}", record.id));
+        }
         Event::Failed(record, reason) => progress.suspend(|| eprintln!("left in {queue}: {}: {reason}", record.id)),
         Event::Progress(summary) => {
             progress.set_position(summary.read);
@@ -232,7 +248,7 @@ async fn change_records(target: &Target, change: &Change, operation: &Operation)
     if let Err(error) = closed {
         eprintln!("closing {queue}: {error}");
     }
-    Ok(if summary.failed > 0 { 2 } else { 0 })
+    Ok(if summary.failed > 0 || summary.elsewhere > 0 { 2 } else { 0 })
 }
 
 fn describe(action: &dlq::run::Action) -> String {
@@ -247,8 +263,16 @@ fn describe(action: &dlq::run::Action) -> String {
 fn print_summary(summary: &Summary, dry_run: bool) {
     let verb = if dry_run { "would be " } else { "" };
     println!(
-        "{} read: {}{} replayed, {} parked, {} purged; {} skipped (not matching or over the limit), {} failed (left in place)",
-        summary.read, verb, summary.replayed, summary.parked, summary.purged, summary.skipped, summary.failed
+        "{} read: {}{} replayed, {} parked, {} purged; {} skipped (not matching or over the limit), {} skipped \
+         (another queue's records), {} failed (left in place)",
+        summary.read,
+        verb,
+        summary.replayed,
+        summary.parked,
+        summary.purged,
+        summary.skipped,
+        summary.elsewhere,
+        summary.failed
     );
 }
 

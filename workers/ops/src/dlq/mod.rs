@@ -16,6 +16,7 @@
 
 pub mod amqp;
 pub mod command;
+pub mod destination;
 pub mod filter;
 pub mod kafka;
 pub mod report;

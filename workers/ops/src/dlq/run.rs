@@ -2,25 +2,27 @@
 //!
 //! Records are read in batches; each matching record is decided on (replay, park, drop)
 //! and the batch is settled atomically, so a crash loses or repeats nothing. Records that
-//! do not match, or cannot be handled (not a Courier record, unknown destination), stay
-//! where they are.
+//! do not match, name another queue as their source (replay, see [`destination`]), or
+//! cannot be handled (not a Courier record, unknown destination), stay where they are.
 
 use std::{collections::HashMap, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::dlq::{DlqError, Filter, Record, Settlement, Store};
-use courier::{
-    contract::{headers as h, naming},
-    transport::Message,
-};
+use crate::dlq::{DlqError, Filter, Record, Settlement, Store, destination};
+use courier::{contract::headers as h, transport::Message};
 
 /// What to do with the matching records.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operation {
-    /// Republish each record to the queue it failed on, without its failure headers,
-    /// with `courier-replay-count` + 1 and the attempt count starting again.
+    /// Republish each record to the worker's work queue (or `to`), without its failure
+    /// headers, with `courier-replay-count` + 1 and the attempt count starting again.
     Replay {
+        /// The worker's work queue: where records go, and the only source a record may
+        /// name when `to` is not given ([`destination`]).
+        own: String,
+        /// The operator's `--to`: every record goes there, whatever source it names.
+        to: Option<String>,
         /// Loop guard: a record already replayed this many times is parked instead
         /// (`None`: no guard, for replaying from the parking queue).
         max_replays: Option<u32>,
@@ -65,6 +67,9 @@ pub struct Summary {
     /// Left in place: read, but they did not match the filter (or the limit was reached
     /// within their batch; records after it are not read at all).
     pub skipped: u64,
+    /// Left in place by a replay: they name another queue as their source (see the
+    /// messages printed; `--to` replays them).
+    pub elsewhere: u64,
     /// Left in place: they could not be handled (see the messages printed).
     pub failed: u64,
 }
@@ -90,6 +95,8 @@ pub enum Action {
 pub enum Event<'a> {
     /// This record is (dry run: would be) handled so.
     Planned(&'a Record, &'a Action),
+    /// This record stays where it is: it names another queue as its source.
+    Elsewhere(&'a Record, &'a destination::Elsewhere),
     /// This record stays where it is, for this reason.
     Failed(&'a Record, &'a str),
     /// A batch was settled (or, in a dry run, decided).
@@ -125,7 +132,14 @@ pub async fn run<S: Store>(
                 continue;
             }
             let (action, output) = match decide(operation, &record.message) {
-                Ok(decision) => decision,
+                Ok(Decision::Handle(action, output)) => (action, output),
+                Ok(Decision::Elsewhere(elsewhere)) => {
+                    // Not settled: on RabbitMQ it returns to its place when the channel
+                    // closes, on Kafka it gets no ledger entry; either way it stays pending.
+                    summary.elsewhere += 1;
+                    observe(Event::Elsewhere(record, &elsewhere));
+                    continue;
+                }
                 Err(reason) => {
                     summary.failed += 1;
                     observe(Event::Failed(record, &reason));
@@ -163,14 +177,24 @@ pub async fn run<S: Store>(
     }
 }
 
-/// The action for one record and the message it publishes, or why it cannot be handled.
-pub fn decide(operation: &Operation, record: &Message) -> Result<(Action, Option<(String, Message)>), String> {
+/// What to do with one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// This action, publishing this message (if any) in the record's batch.
+    Handle(Action, Option<(String, Message)>),
+    /// Leave it where it is: it names another queue as its source.
+    Elsewhere(destination::Elsewhere),
+}
+
+/// The decision for one record, or why it cannot be handled.
+pub fn decide(operation: &Operation, record: &Message) -> Result<Decision, String> {
     match operation {
-        Operation::Purge => Ok((Action::Purge, None)),
-        Operation::Park { parking } => {
-            Ok((Action::Park { to: parking.clone(), guard: false }, Some((parking.clone(), record.clone()))))
-        }
-        Operation::Replay { max_replays, parking } => {
+        Operation::Purge => Ok(Decision::Handle(Action::Purge, None)),
+        Operation::Park { parking } => Ok(Decision::Handle(
+            Action::Park { to: parking.clone(), guard: false },
+            Some((parking.clone(), record.clone())),
+        )),
+        Operation::Replay { own, to, max_replays, parking } => {
             let source = record
                 .headers
                 .get(h::FAILURE_SOURCE)
@@ -178,6 +202,12 @@ pub fn decide(operation: &Operation, record: &Message) -> Result<(Action, Option
                 .or_else(|| record.headers.get(h::X_FIRST_DEATH_QUEUE))
                 .filter(|s| !s.trim().is_empty())
                 .ok_or_else(|| format!("no `{}` header: not a Courier dead-letter record", h::FAILURE_SOURCE))?;
+            // Checked before the loop guard: a record naming another queue is left alone,
+            // not even parked.
+            let destination = match destination::destination(own, to.as_deref(), Some(source)) {
+                Ok(destination) => destination.to_owned(),
+                Err(elsewhere) => return Ok(Decision::Elsewhere(elsewhere)),
+            };
             let replays = match record.headers.get(h::REPLAY_COUNT) {
                 None => 0,
                 Some(v) => v
@@ -187,12 +217,11 @@ pub fn decide(operation: &Operation, record: &Message) -> Result<(Action, Option
                     .map_err(|_| format!("`{}` is {v:?}, not a count", h::REPLAY_COUNT))?,
             };
             if max_replays.is_some_and(|max| replays >= max) {
-                return Ok((
+                return Ok(Decision::Handle(
                     Action::Park { to: parking.clone(), guard: true },
                     Some((parking.clone(), record.clone())),
                 ));
             }
-            let destination = naming::work_queue_of(source).to_owned();
             let mut headers = record.headers.clone();
             for name in h::FAILURE_HEADERS.iter().chain([&h::ATTEMPT]) {
                 headers.remove(name);
@@ -208,7 +237,7 @@ pub fn decide(operation: &Operation, record: &Message) -> Result<(Action, Option
             }
             headers.insert(h::REPLAY_COUNT.into(), replays.saturating_add(1).to_string());
             let replay = Message { payload: record.payload.clone(), headers, key: record.key.clone() };
-            Ok((Action::Replay(destination.clone()), Some((destination, replay))))
+            Ok(Decision::Handle(Action::Replay(destination.clone()), Some((destination, replay))))
         }
     }
 }
@@ -288,7 +317,11 @@ mod tests {
     }
 
     fn replay() -> Operation {
-        Operation::Replay { max_replays: Some(2), parking: "q.parking".into() }
+        replay_to(None, Some(2))
+    }
+
+    fn replay_to(to: Option<&str>, max_replays: Option<u32>) -> Operation {
+        Operation::Replay { own: "q".into(), to: to.map(str::to_owned), max_replays, parking: "q.parking".into() }
     }
 
     fn options() -> RunOptions {
@@ -330,7 +363,7 @@ mod tests {
         assert_eq!(store.published[1].1, dead_letter("q", "transient", Some(2)));
         // Replaying from the parking queue has no guard.
         let mut parked = VecStore::new(vec![dead_letter("q", "transient", Some(7))], &["q"]);
-        let unguarded = Operation::Replay { max_replays: None, parking: "q.parking".into() };
+        let unguarded = replay_to(None, None);
         assert_eq!(go(&mut parked, &unguarded, &options()).await.replayed, 1);
     }
 
@@ -369,21 +402,75 @@ mod tests {
         let foreign = Message { payload: "x".into(), ..Message::default() };
         let mut bad_count = dead_letter("q", "transient", None);
         bad_count.headers.insert(h::REPLAY_COUNT.into(), "lots".into());
-        let records =
-            vec![foreign, bad_count, dead_letter("gone", "transient", None), dead_letter("q", "decode", None)];
-        let mut store = VecStore::new(records, &["q"]);
-        let mut reasons = Vec::new();
-        let summary = run(&mut store, &replay(), &options(), &mut |event| {
-            if let Event::Failed(_, reason) = event {
-                reasons.push(reason.to_owned());
-            }
-        })
-        .await
-        .expect("run");
-        assert_eq!((summary.failed, summary.replayed, store.records.len()), (3, 1, 3));
+        let records = vec![foreign, bad_count, dead_letter("q", "decode", None)];
+        let failures = |records: Vec<Message>, operation: Operation| async move {
+            let mut store = VecStore::new(records, &["q"]);
+            let mut reasons = Vec::new();
+            let summary = run(&mut store, &operation, &options(), &mut |event| {
+                if let Event::Failed(_, reason) = event {
+                    reasons.push(reason.to_owned());
+                }
+            })
+            .await
+            .expect("run");
+            (summary.failed, summary.replayed, store.records.len(), reasons)
+        };
+        let (failed, replayed, left, reasons) = failures(records, replay()).await;
+        assert_eq!((failed, replayed, left), (2, 1, 2));
         assert!(reasons[0].contains("not a Courier dead-letter record"), "{reasons:?}");
         assert!(reasons[1].contains("not a count"), "{reasons:?}");
-        assert!(reasons[2].contains("no queue or topic named `gone`"), "{reasons:?}");
+        let to_nowhere = replay_to(Some("gone"), Some(2));
+        let (failed, replayed, left, reasons) = failures(vec![dead_letter("q", "transient", None)], to_nowhere).await;
+        assert_eq!((failed, replayed, left), (1, 0, 1));
+        assert!(reasons[0].contains("no queue or topic named `gone`"), "{reasons:?}");
+    }
+
+    /// Issue 30: a record published straight into the dead-letter queue naming another
+    /// worker's queue is not replayed there (nor parked), but left and reported; `--to`
+    /// is the operator's explicit choice.
+    #[tokio::test]
+    async fn records_naming_another_source_stay_and_are_reported() {
+        let mut delivery_limit = Message { payload: "x".into(), ..Message::default() };
+        delivery_limit.headers.insert(h::X_FIRST_DEATH_QUEUE.into(), "ledger.requests".into());
+        delivery_limit.headers.insert(h::X_FIRST_DEATH_REASON.into(), "delivery_limit".into());
+        let records = vec![
+            dead_letter("ledger.requests", "transient", None),
+            dead_letter("q", "transient", None),
+            delivery_limit,
+            dead_letter("ledger.requests.retry.5s", "transient", Some(9)),
+        ];
+        let queues = ["q", "q.parking", "ledger.requests"];
+        for dry_run in [true, false] {
+            let mut store = VecStore::new(records.clone(), &queues);
+            let mut reported = Vec::new();
+            let options = RunOptions { dry_run, ..options() };
+            let summary = run(&mut store, &replay(), &options, &mut |event| {
+                if let Event::Elsewhere(record, elsewhere) = event {
+                    reported.push((record.id, elsewhere.source_queue.clone()));
+                }
+            })
+            .await
+            .expect("run");
+            assert_eq!((summary.read, summary.replayed, summary.elsewhere, summary.parked), (4, 1, 3, 0));
+            assert_eq!((summary.skipped, summary.failed), (0, 0));
+            let names = ["ledger.requests", "ledger.requests", "ledger.requests.retry.5s"];
+            let ids = [RecordId::Position(1), RecordId::Position(3), RecordId::Position(4)];
+            assert_eq!(reported, ids.into_iter().zip(names.map(String::from)).collect::<Vec<_>>());
+            let published: Vec<&str> = store.published.iter().map(|(to, _)| to.as_str()).collect();
+            assert_eq!(published, if dry_run { vec![] } else { vec!["q"] });
+            let left: Vec<RecordId> = store.records.iter().map(|r| r.id).collect();
+            let expected: Vec<RecordId> =
+                if dry_run { (1..=4).map(RecordId::Position).collect() } else { ids.to_vec() };
+            assert_eq!(left, expected, "the other queue's records stay, in order");
+        }
+
+        // With --to, every record goes there, whatever it names; the loop guard still parks.
+        let mut store = VecStore::new(records, &queues);
+        let to = replay_to(Some("ledger.requests"), Some(2));
+        let summary = go(&mut store, &to, &options()).await;
+        assert_eq!((summary.replayed, summary.parked, summary.elsewhere, store.records.len()), (3, 1, 0, 0));
+        let published: Vec<&str> = store.published.iter().map(|(to, _)| to.as_str()).collect();
+        assert_eq!(published, ["ledger.requests", "ledger.requests", "ledger.requests", "q.parking"]);
     }
 
     #[tokio::test]

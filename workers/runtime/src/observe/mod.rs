@@ -5,6 +5,7 @@ pub mod health;
 pub mod metrics;
 pub mod otlp;
 pub mod probe;
+pub mod serve;
 pub mod server;
 
 pub use health::Health;

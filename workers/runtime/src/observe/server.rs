@@ -8,6 +8,11 @@ use tracing::info;
 
 use super::{Health, Metrics};
 
+/// Scrapers and probes send small requests on few connections: a client gets 5 s to send
+/// a request's head, and 64 connections are open at most (others wait to be accepted).
+const ENDPOINT_BOUNDS: super::serve::Bounds =
+    super::serve::Bounds { header_timeout: std::time::Duration::from_secs(5), max_connections: 64 };
+
 /// What the endpoints read.
 #[derive(Clone, Debug)]
 pub struct Observed {
@@ -32,11 +37,8 @@ pub async fn spawn(addr: SocketAddr, router: Router) -> std::io::Result<(SocketA
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     info!(%bound, "HTTP endpoints: /metrics /healthz /readyz.");
-    let serving = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
-            tracing::error!(%error, "The HTTP server stopped.");
-        }
-    });
+    // Stopped by its owner (aborted): no shutdown signal of its own.
+    let serving = tokio::spawn(super::serve::serve(listener, router, ENDPOINT_BOUNDS, std::future::pending()));
     Ok((bound, serving))
 }
 

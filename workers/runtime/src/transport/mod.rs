@@ -210,7 +210,7 @@ impl<A> Subscription<A> {
     }
 
     /// `done` ends once the transport is done with the deliveries taken (Kafka: their
-    /// offsets are stored, for the consumer's last commit).
+    /// offsets are stored and the consumer is closed: last commit, group left).
     #[must_use]
     pub fn with_done(mut self, done: impl Future<Output = ()> + Send + 'static) -> Self {
         self.done = Some(Box::pin(done));

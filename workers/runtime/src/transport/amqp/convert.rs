@@ -28,6 +28,12 @@ use crate::{
 /// headers-table entries for the broker to parse on every reply).
 const MIRRORED: [&str; 6] = [h::MESSAGE_ID, h::CORRELATION_ID, h::REPLY_TO, h::CONTENT_TYPE, h::REPLIED_BY, h::STATUS];
 
+/// RabbitMQ's sender-selected distribution: a `CC` or `BCC` header (an array of routing
+/// keys, read case-sensitively) sends a published message to those queues as well. A
+/// copy's headers are what its producer wrote (dead letters, retries, replays), so no copy
+/// carries either: a request cannot name extra destinations for the worker's outputs.
+const SENDER_SELECTED: [&str; 2] = ["CC", "BCC"];
+
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
 
@@ -39,7 +45,7 @@ pub fn properties(message: &Message) -> BasicProperties {
     let originals = message.headers.originals().and_then(|o| o.downcast_ref::<FieldTable>());
     let mut table = FieldTable::default();
     for (name, value) in &message.headers {
-        if MIRRORED.contains(&name.as_ref()) && value.len() <= 255 {
+        if (MIRRORED.contains(&name.as_ref()) && value.len() <= 255) || SENDER_SELECTED.contains(&name.as_ref()) {
             continue;
         }
         let Ok(key) = ShortString::try_new(name.clone()) else { continue };
@@ -50,7 +56,10 @@ pub fn properties(message: &Message) -> BasicProperties {
     }
     // Values without a text form were never in the headers: they go out as they came.
     for (key, value) in originals.map(|o| o.inner().iter()).into_iter().flatten() {
-        if text(value).is_none() && !message.headers.contains_key(key.as_str()) {
+        if text(value).is_none()
+            && !message.headers.contains_key(key.as_str())
+            && !SENDER_SELECTED.contains(&key.as_str())
+        {
             table.insert(key.clone(), value.clone());
         }
     }
@@ -144,6 +153,22 @@ fn text(value: &AMQPValue) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_name_no_extra_destinations() {
+        use lapin::types::FieldArray;
+        let routes =
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongString(LongString::from("ledger.requests"))]));
+        let mut table = FieldTable::default();
+        for name in ["CC", "BCC", "cc", "courier-correlation-id"] {
+            table.insert(ShortString::from(name), routes.clone());
+        }
+        table.insert(ShortString::from("CC"), AMQPValue::LongString(LongString::from("ledger.requests")));
+        let received = headers(&BasicProperties::default().with_headers(table));
+        let sent = properties(&Message { headers: received, ..Message::default() });
+        let names: Vec<&str> = sent.headers().iter().flat_map(|t| t.inner().keys()).map(ShortString::as_str).collect();
+        assert_eq!(names, ["cc", "courier-correlation-id"], "RabbitMQ reads `CC` and `BCC` only, case-sensitively");
+    }
 
     #[test]
     fn headers_round_trip_through_properties() {

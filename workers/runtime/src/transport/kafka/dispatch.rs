@@ -20,7 +20,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{
-    Ordering, RebalanceContext, Tracking,
+    Ordering, RebalanceContext, Tracking, retry_due,
     scheduler::{Lane, Limits, Partition, Record, Scheduler},
 };
 use crate::transport::{Acker, Delivery, Intake, Message, Position, Source, Subscription, Topology, TransportError};
@@ -120,8 +120,8 @@ pub(super) fn start(
         stopped: false,
         applied: None,
     };
-    let (drained, done) = tokio::sync::oneshot::channel();
-    tokio::spawn(dispatcher.run(drained));
+    let (closed, done) = tokio::sync::oneshot::channel();
+    tokio::spawn(dispatcher.run(closed));
     Subscription::from_channel(receiver, intake).with_done(async move {
         let _ = done.await;
     })
@@ -156,17 +156,17 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Dispatch, then store what the worker still finishes and say so on `drained`. The
-    /// consumer closes after that (committing what was stored), on its own time: with the
-    /// broker gone, librdkafka's close waits up to the session timeout.
-    async fn run(mut self, drained: tokio::sync::oneshot::Sender<()>) {
+    /// Dispatch, store what the worker still finishes, then close the consumer (its last
+    /// commit, and leaving the group) within [`CLOSE_TIMEOUT`], and only then say so on
+    /// `closed`: the process exits soon after, and a close it cuts short leaves the
+    /// member's partitions to the session timeout.
+    async fn run(mut self, closed: tokio::sync::oneshot::Sender<()>) {
         self.dispatch().await;
         self.drain().await;
-        let _ = drained.send(());
-        // Off the runtime's threads: the task just woken must not wait behind it.
         let consumer = Arc::clone(&self.consumer);
         drop(self);
-        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        close(consumer).await;
+        let _ = closed.send(());
     }
 
     /// Hand out records until the worker stops taking them.
@@ -274,11 +274,11 @@ impl Dispatcher {
         };
         let position = Position { topic: Arc::clone(&partition.0), partition: partition.1, offset };
         let source = Source { queue: Arc::clone(&self.queue), position: Some(position) };
-        // A retry-topic record is due its tier's delay after it was written.
+        // A retry-topic record is due its tier's delay after it was written (at most that
+        // delay from now, whatever its timestamp says).
         let due = delay.map(|delay| {
-            let written = record.timestamp().to_millis().and_then(|ms| u64::try_from(ms).ok());
-            let written = written.map_or_else(SystemTime::now, |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
-            Instant::now() + (written + delay).duration_since(SystemTime::now()).unwrap_or_default()
+            let written = retry_due::written_at(record.timestamp().to_millis());
+            Instant::now() + retry_due::hold(written, delay, SystemTime::now())
         });
         let pending = Pending { message, source, partition, offset, lane, epoch, released: false };
         self.scheduler.arrive(pending, due, Instant::now());
@@ -413,6 +413,45 @@ impl Dispatcher {
         {
             warn!(%error, "Could not resume partitions.");
         }
+    }
+}
+
+/// How long closing the consumer may take once the worker is done with its records:
+/// librdkafka's close commits the stored offsets and leaves the group, serving the
+/// revocation it brings; it is bounded only by the session timeout while the broker does
+/// not answer. Part of the 3 s a stopping worker has to close its broker clients
+/// (`app::CLOSE_BOUND`); the producer gets the rest.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(2_500);
+
+/// Close the consumer by dropping its last handle on a blocking thread (librdkafka's
+/// close polls until the group is left), waiting at most [`CLOSE_TIMEOUT`]. The lag
+/// sampler may hold a handle for a moment (it upgrades the transport's weak one): the
+/// close waits for it, so that it runs here and its end is known; past the bound the
+/// handle is let go and its last holder closes it.
+async fn close(consumer: Arc<StreamConsumer<RebalanceContext>>) {
+    let started = std::time::Instant::now();
+    let closing = tokio::task::spawn_blocking(move || {
+        let mut consumer = consumer;
+        while started.elapsed() < CLOSE_TIMEOUT {
+            match Arc::try_unwrap(consumer) {
+                Ok(last) => {
+                    drop(last);
+                    return true;
+                }
+                Err(shared) => consumer = shared,
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    });
+    match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+        Ok(Ok(true)) => info!(took = ?started.elapsed(), "Left the consumer group."),
+        // Past the bound the thread goes on until the process exits.
+        _ => warn!(
+            bound = ?CLOSE_TIMEOUT,
+            "The consumer did not close in time: stopping without leaving the group (its partitions wait for the \
+             session timeout) and perhaps without the last commit (what finished since is redone)."
+        ),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod convert;
 mod dispatch;
 pub mod liveness;
 pub mod offsets;
+mod retry_due;
 mod scheduler;
 mod topic_limits;
 
@@ -27,7 +28,7 @@ use rdkafka::{
     ClientConfig, ClientContext,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
     producer::{FutureProducer, FutureRecord, Producer},
 };
@@ -153,6 +154,19 @@ impl std::fmt::Debug for KafkaTransport {
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// The consumer group session timeout (librdkafka's default is 45 s).
 const SESSION_TIMEOUT_MS: &str = "30000";
+/// How partitions move between members: `range`, eager (every member gives up all its
+/// partitions in each rebalance), so each member gets its share of every topic it reads.
+/// Not `cooperative-sticky`: it moves only the partitions that change owner, but it
+/// balances the count of partitions over all the topics a member reads (the work topic
+/// and its retry tiers), so a member can end up with retry partitions only and no work.
+/// Not static membership (`group.instance.id`): a static member does not leave its group
+/// on close, so its partitions wait for the session timeout unless the same instance id
+/// comes back, and a Deployment's pods come back under new names. docs/delivery.md
+/// ("Kafka: rebalances and rolling restarts") has the measurements.
+const ASSIGNMENT_STRATEGY: &str = "range";
+/// Consumer properties of the classic group protocol only, left out under KIP-848's.
+const CLASSIC_PROTOCOL_ONLY: [&str; 3] =
+    ["session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"];
 /// librdkafka's longest wait between reconnect attempts (default 10 s): a broker back
 /// up is found within about a second.
 const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
@@ -420,32 +434,36 @@ impl Transport for KafkaTransport {
         let liveness = Arc::clone(&context.liveness);
         let fetched = self.shared.config.fetched_kbytes();
         let per_partition = prefetched_per_partition(prefetch).to_string();
-        let consumer: StreamConsumer<RebalanceContext> = client_config(
-            &self.shared.config,
-            &[
-                ("queued.max.messages.kbytes", &fetched),
-                ("queued.min.messages", &per_partition),
-                ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
-                ("group.id", &self.shared.config.group),
-                ("enable.auto.commit", "true"),
-                // A crash repeats what was answered since the last commit: at most ~100 ms
-                // of throughput beyond the outputs in flight, for 10 small commit requests a
-                // second per member.
-                ("auto.commit.interval.ms", "100"),
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-                // Long enough that a broker outage shorter than this keeps the member in its
-                // group (ready again within a second of the broker's return instead of
-                // rejoining, which costs the broker's initial rebalance delay, 3 s); short
-                // enough that a crashed member's partitions move on within half a minute.
-                ("session.timeout.ms", SESSION_TIMEOUT_MS),
-                ("heartbeat.interval.ms", "1000"),
-                ("statistics.interval.ms", liveness::STATS_INTERVAL_MS),
-                ("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS),
-            ],
-        )
-        .create_with_context(context)
-        .map_err(|e| TransportError::Unavailable(e.to_string()))?;
+        let mut defaults = vec![
+            ("queued.max.messages.kbytes", fetched.as_str()),
+            ("queued.min.messages", per_partition.as_str()),
+            ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
+            ("group.id", self.shared.config.group.as_str()),
+            ("enable.auto.commit", "true"),
+            // A crash repeats what was answered since the last commit: at most ~100 ms
+            // of throughput beyond the outputs in flight, for 10 small commit requests a
+            // second per member.
+            ("auto.commit.interval.ms", "100"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            // Long enough that a broker outage shorter than this keeps the member in its
+            // group (ready again within a second of the broker's return instead of
+            // rejoining, which costs the broker's initial rebalance delay, 3 s); short
+            // enough that a crashed member's partitions move on within half a minute.
+            ("session.timeout.ms", SESSION_TIMEOUT_MS),
+            ("heartbeat.interval.ms", "1000"),
+            ("partition.assignment.strategy", ASSIGNMENT_STRATEGY),
+            ("statistics.interval.ms", liveness::STATS_INTERVAL_MS),
+            ("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS),
+        ];
+        // The broker-driven protocol of KIP-848 (`--kafka-property group.protocol=consumer`,
+        // Kafka 4.0 and later) sets these on the broker; librdkafka refuses them with it.
+        if self.shared.config.properties.iter().any(|(key, value)| key == "group.protocol" && value == "consumer") {
+            defaults.retain(|(key, _)| !CLASSIC_PROTOCOL_ONLY.contains(key));
+        }
+        let consumer: StreamConsumer<RebalanceContext> = client_config(&self.shared.config, &defaults)
+            .create_with_context(context)
+            .map_err(|e| TransportError::Unavailable(e.to_string()))?;
         let mut topics = vec![topology.queue.as_str()];
         topics.extend(topology.retry_tiers.iter().map(|t| t.name.as_str()));
         consumer.subscribe(&topics).map_err(|e| TransportError::Unavailable(e.to_string()))?;
@@ -561,7 +579,9 @@ pub(crate) struct Tracking {
 }
 
 /// Consumer callbacks: on revocation, forget the revoked partitions' in-flight work
-/// (the new owner redoes it) and commit what is finished.
+/// (the new owner redoes it) and commit what is finished. With the cooperative protocol
+/// both callbacks carry only the partitions that move (an assignment may be empty): the
+/// partitions kept keep their epoch and their offsets in flight.
 #[derive(Default)]
 struct RebalanceContext {
     tracking: Arc<Mutex<Tracking>>,
@@ -578,11 +598,18 @@ impl ClientContext for RebalanceContext {
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(revoked) = rebalance {
-            self.liveness.set_assigned(false);
+            let lost = consumer.assignment_lost();
+            // Eager: every partition goes and the member rejoins, unready until assigned
+            // again. Cooperative: only the moving partitions go; the member stays in its
+            // group with the rest, ready, unless it was dropped from the group.
+            if lost || !matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+                self.liveness.set_assigned(false);
+            }
             let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
             for element in revoked.elements() {
                 tracking.partitions.remove(&(Arc::from(element.topic()), element.partition()));
             }
+            let held = tracking.partitions.len();
             drop(tracking);
             if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
                 // Nothing stored yet is a normal case, not a problem.
@@ -590,11 +617,11 @@ impl ConsumerContext for RebalanceContext {
                     warn!(%error, "Could not commit before the rebalance.");
                 }
             }
-            if consumer.assignment_lost() {
+            if lost {
                 // The group moved on without this member (it missed a rebalance or a heartbeat).
-                warn!(partitions = revoked.count(), "Partitions lost: this member was dropped from the group.");
+                warn!(partitions = %listed(revoked), "Partitions lost: this member was dropped from the group.");
             } else {
-                info!(partitions = revoked.count(), "Partitions revoked.");
+                info!(partitions = %listed(revoked), held, "Partitions revoked.");
             }
         }
     }
@@ -610,7 +637,44 @@ impl ConsumerContext for RebalanceContext {
                     .partitions
                     .insert((Arc::from(element.topic()), element.partition()), (epoch, Default::default()));
             }
-            info!(partitions = assigned.count(), "Partitions assigned.");
+            let held = tracking.partitions.len();
+            drop(tracking);
+            info!(partitions = %listed(assigned), held, "Partitions assigned.");
         }
+    }
+}
+
+/// `topic[0,1,2] other[3]`: the partitions of a rebalance, for its log line.
+fn listed(list: &rdkafka::TopicPartitionList) -> String {
+    let mut topics: Vec<(String, Vec<i32>)> = Vec::new();
+    for element in list.elements() {
+        match topics.iter_mut().find(|(topic, _)| topic == element.topic()) {
+            Some((_, partitions)) => partitions.push(element.partition()),
+            None => topics.push((element.topic().to_owned(), vec![element.partition()])),
+        }
+    }
+    let listed: Vec<String> = topics
+        .into_iter()
+        .map(|(topic, mut partitions)| {
+            partitions.sort_unstable();
+            let partitions: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+            format!("{topic}[{}]", partitions.join(","))
+        })
+        .collect();
+    if listed.is_empty() { "none".to_owned() } else { listed.join(" ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebalance_is_listed_per_topic_in_order() {
+        let mut list = rdkafka::TopicPartitionList::new();
+        for (topic, partition) in [("q", 2), ("q.retry.5s", 1), ("q", 0)] {
+            list.add_partition(topic, partition);
+        }
+        assert_eq!(listed(&list), "q[0,2] q.retry.5s[1]");
+        assert_eq!(listed(&rdkafka::TopicPartitionList::new()), "none");
     }
 }
