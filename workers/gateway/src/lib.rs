@@ -177,7 +177,7 @@ async fn answer<T: Transport>(gateway: &Gateway<T>, request: Request) -> (Status
     let (body, codec) = match checked(&gateway.schema, media, body) {
         Ok(request) => request,
         Err(refused) => {
-            let (kind, code, why) = as_a_worker_says(refused);
+            let (kind, code, why) = refused.classified();
             return fail(StatusCode::BAD_REQUEST, kind.as_str(), code, &why);
         }
     };
@@ -206,15 +206,6 @@ async fn answer<T: Transport>(gateway: &Gateway<T>, request: Request) -> (Status
         Err(RequestError::Publish(error)) => {
             fail(StatusCode::SERVICE_UNAVAILABLE, code::KIND_UNAVAILABLE, code::BROKER_UNAVAILABLE, &error.to_string())
         }
-    }
-}
-
-/// The kind and code a worker gives the same refusal, and what it says.
-fn as_a_worker_says(refusal: Refusal) -> (FailureKind, &'static str, String) {
-    match refusal {
-        Refusal::Violation(why) => (FailureKind::Schema, failure::code::SCHEMA_VIOLATION, why),
-        Refusal::NotJson(why) => (FailureKind::Decode, failure::code::INVALID_JSON, why),
-        Refusal::NotProtobuf(why) => (FailureKind::Decode, failure::code::INVALID_PROTOBUF, why),
     }
 }
 

@@ -4,12 +4,12 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use courier::observe::serve;
 use courier::{
     broker::{Broker, UseTransport},
     client::Client,
     config::ClientArgs,
     contract::naming,
+    observe::serve,
     transport::Transport,
 };
 

@@ -429,17 +429,9 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         };
         let request = match decoded {
             Ok(request) => request,
-            Err(Refusal::NotJson(why)) => {
-                let failure = Failure::new(FailureKind::Decode, code::INVALID_JSON, why);
-                return self.dead_letter(acker, message, source, &meta, failure, 0).await;
-            }
-            Err(Refusal::NotProtobuf(why)) => {
-                let failure = Failure::new(FailureKind::Decode, code::INVALID_PROTOBUF, why);
-                return self.dead_letter(acker, message, source, &meta, failure, 0).await;
-            }
-            Err(Refusal::Violation(why)) => {
-                let failure = Failure::new(FailureKind::Schema, code::SCHEMA_VIOLATION, why);
-                return self.dead_letter(acker, message, source, &meta, failure, 0).await;
+            Err(refusal) => {
+                let (kind, code, why) = refusal.classified();
+                return self.dead_letter(acker, message, source, &meta, Failure::new(kind, code, why), 0).await;
             }
         };
 

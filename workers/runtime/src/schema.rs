@@ -4,7 +4,10 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::contract::headers::{MAX_ERROR_MESSAGE_BYTES, truncate};
+use crate::contract::{
+    failure::{FailureKind, code},
+    headers::{MAX_ERROR_MESSAGE_BYTES, truncate},
+};
 
 /// A compiled request schema.
 pub struct RequestSchema {
@@ -32,6 +35,18 @@ pub enum Refusal {
     NotProtobuf(String),
     /// JSON, but not what the schema describes.
     Violation(String),
+}
+
+impl Refusal {
+    /// The contract's failure kind and code for this refusal, and what it says: the same
+    /// wherever a payload is refused (a worker's dead letter, the gateway's 400).
+    pub fn classified(self) -> (FailureKind, &'static str, String) {
+        match self {
+            Self::NotJson(why) => (FailureKind::Decode, code::INVALID_JSON, why),
+            Self::NotProtobuf(why) => (FailureKind::Decode, code::INVALID_PROTOBUF, why),
+            Self::Violation(why) => (FailureKind::Schema, code::SCHEMA_VIOLATION, why),
+        }
+    }
 }
 
 impl RequestSchema {

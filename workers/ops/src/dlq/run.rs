@@ -204,7 +204,7 @@ pub fn decide(operation: &Operation, record: &Message) -> Result<Decision, Strin
                 .ok_or_else(|| format!("no `{}` header: not a Courier dead-letter record", h::FAILURE_SOURCE))?;
             // Checked before the loop guard: a record naming another queue is left alone,
             // not even parked.
-            let destination = match destination::destination(own, to.as_deref(), Some(source)) {
+            let destination = match destination::destination(own, to.as_deref(), source) {
                 Ok(destination) => destination.to_owned(),
                 Err(elsewhere) => return Ok(Decision::Elsewhere(elsewhere)),
             };
