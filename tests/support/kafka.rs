@@ -357,15 +357,12 @@ impl KafkaClient {
         n: usize,
         partitions: Option<i32>,
     ) -> Vec<String> {
-        use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
+        use rdkafka::producer::FutureRecord;
         let mut ids = Vec::with_capacity(n);
         let mut pending = futures::stream::FuturesUnordered::new();
         for i in 0..n {
             let id = format!("{prefix}-{i}");
-            let body = format!(r#"{{"message":"{id}"}}"#);
-            let headers = OwnedHeaders::new()
-                .insert(rdkafka::message::Header { key: "courier-correlation-id", value: Some(id.as_str()) })
-                .insert(rdkafka::message::Header { key: "courier-reply-to", value: Some(reply_to) });
+            let (body, headers) = greeting(&id, reply_to);
             let mut record = FutureRecord::to(topic).key(id.as_str()).payload(body.as_str()).headers(headers);
             if let Some(partitions) = partitions {
                 record = record.partition(i32::try_from(i).unwrap_or_default() % partitions);
@@ -384,13 +381,10 @@ impl KafkaClient {
     /// Publish greeter requests with these ids (and correlation ids), all under `key`, in
     /// order; returns once every one is acknowledged.
     pub async fn publish_greetings_under(&self, topic: &str, reply_to: &str, key: &str, ids: &[String]) {
-        use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
+        use rdkafka::producer::FutureRecord;
         let mut pending = futures::stream::FuturesUnordered::new();
         for id in ids {
-            let body = format!(r#"{{"message":"{id}"}}"#);
-            let headers = OwnedHeaders::new()
-                .insert(rdkafka::message::Header { key: "courier-correlation-id", value: Some(id.as_str()) })
-                .insert(rdkafka::message::Header { key: "courier-reply-to", value: Some(reply_to) });
+            let (body, headers) = greeting(id, reply_to);
             let record = FutureRecord::to(topic).key(key).payload(body.as_str()).headers(headers);
             pending.push(self.producer.send_result(record).map_err(|(e, _)| e).expect("queue the request"));
         }
@@ -399,11 +393,8 @@ impl KafkaClient {
 
     /// Queue one greeter request without waiting for its acknowledgement.
     pub fn publish_one(&self, topic: &str, reply_to: &str, id: &str) {
-        use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
-        let body = format!(r#"{{"message":"{id}"}}"#);
-        let headers = OwnedHeaders::new()
-            .insert(rdkafka::message::Header { key: "courier-correlation-id", value: Some(id) })
-            .insert(rdkafka::message::Header { key: "courier-reply-to", value: Some(reply_to) });
+        use rdkafka::producer::FutureRecord;
+        let (body, headers) = greeting(id, reply_to);
         let record = FutureRecord::to(topic).key(id).payload(body.as_str()).headers(headers);
         // The delivery report is not awaited: the reply is what the caller waits for.
         drop(self.producer.send_result(record).map_err(|(e, _)| e).expect("queue the request"));
@@ -452,19 +443,7 @@ impl KafkaClient {
         while replies.by_id.len() < expected && !stop_early(replies) {
             match tokio::time::timeout(patience, reader.recv()).await {
                 Ok(Ok(record)) => {
-                    use courier::contract::headers::{CORRELATION_ID, REPLIED_BY, STATUS};
-                    let (mut id, mut by, mut status) = (String::new(), String::new(), String::new());
-                    if let Some(headers) = record.headers() {
-                        for header in headers.iter() {
-                            let value = String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned();
-                            match header.key {
-                                CORRELATION_ID => id = value,
-                                REPLIED_BY => by = value,
-                                STATUS => status = value,
-                                _ => {}
-                            }
-                        }
-                    }
+                    let (id, by, status) = reply_of(&record);
                     replies.add(id, by, status);
                 }
                 // The broker may be down on purpose; librdkafka reconnects by itself.
@@ -473,6 +452,31 @@ impl KafkaClient {
             }
         }
     }
+}
+
+/// A greeter request `id` asking for its reply on `reply_to`: its payload and headers.
+fn greeting(id: &str, reply_to: &str) -> (String, rdkafka::message::OwnedHeaders) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "courier-correlation-id", value: Some(id) })
+        .insert(Header { key: "courier-reply-to", value: Some(reply_to) });
+    (format!(r#"{{"message":"{id}"}}"#), headers)
+}
+
+/// A reply's correlation id, `courier-replied-by` and `courier-status` (empty when missing).
+fn reply_of(record: &rdkafka::message::BorrowedMessage<'_>) -> (String, String, String) {
+    use courier::contract::headers::{CORRELATION_ID, REPLIED_BY, STATUS};
+    let (mut id, mut by, mut status) = (String::new(), String::new(), String::new());
+    for header in record.headers().iter().flat_map(|headers| headers.iter()) {
+        let value = String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned();
+        match header.key {
+            CORRELATION_ID => id = value,
+            REPLIED_BY => by = value,
+            STATUS => status = value,
+            _ => {}
+        }
+    }
+    (id, by, status)
 }
 
 async fn drain(pending: &mut futures::stream::FuturesUnordered<rdkafka::producer::DeliveryFuture>) {
@@ -808,7 +812,6 @@ impl RequestFlow {
             let (state, stop) = (std::sync::Arc::clone(&state), stop_reading.clone());
             let reader = reader(bootstrap, replies, partitions);
             async move {
-                use courier::contract::headers::{CORRELATION_ID, REPLIED_BY};
                 loop {
                     let record = tokio::select! {
                         () = stop.cancelled() => return,
@@ -819,15 +822,7 @@ impl RequestFlow {
                         continue;
                     };
                     let at = std::time::Instant::now();
-                    let (mut id, mut by) = (String::new(), String::new());
-                    for header in record.headers().map(|h| h.iter().collect::<Vec<_>>()).unwrap_or_default() {
-                        let value = String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned();
-                        match header.key {
-                            CORRELATION_ID => id = value,
-                            REPLIED_BY => by = value,
-                            _ => {}
-                        }
-                    }
+                    let (id, by, _) = reply_of(&record);
                     let mut state = state.lock().expect("flow state");
                     match state.answered.entry(id) {
                         std::collections::hash_map::Entry::Occupied(_) => state.duplicates += 1,
@@ -904,11 +899,8 @@ impl KafkaClient {
         id: &str,
         partition: i32,
     ) -> impl std::future::Future<Output = bool> + use<> {
-        use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
-        let body = format!(r#"{{"message":"{id}"}}"#);
-        let headers = OwnedHeaders::new()
-            .insert(rdkafka::message::Header { key: "courier-correlation-id", value: Some(id) })
-            .insert(rdkafka::message::Header { key: "courier-reply-to", value: Some(reply_to) });
+        use rdkafka::producer::FutureRecord;
+        let (body, headers) = greeting(id, reply_to);
         let record = FutureRecord::to(topic).key(id).payload(body.as_str()).headers(headers).partition(partition);
         let delivery = self.producer.send_result(record).map_err(|(e, _)| e);
         async move {
