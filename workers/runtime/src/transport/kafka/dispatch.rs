@@ -425,11 +425,13 @@ const CLOSE_TIMEOUT: Duration = Duration::from_millis(2_500);
 
 /// Close the consumer by dropping its last handle on a blocking thread (librdkafka's
 /// close polls until the group is left), waiting at most [`CLOSE_TIMEOUT`]. The lag
-/// sampler may hold a handle for a moment (it upgrades the transport's weak one): the
-/// close waits for it, so that it runs here and its end is known; past the bound the
-/// handle is let go and its last holder closes it.
+/// sampler may hold a handle for one broker call (it upgrades the transport's weak one,
+/// and takes none once `closing` is set): the close waits for it, so that it runs here
+/// and its end is known; past the bound the handle is let go and its last holder closes
+/// it.
 async fn close(consumer: Arc<StreamConsumer<RebalanceContext>>) {
     let started = std::time::Instant::now();
+    consumer.context().closing.store(true, std::sync::atomic::Ordering::Release);
     let closing = tokio::task::spawn_blocking(move || {
         let mut consumer = consumer;
         while started.elapsed() < CLOSE_TIMEOUT {

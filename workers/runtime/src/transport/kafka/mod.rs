@@ -370,13 +370,20 @@ impl Transport for KafkaTransport {
     /// none is unfinished. Once the broker does not answer, the remaining partitions' lag
     /// is unknown (each question would wait [`METADATA_TIMEOUT`]).
     async fn backlog(&self, _: &Topology) -> Vec<super::Backlog> {
-        let consumer =
-            self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|c| c.upgrade());
+        let consumer = self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()).clone();
         tokio::task::spawn_blocking(move || {
-            let Some(consumer) = consumer else { return Vec::new() };
-            let Ok(positions) = consumer.position() else { return Vec::new() };
+            // A handle for one broker call at a time, and none once the consumer is closing:
+            // its close waits until it holds the last one (`dispatch::close`).
+            let handle = || {
+                consumer
+                    .as_ref()
+                    .and_then(std::sync::Weak::upgrade)
+                    .filter(|c| !c.context().closing.load(std::sync::atomic::Ordering::Acquire))
+            };
+            let Some(Ok(positions)) = handle().map(|c| c.position()) else { return Vec::new() };
             let mut answering = true;
-            let lag = |element: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
+            let lag = |consumer: &StreamConsumer<RebalanceContext>,
+                       element: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
                 let (low, high) =
                     consumer.fetch_watermarks(element.topic(), element.partition(), METADATA_TIMEOUT).ok()?;
                 let unfinished = {
@@ -390,7 +397,10 @@ impl Transport for KafkaTransport {
             };
             let mut backlog = Vec::new();
             for element in positions.elements() {
-                let lag = if answering { lag(&element) } else { None };
+                let lag = match handle() {
+                    Some(consumer) if answering => lag(&consumer, &element),
+                    _ => None,
+                };
                 answering &= lag.is_some();
                 backlog.push(super::Backlog::Lag {
                     topic: element.topic().to_owned(),
@@ -587,6 +597,9 @@ struct RebalanceContext {
     tracking: Arc<Mutex<Tracking>>,
     /// Assignment and broker state, for readiness.
     liveness: Arc<liveness::Liveness>,
+    /// Set when the dispatcher starts closing the consumer: the lag sampler then takes no
+    /// more handles of it, so the close waits for one broker call of the sampler at most.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl ClientContext for RebalanceContext {
