@@ -1,0 +1,171 @@
+//! The delivery pipeline, top to bottom: what happens to one message.
+//!
+//! ```text
+//! admit.rs    size cap → contract headers → deadline → reply target → decode + schema
+//! claim.rs    --inbox: answered before → the stored reply; else claim the message id
+//! round.rs    handler under a timeout, in-process retries with backoff (transient errors),
+//!             the circuit breaker (open: back to the broker unhandled, no round spent);
+//!             --retry-in-place: wait out the tier's delay here and run the next round
+//! outputs.rs  ok        → reply ─────────────────── confirmed → ack
+//!             transient → the next retry tier ────── confirmed → ack (none left: dead-letter)
+//!             otherwise → dead-letter copy ───────── confirmed → ack, then an error reply
+//!             refused for good → its fallback: reply/retry → dead-letter copy → the same
+//!             without its payload → the parking queue
+//! settle.rs   not confirmed (broker down, or refusing) → nack after a pause; after
+//!             --max-redeliveries refusals → dead-lettered as `undeliverable`
+//! ```
+//!
+//! One [`InFlight`](in_flight::InFlight) value per delivery carries the message, where it
+//! came from, its parsed contract headers and its acker; the steps are its methods and
+//! the [`Pipeline`]'s. Nothing is acked before its output is confirmed by the broker, so a
+//! crash at any point loses nothing (at-least-once).
+
+mod admit;
+mod claim;
+mod failure;
+#[cfg(test)]
+mod fixture;
+mod in_flight;
+mod outputs;
+mod records;
+mod round;
+mod settle;
+mod slot;
+
+use std::{ops::ControlFlow, time::SystemTime};
+
+use tracing::{Instrument, info_span};
+
+use self::{admit::Rules, failure::Failure, in_flight::InFlight, outputs::Outputs, round::Rounds, settle::Settle};
+pub(crate) use self::{settle::BREAKER_OPEN, slot::Slot};
+use crate::{
+    breaker::Gate,
+    config::Settings,
+    contract::{
+        failure::{FailureKind, code},
+        headers::BadHeader,
+        trace,
+    },
+    handler::Handler,
+    inbox::Inbox,
+    observe::{Metrics, otlp},
+    schema::RequestSchema,
+    transport::{Delivery, Transport},
+};
+
+/// The circuit breaker's name for the inbox's database.
+const INBOX: &str = "inbox";
+
+/// Everything needed to process deliveries of one worker; shared by all tasks.
+#[derive(Debug)]
+pub(crate) struct Pipeline<H, T> {
+    /// The business logic.
+    handler: H,
+    /// The compiled request schema.
+    schema: RequestSchema,
+    /// The circuit breakers, fed by each handler round's outcome.
+    gate: Gate,
+    /// The idempotent inbox (`--inbox`).
+    inbox: Option<Inbox>,
+    /// Where outputs go: the transport, settings, names, metrics, refusal counts.
+    outputs: Outputs<T>,
+}
+
+impl<H: Handler, T: Transport> Pipeline<H, T> {
+    pub(crate) fn new(
+        handler: H,
+        transport: T,
+        schema: RequestSchema,
+        settings: Settings,
+        metrics: Metrics,
+        gate: Gate,
+        inbox: Option<Inbox>,
+    ) -> Self {
+        Self { handler, schema, gate, inbox, outputs: Outputs::new(transport, settings, metrics) }
+    }
+
+    /// Process one delivery and settle it. If the task is aborted (shutdown grace period
+    /// over), the unsettled acker is dropped and the broker delivers the message again.
+    pub(crate) async fn deliver(&self, delivery: Delivery<T::Acker>, slot: Slot) {
+        let metrics = &self.outputs.metrics;
+        metrics.received();
+        let _in_flight = metrics.in_flight();
+        let span = info_span!(
+            "delivery",
+            source = %delivery.source,
+            correlation_id = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        async {
+            let (mut delivery, bad) = InFlight::new(&self.outputs, delivery, slot);
+            continue_trace(&mut delivery);
+            let given_up = delivery.given_up();
+            let settle = match given_up {
+                Some(code) => delivery.fallbacks_again(code).await,
+                None => self.process(&mut delivery, bad).await,
+            };
+            delivery.settle(settle, given_up.is_some()).await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Admit the request, claim it in the inbox, run the handler's rounds, and publish
+    /// the outcome.
+    async fn process(&self, delivery: &mut InFlight<'_, T>, bad: Option<BadHeader>) -> Settle {
+        let transport = &self.outputs.transport;
+        let name_problem = |name: &str| transport.name_problem(name);
+        let rules = Rules { settings: &self.outputs.settings, schema: &self.schema, name_problem: &name_problem };
+        let request = match admit::admit::<H>(&rules, delivery.message(), &delivery.meta, bad, SystemTime::now()) {
+            Ok(request) => request,
+            Err(failure) => return delivery.dead_letter(failure).await,
+        };
+        let transaction = match self.claim(delivery).await {
+            ControlFlow::Continue(transaction) => transaction,
+            ControlFlow::Break(settle) => return settle,
+        };
+        let result = match self.rounds(&request, delivery, transaction.as_ref()).await {
+            Rounds::Ended(result) => result,
+            Rounds::GiveBack => {
+                claim::roll_back(transaction).await;
+                return Settle::GiveBack;
+            }
+            Rounds::Expired => {
+                claim::roll_back(transaction).await;
+                let why = "the request's deadline passed while it waited to be retried";
+                return delivery.dead_letter(Failure::new(FailureKind::Expired, code::DEADLINE_EXCEEDED, why)).await;
+            }
+        };
+        let encoded = result.map(|reply| records::encode::<H>(&reply, delivery.meta.codec));
+        let reply = match &encoded {
+            Ok(Ok(payload)) => Some(payload.as_slice()),
+            _ => None,
+        };
+        if let ControlFlow::Break(settle) = self.commit(delivery, transaction, reply).await {
+            return settle;
+        }
+        match encoded {
+            Ok(Ok(payload)) => delivery.reply(payload.into()).await,
+            Ok(Err(error)) => {
+                delivery.dead_letter(Failure::new(FailureKind::Permanent, code::REPLY_NOT_SERIALIZABLE, error)).await
+            }
+            Err(error) if error.is_transient() => delivery.retry_later(Failure::from_handler(error)).await,
+            Err(error) => delivery.dead_letter(Failure::from_handler(error)).await,
+        }
+    }
+}
+
+/// The delivery's span continues the request's trace, and its outputs carry the span as
+/// their parent; the span's fields name the request.
+fn continue_trace<T: Transport>(delivery: &mut InFlight<'_, T>) {
+    let span = tracing::Span::current();
+    let traceparent = otlp::continue_trace(&span, &delivery.received().headers, delivery.meta.traceparent.as_deref());
+    let meta = &mut delivery.meta;
+    meta.traceparent = traceparent;
+    span.record("correlation_id", meta.correlation_id.as_str());
+    span.record("attempt", meta.attempt);
+    if let Some(trace_id) = meta.traceparent.as_deref().and_then(trace::trace_id) {
+        span.record("trace_id", trace_id);
+    }
+}

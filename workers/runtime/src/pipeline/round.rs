@@ -1,0 +1,241 @@
+//! The handler's rounds: each call under `--handler-timeout` with panics caught, transient
+//! failures retried in-process with backoff, the round's outcome fed to the circuit
+//! breaker; with `--retry-in-place`, a transient round waits out its retry tier's delay
+//! here and runs again.
+//!
+//! The breaker is asked before every call: open, the delivery goes back to the broker
+//! unhandled, without spending a round. A half-open breaker's probe runs its round to the
+//! end (`breaker/`).
+
+use std::{panic::AssertUnwindSafe, time::SystemTime};
+
+use futures::FutureExt;
+use tracing::{debug, info};
+
+use super::{INBOX, Pipeline, in_flight::InFlight};
+use crate::{
+    breaker::Call,
+    contract::failure::{FailureKind, code},
+    handler::{Context, Handler, HandlerError},
+    inbox::{InboxError, Transaction},
+    transport::{Source, Transport},
+};
+
+/// How the handler's rounds ended.
+#[derive(Debug)]
+pub(super) enum Rounds<R> {
+    /// The last round's result.
+    Ended(Result<R, HandlerError>),
+    /// The circuit breaker is open: back to the broker, unhandled.
+    GiveBack,
+    /// The request's deadline passed while it waited to be retried in place.
+    Expired,
+}
+
+impl<H: Handler, T: Transport> Pipeline<H, T> {
+    /// Run the handler's rounds for `request`: one, or with `--retry-in-place` one more per
+    /// retry tier while they fail transiently. With an inbox, the calls run in the
+    /// request's `transaction`.
+    pub(super) async fn rounds(
+        &self,
+        request: &H::Request,
+        delivery: &mut InFlight<'_, T>,
+        transaction: Option<&Transaction>,
+    ) -> Rounds<H::Reply> {
+        let settings = &self.outputs.settings;
+        let mut probe = delivery.held.slot.is_probe();
+        loop {
+            let Some((result, invocations)) =
+                self.round(request, &delivery.meta, &delivery.source, probe, transaction).await
+            else {
+                return Rounds::GiveBack;
+            };
+            delivery.invocations = invocations;
+            let tier = match &result {
+                Err(error) if error.is_transient() && settings.retry_in_place => {
+                    self.outputs.topology.retry_tiers.get(delivery.meta.attempt as usize - 1)
+                }
+                _ => None,
+            };
+            let (Some(tier), Err(error)) = (tier, &result) else {
+                return Rounds::Ended(result);
+            };
+            info!(delay = ?tier.delay, code = %error.code, "Transient failure; retrying in place after a delay.");
+            self.outputs.metrics.failed(FailureKind::Transient.as_str());
+            self.outputs.metrics.retried(&tier.name);
+            delivery.wait_in_place(tier.delay).await;
+            // Only a probe's first round is the probe.
+            probe = false;
+            // As a copy coming back from a retry tier would be.
+            if delivery.meta.deadline.is_some_and(|deadline| deadline <= SystemTime::now()) {
+                return Rounds::Expired;
+            }
+        }
+    }
+
+    /// One round: call the handler under its timeout, retrying transient errors
+    /// in-process with exponential backoff. Returns the last result and the number of
+    /// invocations, or `None` when the circuit breaker is open before a call or after the
+    /// round failed (a probe's round runs to its end). The round's outcome feeds the breaker.
+    async fn round(
+        &self,
+        request: &H::Request,
+        meta: &crate::contract::headers::RequestMeta,
+        source: &Source,
+        probe: bool,
+        transaction: Option<&Transaction>,
+    ) -> Option<(Result<H::Reply, HandlerError>, u32)> {
+        let give_back = || !probe && self.gate.is_open();
+        let mut backoff = self.outputs.settings.retry.backoff();
+        let mut context = Context {
+            correlation_id: meta.correlation_id.clone(),
+            attempt: meta.attempt,
+            invocation: meta.earlier_attempts,
+            deadline: meta.deadline,
+            source: source.clone(),
+            inbox: transaction.cloned(),
+        };
+        let mut invocations = 0;
+        loop {
+            if give_back() {
+                return None;
+            }
+            invocations += 1;
+            context.invocation = context.invocation.saturating_add(1);
+            let result = match self.call(request, &context).await {
+                Ok(result) => result,
+                // The request's transaction is gone (a call cut short or timed out): no
+                // in-process round can use it; the next delivery claims anew.
+                Err(lost) => {
+                    self.gate.record(Call::Failed, Some(INBOX));
+                    let error = HandlerError::transient(code::INBOX_UNAVAILABLE, lost).dependency(INBOX);
+                    return (!give_back()).then_some((Err(error), invocations));
+                }
+            };
+            match result {
+                Err(error) if error.is_transient() => match backoff.next() {
+                    Some(delay) => {
+                        debug!(%error, ?delay, invocations, "Transient failure; retrying in-process.");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => {
+                        self.gate.record(Call::Failed, error.dependency.as_deref());
+                        return (!give_back()).then_some((Err(error), invocations));
+                    }
+                },
+                other => {
+                    if other.is_ok() {
+                        self.gate.record(Call::Passed, None);
+                    }
+                    return Some((other, invocations));
+                }
+            }
+        }
+    }
+
+    /// One handler call under its timeout, panics caught; with an inbox, what a failed
+    /// call wrote is rolled back (to the savepoint set after the claim), and `Err` when
+    /// that is impossible: the request's transaction is over.
+    async fn call(
+        &self,
+        request: &H::Request,
+        context: &Context,
+    ) -> Result<Result<H::Reply, HandlerError>, InboxError> {
+        let limit = self.outputs.settings.handler_timeout;
+        let call = AssertUnwindSafe(self.handler.handle(request.clone(), context)).catch_unwind();
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(limit, call).await;
+        self.outputs.metrics.handler_took(started.elapsed());
+        let result = match outcome {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => Err(HandlerError::permanent(code::HANDLER_PANICKED, panic_message(panic.as_ref()))),
+            Err(_) => Err(HandlerError::transient(code::TIMEOUT, format!("the handler took longer than {limit:?}"))),
+        };
+        if let (Err(_), Some(transaction)) = (&result, &context.inbox) {
+            transaction.undo_call().await?;
+        }
+        Ok(result)
+    }
+}
+
+/// The text of a caught panic, for the dead-letter copy.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+    format!("the handler panicked: {}", text.unwrap_or("(no message)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{
+        breaker::{Policy, Say},
+        contract::{failure::code, headers as h},
+        handler::HandlerError,
+        pipeline::fixture::{Fixture, header, request, settings},
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_in_process_before_a_reply() {
+        let mut worker = Fixture::new(settings()).await;
+        worker
+            .handler
+            .then([Err(HandlerError::transient("flaky", "once")), Err(HandlerError::transient("flaky", "twice"))]);
+        worker.deliver(request("script")).await;
+        assert_eq!(worker.handler.calls(), 3);
+        assert_eq!(header(&worker.take_one(&worker.topology.replies), h::STATUS), Some("ok"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_handler_times_out_as_transient_and_a_panic_is_permanent() {
+        let mut worker = Fixture::new(settings()).await;
+        worker.deliver(request("slow")).await;
+        let tier = worker.take_one(&worker.topology.retry_tiers[0].name);
+        assert_eq!(header(&tier, h::FAILURE_CODE), Some(code::TIMEOUT));
+        worker.deliver(request("panic")).await;
+        let dead = worker.take_one(&worker.topology.dead_letter);
+        assert_eq!(header(&dead, h::FAILURE_CODE), Some(code::HANDLER_PANICKED));
+        assert_eq!(header(&dead, h::FAILURE_ATTEMPTS), Some("1"), "a permanent failure is not retried");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_in_place_wait_here_and_count_the_rounds() {
+        let mut worker = Fixture::new(crate::config::Settings { retry_in_place: true, ..settings() }).await;
+        let transient = || Err(HandlerError::transient("flaky", "down"));
+        worker.handler.then([transient(), transient(), transient()]);
+        let started = tokio::time::Instant::now();
+        worker.deliver(request("script")).await;
+        assert!(started.elapsed() >= Duration::from_secs(1), "the first tier's delay, waited here");
+        assert_eq!(*worker.handler.attempts.lock().expect("not poisoned"), [1, 1, 1, 2]);
+        assert!(worker.topology.retry_tiers.iter().all(|tier| worker.broker.peek(&tier.name).is_empty()));
+        assert_eq!(header(&worker.take_one(&worker.topology.replies), h::STATUS), Some("ok"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_outlives_its_deadline_in_place_is_expired() {
+        let mut worker = Fixture::new(crate::config::Settings { retry_in_place: true, ..settings() }).await;
+        // Three calls of 400 ms of the wall clock pass the deadline within the first round.
+        let deadline = std::time::SystemTime::now() + Duration::from_secs(1);
+        let mut message = request("stall");
+        message.headers.insert(h::DEADLINE.into(), crate::contract::timestamp::format(deadline));
+        worker.deliver(message).await;
+        let dead = worker.take_one(&worker.topology.dead_letter);
+        assert_eq!(header(&dead, h::FAILURE_CODE), Some(code::DEADLINE_EXCEEDED));
+        assert!(header(&dead, h::FAILURE_MESSAGE).is_some_and(|m| m.contains("waited to be retried")));
+        assert_eq!(worker.handler.calls(), 3, "no round after the deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_gives_the_delivery_back_unhandled() {
+        let policy = Policy::new(1, 1.0, 0, Duration::from_secs(30), Duration::from_secs(60), 1).expect("valid");
+        let mut worker = Fixture::new(crate::config::Settings { breaker: Some(policy), ..settings() }).await;
+        worker.deliver(request("transient")).await;
+        assert!(matches!(worker.gate.say(), Say::Open { .. }), "one failed round opens it");
+        let calls = worker.handler.calls();
+        worker.deliver(request("ok")).await;
+        assert_eq!(worker.handler.calls(), calls, "not handled while open");
+        // The round that opened it gave its request back too, not to a retry tier.
+        assert_eq!(worker.broker.peek(&worker.topology.queue).len(), 2, "both given back to the broker");
+        assert!(worker.topology.retry_tiers.iter().all(|tier| worker.broker.peek(&tier.name).is_empty()));
+    }
+}
