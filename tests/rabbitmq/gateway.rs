@@ -8,7 +8,11 @@
 use std::time::{Duration, Instant};
 
 use courier::{
-    contract::failure::{FailureKind, fingerprint},
+    contract::{
+        codec::Codec,
+        error_reply::ErrorReply,
+        failure::{FailureKind, fingerprint},
+    },
     testing::Harness,
 };
 use courier_tests::{
@@ -83,10 +87,10 @@ async fn exercise(greeter: &mut Process, metrics_port: u16, gateway_port: u16, o
     assert_eq!((status, body.as_str()), (200, r#"{"result":"Hello, Ada"}"#));
     let (status, body) = post(gateway_port, "/process", "not json", &[]).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains(r#""kind":"decode","code":"invalid_json""#), "{body}");
+    assert_eq!(error_of(body.as_bytes()), ["decode", "invalid_json"], "{body}");
     let (status, body) = post(gateway_port, "/process", r#"{"name":"Ada"}"#, &[]).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains(r#""kind":"schema","code":"schema_violation""#), "{body}");
+    assert_eq!(error_of(body.as_bytes()), ["schema", "schema_violation"], "{body}");
     let (status, body) = post(gateway_port, "/process", r#"{"message":" "}"#, &[]).await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("empty_message"), "{body}");
@@ -132,7 +136,9 @@ async fn other_encodings(gateway_port: u16) {
         post_as(gateway_port, "/process", "application/x-www-form-urlencoded", br#"{"message":"Bo"}"#, &[]).await;
     assert_eq!((curl.status, curl.body.as_slice()), (200, r#"{"result":"Hello, Bo"}"#.as_bytes()), "curl -d '{{…}}'");
     let form = post_as(gateway_port, "/process", "application/x-www-form-urlencoded", b"name=Ada", &[]).await;
-    assert_eq!(form.status, 400, "a form that is no greeter request: {}", String::from_utf8_lossy(&form.body));
+    let text = String::from_utf8_lossy(&form.body);
+    assert_eq!(form.status, 400, "a form that is no greeter request: {text}");
+    assert_eq!(error_of(&form.body), ["schema", "schema_violation"], "{text}");
 
     let request = greeter::Request { message: "Ada".into() }.encode_to_vec();
     let reply = post_as(gateway_port, "/process", "application/x-protobuf", &request, &[]).await;
@@ -143,7 +149,17 @@ async fn other_encodings(gateway_port: u16) {
         Some(greeter::Reply { result: "Hello, Ada".into() })
     );
     let refused = post_as(gateway_port, "/process", "application/x-protobuf", b"\x0a\x05Ad", &[]).await;
-    assert_eq!(refused.status, 400, "not a greeter.Request: {}", String::from_utf8_lossy(&refused.body));
+    let text = String::from_utf8_lossy(&refused.body);
+    assert_eq!(refused.status, 400, "not a greeter.Request: {text}");
+    assert!(refused.head.to_ascii_lowercase().contains("content-type: application/json"), "{}", refused.head);
+    assert_eq!(error_of(&refused.body), ["decode", "invalid_protobuf"], "{text}");
+}
+
+/// The `kind` and `code` of one of the gateway's own error bodies (the contract's error
+/// reply, in JSON); empty when the body is not one.
+fn error_of(body: &[u8]) -> [String; 2] {
+    let reply = ErrorReply::decode(Codec::Json, body).unwrap_or_default();
+    [reply.error.kind, reply.error.code]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

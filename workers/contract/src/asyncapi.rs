@@ -11,6 +11,7 @@ use crate::{
     failure::FailureKind,
     headers as h,
     naming::Topology,
+    status::Status,
 };
 
 /// What the document describes: a worker's name, its schemas and its queues.
@@ -391,8 +392,8 @@ fn reply_headers() -> Vec<Header> {
         (h::CORRELATION_ID, text(), "The request's correlation id.".into()),
         (
             h::STATUS,
-            json!({ "type": "string", "enum": ["ok", "error"] }),
-            "`ok`, or `error` when the request was dead-lettered.".into(),
+            json!({ "type": "string", "enum": Status::ALL.map(Status::as_str) }),
+            format!("`{}`, or `{}` when the request was dead-lettered.", Status::Ok, Status::Error),
         ),
         (h::ERROR_CODE, text(), "On error: the failure code (schemas/README.md#outcomes).".into()),
         (

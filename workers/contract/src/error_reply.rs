@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::Codec;
+use super::{codec::Codec, failure::FailureKind};
 
 /// The payload of a reply with `courier-status: error`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, prost::Message)]
@@ -26,6 +26,15 @@ pub struct ErrorBody {
     /// What went wrong, at most 1,024 bytes.
     #[prost(string, tag = "3")]
     pub message: String,
+}
+
+impl ErrorBody {
+    /// The kind as one of the contract's; `None` for a kind the contract does not define
+    /// (one a gateway gives itself, such as `timeout`), so a caller matches on the enum,
+    /// never on the wire names.
+    pub fn failure_kind(&self) -> Option<FailureKind> {
+        FailureKind::parse(&self.kind)
+    }
 }
 
 /// The envelope's Protocol Buffers schema, as published in `schemas/`.
@@ -75,6 +84,13 @@ mod tests {
             assert_eq!(ErrorReply::decode(codec, &reply.encode(codec)), Some(reply.clone()), "{codec:?}");
         }
         assert_eq!(ErrorReply::decode(Codec::Json, b"{}"), None);
+    }
+
+    #[test]
+    fn the_kind_is_read_as_the_contracts() {
+        let reply = ErrorReply::new(FailureKind::TooLarge.as_str(), "payload_too_large", "");
+        assert_eq!(reply.error.failure_kind(), Some(FailureKind::TooLarge));
+        assert_eq!(ErrorReply::new("timeout", "reply_timeout", "").error.failure_kind(), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The wire contract in code: header names, naming rules, failure kinds, payload codecs,
-//! the error reply and the AsyncAPI document they add up to. The prose
+//! The wire contract in code: header names, naming rules, reply statuses, failure kinds,
+//! payload codecs, the error reply and the AsyncAPI document they add up to. The prose
 //! version for producers in other languages is `schemas/README.md`; the two are kept
 //! equal by tests.
 
@@ -12,5 +12,6 @@ pub mod headers;
 pub mod key;
 pub mod naming;
 pub mod protobuf_text;
+pub mod status;
 pub mod timestamp;
 pub mod trace;

@@ -13,9 +13,10 @@
 //! | any other `Content-Type` (`text/plain`, none, …): never reaches a worker | 415 | `decode`, `unsupported_content_type` |
 //! | the body did not arrive within `--body-timeout` of the headers (the connection is closed) | 408 | `timeout`, `body_timeout` |
 //! | the body is over 2 MiB | 413 | `too-large`, `payload_too_large` |
+//! | the connection failed while the body was read | 400 | `decode`, `body_unreadable` |
 //! | not decodable, or not a valid greeter request | 400 | `decode`, `invalid_json`\|`invalid_protobuf`; `schema`, `schema_violation` |
-//! | the worker refused it (permanent, schema, …) | 422 | the worker's error reply |
-//! | the worker failed for good otherwise (transient, expired, …) | 502 | the worker's error reply |
+//! | the worker refused it (`permanent`, `schema`, `decode`, `too-large`) | 422 | the worker's error reply |
+//! | the worker failed for good otherwise (`transient`, `expired`, `unroutable`, `undeliverable`), or its reply is no error reply | 502 | the worker's reply |
 //! | no reply within `--timeout` | 504 | `timeout`, `reply_timeout` |
 //! | the broker is unavailable (or the request queue missing) | 503 | `unavailable`, `broker_unavailable` |
 //!
@@ -45,10 +46,10 @@ use courier::{
         error_reply::ErrorReply,
         failure::{self, FailureKind},
         headers as h,
+        status::Status,
     },
     observe::{Health, Metrics, server},
     schema::{Refusal, RequestSchema},
-    transport::Transport,
 };
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
@@ -82,18 +83,28 @@ pub mod code {
     pub const KIND_TIMEOUT: &str = "timeout";
     /// Kind of a request that could not be published.
     pub const KIND_UNAVAILABLE: &str = "unavailable";
+
+    /// Every code above (the crate's doc table lists each).
+    pub const ALL: [&str; 5] = [CROSS_SITE_REQUEST, BODY_TIMEOUT, BODY_UNREADABLE, REPLY_TIMEOUT, BROKER_UNAVAILABLE];
+    /// Every kind above: none is one of the contract's `FailureKind`s.
+    pub const KINDS: [&str; 3] = [KIND_FORBIDDEN, KIND_TIMEOUT, KIND_UNAVAILABLE];
 }
 
-struct Gateway<T> {
-    client: Client<T>,
+struct Gateway {
+    /// Publishes each request and waits for its reply.
+    client: Client,
+    /// Where requests go and how long to wait.
     options: Options,
+    /// The greeter's request schema: a request that fails it never reaches a worker.
     schema: RequestSchema,
+    /// `courier_gateway_requests_total{status}`.
     requests: IntCounterVec,
+    /// `courier_gateway_request_duration_seconds{status}`.
     seconds: HistogramVec,
 }
 
 /// The routes: `/process` plus the observability endpoints.
-pub fn router<T: Transport>(client: Client<T>, options: Options) -> anyhow::Result<Router> {
+pub fn router(client: Client, options: Options) -> anyhow::Result<Router> {
     let metrics = Metrics::new("gateway");
     let requests = IntCounterVec::new(
         Opts::new("courier_gateway_requests_total", "HTTP requests to /process, by response status."),
@@ -112,11 +123,11 @@ pub fn router<T: Transport>(client: Client<T>, options: Options) -> anyhow::Resu
     health.set_running(true);
     let schema = RequestSchema::compile(greeter::Greeter::REQUEST_SCHEMA)?;
     let gateway = Arc::new(Gateway { client, options, schema, requests, seconds });
-    let process = Router::new().route("/process", post(process::<T>)).with_state(gateway);
+    let process = Router::new().route("/process", post(process)).with_state(gateway);
     Ok(process.merge(server::routes(server::Observed { metrics, health })))
 }
 
-async fn process<T: Transport>(State(gateway): State<Arc<Gateway<T>>>, request: Request) -> Response {
+async fn process(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
     let started = Instant::now();
     let (status, body, codec) = answer(&gateway, request).await;
     let label = status.as_u16().to_string();
@@ -137,7 +148,7 @@ fn fail(status: StatusCode, kind: &str, code: &str, message: &str) -> (StatusCod
 
 /// The HTTP status, the body and its codec. What the headers can refuse is refused before
 /// a byte of the body is read.
-async fn answer<T: Transport>(gateway: &Gateway<T>, request: Request) -> (StatusCode, Vec<u8>, Codec) {
+async fn answer(gateway: &Gateway, request: Request) -> (StatusCode, Vec<u8>, Codec) {
     let headers = request.headers();
     if cross_site(headers) {
         let why = "a browser's request from another site (Sec-Fetch-Site or Origin) is refused";
@@ -186,12 +197,10 @@ async fn answer<T: Transport>(gateway: &Gateway<T>, request: Request) -> (Status
         Ok(reply) => {
             let codec =
                 reply.headers.get(h::CONTENT_TYPE).and_then(|ct| Codec::of_content_type(ct)).unwrap_or_default();
-            let status = match reply.headers.get(h::STATUS).map(String::as_str) {
-                Some("ok") => StatusCode::OK,
-                _ => match ErrorReply::decode(codec, &reply.payload).map(|e| e.error.kind) {
-                    Some(kind) if ["permanent", "schema", "decode", "too-large"].contains(&kind.as_str()) => {
-                        StatusCode::UNPROCESSABLE_ENTITY
-                    }
+            let status = match Status::of(&reply.headers) {
+                Some(Status::Ok) => StatusCode::OK,
+                _ => match ErrorReply::decode(codec, &reply.payload).and_then(|e| e.error.failure_kind()) {
+                    Some(kind) if is_refusal(kind) => StatusCode::UNPROCESSABLE_ENTITY,
                     _ => StatusCode::BAD_GATEWAY,
                 },
             };
@@ -206,6 +215,15 @@ async fn answer<T: Transport>(gateway: &Gateway<T>, request: Request) -> (Status
         Err(RequestError::Publish(error)) => {
             fail(StatusCode::SERVICE_UNAVAILABLE, code::KIND_UNAVAILABLE, code::BROKER_UNAVAILABLE, &error.to_string())
         }
+    }
+}
+
+/// Whether a worker's failure of `kind` is its refusal of the request itself (422: sending
+/// it again cannot help), rather than a failure on its side (502).
+fn is_refusal(kind: FailureKind) -> bool {
+    match kind {
+        FailureKind::Permanent | FailureKind::Schema | FailureKind::Decode | FailureKind::TooLarge => true,
+        FailureKind::Transient | FailureKind::Expired | FailureKind::Unroutable | FailureKind::Undeliverable => false,
     }
 }
 
@@ -300,6 +318,27 @@ mod tests {
         for refused in ["", "text/plain", "text/plain; charset=utf-8", "multipart/form-data; boundary=x", "text/json"] {
             assert_eq!(Media::of(refused), None, "{refused:?}");
         }
+    }
+
+    /// The crate's doc table names every code and kind the gateway gives itself, and the
+    /// HTTP status each of the contract's kinds gets.
+    #[test]
+    fn the_documented_table_is_true() {
+        let doc: Vec<&str> = include_str!("lib.rs").lines().take_while(|line| line.starts_with("//!")).collect();
+        let row = |start: &str| doc.iter().find(|line| line.starts_with(start)).copied().unwrap_or_default();
+        for name in code::ALL.into_iter().chain(code::KINDS) {
+            assert!(doc.iter().any(|line| line.starts_with("//! |") && line.contains(&format!("`{name}`"))), "{name}");
+        }
+        for kind in code::KINDS {
+            assert_eq!(FailureKind::parse(kind), None, "{kind} is the contract's: use FailureKind");
+        }
+        let (refused, failed) = (row("//! | the worker refused it"), row("//! | the worker failed for good"));
+        for kind in FailureKind::ALL {
+            let listed = format!("`{kind}`");
+            let (yes, no) = if is_refusal(kind) { (refused, failed) } else { (failed, refused) };
+            assert!(yes.contains(&listed) && !no.contains(&listed), "{kind}: {yes}");
+        }
+        assert!(refused.contains("| 422 |") && failed.contains("| 502 |"));
     }
 
     #[test]

@@ -4,14 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use courier::{
-    broker::{Broker, UseTransport},
-    client::Client,
-    config::ClientArgs,
-    contract::naming,
-    observe::serve,
-    transport::Transport,
-};
+use courier::{broker::Broker, client::Client, config::ClientArgs, contract::naming, observe::serve};
 
 /// Flags of the gateway; the broker, queue and log flags are the workers' (`--broker`,
 /// `--kafka-property`, `--queue`, …).
@@ -74,42 +67,23 @@ async fn main() -> anyhow::Result<()> {
             serve::RESERVED_FDS
         );
     }
-    let serve = Serve {
-        replies: &replies,
-        options: gateway::Options { queue, timeout: args.timeout, body_timeout: args.body_timeout },
-        bounds: serve::Bounds { header_timeout: args.header_timeout, max_connections },
-        listen: args.listen,
-    };
-    let outcome =
-        broker.run(&format!("gateway {instance}"), serve).await.map_err(anyhow::Error::from).and_then(|served| served);
+    let options = gateway::Options { queue, timeout: args.timeout, body_timeout: args.body_timeout };
+    let bounds = serve::Bounds { header_timeout: args.header_timeout, max_connections };
+    let outcome = run(&broker, &format!("gateway {instance}"), &replies, options, bounds, args.listen).await;
     courier::observe::otlp::flush();
     outcome
 }
 
-/// The gateway on whichever transport the broker is.
-struct Serve<'a> {
-    replies: &'a str,
-    options: gateway::Options,
-    bounds: serve::Bounds,
-    listen: SocketAddr,
-}
-
-impl UseTransport for Serve<'_> {
-    type Output = anyhow::Result<()>;
-
-    async fn with<T: Transport>(self, transport: T) -> Self::Output {
-        serve(transport, self.replies, self.options, self.bounds, self.listen).await
-    }
-}
-
-async fn serve<T: Transport>(
-    transport: T,
+/// Connect the client (`name` names its broker connection), then serve until a signal.
+async fn run(
+    broker: &Broker,
+    name: &str,
     replies: &str,
     options: gateway::Options,
     bounds: serve::Bounds,
     listen: SocketAddr,
 ) -> anyhow::Result<()> {
-    let client = Client::start(transport, replies).await?;
+    let client = Client::connect(broker, name, replies).await?;
     let router = gateway::router(client, options)?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(listen = %listener.local_addr()?, ?bounds, "Gateway listening: POST /process.");

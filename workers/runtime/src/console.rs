@@ -14,6 +14,7 @@ use crate::{
         error_reply::ErrorReply,
         headers::{self as h, Headers},
         protobuf_text,
+        status::Status,
     },
     handler::Handler,
     shutdown,
@@ -97,8 +98,8 @@ fn show<H: Handler>(reply: &Message) -> String {
     if !protobuf {
         return String::from_utf8_lossy(&reply.payload).into_owned();
     }
-    let decoded = match (reply.headers.get(h::STATUS).map(String::as_str), H::PROTOBUF) {
-        (Some("ok"), Some(codec)) => codec.decode_reply(&reply.payload).ok(),
+    let decoded = match (Status::of(&reply.headers), H::PROTOBUF) {
+        (Some(Status::Ok), Some(codec)) => codec.decode_reply(&reply.payload).ok(),
         _ => ErrorReply::decode(Codec::Protobuf, &reply.payload).and_then(|e| serde_json::to_value(e).ok()),
     };
     match decoded {
@@ -141,7 +142,7 @@ async fn request<H: Handler>(
         }
         let status = reply.headers.get(h::STATUS).map_or("?", String::as_str);
         println!("  reply {status}: {}", show::<H>(&reply));
-        if status != "ok" {
+        if Status::of(&reply.headers) != Some(Status::Ok) {
             let record = broker.peek(dead_letters).into_iter().find(|m| m.headers.get(h::CORRELATION_ID) == Some(&id));
             if let Some(record) = record {
                 println!("  dead-lettered to {dead_letters}:");
