@@ -284,9 +284,7 @@ impl<'h> Seen<'h> {
 
 /// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>` (version 00 layout).
 fn is_traceparent(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    parts.len() >= 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2)
+    crate::trace::TraceParent::parse(v).is_some()
 }
 
 /// `s` cut to at most `max` bytes, at a character boundary.

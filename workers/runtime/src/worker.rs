@@ -1,8 +1,11 @@
 //! The consume loop: bounded concurrency, and graceful shutdown on an injected signal.
 
+mod background;
+
 use std::{future::Future, sync::Arc};
 
 use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
 use crate::{
@@ -16,6 +19,7 @@ use crate::{
     schema::{InvalidSchema, RequestSchema},
     transport::{Acker, Backlog, Delivery, Intake, Subscription, Topology, Transport, TransportError},
 };
+use background::Background;
 
 /// Why a worker stopped other than by its shutdown signal.
 #[derive(Debug, thiserror::Error)]
@@ -61,30 +65,41 @@ pub async fn run<H: Handler, T: Transport>(
         let transport = transport.clone();
         move || transport.is_ready()
     });
-    // Stopped at the end: it holds a handle of the transport (readiness), and the last
-    // handle is what closes the broker connections, within the caller's bound.
-    let mut serving = None;
+    // The HTTP endpoints and the inbox's expiry, stopped before `run` returns, whichever
+    // way: by a failed start-up step (`or_stop`) or at the end. At the end, last: the
+    // endpoints hold a handle of the transport (readiness), and the last handle is what
+    // closes the broker connections, within the caller's bound.
+    let background = Background::new();
     if let Some(addr) = settings.http_addr {
         let observed = server::Observed { metrics: metrics.clone(), health: health.clone() };
-        let (_, task) = server::spawn(addr, server::routes(observed)).await.map_err(|e| WorkerError::Http(addr, e))?;
-        serving = Some(task);
+        let (_, serving) =
+            server::bind(addr, server::routes(observed)).await.map_err(|e| WorkerError::Http(addr, e))?;
+        background.spawn(serving);
     }
     // The inbox's database before the broker: a worker that cannot keep its promise
     // does not start taking requests.
-    let (inbox, expiry) = match &settings.inbox {
+    let inbox = match &settings.inbox {
         Some(config) => {
-            let inbox = Inbox::connect(&config.url, &settings.worker, H::INBOX_SCHEMA, config.bounds).await?;
-            let expiry = tokio::spawn(expire_inbox(inbox.clone(), config.retention));
-            (Some(inbox), Some(expiry))
+            let connect = Inbox::connect(&config.url, &settings.worker, H::INBOX_SCHEMA, config.bounds);
+            let inbox = background.or_stop(connect).await?;
+            background.spawn(expire_inbox(inbox.clone(), config.retention));
+            Some(inbox)
         }
-        None => (None, None),
+        None => None,
     };
-    transport.declare(&topology).await?;
-    let mut subscription = transport.subscribe(&topology, settings.concurrency).await?;
+    background.or_stop(transport.declare(&topology)).await?;
+    let mut subscription = background.or_stop(transport.subscribe(&topology, settings.concurrency)).await?;
     health.set_running(true);
     let watch = transport.clone();
     let budget = Budget::new(settings.max_in_flight_bytes);
-    let sampler = tokio::spawn(sample_backlog(transport.clone(), topology.clone(), metrics.clone(), budget.clone()));
+    // Stopped before the subscription closes (a Kafka close must not wait for its
+    // consumer handle), and aborted if `run` is dropped.
+    let sampler = AbortOnDropHandle::new(tokio::spawn(sample_backlog(
+        transport.clone(),
+        topology.clone(),
+        metrics.clone(),
+        budget.clone(),
+    )));
     let grace = settings.shutdown_grace;
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let confirms = Arc::new(Semaphore::new(settings.concurrency * CONFIRMS_PER_HANDLER));
@@ -107,8 +122,8 @@ pub async fn run<H: Handler, T: Transport>(
             report(done);
         }
         // The shutdown signal is polled while the loop waits, and every
-        // [`SHUTDOWN_CHECK_TURNS`] deliveries while it never has to: a poll of it costs
-        // about 860 instructions, a fifth of what this loop cost per delivery.
+        // [`SHUTDOWN_CHECK_TURNS`] deliveries while it never has to: a poll of it costs a
+        // fifth of a turn of this loop (docs/benchmarks.md).
         if let Some(failure) = watch.failure() {
             break Err(WorkerError::Transport(TransportError::Broker(failure)));
         }
@@ -194,9 +209,6 @@ pub async fn run<H: Handler, T: Transport>(
     health.set_running(false);
     sampler.abort();
     let _ = sampler.await;
-    if let Some(expiry) = expiry {
-        expiry.abort();
-    }
     let closed = subscription.close();
     drop(watch);
     info!(in_flight = in_flight.len(), ?grace, "Stopping: letting in-flight messages finish.");
@@ -214,10 +226,7 @@ pub async fn run<H: Handler, T: Transport>(
     if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
         warn!("The broker subscription did not close within {CLOSE_TIMEOUT:?}; what finished last may be redone.");
     }
-    if let Some(serving) = serving {
-        serving.abort();
-        let _ = serving.await;
-    }
+    background.stop().await;
     drop(health);
     info!("Worker stopped.");
     outcome
@@ -294,3 +303,6 @@ async fn expire_inbox(inbox: Inbox, retention: std::time::Duration) {
 /// bound a stopping worker has after its grace (`app::CLOSE_BOUND`, 3 s) covers this wait
 /// and the transport's own close after it.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+#[cfg(test)]
+mod tests;

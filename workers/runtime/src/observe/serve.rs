@@ -52,10 +52,14 @@ pub fn open_file_limit() -> Option<u64> {
 
 /// Serve `router` on `listener` within `bounds` until `shutdown` completes; then stop
 /// accepting, let each connection finish its request in progress, and return once all
-/// are closed.
+/// are closed. Dropped instead, it closes the listener and tells the connections the
+/// same, without waiting for them.
 pub async fn serve(listener: TcpListener, router: Router, bounds: Bounds, shutdown: impl Future<Output = ()>) {
     let slots = Arc::new(Semaphore::new(bounds.max_connections));
     let stopping = CancellationToken::new();
+    // An idle keep-alive connection would otherwise stay open, with the router's state,
+    // until its client or the header timeout closes it.
+    let _stop_if_dropped = stopping.clone().drop_guard();
     let connections = TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

@@ -31,15 +31,18 @@ pub fn routes(observed: Observed) -> Router {
         .with_state(observed)
 }
 
-/// Bind `addr` and serve `router` in the background; returns the bound address (port 0
-/// picks a free one) and the serving task, which the caller owns and stops.
-pub async fn spawn(addr: SocketAddr, router: Router) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+/// Bind `addr`; returns the bound address (port 0 picks a free one) and the future that
+/// serves `router` there, for the caller to run as a task it owns. It serves until it is
+/// dropped, which closes the listener: its owner stops it with no wait for a slow client
+/// (a connection left open finishes its request in progress, then closes).
+pub async fn bind(
+    addr: SocketAddr,
+    router: Router,
+) -> std::io::Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     info!(%bound, "HTTP endpoints: /metrics /healthz /readyz.");
-    // Stopped by its owner (aborted): no shutdown signal of its own.
-    let serving = tokio::spawn(super::serve::serve(listener, router, ENDPOINT_BOUNDS, std::future::pending()));
-    Ok((bound, serving))
+    Ok((bound, super::serve::serve(listener, router, ENDPOINT_BOUNDS, std::future::pending())))
 }
 
 async fn metrics(State(observed): State<Observed>) -> impl IntoResponse {
