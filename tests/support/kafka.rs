@@ -8,7 +8,7 @@ use courier::{
     testing::Harness,
     transport::{
         Transport,
-        kafka::{KafkaConfig, KafkaTransport, Ordering, convert},
+        kafka::{KafkaConfig, KafkaTransport, Ordering, record_headers, to_message},
     },
 };
 use rdkafka::{
@@ -250,7 +250,7 @@ impl Harness for KafkaHarness {
     async fn receive(&self, queue: &str, timeout: Duration) -> Option<Message> {
         let reader = self.reader(queue).await;
         let record = tokio::time::timeout(timeout, reader.recv()).await.ok()?.expect("read");
-        Some(convert::to_message(&record))
+        Some(to_message(&record))
     }
 
     async fn delete(&self, _queues: &[String]) {}
@@ -419,7 +419,7 @@ impl KafkaClient {
         let bootstrap = self.bootstrap.clone();
         let reader = self.readers.entry(topic.to_owned()).or_insert_with(|| reader(&bootstrap, topic, partitions));
         match tokio::time::timeout(patience, reader.recv()).await.ok()? {
-            Ok(record) => Some(convert::to_message(&record)),
+            Ok(record) => Some(to_message(&record)),
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 None
@@ -605,7 +605,7 @@ impl crate::dlq::Drill for KafkaDrill {
         let mut pending = futures::stream::FuturesUnordered::new();
         for message in &messages {
             let mut record =
-                FutureRecord::to(queue).payload(&message.payload[..]).headers(convert::headers(&message.headers));
+                FutureRecord::to(queue).payload(&message.payload[..]).headers(record_headers(&message.headers));
             if let Some(key) = &message.key {
                 record = record.key(&key[..]);
             }
@@ -623,10 +623,10 @@ impl crate::dlq::Drill for KafkaDrill {
         while let Ok(Ok(record)) = tokio::time::timeout(std::time::Duration::from_millis(300), reader.recv()).await {
             if tokio::time::Instant::now() > until {
                 // Not lost: the next call starts after it, so keep it in this one.
-                messages.push(convert::to_message(&record));
+                messages.push(to_message(&record));
                 break;
             }
-            messages.push(convert::to_message(&record));
+            messages.push(to_message(&record));
         }
         messages
     }

@@ -1,5 +1,8 @@
 //! `courier`: the operators' command-line tool.
 
+#[cfg(not(any(feature = "amqp", feature = "kafka")))]
+compile_error!("the `courier` CLI works on a broker: build it with the `amqp` feature, the `kafka` feature, or both");
+
 mod asyncapi;
 mod dlq;
 mod topology;
@@ -90,7 +93,9 @@ async fn main() -> anyhow::Result<()> {
             let settings = args.settings(&worker)?;
             let topology = settings.topology();
             let findings = match settings.broker.connect("courier topology").await? {
+                #[cfg(feature = "amqp")]
                 Connected::Amqp(transport) => topology::amqp(&transport, &topology).await?,
+                #[cfg(feature = "kafka")]
                 Connected::Kafka(transport) => topology::kafka(&transport, &topology).await?,
                 Connected::Memory(_) => {
                     anyhow::bail!("--broker is required: the in-memory broker has no topology to lint")

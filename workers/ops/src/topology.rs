@@ -1,7 +1,11 @@
 //! `courier topology lint`: compare what a broker has with what a worker needs, without
 //! changing anything. Reports missing queues/topics and, on Kafka, mis-sized ones.
 
-use courier::transport::{PublishError, Topology, TransportError, amqp::AmqpTransport, kafka::KafkaTransport};
+#[cfg(feature = "amqp")]
+use courier::transport::amqp::AmqpTransport;
+#[cfg(feature = "kafka")]
+use courier::transport::kafka::KafkaTransport;
+use courier::transport::{Topology, TransportError};
 
 /// One problem found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +26,7 @@ fn names(topology: &Topology) -> Vec<&str> {
 
 /// Kafka: each topic exists; the work topic has the configured partitions; the dead-letter
 /// and parking topics have at least as many as the work topic.
+#[cfg(feature = "kafka")]
 pub async fn kafka(transport: &KafkaTransport, topology: &Topology) -> Result<Vec<Finding>, TransportError> {
     let names = names(topology);
     let counts = transport.partition_counts(&names).await?;
@@ -55,14 +60,14 @@ pub async fn kafka(transport: &KafkaTransport, topology: &Topology) -> Result<Ve
 
 /// RabbitMQ: each queue exists (a passive declare; arguments cannot be read that way —
 /// `courier topology declare` reports those mismatches).
+#[cfg(feature = "amqp")]
 pub async fn amqp(transport: &AmqpTransport, topology: &Topology) -> Result<Vec<Finding>, TransportError> {
     let mut findings = Vec::new();
     for name in names(topology) {
         match transport.queue_exists(name).await {
             Ok(true) => {}
             Ok(false) => findings.push(Finding { name: name.to_owned(), problem: "missing".into() }),
-            Err(PublishError::Unavailable(why)) => return Err(TransportError::Unavailable(why)),
-            Err(error) => return Err(TransportError::Broker(error.to_string())),
+            Err(error) => return Err(error.into()),
         }
     }
     Ok(findings)

@@ -6,9 +6,11 @@
 use std::future::Future;
 
 #[cfg(feature = "amqp")]
-use crate::transport::amqp::AmqpTransport;
+use crate::transport::amqp::{AmqpDeadLetterStore, AmqpTransport};
+#[cfg(any(feature = "amqp", feature = "kafka"))]
+use crate::transport::dead_letters::{AnyDeadLetterStore, DeadLetterError};
 #[cfg(feature = "kafka")]
-use crate::transport::kafka::{KafkaConfig, KafkaTransport};
+use crate::transport::kafka::{KafkaConfig, KafkaDeadLetterStore, KafkaTransport};
 use crate::transport::{Transport, TransportError, memory::MemoryBroker, redact};
 
 /// Which broker to use.
@@ -91,6 +93,26 @@ impl Connected {
             Self::Amqp(transport) => work.with(transport).await,
             #[cfg(feature = "kafka")]
             Self::Kafka(transport) => work.with(transport).await,
+        }
+    }
+
+    /// Open the dead-letter (or parking) queue `queue` for reading and, when `writable`,
+    /// for settling its records ([`crate::transport::dead_letters`]). The in-memory broker
+    /// has none another process could read.
+    #[cfg(any(feature = "amqp", feature = "kafka"))]
+    #[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
+    pub async fn dead_letters(&self, queue: &str, writable: bool) -> Result<AnyDeadLetterStore, DeadLetterError> {
+        match self {
+            #[cfg(feature = "amqp")]
+            Self::Amqp(transport) => Ok(AnyDeadLetterStore::Amqp(AmqpDeadLetterStore::open(transport, queue).await?)),
+            #[cfg(feature = "kafka")]
+            Self::Kafka(transport) => {
+                Ok(AnyDeadLetterStore::Kafka(KafkaDeadLetterStore::open(transport, queue, writable).await?))
+            }
+            Self::Memory(_) => {
+                let said = "the in-memory broker's queues live inside the process that holds them";
+                Err(TransportError::Broker(said.into()).into())
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use courier::{broker::Broker, config::ClientArgs, contract::naming};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::dlq::{self, Filter, Operation, RunOptions, Store, Summary, report, run::Event};
+use crate::dlq::{self, DeadLetterStore as _, Filter, Operation, RunOptions, Summary, report, run::Event};
 
 /// Which queue of which worker.
 #[derive(Debug, Args)]
@@ -173,7 +173,7 @@ impl Target {
 }
 
 /// The store and the name of the queue it reads.
-async fn open(target: &Target, writable: bool) -> anyhow::Result<(dlq::AnyStore, String)> {
+async fn open(target: &Target, writable: bool) -> anyhow::Result<(dlq::AnyDeadLetterStore, String)> {
     let broker = target.broker()?;
     courier::app::init_logging(&target.client.observability.log_format, "warn");
     let queue = target.queue()?;
@@ -182,7 +182,7 @@ async fn open(target: &Target, writable: bool) -> anyhow::Result<(dlq::AnyStore,
 
 /// Visit every record that matches (at most `limit`), leaving them all in place.
 async fn read_all(
-    store: &mut dlq::AnyStore,
+    store: &mut dlq::AnyDeadLetterStore,
     filter: &Filter,
     limit: Option<u64>,
     mut visit: impl FnMut(&dlq::Record),

@@ -153,7 +153,7 @@ mod tests {
     use super::*;
     use courier::transport::Message;
 
-    use crate::dlq::RecordId;
+    use courier::transport::dead_letters::RecordId;
 
     fn record(n: u64, fingerprint: &str, at: &str, message: &str) -> Record {
         let headers = [

@@ -1,4 +1,4 @@
-//! Replay, park and purge: one loop over a [`Store`], the same on every broker.
+//! Replay, park and purge: one loop over a [`DeadLetterStore`], the same on every broker.
 //!
 //! Records are read in batches; each matching record is decided on (replay, park, drop)
 //! and the batch is settled atomically, so a crash loses or repeats nothing. Records that
@@ -9,7 +9,7 @@ use std::{collections::HashMap, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::dlq::{DlqError, Filter, Record, Settlement, Store, destination};
+use crate::dlq::{DeadLetterError, DeadLetterStore, Filter, Record, Settlement, destination};
 use courier::{contract::headers as h, transport::Message};
 
 /// What to do with the matching records.
@@ -104,12 +104,12 @@ pub enum Event<'a> {
 }
 
 /// Run `operation` over the records of `store` that match.
-pub async fn run<S: Store>(
+pub async fn run<S: DeadLetterStore>(
     store: &mut S,
     operation: &Operation,
     options: &RunOptions,
     observe: &mut (dyn FnMut(Event<'_>) + Send),
-) -> Result<Summary, DlqError> {
+) -> Result<Summary, DeadLetterError> {
     let mut summary = Summary::default();
     let mut destinations: HashMap<String, bool> = HashMap::new();
     let batch_size = options.batch.max(1).min(options.rate.map_or(usize::MAX, |r| r.max(1) as usize));
@@ -247,7 +247,7 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
-    use crate::dlq::RecordId;
+    use courier::transport::dead_letters::RecordId;
 
     /// A queue in a Vec: settled records leave it, outputs are collected.
     #[derive(Default)]
@@ -275,18 +275,18 @@ mod tests {
         }
     }
 
-    impl Store for VecStore {
+    impl DeadLetterStore for VecStore {
         fn pending(&self) -> Option<u64> {
             Some(self.records.len() as u64)
         }
-        async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, DlqError> {
+        async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, DeadLetterError> {
             let n = max.min(self.unread.len());
             Ok(self.unread.drain(..n).collect())
         }
-        async fn exists(&mut self, destination: &str) -> Result<bool, DlqError> {
+        async fn exists(&mut self, destination: &str) -> Result<bool, DeadLetterError> {
             Ok(self.queues.iter().any(|q| q == destination))
         }
-        async fn settle(&mut self, batch: Vec<Settlement>) -> Result<(), DlqError> {
+        async fn settle(&mut self, batch: Vec<Settlement>) -> Result<(), DeadLetterError> {
             self.batches += 1;
             for settlement in batch {
                 self.records.retain(|r| r.id != settlement.id);
@@ -294,7 +294,7 @@ mod tests {
             }
             Ok(())
         }
-        async fn close(self) -> Result<(), DlqError> {
+        async fn close(self) -> Result<(), DeadLetterError> {
             Ok(())
         }
     }

@@ -7,6 +7,8 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+pub mod dead_letters;
+mod error;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
@@ -21,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::contract::headers::Headers;
 pub use crate::contract::naming::{RetryTier, Topology};
+pub use error::{BrokerError, Cause, PublishError, TransportError};
 pub use redact::redact;
 
 /// A message as it travels on the wire: payload bytes, string headers, optional key.
@@ -136,8 +139,9 @@ pub trait Transport: Clone + Send + Sync + 'static {
 
     /// A failure the transport cannot recover from by itself (Kafka: the idempotent
     /// producer's fatal error, after which it refuses every message): the worker stops
-    /// with it, so that the process is restarted. `None` while all is well.
-    fn failure(&self) -> Option<String> {
+    /// with it (as a [`TransportError::Broker`]), so that the process is restarted. `None`
+    /// while all is well.
+    fn failure(&self) -> Option<BrokerError> {
         None
     }
 
@@ -257,97 +261,6 @@ impl<A> fmt::Debug for Subscription<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Subscription")
     }
-}
-
-/// Why a publish was not confirmed, classified where the broker's answer is read so the
-/// pipeline can ask the one question it needs: can the same publish succeed later?
-///
-/// | variant       | a retry may help | the pipeline's next step                          |
-/// |---------------|------------------|---------------------------------------------------|
-/// | `Unavailable` | yes              | retry in-process, then redeliver (not counted)     |
-/// | `Rejected`    | maybe            | redeliver, counted against `--max-redeliveries`    |
-/// | `Unroutable`  | no               | the output's documented fallback at once           |
-/// | `InvalidName` | no               | the same                                           |
-/// | `TooLarge`    | no               | the same                                           |
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PublishError {
-    /// No queue/topic of that name: the broker returned the message.
-    #[error("no queue or topic named `{0}`: the message was returned unroutable")]
-    Unroutable(String),
-    /// The name cannot be a queue/topic on this broker (length, characters).
-    #[error("`{destination}` cannot be a queue or topic name here: {reason}")]
-    InvalidName {
-        /// The destination, cut to 64 bytes.
-        destination: String,
-        /// The rule it breaks.
-        reason: &'static str,
-    },
-    /// The message is larger than the broker (or its client) accepts.
-    #[error("a message of {size} bytes is too large for `{destination}`: {reason}")]
-    TooLarge {
-        /// The destination.
-        destination: String,
-        /// Payload, key and headers, in bytes.
-        size: usize,
-        /// What the broker or client said.
-        reason: String,
-    },
-    /// The broker refused the message (a full queue with `reject-publish`, a topic the
-    /// worker may not write): it may pass later, or never.
-    #[error("`{destination}` rejected the message: {reason}")]
-    Rejected {
-        /// The destination that refused.
-        destination: String,
-        /// What the broker said.
-        reason: String,
-    },
-    /// The broker could not be reached or the connection dropped before the confirm.
-    #[error("broker unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl PublishError {
-    /// Whether publishing the same message again later may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::Rejected { .. })
-    }
-
-    /// Whether a redelivery caused by this error counts against the message's limit:
-    /// a broker outage is nobody's fault and never counts; a refusal does.
-    pub fn counts_against_the_message(&self) -> bool {
-        !matches!(self, Self::Unavailable(_))
-    }
-
-    /// A short machine-readable name, for metrics and failure codes.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Unroutable(_) => "unroutable",
-            Self::InvalidName { .. } => "invalid_name",
-            Self::TooLarge { .. } => "too_large",
-            Self::Rejected { .. } => "rejected",
-            Self::Unavailable(_) => "unavailable",
-        }
-    }
-
-    /// [`Self::InvalidName`] for `destination`, cut to 64 bytes for logs and headers.
-    pub fn invalid_name(destination: &str, reason: &'static str) -> Self {
-        let destination = crate::contract::headers::truncate(destination, 64).to_owned();
-        Self::InvalidName { destination, reason }
-    }
-}
-
-/// A transport failure outside publishing.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum TransportError {
-    /// Could not connect or lost the connection.
-    #[error("broker unavailable: {0}")]
-    Unavailable(String),
-    /// The broker has the topology, but with other settings than ours.
-    #[error("topology mismatch: {0}")]
-    TopologyMismatch(String),
-    /// Any other broker-side error.
-    #[error("{0}")]
-    Broker(String),
 }
 
 impl fmt::Display for Source {

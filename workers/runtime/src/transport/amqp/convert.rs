@@ -109,7 +109,7 @@ pub fn headers(props: &BasicProperties) -> Headers {
     fill(h::CONTENT_TYPE, props.content_type());
     // `type` and `app_id` mean something else to other AMQP producers: only a Courier
     // status (`ok`/`error`) marks a Courier reply.
-    if props.kind().as_ref().is_some_and(|status| matches!(status.as_str(), "ok" | "error")) {
+    if props.kind().as_ref().is_some_and(|status| crate::contract::status::Status::parse(status.as_str()).is_some()) {
         fill(h::STATUS, props.kind());
         fill(h::REPLIED_BY, props.app_id());
     }
@@ -205,14 +205,14 @@ mod tests {
     fn mirrored_headers_travel_as_properties_only() {
         let mut message = Message::default();
         message.headers.insert(h::MESSAGE_ID.into(), "m-1".into());
-        message.headers.insert(h::STATUS.into(), "ok".into());
+        message.headers.insert(h::STATUS.into(), crate::contract::status::Status::Ok.as_str().into());
         message.headers.insert(h::REPLIED_BY.into(), "w-1".into());
         message.headers.insert("custom".into(), "x".into());
         let props = properties(&message);
         let table = props.headers().as_ref().expect("table");
         assert_eq!(table.inner().keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["custom"]);
         assert_eq!(props.message_id().as_ref().map(ShortString::as_str), Some("m-1"));
-        assert_eq!(props.kind().as_ref().map(ShortString::as_str), Some("ok"));
+        assert_eq!(props.kind().as_ref().map(ShortString::as_str), Some(crate::contract::status::Status::Ok.as_str()));
         assert_eq!(props.app_id().as_ref().map(ShortString::as_str), Some("w-1"));
         assert_eq!(
             headers(&props),

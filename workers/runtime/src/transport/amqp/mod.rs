@@ -3,11 +3,13 @@
 //!
 //! One connection per transport, one confirm-mode channel shared by all publishes (each
 //! publish awaits its own confirm, so many are in flight at once), one channel per
-//! subscription. When the connection drops, publishes fail as `Unavailable` (the
+//! subscription. When the connection drops, publishes fail as a transient client failure (the
 //! pipeline retries, then nacks) and subscriptions reconnect with backoff, redeclare and
-//! resume; unacked deliveries come back from the broker.
+//! resume; unacked deliveries come back from the broker. Dead-letter queues are read and
+//! settled, for `courier dlq`, by [`AmqpDeadLetterStore`].
 
 mod convert;
+mod dead_letters;
 pub mod prefetch;
 pub mod topology;
 
@@ -32,9 +34,11 @@ use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
 use super::{
-    Acker, Confirm, Delivery, Intake, Message, PublishError, Source, Subscription, Topology, Transport, TransportError,
+    Acker, BrokerError, Confirm, Delivery, Intake, Message, PublishError, Source, Subscription, Topology, Transport,
+    TransportError,
 };
 pub use convert::{headers, properties};
+pub use dead_letters::AmqpDeadLetterStore;
 
 use crate::{contract::naming, transport::redact};
 
@@ -176,21 +180,21 @@ impl AmqpTransport {
                     info!(broker = %redact(&urls[index]), "Connected to RabbitMQ.");
                     return Ok(session);
                 }
-                Err(error) => failures.push(error.to_string()),
+                Err(error) => failures.push(error),
             }
         }
-        Err(TransportError::Unavailable(failures.join("; ")))
+        Err(every_node_failed(failures))
     }
 
     async fn open_at(&self, url: &str) -> Result<Session, TransportError> {
-        let unavailable = |e: &dyn std::fmt::Display| TransportError::Unavailable(format!("{}: {e}", redact(url)));
+        let at = |error: TransportError| error.context(redact(url));
         let properties = ConnectionProperties::default().with_connection_name(self.shared.name.clone().into());
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
             .await
-            .map_err(|_| unavailable(&"connection timed out"))?
-            .map_err(|e| unavailable(&e))?;
-        let publisher = connection.create_channel().await.map_err(|e| unavailable(&e))?;
-        publisher.confirm_select(Default::default()).await.map_err(|e| unavailable(&e))?;
+            .map_err(|_| at(TransportError::Unavailable("connection timed out".into())))?
+            .map_err(|e| at(failed(e)))?;
+        let publisher = connection.create_channel().await.map_err(|e| at(failed(e)))?;
+        publisher.confirm_select(Default::default()).await.map_err(|e| at(failed(e)))?;
         Ok(Session { connection, publisher, numbering: std::sync::Mutex::new(()) })
     }
 
@@ -221,8 +225,7 @@ impl AmqpTransport {
     /// it was asked on.
     async fn passive_declare(&self, name: &str) -> Result<Declared, PublishError> {
         use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-        let unavailable = |e: &dyn std::fmt::Display| PublishError::Unavailable(e.to_string());
-        let channel = self.channel().await.map_err(|e| unavailable(&e))?;
+        let channel = self.channel().await?;
         let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
         let queue = ShortString::try_new(name.to_owned())
             .map_err(|_| PublishError::invalid_name(name, "longer than an AMQP short string"))?;
@@ -231,21 +234,25 @@ impl AmqpTransport {
                 let _ = channel.close(200, "checked".into()).await;
                 Ok(Declared::Ready(u64::from(declared.message_count())))
             }
-            Err(error) => match error.kind() {
-                lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
-                    AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => Ok(Declared::Missing),
-                    AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => Ok(Declared::Exclusive),
-                    _ => Err(unavailable(&error)),
-                },
-                _ => Err(unavailable(&error)),
-            },
+            Err(error) => {
+                let answer = match error.kind() {
+                    lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+                        AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => Some(Declared::Missing),
+                        AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => Some(Declared::Exclusive),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                // Any other refusal of a passive declare is not the message's doing.
+                answer.ok_or_else(|| PublishError::Transport(failed(error)))
+            }
         }
     }
 
     /// A fresh channel on the current connection (for declarations and consumers).
     pub async fn channel(&self) -> Result<Channel, TransportError> {
         let session = self.session().await?;
-        session.connection.create_channel().await.map_err(|e| TransportError::Unavailable(e.to_string()))
+        session.connection.create_channel().await.map_err(failed)
     }
 
     /// Open a channel with the prefetch, (re)declare the topology and start consuming. The
@@ -253,15 +260,14 @@ impl AmqpTransport {
     /// consumer runs ([`prefetch`]); quorum queues take only a consumer's own.
     async fn start_consumer(&self, topology: &Topology, prefetch: u16) -> Result<(Channel, Consumer), TransportError> {
         let channel = self.channel().await?;
-        let broker = |e: lapin::Error| TransportError::Unavailable(e.to_string());
         let options = BasicQosOptions { global: !topology.quorum };
-        channel.basic_qos(prefetch, options).await.map_err(broker)?;
+        channel.basic_qos(prefetch, options).await.map_err(failed)?;
         topology::declare(&channel, topology).await?;
-        let queue = ShortString::try_new(topology.queue.clone()).map_err(|e| TransportError::Broker(e.to_string()))?;
+        let queue = ShortString::try_new(topology.queue.clone()).map_err(TransportError::broker)?;
         let consumer = channel
             .basic_consume(queue, "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
-            .map_err(broker)?;
+            .map_err(failed)?;
         info!(queue = %topology.queue, prefetch, "Consuming.");
         Ok((channel, consumer))
     }
@@ -358,7 +364,7 @@ impl Consuming {
                     self.cancelled = false;
                     continue;
                 }
-                Some(Err(error)) => TransportError::Unavailable(error.to_string()),
+                Some(Err(error)) => failed(error),
                 None => TransportError::Unavailable("the broker cancelled the consumer".into()),
             };
             // Unacked deliveries of the lost channel come back from the broker.
@@ -470,26 +476,25 @@ impl Transport for AmqpTransport {
         let Ok(routing_key) = ShortString::try_new(destination.to_owned()) else {
             return Err(PublishError::invalid_name(destination, "longer than an AMQP short string"));
         };
-        let unavailable = |e: &dyn std::fmt::Display| PublishError::Unavailable(e.to_string());
         let size = message.payload.len() + message.headers.byte_len();
         if size > MAX_MESSAGE_BYTES {
             let reason = format!("larger than {MAX_MESSAGE_BYTES} bytes (RabbitMQ 4's default max_message_size)");
-            return Err(PublishError::TooLarge { destination: destination.to_owned(), size, reason });
+            return Err(PublishError::TooLarge { destination: destination.to_owned(), size, reason: reason.into() });
         }
         if !self.queue_exists(destination).await? {
             return Err(PublishError::Unroutable(destination.to_owned()));
         }
-        let session = self.session().await.map_err(|e| unavailable(&e))?;
+        let session = self.session().await?;
         let props: BasicProperties = convert::properties(message);
         let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
         let confirm = session
             .publish(routing_key, options, &message.payload, props)
             .await
-            .map_err(|e| publish_failure(destination, size, &e))?;
+            .map_err(|e| publish_failure(destination, size, e))?;
         let (shared, destination, payload) =
             (Arc::clone(&self.shared), destination.to_owned(), message.payload.clone());
         Ok(Box::pin(async move {
-            match confirm.await.map_err(|e| publish_failure(&destination, size, &e))? {
+            match confirm.await.map_err(|e| publish_failure(&destination, size, e))? {
                 Confirmation::Ack(None) => Ok(()),
                 Confirmation::Ack(Some(returned))
                     if returned.delivery.routing_key.as_str() == destination && returned.delivery.data == payload =>
@@ -503,7 +508,9 @@ impl Transport for AmqpTransport {
                     destination,
                     reason: "the broker nacked the message (queue full or unavailable)".into(),
                 }),
-                Confirmation::NotRequested => Err(unavailable(&"the publishing channel is not in confirm mode")),
+                Confirmation::NotRequested => {
+                    Err(PublishError::Unavailable("the publishing channel is not in confirm mode".to_owned()))
+                }
             }
         }))
     }
@@ -515,19 +522,61 @@ impl Transport for AmqpTransport {
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A failed publish: the broker's "larger than configured max size" (406, which closes
-/// the channel) is [`PublishError::TooLarge`]; the rest is a broker outage.
-fn publish_failure(destination: &str, size: usize, error: &lapin::Error) -> PublishError {
-    if let lapin::ErrorKind::ProtocolError(amqp) = error.kind()
-        && amqp.kind() == &lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
-        && amqp.get_message().as_str().contains("max size")
-    {
-        return PublishError::TooLarge {
+/// the channel) is [`PublishError::TooLarge`]; the rest is the client's failure, which the
+/// message is not at fault for.
+fn publish_failure(destination: &str, size: usize, error: lapin::Error) -> PublishError {
+    let too_large = match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp)
+            if amqp.kind()
+                == &lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
+                && amqp.get_message().as_str().contains("max size") =>
+        {
+            Some(amqp.get_message().as_str().to_owned())
+        }
+        _ => None,
+    };
+    match too_large {
+        Some(said) => PublishError::TooLarge {
             destination: destination.to_owned(),
             size,
-            reason: amqp.get_message().to_string(),
-        };
+            reason: BrokerError::said(said).with_source(error),
+        },
+        None => PublishError::Transport(failed(error)),
     }
-    PublishError::Unavailable(error.to_string())
+}
+
+/// A lapin error, classified where it is read. What reconnecting can cure (I/O, a missed
+/// heartbeat, the broker closing the connection) is an outage; a channel-level refusal
+/// (access refused, not found, precondition failed) answers the operation itself and
+/// would answer the same again, and so would what lapin cannot recover from (a frame it
+/// cannot parse or write, a runtime shutting down).
+pub(crate) fn failed(error: lapin::Error) -> TransportError {
+    if error.can_be_recovered() && !error.is_amqp_soft_error() {
+        TransportError::unavailable(error)
+    } else {
+        TransportError::broker(error)
+    }
+}
+
+/// One error for a connection attempt on which every node failed: each node's failure in
+/// turn, the last kept as the source; an outage unless no node's failure was.
+fn every_node_failed(mut failures: Vec<TransportError>) -> TransportError {
+    let Some(last) = failures.pop() else { return TransportError::Unavailable("no broker URL".into()) };
+    if failures.is_empty() {
+        return last;
+    }
+    let transient = last.is_transient() || failures.iter().any(TransportError::is_transient);
+    let said: Vec<String> = failures.iter().chain([&last]).map(|failure| node_failure(failure).to_string()).collect();
+    let error = BrokerError::said(said.join("; ")).with_source(last);
+    if transient { TransportError::Unavailable(error) } else { TransportError::Broker(error) }
+}
+
+/// What one node's failure says, without the class every node shares.
+fn node_failure(failure: &TransportError) -> &dyn std::fmt::Display {
+    match failure {
+        TransportError::Unavailable(error) | TransportError::Broker(error) => error,
+        other => other,
+    }
 }
 
 /// Settles one RabbitMQ delivery on the channel it came from.
@@ -553,7 +602,7 @@ impl AmqpAcker {
             Ok(false) => {
                 Err(TransportError::Unavailable("the channel closed; the broker will deliver the message again".into()))
             }
-            Err(error) => Err(TransportError::Unavailable(error.to_string())),
+            Err(error) => Err(failed(error)),
         }
     }
 }

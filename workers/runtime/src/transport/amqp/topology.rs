@@ -22,7 +22,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
-use crate::transport::{Topology, TransportError};
+use crate::transport::{BrokerError, Topology, TransportError};
 
 /// Declare every queue of `topology` on `channel`. A queue that exists with other
 /// arguments is a [`TransportError::TopologyMismatch`] (and closes the channel).
@@ -71,10 +71,13 @@ pub const QUORUM_READ_LIMIT: i64 = 1_000_000_000;
 
 /// Declare one durable queue.
 pub async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), TransportError> {
-    let queue = ShortString::try_new(name.to_owned())
-        .map_err(|_| TransportError::Broker(format!("queue name {name:?} is longer than 255 bytes")))?;
+    let queue = ShortString::try_new(name.to_owned()).map_err(|e| {
+        TransportError::Broker(
+            BrokerError::said(format!("queue name {name:?} is longer than 255 bytes")).with_source(e),
+        )
+    })?;
     let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-    channel.queue_declare(queue, options, args).await.map(drop).map_err(|error| classify(name, &error))
+    channel.queue_declare(queue, options, args).await.map(drop).map_err(|error| classify(name, error))
 }
 
 fn queue_args(quorum: bool) -> FieldTable {
@@ -89,8 +92,9 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.as_bytes()))
 }
 
-/// Map a declare error: a mismatch gets its own variant, with the broker's explanation.
-pub(super) fn classify(name: &str, error: &lapin::Error) -> TransportError {
+/// Map a declare error: a mismatch gets its own variant, with the broker's explanation;
+/// the rest is classified as any lapin error ([`super::failed`]).
+pub(super) fn classify(name: &str, error: lapin::Error) -> TransportError {
     match error.kind() {
         ErrorKind::ProtocolError(amqp) if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => {
             TransportError::TopologyMismatch(format!(
@@ -98,7 +102,6 @@ pub(super) fn classify(name: &str, error: &lapin::Error) -> TransportError {
                 amqp.get_message()
             ))
         }
-        _ if error.is_io_error() => TransportError::Unavailable(error.to_string()),
-        _ => TransportError::Broker(format!("declaring {name}: {error}")),
+        _ => super::failed(error).context(format!("declaring {name}")),
     }
 }

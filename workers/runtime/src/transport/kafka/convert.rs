@@ -32,7 +32,7 @@ fn text(value: &[u8]) -> String {
 }
 
 /// Record headers for publishing.
-pub fn headers(headers: &Headers) -> OwnedHeaders {
+pub fn record_headers(headers: &Headers) -> OwnedHeaders {
     let mut owned = OwnedHeaders::new_with_capacity(headers.len());
     for (key, value) in headers {
         owned = owned.insert(Header { key, value: Some(value.as_bytes()) });
@@ -72,7 +72,7 @@ mod tests {
                     prop_assert_eq!(message.headers.get(name).map(String::as_str), Some(text));
                 }
             }
-            let sent = headers(&message.headers);
+            let sent = record_headers(&message.headers);
             prop_assert_eq!(sent.count(), message.headers.len());
         }
     }

@@ -7,10 +7,12 @@
 //! close. A nacked message is handed out again by the dispatcher; its offset stays
 //! unstored until it finishes, so a crash never skips it. The dispatcher ([`dispatch`])
 //! reads the consumer and stores offsets; which record goes next is its [`scheduler`]'s
-//! decision, without I/O.
+//! decision, without I/O. Dead-letter topics are read and settled, for `courier dlq`, by
+//! [`KafkaDeadLetterStore`].
 
-pub mod api_versions;
-pub mod convert;
+pub(crate) mod api_versions;
+pub(crate) mod convert;
+mod dead_letters;
 mod dispatch;
 pub mod liveness;
 pub mod offsets;
@@ -34,9 +36,11 @@ use rdkafka::{
 };
 use tracing::{info, warn};
 
+pub use convert::{record_headers, to_message};
+pub use dead_letters::KafkaDeadLetterStore;
 pub use dispatch::KafkaAcker;
 
-use super::{Confirm, Message, PublishError, Subscription, Topology, Transport, TransportError};
+use super::{BrokerError, Confirm, Message, PublishError, Subscription, Topology, Transport, TransportError};
 use crate::contract::naming;
 
 /// How messages of one partition may run concurrently.
@@ -192,7 +196,7 @@ impl KafkaTransport {
             ],
         )
         .create()
-        .map_err(|e| TransportError::Unavailable(e.to_string()))?;
+        .map_err(failed)?;
         let transport = Self {
             shared: Arc::new(Shared {
                 config,
@@ -207,8 +211,8 @@ impl KafkaTransport {
         let producer = transport.shared.producer.clone();
         tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, METADATA_TIMEOUT))
             .await
-            .map_err(|e| TransportError::Unavailable(e.to_string()))?
-            .map_err(|e| TransportError::Unavailable(format!("{}: {e}", transport.shared.config.bootstrap)))?;
+            .map_err(TransportError::broker)?
+            .map_err(|e| failed(e).context(transport.shared.config.bootstrap.clone()))?;
         info!(bootstrap = %transport.shared.config.bootstrap, "Connected to Kafka.");
         Ok(transport)
     }
@@ -247,8 +251,8 @@ impl KafkaTransport {
         let metadata =
             tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&name), METADATA_TIMEOUT))
                 .await
-                .map_err(|e| PublishError::Unavailable(e.to_string()))?
-                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+                .map_err(TransportError::broker)?
+                .map_err(failed)?;
         let exists =
             metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
         self.shared.known_topics.write().unwrap_or_else(|p| p.into_inner()).set(topic, exists);
@@ -260,8 +264,8 @@ impl KafkaTransport {
         let producer = self.shared.producer.clone();
         let metadata = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, METADATA_TIMEOUT))
             .await
-            .map_err(|e| TransportError::Unavailable(e.to_string()))?
-            .map_err(|e| TransportError::Unavailable(e.to_string()))?;
+            .map_err(TransportError::broker)?
+            .map_err(failed)?;
         Ok(metadata
             .topics()
             .iter()
@@ -286,7 +290,7 @@ impl KafkaTransport {
             return Ok(());
         }
         let admin: AdminClient<DefaultClientContext> =
-            client_config(&self.shared.config, &[]).create().map_err(|e| TransportError::Unavailable(e.to_string()))?;
+            client_config(&self.shared.config, &[]).create().map_err(failed)?;
         let (partitions, replication) = (self.shared.config.partitions, self.shared.config.replication);
         let topics: Vec<NewTopic<'_>> = names
             .iter()
@@ -303,11 +307,11 @@ impl KafkaTransport {
         // librdkafka's own request timeout is not always kept (seen: a broker that never
         // answers CreateTopics held the call for over a minute): a bound of our own too.
         let no_answer = || {
-            TransportError::Unavailable(format!(
+            TransportError::Unavailable(BrokerError::said(format!(
                 "the broker did not answer CreateTopics for {} within {CREATE_TIMEOUT:?}: create the topics ahead \
                  of time (with the broker's own tools) and check the broker",
                 names.join(", ")
-            ))
+            )))
         };
         let results =
             tokio::time::timeout(CREATE_TIMEOUT + Duration::from_secs(1), admin.create_topics(&topics, &options))
@@ -317,12 +321,14 @@ impl KafkaTransport {
                     KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut) => {
                         no_answer()
                     }
-                    e => TransportError::Unavailable(e.to_string()),
+                    e => failed(e),
                 })?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(TransportError::Broker(format!("creating topic {topic}: {code}"))),
+                Err((topic, code)) => {
+                    return Err(TransportError::broker(code).context(format!("creating topic {topic}")));
+                }
             }
         }
         Ok(())
@@ -331,7 +337,7 @@ impl KafkaTransport {
 
 /// A librdkafka client configuration: the bootstrap servers, `defaults`, then the
 /// `--kafka-property` pass-through properties (which win).
-pub fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+pub(crate) fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.bootstrap);
     for (key, value) in defaults {
@@ -357,12 +363,13 @@ impl Transport for KafkaTransport {
             && self.shared.liveness.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|l| l.ready())
     }
 
-    fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<BrokerError> {
         if !self.shared.fatal.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
         let (code, reason) = self.shared.producer.client().fatal_error()?;
-        Some(format!("the Kafka producer hit a fatal error and refuses every message: {code}: {reason}"))
+        let said = format!("the Kafka producer hit a fatal error and refuses every message: {code}: {reason}");
+        Some(BrokerError::said(said).with_source(code))
     }
 
     /// Lag of every assigned partition, counted from its first unfinished record (records
@@ -471,12 +478,11 @@ impl Transport for KafkaTransport {
         if self.shared.config.properties.iter().any(|(key, value)| key == "group.protocol" && value == "consumer") {
             defaults.retain(|(key, _)| !CLASSIC_PROTOCOL_ONLY.contains(key));
         }
-        let consumer: StreamConsumer<RebalanceContext> = client_config(&self.shared.config, &defaults)
-            .create_with_context(context)
-            .map_err(|e| TransportError::Unavailable(e.to_string()))?;
+        let consumer: StreamConsumer<RebalanceContext> =
+            client_config(&self.shared.config, &defaults).create_with_context(context).map_err(failed)?;
         let mut topics = vec![topology.queue.as_str()];
         topics.extend(topology.retry_tiers.iter().map(|t| t.name.as_str()));
-        consumer.subscribe(&topics).map_err(|e| TransportError::Unavailable(e.to_string()))?;
+        consumer.subscribe(&topics).map_err(failed)?;
         info!(topics = ?topics, group = %self.shared.config.group, ordering = ?self.shared.config.ordering, "Consuming.");
         let consumer = Arc::new(consumer);
         *self.shared.consumer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(&consumer));
@@ -492,8 +498,9 @@ impl Transport for KafkaTransport {
             return Err(PublishError::Unroutable(destination.to_owned()));
         }
         let size = message.byte_len();
-        let mut record =
-            FutureRecord::to(destination).payload(&message.payload[..]).headers(convert::headers(&message.headers));
+        let mut record = FutureRecord::to(destination)
+            .payload(&message.payload[..])
+            .headers(convert::record_headers(&message.headers));
         if let Some(key) = &message.key {
             record = record.key(&key[..]);
         }
@@ -545,10 +552,10 @@ impl KafkaTransport {
         use RDKafkaErrorCode as Code;
         if self.shared.producer.client().fatal_error().is_some() {
             self.shared.fatal.store(true, std::sync::atomic::Ordering::Relaxed);
-            return PublishError::Unavailable(format!("the producer hit a fatal error: {error}"));
+            return PublishError::Transport(TransportError::broker(error).context("the producer hit a fatal error"));
         }
         let KafkaError::MessageProduction(code) = error else {
-            return PublishError::Unavailable(error.to_string());
+            return PublishError::Transport(failed(error));
         };
         match code {
             Code::UnknownTopicOrPartition | Code::UnknownTopic => {
@@ -556,7 +563,7 @@ impl KafkaTransport {
                 PublishError::Unroutable(destination.to_owned())
             }
             Code::MessageSizeTooLarge | Code::InvalidMessageSize => {
-                PublishError::TooLarge { destination: destination.to_owned(), size, reason: code.to_string() }
+                PublishError::TooLarge { destination: destination.to_owned(), size, reason: BrokerError::client(code) }
             }
             Code::InvalidTopic => PublishError::invalid_name(destination, "the broker says the topic name is invalid"),
             // librdkafka already retried these for `message.timeout.ms`: the cluster is unwell.
@@ -569,10 +576,39 @@ impl KafkaTransport {
             | Code::NotLeaderForPartition
             | Code::NotEnoughReplicas
             | Code::NotEnoughReplicasAfterAppend
-            | Code::NetworkException => PublishError::Unavailable(code.to_string()),
-            code => PublishError::Rejected { destination: destination.to_owned(), reason: code.to_string() },
+            | Code::NetworkException => PublishError::Transport(TransportError::unavailable(code)),
+            code => PublishError::Rejected { destination: destination.to_owned(), reason: BrokerError::client(code) },
         }
     }
+}
+
+/// A librdkafka error, classified where it is read. What the client cannot go on from (a
+/// fatal error, a configuration or client it refuses) and what the cluster will refuse
+/// again (authentication, authorisation) is not an outage; the rest is.
+pub(crate) fn failed(error: KafkaError) -> TransportError {
+    use RDKafkaErrorCode as Code;
+    let lasting = match &error {
+        KafkaError::ClientConfig(..)
+        | KafkaError::ClientCreation(_)
+        | KafkaError::AdminOpCreation(_)
+        | KafkaError::Nul(_)
+        | KafkaError::MessageConsumptionFatal(_) => true,
+        KafkaError::Transaction(error) => error.is_fatal(),
+        _ => matches!(
+            error.rdkafka_error_code(),
+            Some(
+                Code::Fatal
+                    | Code::InvalidArgument
+                    | Code::Authentication
+                    | Code::SaslAuthenticationFailed
+                    | Code::TopicAuthorizationFailed
+                    | Code::GroupAuthorizationFailed
+                    | Code::ClusterAuthorizationFailed
+                    | Code::TransactionalIdAuthorizationFailed
+            )
+        ),
+    };
+    if lasting { TransportError::broker(error) } else { TransportError::unavailable(error) }
 }
 
 /// Per-partition offset tracking, owned by the dispatcher's task: its loop, the rebalance

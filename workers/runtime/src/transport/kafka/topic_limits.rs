@@ -11,8 +11,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use tracing::{debug, warn};
 
-use super::{KafkaConfig, api_versions};
-use crate::transport::Topology;
+use super::{KafkaConfig, api_versions, failed};
+use crate::transport::{Topology, TransportError};
 
 /// How long the broker may take to answer; the check is skipped after it.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,16 +88,15 @@ pub(super) async fn check(config: &KafkaConfig, topology: &Topology) {
 }
 
 /// Each topic's `max.message.bytes`, in order; `None` where the broker did not say.
-async fn limits(config: &KafkaConfig, topics: &[(&str, Role)]) -> Result<Vec<Option<usize>>, String> {
-    let admin: AdminClient<DefaultClientContext> =
-        super::client_config(config, &[]).create().map_err(|e| e.to_string())?;
+async fn limits(config: &KafkaConfig, topics: &[(&str, Role)]) -> Result<Vec<Option<usize>>, TransportError> {
+    let admin: AdminClient<DefaultClientContext> = super::client_config(config, &[]).create().map_err(failed)?;
     let resources: Vec<_> = topics.iter().map(|(topic, _)| ResourceSpecifier::Topic(topic)).collect();
     let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
     let described =
         tokio::time::timeout(TIMEOUT + Duration::from_secs(1), admin.describe_configs(&resources, &options))
             .await
-            .map_err(|_| format!("no answer within {TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| TransportError::Unavailable(format!("no answer within {TIMEOUT:?}").into()))?
+            .map_err(failed)?;
     Ok(described
         .into_iter()
         .map(|resource| {

@@ -1,5 +1,5 @@
-//! A RabbitMQ dead-letter queue as a [`Store`]: records are fetched with `basic.get`
-//! (unacked) on a transactional channel; a batch is published and acked in one
+//! A RabbitMQ dead-letter queue as a [`DeadLetterStore`]: records are fetched with
+//! `basic.get` (unacked) on a transactional channel; a batch is published and acked in one
 //! `tx.commit`. Closing the channel returns the records read but not settled to their
 //! original positions, so inspecting a queue removes and reorders nothing.
 
@@ -11,16 +11,18 @@ use lapin::{
     types::ShortString,
 };
 
-use crate::dlq::{DlqError, Record, RecordId, Settlement, Store};
-use courier::transport::{
-    Message,
-    amqp::{self, AmqpTransport},
+use super::{AmqpTransport, convert, failed};
+use crate::transport::{
+    BrokerError, Message, TransportError,
+    dead_letters::{DeadLetterError, DeadLetterStore, Record, RecordId, Settlement},
 };
 
 /// One dead-letter (or parking) queue, opened for reading and settling.
 #[derive(Debug)]
-pub struct AmqpStore {
+pub struct AmqpDeadLetterStore {
+    /// Asks whether a destination exists.
     transport: AmqpTransport,
+    /// The queue read.
     queue: String,
     /// Transactional channel holding the unacked records read so far.
     channel: Channel,
@@ -33,12 +35,12 @@ pub struct AmqpStore {
     tags: HashMap<u64, u64>,
 }
 
-impl AmqpStore {
-    /// Open `queue`; fails with [`DlqError::NotFound`] when it does not exist.
-    pub async fn open(transport: &AmqpTransport, queue: &str) -> Result<Self, DlqError> {
+impl AmqpDeadLetterStore {
+    /// Open `queue`; fails with [`DeadLetterError::NotFound`] when it does not exist.
+    pub async fn open(transport: &AmqpTransport, queue: &str) -> Result<Self, DeadLetterError> {
         let snapshot = checked_count(transport, queue).await?;
-        let channel = transport.channel().await.map_err(|e| DlqError::Unavailable(e.to_string()))?;
-        channel.tx_select().await.map_err(|e| DlqError::Broker(e.to_string()))?;
+        let channel = transport.channel().await?;
+        channel.tx_select().await.map_err(failed)?;
         Ok(Self {
             transport: transport.clone(),
             queue: queue.to_owned(),
@@ -54,42 +56,35 @@ impl AmqpStore {
 /// holds records (seen on RabbitMQ 3.10 right after a node died): a 0 is checked with a
 /// `basic.get` on a channel of its own, whose record goes back when the channel closes, and
 /// a queue that holds records after all is an error to retry, never an empty run.
-async fn checked_count(transport: &AmqpTransport, queue: &str) -> Result<u64, DlqError> {
-    let unavailable = |e: &dyn std::fmt::Display| DlqError::Unavailable(e.to_string());
-    let count = transport
-        .message_count(queue)
-        .await
-        .map_err(|e| unavailable(&e))?
-        .ok_or_else(|| DlqError::NotFound(queue.to_owned()))?;
+async fn checked_count(transport: &AmqpTransport, queue: &str) -> Result<u64, DeadLetterError> {
+    let count = transport.message_count(queue).await?.ok_or_else(|| DeadLetterError::NotFound(queue.to_owned()))?;
     if count > 0 {
         return Ok(count);
     }
-    let channel = transport.channel().await.map_err(|e| unavailable(&e))?;
+    let channel = transport.channel().await?;
     let got = channel.basic_get(queue.into(), BasicGetOptions::default()).await;
     let _ = channel.close(200, "checked".into()).await;
     match got {
         Ok(None) => Ok(0),
-        Ok(Some(_)) => Err(DlqError::Unavailable(format!(
+        Ok(Some(_)) => Err(TransportError::Unavailable(BrokerError::said(format!(
             "{queue} reports no records but holds some (a quorum queue electing a new leader?): try again in a few \
              seconds"
-        ))),
-        Err(error) => Err(unavailable(&error)),
+        )))
+        .into()),
+        Err(error) => Err(failed(error).into()),
     }
 }
 
-impl Store for AmqpStore {
+impl DeadLetterStore for AmqpDeadLetterStore {
     fn pending(&self) -> Option<u64> {
         Some(self.snapshot)
     }
 
-    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, DlqError> {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, DeadLetterError> {
         let mut records = Vec::new();
         while records.len() < max && self.read < self.snapshot {
-            let got = self
-                .channel
-                .basic_get(short(&self.queue)?, BasicGetOptions { no_ack: false })
-                .await
-                .map_err(|e| DlqError::Unavailable(e.to_string()))?;
+            let got =
+                self.channel.basic_get(short(&self.queue)?, BasicGetOptions { no_ack: false }).await.map_err(failed)?;
             let Some(got) = got else {
                 // Someone else consumed the rest.
                 self.snapshot = self.read;
@@ -99,24 +94,23 @@ impl Store for AmqpStore {
             let delivery = got.delivery;
             self.tags.insert(self.read, delivery.delivery_tag);
             let message =
-                Message { payload: delivery.data.into(), headers: amqp::headers(&delivery.properties), key: None };
+                Message { payload: delivery.data.into(), headers: convert::headers(&delivery.properties), key: None };
             records.push(Record { id: RecordId::Position(self.read), message });
         }
         Ok(records)
     }
 
-    async fn exists(&mut self, destination: &str) -> Result<bool, DlqError> {
-        self.transport.queue_exists(destination).await.map_err(|e| DlqError::Unavailable(e.to_string()))
+    async fn exists(&mut self, destination: &str) -> Result<bool, DeadLetterError> {
+        Ok(self.transport.queue_exists(destination).await?)
     }
 
-    async fn settle(&mut self, batch: Vec<Settlement>) -> Result<(), DlqError> {
-        let broker = |e: lapin::Error| DlqError::Unavailable(e.to_string());
+    async fn settle(&mut self, batch: Vec<Settlement>) -> Result<(), DeadLetterError> {
         for settlement in batch {
             let RecordId::Position(position) = settlement.id else {
-                return Err(DlqError::Broker(format!("record {} is not from this queue", settlement.id)));
+                return Err(DeadLetterError::Misuse(format!("record {} is not from this queue", settlement.id)));
             };
             let Some(tag) = self.tags.remove(&position) else {
-                return Err(DlqError::Broker(format!("record {position} was not read or is already settled")));
+                return Err(DeadLetterError::Misuse(format!("record {position} was not read or is already settled")));
             };
             if let Some((destination, message)) = settlement.output {
                 // In a transaction there are no confirms: the commit below is the confirmation.
@@ -126,21 +120,24 @@ impl Store for AmqpStore {
                         short(&destination)?,
                         BasicPublishOptions::default(),
                         &message.payload,
-                        amqp::properties(&message),
+                        convert::properties(&message),
                     )
                     .await
-                    .map_err(broker)?;
+                    .map_err(failed)?;
             }
-            self.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(broker)?;
+            self.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(failed)?;
         }
-        self.channel.tx_commit().await.map_err(broker)
+        Ok(self.channel.tx_commit().await.map_err(failed)?)
     }
 
-    async fn close(self) -> Result<(), DlqError> {
-        self.channel.close(200, "done".into()).await.map_err(|e| DlqError::Unavailable(e.to_string()))
+    async fn close(self) -> Result<(), DeadLetterError> {
+        Ok(self.channel.close(200, "done".into()).await.map_err(failed)?)
     }
 }
 
-fn short(name: &str) -> Result<ShortString, DlqError> {
-    ShortString::try_new(name.to_owned()).map_err(|_| DlqError::Broker(format!("{name:?} is longer than 255 bytes")))
+/// `name` as an AMQP short string, or the broker's refusal of a longer one.
+fn short(name: &str) -> Result<ShortString, TransportError> {
+    ShortString::try_new(name.to_owned()).map_err(|error| {
+        TransportError::Broker(BrokerError::said(format!("{name:?} is longer than 255 bytes")).with_source(error))
+    })
 }

@@ -1,4 +1,4 @@
-//! A Kafka dead-letter topic as a [`Store`]. The topic is a log and is never rewritten:
+//! A Kafka dead-letter topic as a [`DeadLetterStore`]. The topic is a log and is never rewritten:
 //! a record leaves the dead-letter queue when an entry for it is written to the ledger
 //! topic `<topic>.ledger` (key `<partition>:<offset>`). A batch is one Kafka transaction
 //! holding the outputs and their ledger entries, so after a crash either both or neither
@@ -18,12 +18,12 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, Producer},
 };
 
-use crate::dlq::{DlqError, Record, RecordId, Settlement, Store};
-use courier::{
+use super::{KafkaTransport, api_versions, client_config, convert, failed};
+use crate::{
     contract::{naming, timestamp},
     transport::{
-        Message,
-        kafka::{KafkaTransport, api_versions, client_config, convert},
+        BrokerError, Message, TransportError,
+        dead_letters::{DeadLetterError, DeadLetterStore, Record, RecordId, Settlement},
     },
 };
 
@@ -34,9 +34,12 @@ type LogPosition = (i32, i64);
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One dead-letter (or parking) topic, opened for reading and settling.
-pub struct KafkaStore {
+pub struct KafkaDeadLetterStore {
+    /// Asks whether a destination exists.
     transport: KafkaTransport,
+    /// The topic read.
     topic: String,
+    /// Its ledger topic, `<topic>.ledger`.
     ledger: String,
     /// Records already replayed, parked or purged.
     settled: HashSet<(i32, i64)>,
@@ -48,29 +51,28 @@ pub struct KafkaStore {
     seen: u64,
 }
 
-impl std::fmt::Debug for KafkaStore {
+impl std::fmt::Debug for KafkaDeadLetterStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaStore").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("KafkaDeadLetterStore").field("topic", &self.topic).finish_non_exhaustive()
     }
 }
 
-impl KafkaStore {
+impl KafkaDeadLetterStore {
     /// Open `topic`. A store that will settle records (`writable`) creates the ledger
     /// if it is missing and fences any earlier run on the same topic first.
-    pub async fn open(transport: &KafkaTransport, topic: &str, writable: bool) -> Result<Self, DlqError> {
+    pub async fn open(transport: &KafkaTransport, topic: &str, writable: bool) -> Result<Self, DeadLetterError> {
         let ledger = naming::ledger(topic);
-        let unavailable = |e: &dyn std::fmt::Display| DlqError::Unavailable(e.to_string());
         if writable {
             // Before anything is written, the ledger topic included.
             refuse_without_transactions(transport).await?;
         }
-        let counts = transport.partition_counts(&[topic, &ledger]).await.map_err(|e| unavailable(&e))?;
-        let Some(&partitions) = counts.get(topic) else { return Err(DlqError::NotFound(topic.to_owned())) };
+        let counts = transport.partition_counts(&[topic, &ledger]).await?;
+        let Some(&partitions) = counts.get(topic) else { return Err(DeadLetterError::NotFound(topic.to_owned())) };
         let producer = if writable {
             if !counts.contains_key(&ledger) {
                 // Compacted (keys are unique): entries never expire before their records.
                 let compact = [("cleanup.policy", "compact")];
-                transport.create_topics_with(&[&ledger], &compact).await.map_err(|e| unavailable(&e))?;
+                transport.create_topics_with(&[&ledger], &compact).await?;
             }
             Some(transactional_producer(transport, topic).await?)
         } else {
@@ -78,13 +80,7 @@ impl KafkaStore {
         };
         let ledger_partitions = match counts.get(&ledger) {
             Some(&n) => n,
-            None if writable => transport
-                .partition_counts(&[&ledger])
-                .await
-                .map_err(|e| unavailable(&e))?
-                .get(&ledger)
-                .copied()
-                .unwrap_or(0),
+            None if writable => transport.partition_counts(&[&ledger]).await?.get(&ledger).copied().unwrap_or(0),
             None => 0,
         };
         let mut settled = HashSet::new();
@@ -110,12 +106,12 @@ impl KafkaStore {
     }
 }
 
-impl Store for KafkaStore {
+impl DeadLetterStore for KafkaDeadLetterStore {
     fn pending(&self) -> Option<u64> {
         self.reader.finished().then_some(self.seen)
     }
 
-    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, DlqError> {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, DeadLetterError> {
         let mut records = Vec::new();
         while records.len() < max {
             let Some(entry) = self.reader.next().await? else { break };
@@ -131,56 +127,55 @@ impl Store for KafkaStore {
         Ok(records)
     }
 
-    async fn exists(&mut self, destination: &str) -> Result<bool, DlqError> {
-        self.transport.topic_exists(destination).await.map_err(|e| DlqError::Unavailable(e.to_string()))
+    async fn exists(&mut self, destination: &str) -> Result<bool, DeadLetterError> {
+        Ok(self.transport.topic_exists(destination).await?)
     }
 
-    async fn settle(&mut self, batch: Vec<Settlement>) -> Result<(), DlqError> {
+    async fn settle(&mut self, batch: Vec<Settlement>) -> Result<(), DeadLetterError> {
         let Some(producer) = self.producer.clone() else {
-            return Err(DlqError::Broker("this store was opened read-only".into()));
+            return Err(DeadLetterError::Misuse("this store was opened read-only".into()));
         };
         let ledger = self.ledger.clone();
         let mut entries = Vec::with_capacity(batch.len());
         for settlement in batch {
             let RecordId::Offset { partition, offset } = settlement.id else {
-                return Err(DlqError::Broker(format!("record {} is not from a Kafka topic", settlement.id)));
+                return Err(DeadLetterError::Misuse(format!("record {} is not from a Kafka topic", settlement.id)));
             };
             entries.push(((partition, offset), settlement.output));
         }
         let ids: Vec<(i32, i64)> = entries.iter().map(|(id, _)| *id).collect();
         tokio::task::spawn_blocking(move || commit(&producer, &ledger, &entries))
             .await
-            .map_err(|e| DlqError::Broker(e.to_string()))??;
+            .map_err(TransportError::broker)??;
         self.settled.extend(ids);
         Ok(())
     }
 
-    async fn close(self) -> Result<(), DlqError> {
+    async fn close(self) -> Result<(), DeadLetterError> {
         Ok(())
     }
 }
 
 /// Refuse a broker whose ApiVersions answer lists no EndTxn. A broker that cannot be
 /// asked in plain Kafka protocol (TLS, SASL) is given the benefit of the doubt.
-async fn refuse_without_transactions(transport: &KafkaTransport) -> Result<(), DlqError> {
+async fn refuse_without_transactions(transport: &KafkaTransport) -> Result<(), TransportError> {
     let bootstrap = transport.config().bootstrap.clone();
     let apis = tokio::task::spawn_blocking(move || api_versions::probe(&bootstrap, Duration::from_secs(5)))
         .await
-        .map_err(|e| DlqError::Broker(e.to_string()))?;
+        .map_err(TransportError::broker)?;
     if apis.is_some_and(|keys| !keys.contains(&api_versions::END_TXN)) {
-        return Err(DlqError::Broker(
+        return Err(TransportError::Broker(BrokerError::said(
             "the broker does not support transactions (its ApiVersions answer lists no EndTxn): replay, park and \
              purge write each batch in one Kafka transaction and cannot run here. Nothing was written; stats and \
-             show work."
-                .into(),
-        ));
+             show work.",
+        )));
     }
     Ok(())
 }
 
 /// Create the topic's transactional producer and fence any earlier one (its open
 /// transaction is aborted).
-async fn transactional_producer(transport: &KafkaTransport, topic: &str) -> Result<FutureProducer, DlqError> {
+async fn transactional_producer(transport: &KafkaTransport, topic: &str) -> Result<FutureProducer, TransportError> {
     let id = format!("courier-dlq.{topic}");
     let producer: FutureProducer = client_config(
         transport.config(),
@@ -193,12 +188,12 @@ async fn transactional_producer(transport: &KafkaTransport, topic: &str) -> Resu
         ],
     )
     .create()
-    .map_err(|e| DlqError::Unavailable(e.to_string()))?;
+    .map_err(failed)?;
     let init = producer.clone();
     tokio::task::spawn_blocking(move || init.init_transactions(TIMEOUT))
         .await
-        .map_err(|e| DlqError::Broker(e.to_string()))?
-        .map_err(|e| DlqError::Unavailable(format!("starting transactions: {e}")))?;
+        .map_err(TransportError::broker)?
+        .map_err(|e| failed(e).context("starting transactions"))?;
     Ok(producer)
 }
 
@@ -207,9 +202,9 @@ fn commit(
     producer: &FutureProducer,
     ledger: &str,
     entries: &[(LogPosition, Option<(String, Message)>)],
-) -> Result<(), DlqError> {
-    let failed = |e: KafkaError| DlqError::Unavailable(format!("transaction: {e}"));
-    producer.begin_transaction().map_err(failed)?;
+) -> Result<(), TransportError> {
+    let in_transaction = |e: KafkaError| failed(e).context("transaction");
+    producer.begin_transaction().map_err(in_transaction)?;
     let sent = (|| {
         let now = timestamp::format(std::time::SystemTime::now());
         for ((partition, offset), output) in entries {
@@ -217,7 +212,7 @@ fn commit(
                 Some((destination, message)) => {
                     let mut record = FutureRecord::to(destination)
                         .payload(&message.payload[..])
-                        .headers(convert::headers(&message.headers));
+                        .headers(convert::record_headers(&message.headers));
                     if let Some(key) = &message.key {
                         record = record.key(&key[..]);
                     }
@@ -234,7 +229,7 @@ fn commit(
     })();
     if let Err(error) = sent {
         let _ = producer.abort_transaction(TIMEOUT);
-        return Err(failed(error));
+        return Err(in_transaction(error));
     }
     Ok(())
 }
@@ -261,8 +256,11 @@ impl ConsumerContext for QuietEof {}
 
 /// One record read from a log.
 struct Entry {
+    /// Its partition.
     partition: i32,
+    /// Its offset in that partition.
     offset: i64,
+    /// The record.
     message: Message,
 }
 
@@ -282,14 +280,14 @@ struct LogReader {
 
 impl LogReader {
     /// [`LogReader::open`] off the async runtime (watermark requests block).
-    async fn start(transport: &KafkaTransport, topic: &str, partitions: usize) -> Result<Self, DlqError> {
+    async fn start(transport: &KafkaTransport, topic: &str, partitions: usize) -> Result<Self, TransportError> {
         let (transport, topic) = (transport.clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || Self::open(&transport, &topic, partitions))
             .await
-            .map_err(|e| DlqError::Broker(e.to_string()))?
+            .map_err(TransportError::broker)?
     }
 
-    fn open(transport: &KafkaTransport, topic: &str, partitions: usize) -> Result<Self, DlqError> {
+    fn open(transport: &KafkaTransport, topic: &str, partitions: usize) -> Result<Self, TransportError> {
         let group = format!("courier-dlq-reader-{}", uuid::Uuid::new_v4().simple());
         let consumer: StreamConsumer<QuietEof> = client_config(
             transport.config(),
@@ -301,21 +299,19 @@ impl LogReader {
             ],
         )
         .create_with_context(QuietEof)
-        .map_err(|e| DlqError::Unavailable(e.to_string()))?;
+        .map_err(failed)?;
         let mut ends = HashMap::new();
         let mut assignment = TopicPartitionList::new();
         for partition in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
             let (low, high) = consumer
                 .fetch_watermarks(topic, partition, TIMEOUT)
-                .map_err(|e| DlqError::Unavailable(format!("{topic}[{partition}]: {e}")))?;
+                .map_err(|e| failed(e).context(format!("{topic}[{partition}]")))?;
             if high > low {
                 ends.insert(partition, high);
-                assignment
-                    .add_partition_offset(topic, partition, Offset::Beginning)
-                    .map_err(|e| DlqError::Broker(e.to_string()))?;
+                assignment.add_partition_offset(topic, partition, Offset::Beginning).map_err(TransportError::broker)?;
             }
         }
-        consumer.assign(&assignment).map_err(|e| DlqError::Unavailable(e.to_string()))?;
+        consumer.assign(&assignment).map_err(failed)?;
         let opened_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
@@ -334,11 +330,11 @@ impl LogReader {
     }
 
     /// The next record, or `None` once every partition is read to its end.
-    async fn next(&mut self) -> Result<Option<Entry>, DlqError> {
+    async fn next(&mut self) -> Result<Option<Entry>, TransportError> {
         while !self.ends.is_empty() {
-            let received = tokio::time::timeout(TIMEOUT, self.consumer.recv())
-                .await
-                .map_err(|_| DlqError::Unavailable(format!("no progress reading for {TIMEOUT:?}")))?;
+            let received = tokio::time::timeout(TIMEOUT, self.consumer.recv()).await.map_err(|_| {
+                TransportError::Unavailable(BrokerError::said(format!("no progress reading for {TIMEOUT:?}")))
+            })?;
             match received {
                 Ok(record) => {
                     let partition = record.partition();
@@ -365,7 +361,7 @@ impl LogReader {
                         self.ends.remove(&partition);
                     }
                 }
-                Err(error) => return Err(DlqError::Unavailable(error.to_string())),
+                Err(error) => return Err(failed(error)),
             }
         }
         Ok(None)
