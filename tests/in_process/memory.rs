@@ -105,10 +105,10 @@ async fn the_inbox_keeps_only_the_writes_of_the_call_that_passed() {
     let url = courier_tests::postgres::url();
     let broker = MemoryBroker::new();
     let mut settings = Settings::defaults(FailsOnce::NAME);
-    settings.inbox = Some(courier::config::InboxSettings {
+    settings.inbox = Some(courier::InboxSettings {
         url: url.clone(),
         retention: Duration::from_secs(60),
-        bounds: courier::inbox::Bounds { timeout: Duration::from_secs(5), connections: 16 },
+        bounds: courier::InboxBounds { timeout: Duration::from_secs(5), connections: 16 },
     });
     broker.declare(&settings.topology()).await.expect("declare");
     let handler = FailsOnce::default();
@@ -214,9 +214,8 @@ async fn a_request_retrying_in_place_gets_its_slot_back_at_concurrency_one() {
     use std::time::Duration;
 
     use courier::{
-        MemoryBroker, Message, Settings, Transport,
+        MemoryBroker, Message, RetryPolicy, Settings, Transport,
         contract::headers as h,
-        retry::RetryPolicy,
         testing::{ScriptHandler, ScriptRequest},
     };
 

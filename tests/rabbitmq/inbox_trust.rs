@@ -137,7 +137,7 @@ async fn requests_the_database_refuses_do_not_open_the_breaker() {
         serde_json::json!({ "payment": payment, "account": format!("{run}-{n}"), "amount_cents": 1 }).to_string()
     };
     let started = Instant::now();
-    let long = "x".repeat(courier::inbox::MAX_MESSAGE_ID_BYTES + 1);
+    let long = "x".repeat(courier::MAX_MESSAGE_ID_BYTES + 1);
     for n in 0..6 {
         // The id as a header: an AMQP message-id property is a short string.
         let id = if n == 5 { long.clone() } else { format!("{run}-\0-{n}") };

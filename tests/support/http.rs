@@ -13,7 +13,7 @@ pub fn free_port() -> u16 {
 /// status 0 when nothing answers.
 pub async fn get(port: u16, path: &str) -> (u16, String) {
     let url = format!("http://127.0.0.1:{port}{path}");
-    courier::observe::probe::get(&url, Duration::from_secs(30)).await.unwrap_or((0, String::new()))
+    courier::observe::probe(&url, Duration::from_secs(30)).await.unwrap_or((0, String::new()))
 }
 
 /// POST a JSON body with extra headers (`name: value` lines).

@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use courier::{
-    Message, Settings,
+    Message, RetryPolicy, Settings,
     contract::headers as h,
-    retry::RetryPolicy,
     testing::{Harness, ScriptHandler},
     transport::{
         Transport,
@@ -42,7 +41,7 @@ pub async fn start(
     settings.retry =
         RetryPolicy::new(1, Duration::from_millis(100), Duration::from_secs(1), false, tiers).expect("policy");
     settings.breaker = Some(
-        courier::breaker::Policy::new(3, 1.0, 0, Duration::from_millis(200), Duration::from_millis(800), 1)
+        courier::BreakerPolicy::new(3, 1.0, 0, Duration::from_millis(200), Duration::from_millis(800), 1)
             .expect("valid breaker"),
     );
     tune(&mut settings);

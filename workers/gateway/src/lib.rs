@@ -39,8 +39,7 @@ use axum::{
     routing::post,
 };
 use courier::{
-    Handler,
-    client::{Client, RequestError},
+    Client, Handler, Refusal, RequestError, RequestSchema,
     contract::{
         codec::Codec,
         error_reply::ErrorReply,
@@ -48,8 +47,7 @@ use courier::{
         headers as h,
         status::Status,
     },
-    observe::{Health, Metrics, server},
-    schema::{Refusal, RequestSchema},
+    observe::{self, Health, Metrics},
 };
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
@@ -124,7 +122,7 @@ pub fn router(client: Client, options: Options) -> anyhow::Result<Router> {
     let schema = RequestSchema::compile(greeter::Greeter::REQUEST_SCHEMA)?;
     let gateway = Arc::new(Gateway { client, options, schema, requests, seconds });
     let process = Router::new().route("/process", post(process)).with_state(gateway);
-    Ok(process.merge(server::routes(server::Observed { metrics, health })))
+    Ok(process.merge(observe::routes(observe::Observed { metrics, health })))
 }
 
 async fn process(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use courier::{broker::Broker, client::Client, config::ClientArgs, contract::naming, observe::serve};
+use courier::{Broker, Client, ClientArgs, contract::naming, observe::serve};
 
 /// Flags of the gateway; the broker, queue and log flags are the workers' (`--broker`,
 /// `--kafka-property`, `--queue`, …).
@@ -70,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     let options = gateway::Options { queue, timeout: args.timeout, body_timeout: args.body_timeout };
     let bounds = serve::Bounds { header_timeout: args.header_timeout, max_connections };
     let outcome = run(&broker, &format!("gateway {instance}"), &replies, options, bounds, args.listen).await;
-    courier::observe::otlp::flush();
+    courier::observe::flush();
     outcome
 }
 
@@ -87,6 +87,6 @@ async fn run(
     let router = gateway::router(client, options)?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(listen = %listener.local_addr()?, ?bounds, "Gateway listening: POST /process.");
-    serve::serve(listener, router, bounds, courier::shutdown::signal()).await;
+    serve::serve(listener, router, bounds, courier::shutdown_signal()).await;
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! (`schemas/greeter/greeter.proto`). An empty message is a permanent failure, so the
 //! dead-letter path is easy to see.
 
-use courier::{Context, Handler, HandlerError, protobuf::Protobuf};
+use courier::{Context, Handler, HandlerError, Protobuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 

@@ -53,7 +53,7 @@ impl Handler for Ledger {
             return Err(HandlerError::permanent("inbox_required", "the ledger runs with --inbox postgres://…"));
         };
         // A value the table refuses is this request's fault, not the database's.
-        let database = |error: courier::inbox::InboxError| match error.is_refusal() {
+        let database = |error: courier::InboxError| match error.is_refusal() {
             true => HandlerError::permanent("refused_by_database", error),
             false => HandlerError::transient("database", error).dependency(DATABASE),
         };

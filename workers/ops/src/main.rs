@@ -9,8 +9,7 @@ mod topology;
 
 use clap::{Parser, Subcommand};
 use courier::{
-    WorkerArgs,
-    broker::{Connected, UseTransport},
+    Connected, UseTransport, WorkerArgs,
     transport::{Topology, Transport, TransportError},
 };
 
@@ -69,7 +68,7 @@ enum TopologyCommand {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Probe { url, timeout } => match courier::observe::probe::get(&url, timeout).await {
+        Command::Probe { url, timeout } => match courier::observe::probe(&url, timeout).await {
             Ok((200, _)) => Ok(()),
             Ok((status, body)) => {
                 eprintln!("{url}: HTTP {status}: {}", body.trim());

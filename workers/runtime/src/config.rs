@@ -18,9 +18,9 @@ use crate::{
 };
 
 /// The default of `--max-payload-bytes`.
-pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+pub(crate) const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
 /// The default of `--max-in-flight-bytes`.
-pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+pub(crate) const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 
 /// The URL schemes `--broker` takes in this build.
 const SCHEMES: &[&str] = &[
@@ -225,10 +225,13 @@ pub struct ProcessingArgs {
 /// gateway, `courier dlq`): where the broker is, which queues, how to name itself and log.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClientArgs {
+    /// Where the broker is.
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// Which queues.
     #[command(flatten)]
     pub queues: QueueArgs,
+    /// Logs, metrics, traces.
     #[command(flatten)]
     pub observability: ObservabilityArgs,
 }
@@ -249,12 +252,16 @@ impl ClientArgs {
     about = "A Courier worker: consumes requests, publishes replies, retries and dead-letters failures."
 )]
 pub struct WorkerArgs {
+    /// Where the broker is.
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// Which queues.
     #[command(flatten)]
     pub queues: QueueArgs,
+    /// Concurrency, limits, retries, the breaker, the inbox.
     #[command(flatten)]
     pub processing: ProcessingArgs,
+    /// Logs, metrics, traces.
     #[command(flatten)]
     pub observability: ObservabilityArgs,
 }
@@ -369,7 +376,7 @@ fn invalid(flag: &'static str, problem: impl Into<String>) -> ConfigError {
 impl BrokerArgs {
     /// The broker `--broker` names, with the Kafka flags where it is Kafka; `worker` names
     /// the default consumer group.
-    pub fn resolve(&self, worker: &str, limits: &ClientLimits) -> Result<Broker, ConfigError> {
+    pub(crate) fn resolve(&self, worker: &str, limits: &ClientLimits) -> Result<Broker, ConfigError> {
         let _ = (worker, limits);
         Ok(match self.broker.as_deref().map(str::trim) {
             None | Some("") | Some("memory://") | Some("memory") => Broker::Memory,
@@ -413,7 +420,8 @@ impl BrokerArgs {
 /// What a broker client takes from a worker's processing flags; other binaries use the
 /// workers' defaults.
 #[derive(Clone, Copy, Debug)]
-pub struct ClientLimits {
+#[cfg_attr(not(feature = "kafka"), allow(dead_code, reason = "only Kafka's clients are sized by them"))]
+pub(crate) struct ClientLimits {
     /// `--max-payload-bytes`: Kafka's producer takes records up to it plus headers.
     pub max_payload_bytes: usize,
     /// `--max-in-flight-bytes`: bounds Kafka's read-ahead and producer buffers.
@@ -590,7 +598,7 @@ impl Settings {
 }
 
 /// Names safe on both brokers (Kafka topics allow only these characters).
-pub fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     (1..=200).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 

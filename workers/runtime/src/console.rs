@@ -29,7 +29,7 @@ const REPLY_WAIT: Duration = Duration::from_secs(15);
 
 /// Run the worker on an in-memory broker and the console on stdin/stdout until EOF,
 /// `:quit`, ctrl-c or SIGTERM.
-pub async fn run<H: Handler>(settings: Settings, handler: H) -> anyhow::Result<()> {
+pub(crate) async fn run<H: Handler>(settings: Settings, handler: H) -> anyhow::Result<()> {
     let broker = MemoryBroker::new();
     let topology = settings.topology();
     broker.declare(&topology).await?;

@@ -17,17 +17,17 @@ use std::{collections::VecDeque, time::Duration};
 
 /// Messages tracked at once; past it the oldest is forgotten (it may then loop up to
 /// `limit` more rounds: still bounded).
-pub const CAPACITY: usize = 10_000;
+pub(crate) const CAPACITY: usize = 10_000;
 /// Wait before redelivering after the first refusal; doubles each round.
-pub const FIRST_DELAY: Duration = Duration::from_millis(100);
+pub(crate) const FIRST_DELAY: Duration = Duration::from_millis(100);
 /// Longest wait before a redelivery.
-pub const MAX_DELAY: Duration = Duration::from_secs(10);
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(10);
 /// Wait before redelivering after a broker outage (not counted).
-pub const OUTAGE_DELAY: Duration = Duration::from_millis(500);
+pub(crate) const OUTAGE_DELAY: Duration = Duration::from_millis(500);
 
 /// What to do with a message whose output was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Return it to the broker after this long.
     Requeue {
         /// How long to wait first.
@@ -44,7 +44,7 @@ pub enum Next {
 
 /// Refusal counts by message identity (a hash: see the pipeline's `identity`).
 #[derive(Debug)]
-pub struct Redeliveries {
+pub(crate) struct Redeliveries {
     /// Requeues allowed before giving up.
     limit: u32,
     /// Identity → refusals so far.
@@ -58,12 +58,12 @@ pub struct Redeliveries {
 
 impl Redeliveries {
     /// Allow `limit` requeues per message.
-    pub fn new(limit: u32) -> Self {
+    pub(crate) fn new(limit: u32) -> Self {
         Self { limit, rounds: foldhash::HashMap::default(), order: VecDeque::new(), given_up: Default::default() }
     }
 
     /// The output of message `identity` was refused: requeue it, or give up.
-    pub fn refused(&mut self, identity: u64) -> Next {
+    pub(crate) fn refused(&mut self, identity: u64) -> Next {
         let rounds = self.rounds.entry(identity).or_insert(0);
         *rounds = rounds.saturating_add(1);
         let round = *rounds;
@@ -79,7 +79,7 @@ impl Redeliveries {
     }
 
     /// Message `identity` reached its outcome: forget it.
-    pub fn settled(&mut self, identity: u64) {
+    pub(crate) fn settled(&mut self, identity: u64) {
         if !self.rounds.is_empty() {
             self.rounds.remove(&identity);
         }
@@ -89,7 +89,7 @@ impl Redeliveries {
     }
 
     /// Message `identity` was given up with `code`, and its fallbacks refused it too.
-    pub fn give_up_for_good(&mut self, identity: u64, code: &'static str) {
+    pub(crate) fn give_up_for_good(&mut self, identity: u64, code: &'static str) {
         if self.given_up.len() >= CAPACITY {
             // Forgotten ones run their handler once more per redelivery: still bounded.
             self.given_up.clear();
@@ -98,17 +98,18 @@ impl Redeliveries {
     }
 
     /// The code message `identity` was given up with, if its fallbacks refused it.
-    pub fn given_up(&self, identity: u64) -> Option<&'static str> {
+    pub(crate) fn given_up(&self, identity: u64) -> Option<&'static str> {
         self.given_up.get(&identity).copied()
     }
 
     /// Whether no message is counted or given up (then a delivery need not be looked up).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rounds.is_empty() && self.given_up.is_empty()
     }
 
     /// Refusals counted for `identity`.
-    pub fn rounds(&self, identity: u64) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn rounds(&self, identity: u64) -> u32 {
         self.rounds.get(&identity).copied().unwrap_or(0)
     }
 
@@ -131,7 +132,7 @@ impl Redeliveries {
 /// [`Redeliveries`] shared by the delivery tasks. Nearly every delivery finds nothing
 /// counted: that answer is an atomic load, not a lock (and no identity to compute).
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     counts: std::sync::Mutex<Redeliveries>,
     /// Whether anything is counted or given up (kept equal to `!counts.is_empty()`).
     any: std::sync::atomic::AtomicBool,
@@ -139,7 +140,7 @@ pub struct Shared {
 
 impl Shared {
     /// Allow `limit` requeues per message.
-    pub fn new(limit: u32) -> Self {
+    pub(crate) fn new(limit: u32) -> Self {
         Self { counts: std::sync::Mutex::new(Redeliveries::new(limit)), any: Default::default() }
     }
 
@@ -155,24 +156,24 @@ impl Shared {
     }
 
     /// [`Redeliveries::refused`].
-    pub fn refused(&self, identity: u64) -> Next {
+    pub(crate) fn refused(&self, identity: u64) -> Next {
         self.with(|counts| counts.refused(identity))
     }
 
     /// [`Redeliveries::settled`]; `identity` is computed only when something is counted.
-    pub fn settled(&self, identity: impl FnOnce() -> u64) {
+    pub(crate) fn settled(&self, identity: impl FnOnce() -> u64) {
         if self.anything() {
             self.with(|counts| counts.settled(identity()));
         }
     }
 
     /// [`Redeliveries::give_up_for_good`].
-    pub fn give_up_for_good(&self, identity: u64, code: &'static str) {
+    pub(crate) fn give_up_for_good(&self, identity: u64, code: &'static str) {
         self.with(|counts| counts.give_up_for_good(identity, code));
     }
 
     /// [`Redeliveries::given_up`]; `identity` is computed only when something is counted.
-    pub fn given_up(&self, identity: impl FnOnce() -> u64) -> Option<&'static str> {
+    pub(crate) fn given_up(&self, identity: impl FnOnce() -> u64) -> Option<&'static str> {
         if !self.anything() {
             return None;
         }
@@ -181,7 +182,7 @@ impl Shared {
 }
 
 /// How long to wait before redelivering after refusal number `round` (1-based).
-pub fn delay(round: u32) -> Duration {
+pub(crate) fn delay(round: u32) -> Duration {
     let doublings = round.saturating_sub(1).min(16);
     FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY)
 }

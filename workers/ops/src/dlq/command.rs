@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write as _};
 
 use clap::{Args, Subcommand};
-use courier::{broker::Broker, config::ClientArgs, contract::naming};
+use courier::{Broker, ClientArgs, contract::naming};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::dlq::{self, DeadLetterStore as _, Filter, Operation, RunOptions, Summary, report, run::Event};

@@ -14,7 +14,7 @@ pub mod filter;
 pub mod report;
 pub mod run;
 
-use courier::broker::Broker;
+use courier::Broker;
 pub use courier::transport::dead_letters::{AnyDeadLetterStore, DeadLetterError, DeadLetterStore, Record, Settlement};
 use courier::transport::{BrokerError, TransportError};
 

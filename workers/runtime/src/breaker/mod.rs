@@ -15,14 +15,15 @@
 //! - **half-open** (none open): `--breaker-probes` deliveries at a time; when as many
 //!   pass, the breaker closes, and a failure opens it again for twice the cooldown.
 
-pub mod state;
+mod state;
 
 use std::sync::{
     Arc, Mutex,
     atomic::{AtomicBool, Ordering},
 };
 
-pub use state::{Call, InvalidPolicy, Phase, Policy};
+pub(crate) use state::{Call, Phase};
+pub use state::{InvalidPolicy, Policy};
 use tokio::{sync::watch, time::Instant};
 use tracing::{info, warn};
 
@@ -30,11 +31,11 @@ use crate::observe::Metrics;
 
 /// The dependency a transient failure counts against when the handler names none
 /// (handler timeouts included).
-pub const DEFAULT_DEPENDENCY: &str = "handler";
+pub(crate) const DEFAULT_DEPENDENCY: &str = "handler";
 
 /// What the worker may take from the broker, from every breaker together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Say {
+pub(crate) enum Say {
     /// Every breaker is closed.
     Closed,
     /// At least one is open; the last of them turns half-open at `until`.
@@ -51,7 +52,7 @@ pub enum Say {
 
 /// The worker's breakers; clones share them.
 #[derive(Clone, Debug)]
-pub struct Gate {
+pub(crate) struct Gate {
     shared: Arc<Shared>,
 }
 
@@ -71,7 +72,7 @@ struct Shared {
 
 impl Gate {
     /// Breakers following `policy`, or none when it is `None`.
-    pub fn new(policy: Option<Policy>, metrics: Metrics) -> Self {
+    pub(crate) fn new(policy: Option<Policy>, metrics: Metrics) -> Self {
         let breakers = match &policy {
             Some(policy) => {
                 metrics.breaker(DEFAULT_DEPENDENCY, Phase::Closed.gauge(), None);
@@ -92,23 +93,24 @@ impl Gate {
     }
 
     /// Whether a breaker is open: deliveries go back to the broker instead of being handled.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.shared.open.load(Ordering::Relaxed)
     }
 
     /// What the worker may take now.
-    pub fn say(&self) -> Say {
+    #[cfg(test)]
+    pub(crate) fn say(&self) -> Say {
         *self.shared.say.borrow()
     }
 
     /// Tells of every change of [`Gate::say`].
-    pub fn watch(&self) -> watch::Receiver<Say> {
+    pub(crate) fn watch(&self) -> watch::Receiver<Say> {
         self.shared.say.subscribe()
     }
 
     /// A handler call ended: `Failed` counts against `dependency` (or the default one),
     /// `Passed` for every dependency.
-    pub fn record(&self, call: Call, dependency: Option<&str>) {
+    pub(crate) fn record(&self, call: Call, dependency: Option<&str>) {
         let Some(policy) = &self.shared.policy else { return };
         let now = Instant::now();
         let mut breakers = self.shared.breakers.lock().unwrap_or_else(|p| p.into_inner());
@@ -138,7 +140,7 @@ impl Gate {
     }
 
     /// Open breakers whose cooldown is over turn half-open.
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         let now = Instant::now();
         let mut breakers = self.shared.breakers.lock().unwrap_or_else(|p| p.into_inner());
         let mut changed = false;

@@ -87,7 +87,7 @@ impl Policy {
 
 /// Where a breaker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Calls go through.
     Closed,
     /// The dependency is down: no calls until the cooldown is over.
@@ -98,7 +98,7 @@ pub enum Phase {
 
 impl Phase {
     /// The name in logs and metric labels.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Closed => "closed",
             Self::Open => "open",
@@ -107,7 +107,7 @@ impl Phase {
     }
 
     /// The value of the `courier_breaker_state` gauge: 0 closed, 1 half-open, 2 open.
-    pub fn gauge(self) -> i64 {
+    pub(crate) fn gauge(self) -> i64 {
         match self {
             Self::Closed => 0,
             Self::HalfOpen => 1,
@@ -118,7 +118,7 @@ impl Phase {
 
 /// The outcome of one handler call, as a breaker sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Call {
+pub(crate) enum Call {
     /// The call passed.
     Passed,
     /// It failed transiently.
@@ -127,7 +127,7 @@ pub enum Call {
 
 /// One dependency's breaker.
 #[derive(Clone, Debug)]
-pub struct Breaker {
+pub(super) struct Breaker {
     /// Its rules.
     policy: Policy,
     /// Where it stands.
@@ -148,7 +148,7 @@ pub struct Breaker {
 
 impl Breaker {
     /// A closed breaker.
-    pub fn new(policy: Policy, now: Instant) -> Self {
+    pub(super) fn new(policy: Policy, now: Instant) -> Self {
         let cooldown = policy.cooldown;
         Self {
             policy,
@@ -163,18 +163,18 @@ impl Breaker {
     }
 
     /// Where it stands.
-    pub fn phase(&self) -> Phase {
+    pub(super) fn phase(&self) -> Phase {
         self.phase
     }
 
     /// When an open breaker turns half-open.
-    pub fn until(&self) -> Option<Instant> {
+    pub(super) fn until(&self) -> Option<Instant> {
         (self.phase == Phase::Open).then_some(self.until)
     }
 
     /// The clock moved: an open breaker whose cooldown is over turns half-open. Returns
     /// the new phase when it changed.
-    pub fn tick(&mut self, now: Instant) -> Option<Phase> {
+    pub(super) fn tick(&mut self, now: Instant) -> Option<Phase> {
         if self.phase == Phase::Open && now >= self.until {
             self.phase = Phase::HalfOpen;
             self.passed = 0;
@@ -185,7 +185,7 @@ impl Breaker {
 
     /// A call ended. Returns the new phase when it changed. Calls that end while open
     /// (started before it opened) change nothing.
-    pub fn record(&mut self, call: Call, now: Instant) -> Option<Phase> {
+    pub(super) fn record(&mut self, call: Call, now: Instant) -> Option<Phase> {
         self.tick(now);
         match (self.phase, call) {
             (Phase::Open, _) => None,

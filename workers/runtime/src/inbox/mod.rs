@@ -24,7 +24,8 @@ use std::{
     time::Duration,
 };
 
-pub use request::{MAX_MESSAGE_ID_BYTES, message_id_problem};
+pub use request::MAX_MESSAGE_ID_BYTES;
+pub(crate) use request::message_id_problem;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, NoTls, Row, Statement, types::ToSql};
 
@@ -64,7 +65,7 @@ impl InboxError {
 
 /// A worker's inbox: its database and a bounded pool of connections.
 #[derive(Clone)]
-pub struct Inbox {
+pub(crate) struct Inbox {
     shared: Arc<Shared>,
 }
 
@@ -101,7 +102,7 @@ impl std::fmt::Debug for Inbox {
 
 /// What a claim found.
 #[derive(Debug)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// This request was answered before: the stored reply.
     Answered(Stored),
     /// Another request (another payload) was answered under this message id.
@@ -112,7 +113,7 @@ pub enum Claim {
 
 /// A reply as the inbox stored it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stored {
+pub(crate) struct Stored {
     /// The reply's `content-type`.
     pub content_type: String,
     /// The reply's payload.
@@ -131,7 +132,12 @@ pub struct Bounds {
 impl Inbox {
     /// Connect to `url` (`postgres://user@host:port/db`), create the inbox table and run
     /// `handler_schema` (the handler's own tables, [`crate::Handler::INBOX_SCHEMA`]).
-    pub async fn connect(url: &str, worker: &str, handler_schema: &str, bounds: Bounds) -> Result<Self, InboxError> {
+    pub(crate) async fn connect(
+        url: &str,
+        worker: &str,
+        handler_schema: &str,
+        bounds: Bounds,
+    ) -> Result<Self, InboxError> {
         let mut config: tokio_postgres::Config = url.parse()?;
         config.connect_timeout(bounds.timeout);
         let slots = Arc::new(Semaphore::new(bounds.connections.max(1)));
@@ -160,7 +166,7 @@ impl Inbox {
     /// [`Claim::Answered`] with the stored reply if a worker answered it already,
     /// [`Claim::Reused`] if it answered another request under that id, else a transaction
     /// that holds it (another worker claiming the same id waits until this one ends).
-    pub async fn claim(&self, message_id: &str, request: &[u8]) -> Result<Claim, InboxError> {
+    pub(crate) async fn claim(&self, message_id: &str, request: &[u8]) -> Result<Claim, InboxError> {
         let worker = &self.shared.worker;
         let digest = request::digest(request);
         let checkout = self.shared.take().await?;
@@ -208,7 +214,7 @@ impl Inbox {
     }
 
     /// Remove the rows of this worker answered longer ago than `age`; how many.
-    pub async fn remove_older_than(&self, age: Duration) -> Result<u64, InboxError> {
+    pub(crate) async fn remove_older_than(&self, age: Duration) -> Result<u64, InboxError> {
         let checkout = self.shared.take().await?;
         let worker = &self.shared.worker;
         let (checkout, removed) = self

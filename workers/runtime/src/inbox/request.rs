@@ -10,7 +10,7 @@ pub const MAX_MESSAGE_ID_BYTES: usize = 512;
 
 /// Why `id` cannot key the inbox, if it cannot: empty, longer than
 /// [`MAX_MESSAGE_ID_BYTES`], or holding a NUL (PostgreSQL text cannot).
-pub fn message_id_problem(id: &str) -> Option<String> {
+pub(crate) fn message_id_problem(id: &str) -> Option<String> {
     if id.is_empty() {
         return Some("courier-message-id is empty".into());
     }
@@ -25,14 +25,14 @@ pub fn message_id_problem(id: &str) -> Option<String> {
 
 /// A request's identity under its message id: the SHA-256 of its payload. A redelivery
 /// (the same bytes, whatever its correlation id or reply-to) has the same digest.
-pub fn digest(payload: &[u8]) -> [u8; 32] {
+pub(super) fn digest(payload: &[u8]) -> [u8; 32] {
     Sha256::digest(payload).into()
 }
 
 /// Whether a database error is the request's fault: SQLSTATE class 22 (data exception: a
 /// value the column cannot hold) or 23 (integrity constraint violation). Such an error
 /// says nothing about the database's health, so it must not open the breaker.
-pub fn caused_by_request(sqlstate: &str) -> bool {
+pub(super) fn caused_by_request(sqlstate: &str) -> bool {
     sqlstate.starts_with("22") || sqlstate.starts_with("23")
 }
 

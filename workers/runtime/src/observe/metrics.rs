@@ -132,75 +132,75 @@ impl Metrics {
     }
 
     /// A delivery arrived.
-    pub fn received(&self) {
+    pub(crate) fn received(&self) {
         self.received.inc();
     }
 
     /// An ok reply was confirmed.
-    pub fn succeeded(&self) {
+    pub(crate) fn succeeded(&self) {
         self.succeeded.inc();
     }
 
     /// A request answered before was answered again from the inbox.
-    pub fn answered_from_inbox(&self) {
+    pub(crate) fn answered_from_inbox(&self) {
         self.answered_from_inbox.inc();
     }
 
     /// A delivery round failed with `kind`.
-    pub fn failed(&self, kind: &str) {
+    pub(crate) fn failed(&self, kind: &str) {
         self.failed.with_label_values(&[&self.worker, kind]).inc();
     }
 
     /// A request went to the retry tier `tier`.
-    pub fn retried(&self, tier: &str) {
+    pub(crate) fn retried(&self, tier: &str) {
         self.retried.with_label_values(&[&self.worker, tier]).inc();
     }
 
     /// A dead-letter copy was confirmed.
-    pub fn dead_lettered(&self, kind: &str, fingerprint: &str) {
+    pub(crate) fn dead_lettered(&self, kind: &str, fingerprint: &str) {
         self.dead_lettered.with_label_values(&[&self.worker, kind, fingerprint]).inc();
     }
 
     /// A delivery went back to the broker: an output was not confirmed for `reason`.
-    pub fn requeued(&self, reason: &str) {
+    pub(crate) fn requeued(&self, reason: &str) {
         self.requeued.with_label_values(&[&self.worker, reason]).inc();
     }
 
     /// The dead-letter queue refused a copy for good; it went to the parking queue.
-    pub fn parked(&self) {
+    pub(crate) fn parked(&self) {
         self.parked.inc();
     }
 
     /// One handler invocation took `elapsed`.
-    pub fn handler_took(&self, elapsed: Duration) {
+    pub(crate) fn handler_took(&self, elapsed: Duration) {
         self.handler_seconds.observe(elapsed.as_secs_f64());
     }
 
     /// Counts a delivery in flight until the guard is dropped.
-    pub fn in_flight(&self) -> InFlight {
+    pub(crate) fn in_flight(&self) -> InFlight {
         let gauge = self.in_flight.clone();
         gauge.inc();
         InFlight(gauge)
     }
 
     /// Bytes held against the worker's byte budget.
-    pub fn set_in_flight_bytes(&self, bytes: usize) {
+    pub(crate) fn set_in_flight_bytes(&self, bytes: usize) {
         self.in_flight_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Readiness as a gauge.
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.with_label_values(&[&self.worker]).set(i64::from(ready));
     }
 
     /// Messages waiting in `queue`.
-    pub fn set_queue_depth(&self, queue: &str, messages: u64) {
+    pub(crate) fn set_queue_depth(&self, queue: &str, messages: u64) {
         self.queue_depth.with_label_values(&[&self.worker, queue]).set(i64::try_from(messages).unwrap_or(i64::MAX));
     }
 
     /// Lags of the partitions assigned now (`None`: not known this time; the gauge keeps
     /// its last value). The gauges of partitions no longer assigned are removed.
-    pub fn set_consumer_lags(&self, lags: &[(String, i32, Option<u64>)]) {
+    pub(crate) fn set_consumer_lags(&self, lags: &[(String, i32, Option<u64>)]) {
         let mut shown = self.lag_partitions.lock().unwrap_or_else(|p| p.into_inner());
         let now: std::collections::BTreeSet<(String, i32)> = lags.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
         for (topic, partition) in shown.difference(&now) {
@@ -218,7 +218,7 @@ impl Metrics {
 
     /// A dependency's circuit breaker is in the phase whose gauge value is `state`;
     /// `entered`: the phase it just changed to, counted as a transition.
-    pub fn breaker(&self, dependency: &str, state: i64, entered: Option<&str>) {
+    pub(crate) fn breaker(&self, dependency: &str, state: i64, entered: Option<&str>) {
         self.breaker_state.with_label_values(&[&self.worker, dependency]).set(state);
         if let Some(phase) = entered {
             self.breaker_transitions.with_label_values(&[&self.worker, dependency, phase]).inc();
@@ -237,7 +237,7 @@ impl Metrics {
 
 /// Keeps a delivery counted in `courier_in_flight`.
 #[derive(Debug)]
-pub struct InFlight(prometheus::IntGauge);
+pub(crate) struct InFlight(prometheus::IntGauge);
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -1,12 +1,15 @@
 //! What a worker shows about itself: Prometheus metrics, health and readiness over HTTP,
 //! and OpenTelemetry traces.
 
-pub mod health;
-pub mod metrics;
-pub mod otlp;
-pub mod probe;
+mod health;
+mod metrics;
+pub(crate) mod otlp;
+mod probe;
 pub mod serve;
-pub mod server;
+pub(crate) mod server;
 
 pub use health::Health;
 pub use metrics::Metrics;
+pub use otlp::flush;
+pub use probe::get as probe;
+pub use server::{Observed, routes};

@@ -22,7 +22,7 @@ use crate::contract::{
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
 /// The tracing layer that exports spans, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
-pub fn layer<S>() -> Option<OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
+pub(crate) fn layer<S>() -> Option<OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
@@ -67,7 +67,7 @@ pub fn flush() {
 /// only when spans are exported (nobody could see it otherwise, and every header costs
 /// the broker work). `incoming` is the request's `traceparent`; its `tracestate` is read
 /// from `headers`.
-pub fn continue_trace(span: &tracing::Span, headers: &Headers, incoming: Option<&str>) -> Option<String> {
+pub(crate) fn continue_trace(span: &tracing::Span, headers: &Headers, incoming: Option<&str>) -> Option<String> {
     continue_in(PROVIDER.get().is_some(), span, headers, incoming)
 }
 

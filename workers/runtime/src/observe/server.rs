@@ -35,7 +35,7 @@ pub fn routes(observed: Observed) -> Router {
 /// serves `router` there, for the caller to run as a task it owns. It serves until it is
 /// dropped, which closes the listener: its owner stops it with no wait for a slow client
 /// (a connection left open finishes its request in progress, then closes).
-pub async fn bind(
+pub(crate) async fn bind(
     addr: SocketAddr,
     router: Router,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = ()> + Send + 'static)> {

@@ -32,7 +32,7 @@ enum Text {
 
 impl BrokerError {
     /// The client's error, as it reads.
-    pub fn client(error: impl Error + Send + Sync + 'static) -> Self {
+    pub(crate) fn client(error: impl Error + Send + Sync + 'static) -> Self {
         Self { text: Text::Client, source: Some(Arc::new(error)) }
     }
 
@@ -43,7 +43,7 @@ impl BrokerError {
 
     /// Keep `error` as the source of words that already say what it said.
     #[must_use]
-    pub fn with_source(mut self, error: impl Error + Send + Sync + 'static) -> Self {
+    pub(crate) fn with_source(mut self, error: impl Error + Send + Sync + 'static) -> Self {
         self.source = Some(Arc::new(error));
         self
     }
@@ -127,7 +127,7 @@ impl TransportError {
     }
 
     /// [`Self::Unavailable`] with the client's error.
-    pub fn unavailable(error: impl Error + Send + Sync + 'static) -> Self {
+    pub(crate) fn unavailable(error: impl Error + Send + Sync + 'static) -> Self {
         Self::Unavailable(BrokerError::client(error))
     }
 
@@ -225,12 +225,12 @@ impl PublishError {
 
     /// Whether a redelivery caused by this error counts against the message's limit:
     /// a broker outage is nobody's fault and never counts; a refusal does.
-    pub fn counts_against_the_message(&self) -> bool {
+    pub(crate) fn counts_against_the_message(&self) -> bool {
         !matches!(self, Self::Unavailable(_) | Self::Transport(_))
     }
 
     /// A short machine-readable name, for metrics and failure codes.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::Unroutable(_) => "unroutable",
             Self::InvalidName { .. } => "invalid_name",
@@ -241,7 +241,7 @@ impl PublishError {
     }
 
     /// [`Self::InvalidName`] for `destination`, cut to 64 bytes for logs and headers.
-    pub fn invalid_name(destination: &str, reason: &'static str) -> Self {
+    pub(crate) fn invalid_name(destination: &str, reason: &'static str) -> Self {
         let destination = crate::contract::headers::truncate(destination, 64).to_owned();
         Self::InvalidName { destination, reason }
     }

@@ -75,7 +75,7 @@ impl MemoryBroker {
     }
 
     /// Messages waiting in `queue` (not those handed out), oldest first.
-    pub fn peek(&self, queue: &str) -> Vec<Message> {
+    pub(crate) fn peek(&self, queue: &str) -> Vec<Message> {
         self.lock().get(queue).map(|q| q.ready.iter().map(|s| s.message.clone()).collect()).unwrap_or_default()
     }
 
@@ -99,12 +99,14 @@ impl MemoryBroker {
     }
 
     /// Remove `queue` and its messages (publishing there is then unroutable).
-    pub fn delete_queue(&self, queue: &str) {
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn delete_queue(&self, queue: &str) {
         self.lock().remove(queue);
     }
 
     /// Remove every waiting message of `queue`; returns how many.
-    pub fn purge(&self, queue: &str) -> usize {
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn purge(&self, queue: &str) -> usize {
         self.lock().get_mut(queue).map_or(0, |q| std::mem::take(&mut q.ready).len())
     }
 

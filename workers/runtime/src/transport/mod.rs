@@ -11,8 +11,8 @@ pub mod dead_letters;
 mod error;
 #[cfg(feature = "kafka")]
 pub mod kafka;
-pub mod memory;
-pub mod names;
+pub(crate) mod memory;
+pub(crate) mod names;
 mod redact;
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
@@ -216,7 +216,8 @@ impl<A> Subscription<A> {
     /// `done` ends once the transport is done with the deliveries taken (Kafka: their
     /// offsets are stored and the consumer is closed: last commit, group left).
     #[must_use]
-    pub fn with_done(mut self, done: impl Future<Output = ()> + Send + 'static) -> Self {
+    #[cfg(feature = "kafka")]
+    pub(crate) fn with_done(mut self, done: impl Future<Output = ()> + Send + 'static) -> Self {
         self.done = Some(Box::pin(done));
         self
     }
@@ -234,7 +235,11 @@ impl<A> Subscription<A> {
     }
 
     /// A subscription reading a channel a transport's own task fills.
-    pub fn from_channel(mut receiver: tokio::sync::mpsc::Receiver<Delivery<A>>, intake: watch::Sender<Intake>) -> Self
+    #[cfg(feature = "kafka")]
+    pub(crate) fn from_channel(
+        mut receiver: tokio::sync::mpsc::Receiver<Delivery<A>>,
+        intake: watch::Sender<Intake>,
+    ) -> Self
     where
         A: Send + 'static,
     {
@@ -247,13 +252,13 @@ impl<A> Subscription<A> {
     }
 
     /// Tell the transport how much to take from now on.
-    pub fn set_intake(&self, intake: Intake) {
+    pub(crate) fn set_intake(&self, intake: Intake) {
         self.intake.send_if_modified(|current| std::mem::replace(current, intake) != intake);
     }
 }
 
 /// The intake channel of a new subscription: the transport keeps the receiver.
-pub fn intake() -> (watch::Sender<Intake>, watch::Receiver<Intake>) {
+pub(crate) fn intake() -> (watch::Sender<Intake>, watch::Receiver<Intake>) {
     watch::channel(Intake::Full)
 }
 

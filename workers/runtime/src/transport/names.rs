@@ -7,23 +7,23 @@
 use std::time::{Duration, Instant};
 
 /// How long a "no such destination" answer is believed.
-pub const MISSING_FOR: Duration = Duration::from_secs(1);
+pub(crate) const MISSING_FOR: Duration = Duration::from_secs(1);
 /// How long an "exists" answer is believed (a client's exclusive reply queue goes away
 /// with its client; an unroutable publish is then found by asking again).
-pub const EXISTS_FOR: Duration = Duration::from_secs(60);
+pub(crate) const EXISTS_FOR: Duration = Duration::from_secs(60);
 /// At most this many names are remembered either way; past it the oldest answers go.
-pub const CAPACITY: usize = 10_000;
+pub(crate) const CAPACITY: usize = 10_000;
 
 /// Existence answers by name.
 #[derive(Debug, Default)]
-pub struct Known {
+pub(crate) struct Known {
     /// Name → (exists, when the broker said so).
     answers: foldhash::HashMap<String, (bool, Instant)>,
 }
 
 impl Known {
     /// The believed answer for `name`, if any.
-    pub fn get(&self, name: &str) -> Option<bool> {
+    pub(crate) fn get(&self, name: &str) -> Option<bool> {
         self.get_at(name, Instant::now())
     }
 
@@ -36,7 +36,7 @@ impl Known {
     }
 
     /// Remember the broker's answer for `name`.
-    pub fn set(&mut self, name: &str, exists: bool) {
+    pub(crate) fn set(&mut self, name: &str, exists: bool) {
         self.set_at(name, exists, Instant::now());
     }
 

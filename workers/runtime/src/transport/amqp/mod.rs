@@ -10,7 +10,7 @@
 
 mod convert;
 mod dead_letters;
-pub mod prefetch;
+mod prefetch;
 pub mod topology;
 
 use std::{
@@ -214,7 +214,7 @@ impl AmqpTransport {
 
     /// Messages ready in queue `name`, or `None` when there is no such queue, or it is
     /// another connection's exclusive queue (which cannot be asked).
-    pub async fn message_count(&self, name: &str) -> Result<Option<u64>, PublishError> {
+    pub(crate) async fn message_count(&self, name: &str) -> Result<Option<u64>, PublishError> {
         Ok(match self.passive_declare(name).await? {
             Declared::Ready(count) => Some(count),
             Declared::Exclusive | Declared::Missing => None,

@@ -19,15 +19,15 @@
 //! broker denies it, the alternative is to re-subscribe with the new per-consumer value.
 
 /// Memory the deliveries pushed ahead may take, in bytes.
-pub const BUDGET: f64 = 64.0 * 1024.0 * 1024.0;
+pub(super) const BUDGET: f64 = 64.0 * 1024.0 * 1024.0;
 /// Memory per byte of a delivery in flight (measured: ~3.5 with lapin).
-pub const BYTES_PER_BYTE: f64 = 4.0;
+pub(super) const BYTES_PER_BYTE: f64 = 4.0;
 /// The size estimate's shrink per delivery.
-pub const DECAY: f64 = 0.9;
+pub(super) const DECAY: f64 = 0.9;
 
 /// The prefetch of one consumer.
 #[derive(Clone, Debug)]
-pub struct Prefetch {
+pub(super) struct Prefetch {
     /// Upper bound: `--concurrency`.
     limit: u16,
     /// Recent largest delivery, decaying, in bytes.
@@ -38,25 +38,25 @@ pub struct Prefetch {
 
 impl Prefetch {
     /// Start at 1: nothing seen yet counts as large.
-    pub fn new(limit: u16) -> Self {
+    pub(super) fn new(limit: u16) -> Self {
         let mut prefetch = Self { limit: limit.max(1), estimate: BUDGET / BYTES_PER_BYTE, current: 1 };
         prefetch.current = prefetch.target();
         prefetch
     }
 
     /// Always `limit` (for a quorum queue, whose consumer's prefetch cannot change).
-    pub fn fixed(limit: u16) -> Self {
+    pub(super) fn fixed(limit: u16) -> Self {
         Self { limit: limit.max(1), estimate: 0.0, current: limit.max(1) }
     }
 
     /// The prefetch to ask for now.
-    pub fn current(&self) -> u16 {
+    pub(super) fn current(&self) -> u16 {
         self.current
     }
 
     /// A delivery of `size` bytes arrived: the new prefetch when it should change (lower at
     /// once; higher when it at least doubles, to keep `basic.qos` calls few).
-    pub fn observe(&mut self, size: usize) -> Option<u16> {
+    pub(super) fn observe(&mut self, size: usize) -> Option<u16> {
         self.estimate = (self.estimate * DECAY).max(size as f64);
         let target = self.target();
         let change = target < self.current || target >= self.current.saturating_mul(2).min(self.limit);

@@ -13,16 +13,16 @@ use std::{
 };
 
 /// Kafka's API key of EndTxn (commit or abort a transaction).
-pub const END_TXN: i16 = 26;
+pub(crate) const END_TXN: i16 = 26;
 /// Kafka's API key of DescribeConfigs (a topic's settings).
-pub const DESCRIBE_CONFIGS: i16 = 32;
+pub(crate) const DESCRIBE_CONFIGS: i16 = 32;
 /// Kafka's API key of ApiVersions.
 const API_VERSIONS: i16 = 18;
 /// Largest answer accepted (a broker lists ~70 APIs at 6 bytes each).
 const MAX_ANSWER: usize = 64 * 1024;
 
 /// The request, size prefix included: ApiVersions v0, correlation id 1, client id `courier`.
-pub fn request() -> Vec<u8> {
+pub(crate) fn request() -> Vec<u8> {
     let client = b"courier";
     let mut body = Vec::with_capacity(10 + client.len());
     body.extend_from_slice(&API_VERSIONS.to_be_bytes());
@@ -37,7 +37,7 @@ pub fn request() -> Vec<u8> {
 
 /// The API keys an answer (without its size prefix) lists; `None` when it is not a
 /// well-formed ApiVersions v0 answer without error.
-pub fn api_keys(answer: &[u8]) -> Option<Vec<i16>> {
+pub(crate) fn api_keys(answer: &[u8]) -> Option<Vec<i16>> {
     let i16_at = |at: usize| Some(i16::from_be_bytes(answer.get(at..at + 2)?.try_into().ok()?));
     let i32_at = |at: usize| Some(i32::from_be_bytes(answer.get(at..at + 4)?.try_into().ok()?));
     let (_correlation, error, count) = (i32_at(0)?, i16_at(4)?, i32_at(6)?);
@@ -54,7 +54,7 @@ pub fn api_keys(answer: &[u8]) -> Option<Vec<i16>> {
 /// Ask the first reachable broker of `bootstrap` (`host:port[,host:port]`) which APIs it
 /// serves. `None` when none answers in plain Kafka protocol within `timeout` (TLS or SASL
 /// listeners, say): the caller then cannot tell.
-pub fn probe(bootstrap: &str, timeout: Duration) -> Option<Vec<i16>> {
+pub(crate) fn probe(bootstrap: &str, timeout: Duration) -> Option<Vec<i16>> {
     bootstrap.split(',').map(str::trim).filter(|b| !b.is_empty()).find_map(|broker| ask(broker, timeout))
 }
 

@@ -13,9 +13,9 @@ use std::{
 };
 
 /// librdkafka's `statistics.interval.ms` for the consumer.
-pub const STATS_INTERVAL_MS: &str = "500";
+pub(super) const STATS_INTERVAL_MS: &str = "500";
 /// Statistics older than this mean librdkafka's view is unknown: not ready.
-pub const STALE_AFTER: Duration = Duration::from_secs(2);
+pub(super) const STALE_AFTER: Duration = Duration::from_secs(2);
 
 /// The part of librdkafka's statistics JSON read here.
 #[derive(serde::Deserialize)]
@@ -33,14 +33,14 @@ struct Broker {
 
 /// Whether the statistics show a connection to a known broker up; `None` when they do
 /// not parse.
-pub fn any_broker_up(statistics: &[u8]) -> Option<bool> {
+pub(super) fn any_broker_up(statistics: &[u8]) -> Option<bool> {
     let stats: Stats = serde_json::from_slice(statistics).ok()?;
     Some(stats.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP"))
 }
 
 /// What the consumer's callbacks last reported.
 #[derive(Debug)]
-pub struct Liveness {
+pub(super) struct Liveness {
     /// When this was created; statistics times are counted from it.
     start: Instant,
     /// Milliseconds after `start` of the last statistics, plus one (0: none yet).
@@ -64,7 +64,7 @@ impl Default for Liveness {
 
 impl Liveness {
     /// New statistics arrived.
-    pub fn statistics(&self, raw: &[u8]) {
+    pub(super) fn statistics(&self, raw: &[u8]) {
         let Some(up) = any_broker_up(raw) else { return };
         self.broker_up.store(up, Ordering::Relaxed);
         let at = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
@@ -72,12 +72,12 @@ impl Liveness {
     }
 
     /// The member got an assignment (`true`) or lost it (`false`).
-    pub fn set_assigned(&self, assigned: bool) {
+    pub(super) fn set_assigned(&self, assigned: bool) {
         self.assigned.store(assigned, Ordering::Relaxed);
     }
 
     /// Ready: assigned, a broker up, and statistics fresh.
-    pub fn ready(&self) -> bool {
+    pub(super) fn ready(&self) -> bool {
         self.ready_at(self.start.elapsed())
     }
 

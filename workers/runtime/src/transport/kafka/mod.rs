@@ -14,8 +14,8 @@ pub(crate) mod api_versions;
 pub(crate) mod convert;
 mod dead_letters;
 mod dispatch;
-pub mod liveness;
-pub mod offsets;
+mod liveness;
+mod offsets;
 mod retry_due;
 mod scheduler;
 mod topic_limits;
@@ -223,7 +223,7 @@ impl KafkaTransport {
     }
 
     /// Whether `topic` exists (cached once seen; a missing one is asked again after a second).
-    pub async fn topic_exists(&self, topic: &str) -> Result<bool, PublishError> {
+    pub(crate) async fn topic_exists(&self, topic: &str) -> Result<bool, PublishError> {
         match self.known_topic(topic) {
             Some(exists) => Ok(exists),
             // Boxed: the broker is asked once per topic, and this future is part of every send's.

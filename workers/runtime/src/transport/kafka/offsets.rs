@@ -11,7 +11,7 @@ const COMPACT_AFTER: usize = 1024;
 
 /// Offsets of one partition handed out and not yet finished.
 #[derive(Debug, Default)]
-pub struct PartitionOffsets {
+pub(crate) struct PartitionOffsets {
     /// Received and not yet passed by the stored position, in offset order, each with
     /// whether it is finished. Records arrive in offset order, so a start is a push at the
     /// back and the finished prefix leaves from the front (a search tree cost three times
@@ -27,7 +27,7 @@ pub struct PartitionOffsets {
 
 impl PartitionOffsets {
     /// A message at `offset` was received and is being processed.
-    pub fn start(&mut self, offset: i64) {
+    pub(crate) fn start(&mut self, offset: i64) {
         // Before anything finishes, the position to resume from is the first offset seen.
         self.stored.get_or_insert(offset);
         match self.window.back() {
@@ -43,7 +43,7 @@ impl PartitionOffsets {
 
     /// The message at `offset` is finished. Returns the offset to store (the next one
     /// to consume) when it advanced.
-    pub fn finish(&mut self, offset: i64) -> Option<i64> {
+    pub(crate) fn finish(&mut self, offset: i64) -> Option<i64> {
         let Ok(at) = self.position(offset) else { return None };
         let (_, finished) = &mut self.window[at];
         if std::mem::replace(finished, true) {
@@ -67,13 +67,14 @@ impl PartitionOffsets {
     }
 
     /// The first offset received and not finished yet, if any.
-    pub fn first_unfinished(&self) -> Option<i64> {
+    pub(crate) fn first_unfinished(&self) -> Option<i64> {
         // The front is unfinished: finished ones leave from the front at once.
         self.window.front().map(|(offset, _)| *offset)
     }
 
     /// Number of messages in flight.
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
     }
 

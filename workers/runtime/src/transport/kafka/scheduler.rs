@@ -101,7 +101,7 @@ pub(super) struct Scheduler<R> {
 }
 
 impl<R: Record> Scheduler<R> {
-    pub fn new(limits: Limits) -> Self {
+    pub(super) fn new(limits: Limits) -> Self {
         Self {
             limits,
             waiting: HashMap::new(),
@@ -122,7 +122,7 @@ impl<R: Record> Scheduler<R> {
 
     /// A record received: held until `due` when that is after `now` (a retry-topic record
     /// not yet due; its partition is paused meanwhile), else queued behind its lane.
-    pub fn arrive(&mut self, record: R, due: Option<Instant>, now: Instant) {
+    pub(super) fn arrive(&mut self, record: R, due: Option<Instant>, now: Instant) {
         self.bytes += record.bytes();
         match due.filter(|due| *due > now) {
             Some(due) => {
@@ -136,12 +136,12 @@ impl<R: Record> Scheduler<R> {
     }
 
     /// When the first held record is due.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(super) fn next_due(&self) -> Option<Instant> {
         self.held.keys().next().map(|(due, _)| *due)
     }
 
     /// Queue every held record due by `now` behind its lane.
-    pub fn release_due(&mut self, now: Instant) {
+    pub(super) fn release_due(&mut self, now: Instant) {
         while let Some(entry) = self.held.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -158,14 +158,14 @@ impl<R: Record> Scheduler<R> {
         }
     }
 
-    pub fn has_ready(&self) -> bool {
+    pub(super) fn has_ready(&self) -> bool {
         !self.ready.is_empty()
     }
 
     /// The next record to hand out (it keeps its lane). `current` says whether the
     /// record's assignment still holds: stale ones (their partition was revoked since)
     /// are dropped on the way, and their lanes passed on.
-    pub fn next_ready(&mut self, current: impl Fn(&R) -> bool) -> Option<R> {
+    pub(super) fn next_ready(&mut self, current: impl Fn(&R) -> bool) -> Option<R> {
         while let Some(record) = self.ready.pop_front() {
             self.bytes -= record.bytes();
             if current(&record) {
@@ -180,7 +180,7 @@ impl<R: Record> Scheduler<R> {
     /// A record handed out comes back to be handed out again. `owns_lane`: it still owns
     /// its lane, and goes first; otherwise its lane moved on ([`Scheduler::lane_free`]
     /// while it ran) and it queues again, before the lane's later records.
-    pub fn redeliver(&mut self, record: R, owns_lane: bool) {
+    pub(super) fn redeliver(&mut self, record: R, owns_lane: bool) {
         self.bytes += record.bytes();
         if owns_lane {
             self.ready.push_front(record);
@@ -221,7 +221,7 @@ impl<R: Record> Scheduler<R> {
     }
 
     /// The record owning `lane` is done with it: the next waiting record takes it.
-    pub fn lane_free(&mut self, lane: &Lane) {
+    pub(super) fn lane_free(&mut self, lane: &Lane) {
         if *lane == Lane::Free {
             return;
         }
@@ -245,7 +245,7 @@ impl<R: Record> Scheduler<R> {
 
     /// The record owning `lane` retries in place (`held`), or no longer does: its
     /// partition resumes if it was paused for crowding.
-    pub fn hold(&mut self, lane: &Lane, held: bool) {
+    pub(super) fn hold(&mut self, lane: &Lane, held: bool) {
         if *lane == Lane::Free {
             return;
         }
@@ -276,25 +276,25 @@ impl<R: Record> Scheduler<R> {
     }
 
     /// Records received and not handed out (ready, waiting or held).
-    pub fn buffered(&self) -> usize {
+    pub(super) fn buffered(&self) -> usize {
         self.ready.len() + self.held.len() + self.waiting_len
     }
 
     /// Whether the buffer is at its limit: no more records are read.
-    pub fn is_full(&self) -> bool {
+    pub(super) fn is_full(&self) -> bool {
         self.buffered() >= self.limits.records || self.bytes >= self.limits.bytes
     }
 
     /// Whether the consumer is read: while there is room, or while throttled (every
     /// partition paused, so reading serves rebalances and liveness only).
-    pub fn reading(&self) -> bool {
+    pub(super) fn reading(&self) -> bool {
         self.throttled || !self.is_full()
     }
 
     /// Update the throttle at `now`: it starts once the buffer has been full with nothing
     /// handed out for [`MAX_READ_STALL`], and ends once the buffer is half empty. Returns
     /// when it must be looked at again (while full and not yet throttled).
-    pub fn throttle(&mut self, now: Instant) -> Option<Instant> {
+    pub(super) fn throttle(&mut self, now: Instant) -> Option<Instant> {
         if self.throttled {
             self.throttled = self.buffered() >= self.limits.records / 2 || self.bytes >= self.limits.bytes / 2;
             if !self.throttled {
@@ -318,19 +318,19 @@ impl<R: Record> Scheduler<R> {
         None
     }
 
-    pub fn throttled(&self) -> bool {
+    pub(super) fn throttled(&self) -> bool {
         self.throttled
     }
 
     /// Whether `partition` is to be paused: retries held for it, too many records behind
     /// a lane retrying in place, or the throttle.
-    pub fn pauses(&self, partition: &Partition) -> bool {
+    pub(super) fn pauses(&self, partition: &Partition) -> bool {
         self.throttled || self.held_per_partition.contains_key(partition) || self.crowded.contains(partition)
     }
 
     /// Whether [`Scheduler::pauses`] may have changed for some partition since the last
     /// call (the throttle aside).
-    pub fn take_pauses_changed(&mut self) -> bool {
+    pub(super) fn take_pauses_changed(&mut self) -> bool {
         std::mem::take(&mut self.pauses_changed)
     }
 }
