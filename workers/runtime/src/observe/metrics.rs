@@ -56,12 +56,12 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(handler_seconds.clone())).expect("registered once");
+        // A counter of this worker alone.
+        let own = |name: &str, help: &str| counter(name, help, &["worker"]).with_label_values(&[worker]);
         Self {
             worker: worker.to_owned(),
-            received: counter("courier_messages_received_total", "Deliveries received.", &["worker"])
-                .with_label_values(&[worker]),
-            succeeded: counter("courier_messages_succeeded_total", "Requests answered with an ok reply.", &["worker"])
-                .with_label_values(&[worker]),
+            received: own("courier_messages_received_total", "Deliveries received."),
+            succeeded: own("courier_messages_succeeded_total", "Requests answered with an ok reply."),
             failed: counter(
                 "courier_messages_failed_total",
                 "Failed handler rounds and refused inputs, by kind.",
@@ -82,18 +82,14 @@ impl Metrics {
                 "Deliveries returned to the broker because an output was not confirmed, by reason.",
                 &["worker", "reason"],
             ),
-            parked: counter(
+            parked: own(
                 "courier_messages_parked_total",
                 "Dead-letter copies the dead-letter queue refused for good, written to the parking queue.",
-                &["worker"],
-            )
-            .with_label_values(&[worker]),
-            answered_from_inbox: counter(
+            ),
+            answered_from_inbox: own(
                 "courier_inbox_answered_total",
                 "Requests answered again from the inbox (--inbox), without the handler: redeliveries and duplicates.",
-                &["worker"],
-            )
-            .with_label_values(&[worker]),
+            ),
             handler_seconds: handler_seconds.with_label_values(&[worker]),
             in_flight: gauge("courier_in_flight", "Deliveries being processed.", &["worker"])
                 .with_label_values(&[worker]),

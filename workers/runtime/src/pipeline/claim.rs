@@ -15,16 +15,20 @@ use crate::{
         failure::{FailureKind, code},
     },
     handler::{Handler, HandlerError},
-    inbox::{self, Claim, InboxError, Stored, Transaction},
+    inbox::{self, Claim, Inbox, InboxError, Stored, Transaction},
     transport::Transport,
 };
 
 impl<H: Handler, T: Transport> Pipeline<H, T> {
-    /// The request's transaction (`None` without an inbox or a message id), or how the
+    /// The request's transaction in `inbox` (`None` without a message id), or how the
     /// delivery ended without the handler: answered from the inbox, an id the inbox cannot
     /// hold or that another request used, or the database failing.
-    pub(super) async fn claim(&self, delivery: &mut InFlight<'_, T>) -> ControlFlow<Settle, Option<Transaction>> {
-        let (Some(inbox), Some(id)) = (&self.inbox, &delivery.meta.message_id) else {
+    pub(super) async fn claim(
+        &self,
+        inbox: &Inbox,
+        delivery: &mut InFlight<'_, T>,
+    ) -> ControlFlow<Settle, Option<Transaction>> {
+        let Some(id) = &delivery.meta.message_id else {
             return ControlFlow::Continue(None);
         };
         if let Some(why) = inbox::message_id_problem(id) {
@@ -56,12 +60,9 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     pub(super) async fn commit(
         &self,
         delivery: &mut InFlight<'_, T>,
-        transaction: Option<Transaction>,
+        transaction: Transaction,
         reply: Option<&[u8]>,
     ) -> ControlFlow<Settle> {
-        let Some(transaction) = transaction else {
-            return ControlFlow::Continue(());
-        };
         let Some(payload) = reply else {
             transaction.rollback().await;
             return ControlFlow::Continue(());
@@ -91,12 +92,5 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         self.gate.record(Call::Failed, Some(INBOX));
         let error = HandlerError::transient(code::INBOX_UNAVAILABLE, error).dependency(INBOX);
         delivery.retry_later(Failure::from_handler(error)).await
-    }
-}
-
-/// End a transaction the rounds did not get to use (the breaker opened, the deadline passed).
-pub(super) async fn roll_back(transaction: Option<Transaction>) {
-    if let Some(transaction) = transaction {
-        transaction.rollback().await;
     }
 }

@@ -19,6 +19,11 @@
 //! came from, its parsed contract headers and its acker; the steps are its methods and
 //! the [`Pipeline`]'s. Nothing is acked before its output is confirmed by the broker, so a
 //! crash at any point loses nothing (at-least-once).
+//!
+//! A delivery's future is allocated per message and copied when it is created, so the
+//! steps off the common path (dead letters, retry tiers, the inbox, waits in place,
+//! unconfirmed outputs) are boxed where the path branches off to them (`Box::pin`): the
+//! future then holds the common path only (admit, the handler round, the reply, the ack).
 
 mod admit;
 mod claim;
@@ -47,7 +52,7 @@ use crate::{
         trace,
     },
     handler::Handler,
-    inbox::Inbox,
+    inbox::{Inbox, Transaction},
     observe::{Metrics, otlp},
     schema::RequestSchema,
     transport::{Delivery, Transport},
@@ -102,7 +107,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             continue_trace(&mut delivery);
             let given_up = delivery.given_up();
             let settle = match given_up {
-                Some(code) => delivery.fallbacks_again(code).await,
+                Some(code) => Box::pin(delivery.fallbacks_again(code)).await,
                 None => self.process(&mut delivery, bad).await,
             };
             delivery.settle(settle, given_up.is_some()).await;
@@ -119,40 +124,53 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let rules = Rules { settings: &self.outputs.settings, schema: &self.schema, name_problem: &name_problem };
         let request = match admit::admit::<H>(&rules, delivery.message(), &delivery.meta, bad, SystemTime::now()) {
             Ok(request) => request,
-            Err(failure) => return delivery.dead_letter(failure).await,
+            Err(failure) => return Box::pin(delivery.dead_letter(failure)).await,
         };
-        let transaction = match self.claim(delivery).await {
-            ControlFlow::Continue(transaction) => transaction,
-            ControlFlow::Break(settle) => return settle,
+        let transaction = match &self.inbox {
+            Some(inbox) => match Box::pin(self.claim(inbox, delivery)).await {
+                ControlFlow::Continue(transaction) => transaction,
+                ControlFlow::Break(settle) => return settle,
+            },
+            None => None,
         };
         let result = match self.rounds(&request, delivery, transaction.as_ref()).await {
             Rounds::Ended(result) => result,
             Rounds::GiveBack => {
-                claim::roll_back(transaction).await;
+                if let Some(transaction) = transaction {
+                    Box::pin(transaction.rollback()).await;
+                }
                 return Settle::GiveBack;
             }
-            Rounds::Expired => {
-                claim::roll_back(transaction).await;
-                let why = "the request's deadline passed while it waited to be retried";
-                return delivery.dead_letter(Failure::new(FailureKind::Expired, code::DEADLINE_EXCEEDED, why)).await;
-            }
+            Rounds::Expired => return Box::pin(self.expired(delivery, transaction)).await,
         };
         let encoded = result.map(|reply| records::encode::<H>(&reply, delivery.meta.codec));
-        let reply = match &encoded {
-            Ok(Ok(payload)) => Some(payload.as_slice()),
-            _ => None,
-        };
-        if let ControlFlow::Break(settle) = self.commit(delivery, transaction, reply).await {
-            return settle;
-        }
-        match encoded {
-            Ok(Ok(payload)) => delivery.reply(payload.into()).await,
-            Ok(Err(error)) => {
-                delivery.dead_letter(Failure::new(FailureKind::Permanent, code::REPLY_NOT_SERIALIZABLE, error)).await
+        if let Some(transaction) = transaction {
+            let reply = match &encoded {
+                Ok(Ok(payload)) => Some(payload.as_slice()),
+                _ => None,
+            };
+            if let ControlFlow::Break(settle) = Box::pin(self.commit(delivery, transaction, reply)).await {
+                return settle;
             }
-            Err(error) if error.is_transient() => delivery.retry_later(Failure::from_handler(error)).await,
-            Err(error) => delivery.dead_letter(Failure::from_handler(error)).await,
         }
+        let failure = match encoded {
+            Ok(Ok(payload)) => return delivery.reply(payload.into()).await,
+            Ok(Err(error)) => Failure::new(FailureKind::Permanent, code::REPLY_NOT_SERIALIZABLE, error),
+            Err(error) if error.is_transient() => {
+                return Box::pin(delivery.retry_later(Failure::from_handler(error))).await;
+            }
+            Err(error) => Failure::from_handler(error),
+        };
+        Box::pin(delivery.dead_letter(failure)).await
+    }
+
+    /// The request's deadline passed while it waited to be retried in place.
+    async fn expired(&self, delivery: &mut InFlight<'_, T>, transaction: Option<Transaction>) -> Settle {
+        if let Some(transaction) = transaction {
+            transaction.rollback().await;
+        }
+        let why = "the request's deadline passed while it waited to be retried";
+        delivery.dead_letter(Failure::new(FailureKind::Expired, code::DEADLINE_EXCEEDED, why)).await
     }
 }
 

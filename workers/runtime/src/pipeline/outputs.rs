@@ -148,7 +148,7 @@ impl<T: Transport> InFlight<'_, T> {
                 format!("no queue or topic named {reply_to:?}"),
             ),
         };
-        self.dead_letter(failure).await
+        Box::pin(self.dead_letter(failure)).await
     }
 
     /// Hand the message to the next delayed-retry tier, or dead-letter it when none is left

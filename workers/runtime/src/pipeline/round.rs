@@ -63,7 +63,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             info!(delay = ?tier.delay, code = %error.code, "Transient failure; retrying in place after a delay.");
             self.outputs.metrics.failed(FailureKind::Transient.as_str());
             self.outputs.metrics.retried(&tier.name);
-            delivery.wait_in_place(tier.delay).await;
+            Box::pin(delivery.wait_in_place(tier.delay)).await;
             // Only a probe's first round is the probe.
             probe = false;
             // As a copy coming back from a retry tier would be.

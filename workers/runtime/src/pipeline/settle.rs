@@ -81,7 +81,7 @@ impl<T: Transport> InFlight<'_, T> {
                 outputs.metrics.requeued(BREAKER_OPEN);
                 false
             }
-            Settle::Requeue(unsettled) => self.unsettled(unsettled).await,
+            Settle::Requeue(unsettled) => Box::pin(self.unsettled(unsettled)).await,
         };
         let acker = self.held.acker;
         let result = if ack { acker.ack().await } else { acker.nack().await };

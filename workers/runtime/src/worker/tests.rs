@@ -7,7 +7,7 @@ use crate::{
     config::InboxSettings,
     handler::{Context, HandlerError},
     inbox::Bounds,
-    transport::{Confirm, Message, PublishError, memory::MemoryBroker},
+    transport::{Confirm, Message, PublishError, Subscription, Topology, memory::MemoryBroker},
 };
 
 /// The start-up step the broker refuses.
