@@ -20,7 +20,8 @@
 
 /// Memory the deliveries pushed ahead may take, in bytes.
 pub(super) const BUDGET: f64 = 64.0 * 1024.0 * 1024.0;
-/// Memory per byte of a delivery in flight (measured: ~3.5 with lapin).
+/// Memory per byte of a delivery in flight: lapin's copies of a delivery, rounded up
+/// (docs/benchmarks.md, "Why the transports' defaults").
 pub(super) const BYTES_PER_BYTE: f64 = 4.0;
 /// The size estimate's shrink per delivery.
 pub(super) const DECAY: f64 = 0.9;

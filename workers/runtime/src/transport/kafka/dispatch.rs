@@ -31,9 +31,9 @@ const REDELIVERY_DELAY: Duration = Duration::from_millis(500);
 /// Records the dispatcher may buffer; at the limit (or at its byte limit, the transport's
 /// `buffer_bytes`) it stops reading from the consumer, and librdkafka's own prefetch limit
 /// (`queued.max.messages.kbytes`, the same bytes, on top of this buffer) then stops its
-/// fetching. Pausing instead would cost throughput:
-/// librdkafka drops what it prefetched and takes up to a second to fetch again after a
-/// resume, which cut a no-op worker at concurrency 1,000 to 18,000 msg/s.
+/// fetching. Pausing instead would cost throughput: librdkafka drops what it prefetched
+/// and takes up to a second to fetch again after a resume (docs/benchmarks.md, "Why the
+/// transports' defaults").
 const MIN_BUFFERED_RECORDS: usize = 10_000;
 /// See [`Limits::waiting_behind_held_lane`].
 const MAX_WAITING_BEHIND_HELD_LANE: usize = 1_000;

@@ -14,8 +14,8 @@ const COMPACT_AFTER: usize = 1024;
 pub(crate) struct PartitionOffsets {
     /// Received and not yet passed by the stored position, in offset order, each with
     /// whether it is finished. Records arrive in offset order, so a start is a push at the
-    /// back and the finished prefix leaves from the front (a search tree cost three times
-    /// as many instructions per record).
+    /// back and the finished prefix leaves from the front (cheaper per record than a search
+    /// tree).
     window: VecDeque<(i64, bool)>,
     /// Entries of `window` not finished.
     in_flight: usize,

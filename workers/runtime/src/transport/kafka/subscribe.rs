@@ -30,17 +30,17 @@ const CLASSIC_PROTOCOL_ONLY: [&str; 3] =
 
 /// What librdkafka fetches ahead per partition (`queued.min.messages`): the worker's
 /// prefetch (`--concurrency`), at least 1,000. librdkafka's default, 100,000 per
-/// partition, had a no-op worker hold a whole backlog twice (fetched, and in the
-/// dispatcher's buffer): 90–118 MiB against 57–78 MiB with this bound, at the same
-/// throughput. With 100, `--ordering partition` answered at half its peak rate after
-/// 1.1 s instead of 24 ms (its partitions were fetched too late).
+/// partition, has a worker hold a whole backlog twice (fetched, and in the dispatcher's
+/// buffer) for no more throughput; a floor much lower starves `--ordering partition`,
+/// whose partitions are then fetched too late (docs/benchmarks.md, "Why the transports'
+/// defaults").
 fn prefetched_per_partition(prefetch: usize) -> usize {
     prefetch.clamp(1_000, 100_000)
 }
 
 /// How soon librdkafka fetches again for a partition whose fetched records are above
 /// [`prefetched_per_partition`] (librdkafka waits 1 s by default: with a small bound, a
-/// partition then starved, 2,000 msg/s instead of 100,000).
+/// partition then starves between fetches).
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 impl KafkaTransport {
