@@ -177,4 +177,3 @@ impl Fixture {
 pub(super) fn header<'m>(message: &'m Message, name: &str) -> Option<&'m str> {
     message.headers.get(name).map(String::as_str)
 }
-

@@ -1,0 +1,108 @@
+//! What a worker's validated flags yield: [`Settings`], and the inbox's part of them.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::{WorkerArgs, glob::glob};
+use crate::{
+    breaker::Policy,
+    broker::Broker,
+    contract::naming,
+    retry::RetryPolicy,
+    transport::{Topology, redact},
+};
+
+/// Validated settings of one worker.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The worker's name.
+    pub worker: String,
+    /// This instance's name.
+    pub instance: String,
+    /// Broker to connect to.
+    pub broker: Broker,
+    /// Work queue/topic.
+    pub queue: String,
+    /// Default reply destination.
+    pub replies: String,
+    /// Patterns allowed as reply-to.
+    pub reply_allow: Vec<String>,
+    /// Messages processed at once.
+    pub concurrency: usize,
+    /// Time limit of one handler invocation.
+    pub handler_timeout: Duration,
+    /// Largest accepted payload.
+    pub max_payload_bytes: usize,
+    /// Byte budget of requests in flight and their outputs ([`crate::budget`]).
+    pub max_in_flight_bytes: usize,
+    /// In-process and delayed retries.
+    pub retry: RetryPolicy,
+    /// Wait out the retry tiers' delays in the worker, keeping the request's lane.
+    pub retry_in_place: bool,
+    /// Requeues allowed per message after its output was refused.
+    pub max_redeliveries: u32,
+    /// The circuit breaker's policy; `None`: off.
+    pub breaker: Option<Policy>,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Quorum work queue (RabbitMQ).
+    pub quorum: bool,
+    /// Where to serve metrics and health, if anywhere.
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// The idempotent inbox, if any.
+    pub inbox: Option<InboxSettings>,
+}
+
+/// Where the idempotent inbox keeps its rows, and for how long ([`crate::inbox`]).
+#[derive(Clone)]
+pub struct InboxSettings {
+    /// `postgres://…`.
+    pub url: String,
+    /// How long a row is kept.
+    pub retention: Duration,
+    /// Each call's bound and the pool's size.
+    pub bounds: crate::inbox::Bounds,
+}
+
+impl std::fmt::Debug for InboxSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxSettings")
+            .field("url", &redact(&self.url))
+            .field("retention", &self.retention)
+            .field("bounds", &self.bounds)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Settings for `worker` with every default (in-memory broker).
+    pub fn defaults(worker: &str) -> Self {
+        WorkerArgs::parse_from([worker]).settings(worker).unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+
+    /// The queues/topics this worker uses.
+    pub fn topology(&self) -> Topology {
+        naming::topology(&self.queue, self.retry.delays(), &self.replies, self.quorum)
+    }
+
+    /// Whether a request may ask for its reply at `destination`.
+    pub fn reply_allowed(&self, destination: &str) -> bool {
+        destination == self.replies || self.reply_allow.iter().any(|p| glob(p, destination))
+    }
+}
+
+#[cfg(all(test, feature = "amqp", feature = "kafka"))]
+mod tests {
+    use crate::config::parse;
+
+    #[test]
+    fn reply_allowlist() {
+        let s = parse(&["--reply-allow", "*.replies,client-*"]).expect("valid");
+        assert!(s.reply_allowed("greeter.replies"));
+        assert!(s.reply_allowed("billing.replies"));
+        assert!(s.reply_allowed("client-42"));
+        assert!(!s.reply_allowed("greeter.requests"));
+        assert!(!s.reply_allowed("billing.replies.x"));
+    }
+}
