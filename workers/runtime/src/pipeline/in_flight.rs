@@ -54,6 +54,11 @@ impl<'p, T: Transport> InFlight<'p, T> {
         self.retried.as_ref().unwrap_or(&self.received)
     }
 
+    /// Its acker, once nothing more is published for it (the rest is dropped).
+    pub(super) fn into_acker(self) -> T::Acker {
+        self.held.acker
+    }
+
     /// The message as received.
     pub(super) fn received(&self) -> &Message {
         &self.received

@@ -110,7 +110,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
                 Some(code) => Box::pin(delivery.fallbacks_again(code)).await,
                 None => self.process(&mut delivery, bad).await,
             };
-            delivery.settle(settle, given_up.is_some()).await;
+            let ack = delivery.ack(settle, given_up.is_some()).await;
+            settle::settle(delivery.into_acker(), ack).await;
         }
         .instrument(span)
         .await;

@@ -66,11 +66,11 @@ impl<T: Transport> InFlight<'_, T> {
         self.outputs.redeliveries.given_up(|| identity(self.received(), &self.source))
     }
 
-    /// Ack or nack, as `settle` says; an output not confirmed first goes through
+    /// Whether to ack, as `settle` says; an output not confirmed first goes through
     /// [`Self::unsettled`]. `given_up`: the delivery went straight to its fallbacks.
-    pub(super) async fn settle(mut self, settle: Settle, given_up: bool) {
+    pub(super) async fn ack(&mut self, settle: Settle, given_up: bool) -> bool {
         let outputs = self.outputs;
-        let ack = match settle {
+        match settle {
             Settle::Ack => {
                 outputs.redeliveries.settled(|| identity(self.received(), &self.source));
                 true
@@ -82,12 +82,6 @@ impl<T: Transport> InFlight<'_, T> {
                 false
             }
             Settle::Requeue(unsettled) => Box::pin(self.unsettled(unsettled)).await,
-        };
-        let acker = self.held.acker;
-        let result = if ack { acker.ack().await } else { acker.nack().await };
-        if let Err(error) = result {
-            // The broker will deliver it again; the output may then be duplicated.
-            warn!(%error, ack, "Could not settle the delivery.");
         }
     }
 
@@ -163,6 +157,15 @@ async fn nothing_takes_it<T>(outputs: &Outputs<T>, error: &PublishError) {
     outputs.metrics.requeued(error.reason());
     tracing::error!(%error, "Neither the dead-letter nor the parking queue takes the message; it goes back to the broker.");
     tokio::time::sleep(redelivery::MAX_DELAY).await;
+}
+
+/// Ack (`true`) or nack the delivery `acker` settles, once.
+pub(super) async fn settle<A: Acker>(acker: A, ack: bool) {
+    let result = if ack { acker.ack().await } else { acker.nack().await };
+    if let Err(error) = result {
+        // The broker will deliver it again; the output may then be duplicated.
+        warn!(%error, ack, "Could not settle the delivery.");
+    }
 }
 
 /// A stable identity of a delivered message, for counting its redeliveries: its Kafka
