@@ -6,7 +6,7 @@
 
 use std::time::SystemTime;
 
-use super::failure::Failure;
+use super::{failure::Failure, records};
 use crate::{
     config::Settings,
     contract::{
@@ -55,7 +55,7 @@ pub(super) fn admit<H: Handler>(
         let why = "the request's deadline passed before processing";
         return Err(Failure::new(FailureKind::Expired, code::DEADLINE_EXCEEDED, why));
     }
-    let reply_to = meta.reply_to.as_deref().unwrap_or(&settings.replies);
+    let reply_to = records::reply_to(meta, settings);
     if !settings.reply_allowed(reply_to) {
         let why = format!("reply-to {reply_to:?} is not in the allowlist {:?}", settings.reply_allow);
         return Err(Failure::new(FailureKind::Unroutable, code::REPLY_NOT_ALLOWED, why));

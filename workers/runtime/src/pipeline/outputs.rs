@@ -180,7 +180,7 @@ impl<T: Transport> InFlight<'_, T> {
     /// goes to the parking queue.
     pub(super) async fn dead_letter(&mut self, failure: Failure) -> Settle {
         let outputs = self.outputs;
-        let copy = records::failure_copy(self.message(), &self.failed(&failure), &outputs.settings);
+        let copy = self.dead_letter_copy(&failure);
         let (copy, result) = outputs.publish_copy(&mut self.held, &outputs.topology.dead_letter, copy).await;
         match result {
             Ok(()) => {
