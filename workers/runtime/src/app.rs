@@ -60,8 +60,10 @@ impl<H: Handler> UseTransport for Worker<H> {
         let signalled = std::sync::Arc::new(std::sync::OnceLock::new());
         let signal = {
             let signalled = std::sync::Arc::clone(&signalled);
+            // Installed now: a SIGTERM while the worker declares and subscribes is kept.
+            let signal = shutdown::signal();
             async move {
-                shutdown::signal().await;
+                signal.await;
                 let _ = signalled.set(tokio::time::Instant::now());
             }
         };
