@@ -12,16 +12,16 @@ use courier_tests::{
     replies::Replies,
 };
 
-const PATIENCE: Duration = Duration::from_secs(45);
-const PARTITIONS: i32 = 6;
+pub(super) const PATIENCE: Duration = Duration::from_secs(45);
+pub(super) const PARTITIONS: i32 = 6;
 
-struct Names {
-    queue: String,
-    replies: String,
-    group: String,
+pub(super) struct Names {
+    pub(super) queue: String,
+    pub(super) replies: String,
+    pub(super) group: String,
 }
 
-fn names(test: &str) -> Names {
+pub(super) fn names(test: &str) -> Names {
     let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
     Names {
         queue: format!("{test}-{id}.requests"),
@@ -30,7 +30,7 @@ fn names(test: &str) -> Names {
     }
 }
 
-fn topics(names: &Names) -> Vec<(String, i32)> {
+pub(super) fn topics(names: &Names) -> Vec<(String, i32)> {
     let q = &names.queue;
     [q.clone(), names.replies.clone(), format!("{q}.dlq"), format!("{q}.parking"), format!("{q}.retry.1s")]
         .into_iter()
@@ -43,7 +43,7 @@ fn start_cluster(names: &Names) -> MockKafkaProcess {
 }
 
 /// [`start_cluster`] with retry tiers of these delays besides the 1 s one.
-fn start_cluster_with_tiers(names: &Names, delays: &[&str]) -> MockKafkaProcess {
+pub(super) fn start_cluster_with_tiers(names: &Names, delays: &[&str]) -> MockKafkaProcess {
     let mut topics = topics(names);
     topics.extend(delays.iter().map(|delay| (format!("{}.retry.{delay}", names.queue), PARTITIONS)));
     let specs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
@@ -55,7 +55,7 @@ fn greeter(label: &str, cluster: &MockKafkaProcess, names: &Names, env: &[(&str,
 }
 
 /// [`greeter`] with this concurrency and more flags.
-fn greeter_with(
+pub(super) fn greeter_with(
     label: &str,
     cluster: &MockKafkaProcess,
     names: &Names,

@@ -3,6 +3,7 @@
 //! (`cargo test -p courier-tests --test kafka_mock kafka_cluster::`).
 
 mod dlq_kafka;
+mod kafka_backlog;
 mod kafka_cluster;
 mod kafka_rebalance;
 mod kafka_workers;

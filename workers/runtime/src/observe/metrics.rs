@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric of one worker process. The per-message series (received, succeeded,
@@ -29,7 +29,9 @@ pub struct Metrics {
     ready: IntGaugeVec,
     queue_depth: IntGaugeVec,
     consumer_lag: IntGaugeVec,
-    /// The partitions `consumer_lag` shows, to remove the gauges of revoked ones.
+    oldest_unfinished: GaugeVec,
+    held_lanes: IntGaugeVec,
+    /// The partitions the per-partition gauges show, to remove the gauges of revoked ones.
     lag_partitions: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<(String, i32)>>>,
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
@@ -56,6 +58,18 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(handler_seconds.clone())).expect("registered once");
+        // Resident memory, CPU seconds, open file descriptors (Linux: /proc/self).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("registered once");
+        gauge(
+            "courier_build_info",
+            "Always 1: the Courier version the process was built from.",
+            &["worker", "version"],
+        )
+        .with_label_values(&[worker, env!("CARGO_PKG_VERSION")])
+        .set(1);
         // A counter of this worker alone.
         let own = |name: &str, help: &str| counter(name, help, &["worker"]).with_label_values(&[worker]);
         Self {
@@ -101,10 +115,33 @@ impl Metrics {
             )
             .with_label_values(&[worker]),
             ready: gauge("courier_ready", "1 while connected and consuming.", &["worker"]),
-            queue_depth: gauge("courier_queue_depth", "Messages waiting in a RabbitMQ queue.", &["worker", "queue"]),
+            queue_depth: gauge(
+                "courier_queue_depth",
+                "Messages waiting in a queue: RabbitMQ's work and dead-letter queues; Kafka's dead-letter topic (records not \
+                 yet replayed, parked or purged).",
+                &["worker", "queue"],
+            ),
             consumer_lag: gauge(
                 "courier_consumer_lag",
                 "Kafka: high watermark minus the consumer's position.",
+                &["worker", "topic", "partition"],
+            ),
+            oldest_unfinished: {
+                let metric = GaugeVec::new(
+                    Opts::new(
+                        "courier_oldest_unfinished_seconds",
+                        "Kafka: how long the partition's oldest unfinished record has held its committed offset back \
+                         (0 when none is unfinished; sampled every 2 s). Rising while records still finish: stuck.",
+                    ),
+                    &["worker", "topic", "partition"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(metric.clone())).expect("registered once");
+                metric
+            },
+            held_lanes: gauge(
+                "courier_held_lanes",
+                "Kafka: ordering lanes of the partition held by a record retrying in place (--retry-in-place).",
                 &["worker", "topic", "partition"],
             ),
             lag_partitions: std::sync::Arc::default(),
@@ -194,20 +231,26 @@ impl Metrics {
         self.queue_depth.with_label_values(&[&self.worker, queue]).set(i64::try_from(messages).unwrap_or(i64::MAX));
     }
 
-    /// Lags of the partitions assigned now (`None`: not known this time; the gauge keeps
-    /// its last value). The gauges of partitions no longer assigned are removed.
-    pub(crate) fn set_consumer_lags(&self, lags: &[(String, i32, Option<u64>)]) {
+    /// The backlog of the partitions assigned now. A lag not known this time keeps its
+    /// last value; the gauges of partitions no longer assigned are removed.
+    pub(crate) fn set_partitions(&self, partitions: &[PartitionBacklog]) {
         let mut shown = self.lag_partitions.lock().unwrap_or_else(|p| p.into_inner());
-        let now: std::collections::BTreeSet<(String, i32)> = lags.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+        let now: std::collections::BTreeSet<(String, i32)> =
+            partitions.iter().map(|p| (p.topic.clone(), p.partition)).collect();
         for (topic, partition) in shown.difference(&now) {
-            let _ = self.consumer_lag.remove_label_values(&[&self.worker, topic, &partition.to_string()]);
+            let labels = [self.worker.as_str(), topic, &partition.to_string()];
+            let _ = self.consumer_lag.remove_label_values(&labels);
+            let _ = self.oldest_unfinished.remove_label_values(&labels);
+            let _ = self.held_lanes.remove_label_values(&labels);
         }
-        for (topic, partition, lag) in lags {
-            if let Some(lag) = lag {
-                self.consumer_lag
-                    .with_label_values(&[&self.worker, topic, &partition.to_string()])
-                    .set(i64::try_from(*lag).unwrap_or(i64::MAX));
+        for backlog in partitions {
+            let partition = backlog.partition.to_string();
+            let labels = [self.worker.as_str(), &backlog.topic, &partition];
+            if let Some(lag) = backlog.lag {
+                self.consumer_lag.with_label_values(&labels).set(i64::try_from(lag).unwrap_or(i64::MAX));
             }
+            self.oldest_unfinished.with_label_values(&labels).set(backlog.oldest_unfinished.as_secs_f64());
+            self.held_lanes.with_label_values(&labels).set(i64::try_from(backlog.held_lanes).unwrap_or(i64::MAX));
         }
         *shown = now;
     }
@@ -231,6 +274,17 @@ impl Metrics {
     }
 }
 
+/// One assigned Kafka partition's backlog, as [`Metrics::set_partitions`] shows it.
+#[derive(Debug)]
+pub(crate) struct PartitionBacklog {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    /// `None`: not known this time.
+    pub(crate) lag: Option<u64>,
+    pub(crate) oldest_unfinished: Duration,
+    pub(crate) held_lanes: usize,
+}
+
 /// Keeps a delivery counted in `courier_in_flight`.
 #[derive(Debug)]
 pub(crate) struct InFlight(prometheus::IntGauge);
@@ -251,7 +305,7 @@ mod tests {
         metrics.received();
         metrics.failed("schema");
         metrics.dead_lettered("schema", "abc");
-        metrics.set_consumer_lags(&[("t".to_owned(), 2, Some(7))]);
+        metrics.set_partitions(&[lagging("t", 2, Some(7))]);
         let guard = metrics.in_flight();
         let text = metrics.render();
         assert!(text.contains(r#"courier_messages_received_total{worker="greeter"} 1"#), "{text}");
@@ -263,18 +317,55 @@ mod tests {
     }
 
     #[test]
+    fn the_process_and_its_version_are_shown() {
+        let text = Metrics::new("greeter").render();
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(text.contains(&format!(r#"courier_build_info{{version="{version}",worker="greeter"}} 1"#)), "{text}");
+        for metric in ["process_resident_memory_bytes ", "process_cpu_seconds_total ", "process_open_fds "] {
+            assert!(text.lines().any(|line| line.starts_with(metric)), "{metric}missing:\n{text}");
+        }
+    }
+
+    #[test]
     fn a_revoked_partitions_lag_is_removed_and_an_unknown_lag_keeps_its_value() {
         let metrics = Metrics::new("greeter");
         let gauge =
             |p: i32, lag: u64| format!(r#"courier_consumer_lag{{partition="{p}",topic="t",worker="greeter"}} {lag}"#);
-        metrics.set_consumer_lags(&[("t".to_owned(), 0, Some(3)), ("t".to_owned(), 1, Some(5))]);
+        metrics.set_partitions(&[lagging("t", 0, Some(3)), lagging("t", 1, Some(5))]);
         let text = metrics.render();
         assert!(text.contains(&gauge(0, 3)) && text.contains(&gauge(1, 5)), "{text}");
-        metrics.set_consumer_lags(&[("t".to_owned(), 0, None)]);
+        metrics.set_partitions(&[lagging("t", 0, None)]);
         let text = metrics.render();
         assert!(text.contains(&gauge(0, 3)), "unknown this time: kept\n{text}");
         assert!(!text.contains(r#"partition="1""#), "revoked: removed\n{text}");
-        metrics.set_consumer_lags(&[]);
+        metrics.set_partitions(&[]);
         assert!(!metrics.render().contains("courier_consumer_lag{"), "nothing assigned");
+    }
+
+    fn lagging(topic: &str, partition: i32, lag: Option<u64>) -> PartitionBacklog {
+        PartitionBacklog { topic: topic.to_owned(), partition, lag, oldest_unfinished: Duration::ZERO, held_lanes: 0 }
+    }
+
+    #[test]
+    fn a_partitions_oldest_wait_and_held_lanes_show_until_it_is_revoked() {
+        let metrics = Metrics::new("greeter");
+        let stuck = PartitionBacklog {
+            oldest_unfinished: Duration::from_millis(7500),
+            held_lanes: 2,
+            ..lagging("t", 1, Some(4))
+        };
+        metrics.set_partitions(&[stuck]);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"courier_oldest_unfinished_seconds{partition="1",topic="t",worker="greeter"} 7.5"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"courier_held_lanes{partition="1",topic="t",worker="greeter"} 2"#), "{text}");
+        metrics.set_partitions(&[]);
+        let text = metrics.render();
+        assert!(
+            !text.contains("courier_oldest_unfinished_seconds{") && !text.contains("courier_held_lanes{"),
+            "{text}"
+        );
     }
 }

@@ -10,6 +10,7 @@ pub(crate) mod server;
 
 pub use health::Health;
 pub use metrics::Metrics;
+pub(crate) use metrics::PartitionBacklog;
 pub use otlp::flush;
 pub use probe::get as probe;
 pub use server::{Observed, routes};

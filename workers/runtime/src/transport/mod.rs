@@ -177,6 +177,12 @@ pub enum Backlog {
         /// High watermark minus the consumer's position; `None` when the broker could
         /// not be asked this time.
         lag: Option<u64>,
+        /// How long the partition's oldest unfinished record has held its committed
+        /// offset back (zero when none is unfinished).
+        oldest_unfinished: std::time::Duration,
+        /// Ordering lanes of the partition whose record retries in place, holding the
+        /// records behind it.
+        held_lanes: usize,
     },
 }
 

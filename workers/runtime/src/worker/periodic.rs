@@ -8,7 +8,7 @@ use tracing::info;
 use crate::{
     budget::Budget,
     inbox::Inbox,
-    observe::Metrics,
+    observe::{Metrics, PartitionBacklog},
     transport::{Backlog, Topology, Transport},
 };
 
@@ -26,10 +26,12 @@ pub(super) async fn sample_backlog<T: Transport>(transport: T, topology: Topolog
         for backlog in transport.backlog(&topology).await {
             match backlog {
                 Backlog::Queue { queue, messages } => metrics.set_queue_depth(&queue, messages),
-                Backlog::Lag { topic, partition, lag } => lags.push((topic, partition, lag)),
+                Backlog::Lag { topic, partition, lag, oldest_unfinished, held_lanes } => {
+                    lags.push(PartitionBacklog { topic, partition, lag, oldest_unfinished, held_lanes });
+                }
             }
         }
-        metrics.set_consumer_lags(&lags);
+        metrics.set_partitions(&lags);
     }
 }
 

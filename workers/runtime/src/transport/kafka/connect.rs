@@ -39,6 +39,8 @@ impl KafkaTransport {
                 consumer: Mutex::new(None),
                 liveness: Mutex::new(None),
                 fatal: AtomicBool::new(false),
+                oldest: Default::default(),
+                dead_letter_depth: Default::default(),
             }),
         };
         let producer = transport.shared.producer.clone();

@@ -361,12 +361,26 @@ impl Dispatcher {
         match event {
             Event::Acked(pending) => self.finish(pending, stores),
             Event::LaneFree(lane) => self.scheduler.lane_free(&lane),
-            Event::Hold(lane, held) => self.scheduler.hold(&lane, held),
+            Event::Hold(lane, held) => self.hold(&lane, held),
             Event::Redeliver(mut pending) => {
                 // A record whose lane moved on queues again, before the lane's next record.
                 let owns_lane = !std::mem::take(&mut pending.released);
                 self.scheduler.redeliver(*pending, owns_lane);
             }
+        }
+    }
+
+    /// A lane's record retries in place, or no longer does; the lag sampler shows the
+    /// partition's held lanes.
+    fn hold(&mut self, lane: &Lane, held: bool) {
+        self.scheduler.hold(lane, held);
+        let Some(partition) = lane.partition() else { return };
+        let count = self.scheduler.held_lanes(partition);
+        let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
+        if count == 0 {
+            tracking.held_lanes.remove(partition);
+        } else if tracking.partitions.contains_key(partition) {
+            tracking.held_lanes.insert(partition.clone(), count);
         }
     }
 

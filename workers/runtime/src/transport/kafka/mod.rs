@@ -19,12 +19,14 @@ pub(crate) mod api_versions;
 mod config;
 mod connect;
 pub(crate) mod convert;
+mod dead_letter_depth;
 mod dead_letters;
 mod dispatch;
 mod error;
 mod lag;
 mod liveness;
 mod offsets;
+mod oldest;
 mod publish;
 mod rebalance;
 mod retry_due;
@@ -83,6 +85,10 @@ struct Shared {
     liveness: Mutex<Option<Arc<liveness::Liveness>>>,
     /// Set once the producer reported a fatal error (it refuses everything after it).
     fatal: std::sync::atomic::AtomicBool,
+    /// Since when each partition's oldest unfinished record has been its oldest (lag).
+    oldest: Mutex<oldest::Oldest>,
+    /// The dead-letter topic's waiting records, once sampled.
+    dead_letter_depth: Mutex<Option<dead_letter_depth::DeadLetterDepth>>,
 }
 
 impl std::fmt::Debug for KafkaTransport {
@@ -120,9 +126,12 @@ impl Transport for KafkaTransport {
     /// Lag of every assigned partition, counted from its first unfinished record (records
     /// fetched and waiting in the dispatcher are lag too), or from the fetch position when
     /// none is unfinished. Once the broker does not answer, the remaining partitions' lag
-    /// is unknown (each question would wait [`METADATA_TIMEOUT`]).
-    async fn backlog(&self, _: &Topology) -> Vec<super::Backlog> {
-        self.lag().await
+    /// is unknown (each question would wait [`METADATA_TIMEOUT`]). And the dead-letter
+    /// topic's records not yet replayed, parked or purged ([`dead_letter_depth`]).
+    async fn backlog(&self, topology: &Topology) -> Vec<super::Backlog> {
+        let mut backlog = self.lag().await;
+        backlog.extend(self.dead_letter_backlog(topology).await);
+        backlog
     }
 
     async fn declare(&self, topology: &Topology) -> Result<(), TransportError> {

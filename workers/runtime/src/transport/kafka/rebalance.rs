@@ -23,6 +23,9 @@ pub(crate) struct Tracking {
     pub(crate) partitions: foldhash::HashMap<(Arc<str>, i32), (u64, offsets::PartitionOffsets)>,
     /// Last epoch handed out.
     pub(crate) epoch: u64,
+    /// Ordering lanes held by a record retrying in place, per partition that has any
+    /// (kept by the dispatcher, read by the lag sampler).
+    pub(crate) held_lanes: foldhash::HashMap<(Arc<str>, i32), usize>,
 }
 
 /// Consumer callbacks: on revocation, forget the revoked partitions' in-flight work
@@ -58,7 +61,9 @@ impl ConsumerContext for RebalanceContext {
             }
             let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
             for element in revoked.elements() {
-                tracking.partitions.remove(&(Arc::from(element.topic()), element.partition()));
+                let partition = (Arc::from(element.topic()), element.partition());
+                tracking.partitions.remove(&partition);
+                tracking.held_lanes.remove(&partition);
             }
             let held = tracking.partitions.len();
             drop(tracking);

@@ -32,7 +32,7 @@ pub(super) enum Lane {
 
 impl Lane {
     /// The partition whose records the lane orders.
-    fn partition(&self) -> Option<&Partition> {
+    pub(super) fn partition(&self) -> Option<&Partition> {
         match self {
             Self::Partition(partition) | Self::Key(partition, _) => Some(partition),
             Self::Free => None,
@@ -260,6 +260,11 @@ impl<R: Record> Scheduler<R> {
             self.crowded.remove(partition);
             self.pauses_changed = true;
         }
+    }
+
+    /// Lanes of `partition` whose record retries in place.
+    pub(super) fn held_lanes(&self, partition: &Partition) -> usize {
+        self.held_lanes.iter().filter(|lane| lane.partition() == Some(partition)).count()
     }
 
     fn is_crowded(&self, lane: &Lane) -> bool {
