@@ -1,7 +1,7 @@
 //! What operators see of a greeter on RabbitMQ: `/metrics` counters move as requests are
 //! answered, retried and dead-lettered, and the request's trace id comes back in the
-//! reply, the retry and the dead-letter record; a real Prometheus with the project's own
-//! scrape config and alert rules fires the dead-letter alert.
+//! reply, the retry and the dead-letter record; a real Prometheus and Alertmanager with the
+//! project's own configuration and alert rules fire the dead-letter alert on one dead letter.
 
 use courier::contract::{
     failure::{FailureKind, fingerprint},
@@ -98,97 +98,205 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
     assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "an HTTP/2 (gRPC) client preface");
 }
 
-/// A Prometheus server (Debian's package; `scripts/deps-debian` installs it) with
-/// `deploy/prometheus/prometheus.yml` and `alerts.yml` as they are, but for two things a
-/// test must change: the greeter's target is 127.0.0.1 instead of its compose name, and
-/// scrapes and rule evaluations run every second. Requests are dead-lettered; the
-/// `CourierDeadLetters` alert must fire, seen through Prometheus's own HTTP API.
+/// A Prometheus server and an Alertmanager (Debian's packages; `scripts/deps-debian`
+/// installs them) with `deploy/prometheus` and `deploy/alertmanager` as they are, but for
+/// what a test must change: targets on 127.0.0.1 instead of compose names, scrapes and
+/// rule evaluations every second, and a webhook on the Alertmanager's receiver. One
+/// request is dead-lettered: `CourierDeadLetters` must fire in Prometheus, reach the
+/// Alertmanager and be posted to the webhook.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dead_letter_alert_fires_in_a_real_prometheus() {
+async fn a_single_dead_letter_fires_the_alert_through_alertmanager() {
     let mut drill = RabbitDrill::new("alert").await;
     let (queue, replies) = (drill.queue().to_owned(), drill.replies().to_owned());
     let metrics_port = free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let _worker = greeter(&drill, "alert", false, &["--http-addr", &metrics_addr]);
-    let prometheus = Prometheus::start(metrics_port);
-
-    let started = std::time::Instant::now();
-    let firing = loop {
-        // An empty message: a permanent failure, dead-lettered at once.
-        let mut refused = request(&format!("alert-{}", started.elapsed().as_millis()), &replies);
-        refused.payload = r#"{"message":""}"#.into();
-        drill.publish(&queue, vec![refused]).await;
-        let (status, body) = get(prometheus.port, "/api/v1/alerts").await;
-        let alerts: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let found = alerts["data"]["alerts"].as_array().into_iter().flatten().find(|alert| {
-            alert["labels"]["alertname"] == "CourierDeadLetters"
-                && alert["labels"]["job"] == "greeter-rabbitmq"
-                && alert["state"] == "firing"
-        });
-        if let Some(alert) = found {
-            break alert.clone();
+    let webhook = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the webhook");
+    let alertmanager = Server::alertmanager(&format!("http://{}/", webhook.local_addr().expect("address")));
+    let prometheus = Server::prometheus(metrics_port, alertmanager.port);
+    // Prometheus has scraped the worker once before the dead letter, as it would have in
+    // production (a series first seen at 1 must count).
+    let up = format!("/api/v1/query?query=up%7Bjob%3D%22greeter-rabbitmq%22%7D");
+    let scraped = async {
+        while !get(prometheus.port, &up).await.1.contains(r#""value":["#) {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(60),
-            "no firing CourierDeadLetters alert within 60 s (HTTP {status}): {body}\n{}",
-            prometheus.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     };
-    println!("fired after {:?}: {firing}", started.elapsed());
-    assert_eq!(firing["labels"]["kind"], "permanent");
-    assert_eq!(firing["labels"]["severity"], "warning");
-    let summary = firing["annotations"]["summary"].as_str().unwrap_or_default();
-    assert!(summary.contains("permanent dead letters in 10 min"), "{summary}");
+    let patience = std::time::Duration::from_secs(60);
+    tokio::time::timeout(patience, scraped).await.unwrap_or_else(|_| panic!("never scraped\n{}", prometheus.log()));
+
+    // One empty message: a permanent failure, dead-lettered at once.
+    let mut refused = request("alert-once", &replies);
+    refused.payload = r#"{"message":""}"#.into();
+    drill.publish(&queue, vec![refused]).await;
+    let started = std::time::Instant::now();
+    collect(&mut drill, &format!("{queue}.dlq"), |all| !all.is_empty()).await;
+
+    let firing = |port: u16, path: &'static str| async move {
+        loop {
+            let (_, body) = get(port, path).await;
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let alerts = body["data"]["alerts"].as_array().or(body.as_array()).cloned().unwrap_or_default();
+            let found = alerts.into_iter().find(|alert| {
+                alert["labels"]["alertname"] == "CourierDeadLetters" && alert["labels"]["job"] == "greeter-rabbitmq"
+            });
+            if let Some(alert) = found {
+                return alert;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    let in_prometheus = tokio::time::timeout(patience, firing(prometheus.port, "/api/v1/alerts?state=firing"))
+        .await
+        .unwrap_or_else(|_| panic!("no firing CourierDeadLetters in Prometheus\n{}", prometheus.log()));
+    let fired = started.elapsed();
+    let in_alertmanager = tokio::time::timeout(patience, firing(alertmanager.port, "/api/v2/alerts"))
+        .await
+        .unwrap_or_else(|_| panic!("the alert never reached the Alertmanager\n{}", alertmanager.log()));
+    let received = started.elapsed();
+    let notified = tokio::time::timeout(patience, notification(&webhook, "CourierDeadLetters"))
+        .await
+        .unwrap_or_else(|_| panic!("the Alertmanager never posted the alert\n{}", alertmanager.log()));
+    println!(
+        "one dead letter: firing in Prometheus after {fired:?}, in the Alertmanager after {received:?}, \
+         notified after {:?} (the route's group_wait)",
+        started.elapsed()
+    );
+    for alert in [&in_prometheus, &in_alertmanager] {
+        assert_eq!(alert["labels"]["kind"], "permanent", "{alert}");
+        assert_eq!(alert["labels"]["severity"], "warning", "{alert}");
+        let summary = alert["annotations"]["summary"].as_str().unwrap_or_default();
+        assert_eq!(summary, "greeter-rabbitmq: 1 permanent dead letters in 10 min", "{alert}");
+    }
+    assert_eq!(notified["status"], "firing", "{notified}");
+    assert_eq!(notified["receiver"], "developer", "{notified}");
 }
 
-/// A Prometheus process on a free port with the project's configuration; stopped when dropped.
-struct Prometheus {
+/// The first webhook post whose alerts include `alertname`, as JSON.
+async fn notification(webhook: &tokio::net::TcpListener, alertname: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let (mut stream, _) = webhook.accept().await.expect("accept");
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 8192];
+        // Headers, then as many body bytes as content-length says.
+        let body = loop {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break None;
+            }
+            request.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&request);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+            let length = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                break Some(body.to_owned());
+            }
+        };
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+        let posted: serde_json::Value = body.and_then(|b| serde_json::from_str(&b).ok()).unwrap_or_default();
+        if posted["alerts"].as_array().into_iter().flatten().any(|a| a["labels"]["alertname"] == alertname) {
+            return posted;
+        }
+    }
+}
+
+/// A Prometheus or Alertmanager process on a free port with the project's configuration;
+/// stopped when dropped.
+struct Server {
     port: u16,
     dir: std::path::PathBuf,
     child: std::process::Child,
 }
 
-impl Prometheus {
-    fn start(greeter_metrics_port: u16) -> Self {
+impl Server {
+    /// Prometheus scraping the greeter on `greeter_metrics_port`, alerting the
+    /// Alertmanager on `alertmanager_port`.
+    fn prometheus(greeter_metrics_port: u16, alertmanager_port: u16) -> Self {
         let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus");
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("courier-prometheus-{port}"));
-        std::fs::create_dir_all(&dir).expect("a folder for Prometheus");
-        let mut config = std::fs::read_to_string(format!("{deploy}/prometheus.yml")).expect("prometheus.yml");
-        for (from, to) in [
-            ("scrape_interval: 5s", "scrape_interval: 1s".to_owned()),
-            ("evaluation_interval: 15s", "evaluation_interval: 1s".to_owned()),
-            ("\"greeter-rabbitmq:9464\"", format!("\"127.0.0.1:{greeter_metrics_port}\"")),
-        ] {
-            assert!(config.contains(from), "deploy/prometheus/prometheus.yml no longer has {from}: update this test");
-            config = config.replace(from, &to);
-        }
+        let dir = Self::folder("prometheus", port);
+        let config = rewritten(
+            &format!("{deploy}/prometheus.yml"),
+            &[
+                ("scrape_interval: 5s", "scrape_interval: 1s".to_owned()),
+                ("evaluation_interval: 15s", "evaluation_interval: 1s".to_owned()),
+                ("\"greeter-rabbitmq:9464\"", format!("\"127.0.0.1:{greeter_metrics_port}\"")),
+                ("\"alertmanager:9093\"", format!("\"127.0.0.1:{alertmanager_port}\"")),
+            ],
+        );
         std::fs::write(dir.join("prometheus.yml"), config).expect("write the config");
         std::fs::copy(format!("{deploy}/alerts.yml"), dir.join("alerts.yml")).expect("copy the alert rules");
-        let binary = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        let args = [
+            format!("--config.file={}", dir.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+        ];
+        Self::start("prometheus", port, dir, &args)
+    }
+
+    /// The Alertmanager, its receiver also posting to `webhook`.
+    fn alertmanager(webhook: &str) -> Self {
+        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/alertmanager");
+        let port = free_port();
+        let dir = Self::folder("alertmanager", port);
+        let receiver = format!("  - name: developer\n    webhook_configs:\n      - url: \"{webhook}\"\n");
+        let config = rewritten(&format!("{deploy}/alertmanager.yml"), &[("  - name: developer\n", receiver)]);
+        std::fs::write(dir.join("alertmanager.yml"), config).expect("write the config");
+        let args = [
+            format!("--config.file={}", dir.join("alertmanager.yml").display()),
+            format!("--storage.path={}", dir.join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            // A single instance: no gossip port.
+            "--cluster.listen-address=".to_owned(),
+        ];
+        Self::start("prometheus-alertmanager", port, dir, &args)
+    }
+
+    fn folder(name: &str, port: u16) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("courier-{name}-{port}"));
+        std::fs::create_dir_all(&dir).expect("a folder for the server");
+        dir
+    }
+
+    fn start(binary: &str, port: u16, dir: std::path::PathBuf, args: &[String]) -> Self {
+        let path = ["/usr/bin", "/usr/local/bin"]
             .into_iter()
-            .find(|path| std::path::Path::new(path).exists())
-            .expect("Prometheus is not installed: run scripts/deps-debian (scripts/test does)");
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
-        let child = std::process::Command::new(binary)
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .map(|folder| std::path::Path::new(folder).join(binary))
+            .find(|path| path.exists())
+            .unwrap_or_else(|| panic!("{binary} is not installed: run scripts/deps-debian (scripts/test does)"));
+        let log = std::fs::File::create(dir.join("server.log")).expect("log file");
+        let child = std::process::Command::new(path)
+            .args(args)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .expect("start prometheus");
+            .unwrap_or_else(|error| panic!("start {binary}: {error}"));
         Self { port, dir, child }
     }
 
     fn log(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
         text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 }
 
-impl Drop for Prometheus {
+/// `path` with each `(from, to)` replaced; panics when `from` is gone (the test is then
+/// out of date with the file).
+fn rewritten(path: &str, changes: &[(&str, String)]) -> String {
+    let mut text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    for (from, to) in changes {
+        assert!(text.contains(from), "{path} no longer has {from:?}: update this test");
+        text = text.replace(from, to);
+    }
+    text
+}
+
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
