@@ -1,9 +1,10 @@
 //! Tests that share the local RabbitMQ without disturbing it (each test has queues of its
 //! own): the contract suite, real greeter, gateway and `courier` processes, a real
-//! Prometheus. Tests that stop the broker, close its connections or fill its memory have
+//! Prometheus and Alertmanager. Tests that stop the broker, close its connections or fill its memory have
 //! binaries of their own. One binary: each file is a module
 //! (`cargo test -p courier-tests --test rabbitmq rabbitmq_workers::`).
 
+mod alert_drill;
 mod dlq_rabbitmq;
 mod gateway;
 mod inbox_trust;

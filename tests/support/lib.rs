@@ -1,6 +1,7 @@
 //! Shared support for the black-box tests: broker harnesses for the contract suite,
 //! raw broker clients, and helpers that run the real worker binaries.
 
+pub mod alerting;
 pub mod dlq;
 pub mod http;
 pub mod in_place;
