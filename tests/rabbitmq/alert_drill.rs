@@ -82,11 +82,12 @@ async fn every_alert_fires_from_its_cause() {
     let refusing = refused_replies.replace(".replies", "-refusing.replies");
     declare_refusing(&refusing).await;
 
-    // stuck: a Kafka worker whose handler never returns, 1,500 requests behind it.
+    // stuck: a Kafka worker whose handler does not return (within a handler timeout of
+    // 2 h), 1,500 requests behind it.
     let (stuck_queue, stuck_replies) = names("drill-stuck");
     let stuck_cluster = kafka_cluster(&stuck_queue, &stuck_replies);
     let port = free_port();
-    let env = [("GREETER_LATENCY_MS", "3600000")];
+    let env = [("GREETER_LATENCY_MS", "3600000"), ("COURIER_HANDLER_TIMEOUT", "2h")];
     processes.push(kafka_greeter("drill-stuck", &stuck_cluster, &stuck_queue, &stuck_replies, port, &env));
     jobs.push(("stuck", format!("127.0.0.1:{port}")));
     let stuck_client = KafkaClient::new(&stuck_cluster.bootstrap);
