@@ -8,9 +8,10 @@ use std::{
 };
 
 use foldhash::{HashSet, HashSetExt as _};
+use futures::{FutureExt as _, StreamExt as _};
 use rdkafka::{
     Message as _, Offset, TopicPartitionList,
-    consumer::{Consumer, StreamConsumer},
+    consumer::{Consumer, MessageStream, StreamConsumer},
     message::BorrowedMessage,
 };
 use tokio::{
@@ -39,6 +40,9 @@ const MIN_BUFFERED_RECORDS: usize = 10_000;
 const MAX_WAITING_BEHIND_HELD_LANE: usize = 1_000;
 /// Ackers' events handled in one turn of the loop, beyond the one that woke it.
 const MAX_EVENTS_PER_TURN: usize = 1_024;
+/// Records taken in one turn of the loop when librdkafka already holds them, beyond the
+/// one that woke it: a turn of the loop costs more than taking a record.
+const MAX_RECORDS_PER_TURN: usize = 256;
 
 /// Offsets to store, one per partition (the last, highest, wins).
 type Stores = Vec<(Partition, i64)>;
@@ -171,8 +175,10 @@ impl Dispatcher {
 
     /// Hand out records until the worker stops taking them.
     async fn dispatch(&mut self) {
-        // A local handle: records borrow the consumer while `self` is updated.
+        // A local handle: records borrow the consumer while `self` is updated. One stream
+        // for the whole loop: each `recv()` would register and remove a waker (two locks).
         let consumer = Arc::clone(&self.consumer);
+        let mut records = consumer.stream();
         let out = self.out.clone();
         loop {
             self.stopped = *self.wanted.borrow_and_update() == Intake::Stopped;
@@ -189,7 +195,10 @@ impl Dispatcher {
             let step = tokio::select! {
                 biased;
                 Some(event) = self.events.recv() => Step::Event(event),
-                received = consumer.recv(), if reading => Step::Received(received),
+                received = records.next(), if reading => match received {
+                    Some(received) => Step::Received(received),
+                    None => return,
+                },
                 () = sleep_until(self.scheduler.next_due()) => Step::Due,
                 () = sleep_until(stall_at.filter(|_| !reading)) => Step::Stalled,
                 changed = self.wanted.changed() => match changed {
@@ -203,7 +212,10 @@ impl Dispatcher {
                 () = out.closed() => return,
             };
             match step {
-                Step::Received(Ok(record)) => self.receive(&record),
+                Step::Received(Ok(record)) => {
+                    self.receive(&record);
+                    self.receive_ready(&mut records);
+                }
                 Step::Received(Err(error)) => {
                     warn!(%error, "Kafka consumer error.");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -218,6 +230,25 @@ impl Dispatcher {
                         permit.send(self.delivery(pending));
                     }
                 }
+            }
+        }
+    }
+
+    /// Take the records librdkafka already holds, up to [`MAX_RECORDS_PER_TURN`] and while
+    /// the scheduler reads, without another turn of the loop each.
+    fn receive_ready(&mut self, records: &mut MessageStream<'_, RebalanceContext>) {
+        for _ in 0..MAX_RECORDS_PER_TURN {
+            if !self.scheduler.reading() {
+                return;
+            }
+            match records.next().now_or_never() {
+                Some(Some(Ok(record))) => self.receive(&record),
+                Some(Some(Err(error))) => {
+                    warn!(%error, "Kafka consumer error.");
+                    return;
+                }
+                // Nothing more now.
+                _ => return,
             }
         }
     }
