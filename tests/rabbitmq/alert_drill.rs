@@ -101,9 +101,11 @@ async fn every_alert_fires_from_its_cause() {
     jobs.push(("not-ready", format!("127.0.0.1:{port}")));
     lost_cluster.command("down 1");
 
-    // gateway: no worker answers its queue; a request every 500 ms waits out its 6 s timeout.
+    // gateway: no worker answers its queue (which exists: a request to a missing queue is
+    // refused at once); a request every 500 ms waits out its 6 s timeout.
     let gateway_port = free_port();
     let (gateway_queue, gateway_replies) = names("drill-gateway");
+    declare(&gateway_queue, lapin::types::FieldTable::default()).await;
     let listen = format!("127.0.0.1:{gateway_port}");
     let args = [
         "--broker",
@@ -191,13 +193,18 @@ fn minutes(d: Duration) -> String {
 
 /// A queue capped at no message with `reject-publish`: the broker nacks every publish.
 async fn declare_refusing(name: &str) {
-    use lapin::{options::QueueDeclareOptions, types::FieldTable};
-    let connection = lapin::Connection::connect(&url(), lapin::ConnectionProperties::default()).await.expect("connect");
-    let channel = connection.create_channel().await.expect("channel");
-    let mut arguments = FieldTable::default();
+    let mut arguments = lapin::types::FieldTable::default();
     arguments.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(0));
     arguments.insert("x-overflow".into(), lapin::types::AMQPValue::LongString("reject-publish".into()));
-    channel.queue_declare(name.into(), QueueDeclareOptions::default(), arguments).await.expect("declare");
+    declare(name, arguments).await;
+}
+
+/// A durable queue with `arguments`, as a worker would declare it.
+async fn declare(name: &str, arguments: lapin::types::FieldTable) {
+    let connection = lapin::Connection::connect(&url(), lapin::ConnectionProperties::default()).await.expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    let options = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(name.into(), options, arguments).await.expect("declare");
 }
 
 /// A mock cluster of one broker with the worker's topics, one partition each.
