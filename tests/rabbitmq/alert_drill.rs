@@ -133,17 +133,26 @@ async fn every_alert_fires_from_its_cause() {
     let started = Instant::now();
 
     // The causes that go on: dead letters, refused replies, gateway requests.
-    let load = tokio::spawn({
+    let load = tokio::spawn(async move {
         let mut drill = RabbitDrill::new("drill-load").await;
-        async move {
-            for n in 0.. {
-                let mut empty = request(&format!("dl-{n}"), &dl_replies);
-                empty.payload = r#"{"message":""}"#.into();
+        for n in 0.. {
+            let mut empty = request(&format!("dl-{n}"), &dl_replies);
+            empty.payload = r#"{"message":""}"#.into();
+            let refused = request(&format!("refused-{n}"), &refusing);
+            let (dl_queue, refused_queue) = (dl_queue.clone(), refused_queue.clone());
+            // In a task of its own: a connection the broker closed (another test closing
+            // every connection, say) panics there, and the next tick connects again.
+            let tick = tokio::spawn(async move {
                 drill.publish(&dl_queue, vec![empty]).await;
-                drill.publish(&refused_queue, vec![request(&format!("refused-{n}"), &refusing)]).await;
-                tokio::spawn(async move { post(gateway_port, "/process", r#"{"message":"Ada"}"#, &[]).await });
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+                drill.publish(&refused_queue, vec![refused]).await;
+                drill
+            });
+            drill = match tick.await {
+                Ok(drill) => drill,
+                Err(_) => RabbitDrill::new("drill-load").await,
+            };
+            tokio::spawn(async move { post(gateway_port, "/process", r#"{"message":"Ada"}"#, &[]).await });
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
 
