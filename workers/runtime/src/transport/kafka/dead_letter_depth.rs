@@ -19,7 +19,7 @@ use rdkafka::{
 };
 use tracing::debug;
 
-use super::{KafkaTransport, METADATA_TIMEOUT, client_config};
+use super::{KafkaTransport, METADATA_TIMEOUT, client_config, dead_letters::parse_key};
 use crate::{
     contract::naming,
     transport::{Backlog, Topology},
@@ -63,11 +63,6 @@ impl Settled {
         }
         waiting
     }
-}
-
-fn parse_key(key: &str) -> Option<(i32, i64)> {
-    let (partition, offset) = key.split_once(':')?;
-    Some((partition.parse().ok()?, offset.parse().ok()?))
 }
 
 /// The worker's dead-letter topic, sampled for its waiting records.

@@ -234,7 +234,8 @@ fn commit(
     Ok(())
 }
 
-fn parse_key(key: &str) -> Option<(i32, i64)> {
+/// A ledger entry's key, `<partition>:<offset>`.
+pub(super) fn parse_key(key: &str) -> Option<(i32, i64)> {
     let (partition, offset) = key.split_once(':')?;
     Some((partition.parse().ok()?, offset.parse().ok()?))
 }

@@ -36,12 +36,13 @@ impl KafkaTransport {
                 let position = unfinished.or(fetched).unwrap_or(low);
                 Some(u64::try_from(high - position).unwrap_or(0))
             };
+            let elements = positions.elements();
             let mut oldest = shared.oldest.lock().unwrap_or_else(|p| p.into_inner());
             oldest.keep(|(topic, partition)| {
-                positions.elements().iter().any(|e| e.topic() == &**topic && e.partition() == *partition)
+                elements.iter().any(|e| e.topic() == &**topic && e.partition() == *partition)
             });
             let mut backlog = Vec::new();
-            for element in positions.elements() {
+            for element in elements {
                 let partition = (Arc::from(element.topic()), element.partition());
                 let Some(consumer) = handle() else { break };
                 let (unfinished, held_lanes) = {
