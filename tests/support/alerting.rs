@@ -2,7 +2,7 @@
 //! project's own files from `deploy/`, rewritten only where a test must (targets, intervals,
 //! a webhook), and a webhook that receives the Alertmanager's notifications.
 
-use crate::http::free_port;
+use crate::http::{free_port, get};
 
 /// A Prometheus or Alertmanager process on a free port with the project's configuration;
 /// stopped when dropped.
@@ -109,24 +109,9 @@ fn prometheus_config(alertmanager_port: u16, targets: &[(&str, String)]) -> Stri
 /// The alerts a Prometheus (`/api/v1/alerts`) or Alertmanager (`/api/v2/alerts`) on
 /// `port` holds now.
 pub async fn alerts(port: u16, path: &str) -> Vec<serde_json::Value> {
-    let body = get_whole(port, path).await;
+    let (_, body) = get(port, path).await;
     let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     body["data"]["alerts"].as_array().or(body.as_array()).cloned().unwrap_or_default()
-}
-
-/// The body of `GET path` in HTTP/1.0, so that it comes whole, never chunked (Prometheus
-/// chunks a longer answer to an HTTP/1.1 request); empty when nothing answers.
-async fn get_whole(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await.ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(30), exchange).await.ok().flatten().unwrap_or_default()
 }
 
 /// `path` with each `(from, to)` replaced; panics when `from` is gone (the test is then
