@@ -110,9 +110,11 @@ pub mod code {
     /// The inbox answered another request (another payload) under this
     /// `courier-message-id`: refused, never answered with that request's reply.
     pub const DUPLICATE_MESSAGE_ID: &str = "duplicate_message_id";
+    /// A batch handler returned another number of results than its batch had requests.
+    pub const BATCH_RESULTS_MISMATCH: &str = "batch_results_mismatch";
 
     /// Every code above.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         PAYLOAD_TOO_LARGE,
         BAD_HEADER,
         DEADLINE_EXCEEDED,
@@ -133,6 +135,7 @@ pub mod code {
         INBOX_UNAVAILABLE,
         INBOX_REFUSED,
         DUPLICATE_MESSAGE_ID,
+        BATCH_RESULTS_MISMATCH,
     ];
 }
 

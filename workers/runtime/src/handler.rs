@@ -1,7 +1,9 @@
 //! The business side of a worker: a typed request in, a typed reply out, and errors that
 //! say at the call site whether a retry can help.
 
-use std::{borrow::Cow, fmt, future::Future, time::SystemTime};
+use std::{borrow::Cow, fmt, future::Future, panic::AssertUnwindSafe, time::SystemTime};
+
+use futures::FutureExt as _;
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -33,6 +35,110 @@ pub trait Handler: Send + Sync + 'static {
         request: Self::Request,
         context: &Context,
     ) -> impl Future<Output = Result<Self::Reply, HandlerError>> + Send;
+
+    /// Handle the requests of one batch (`--batch-size` > 1): one result per request, in
+    /// their order. `Err`: the whole call failed, and each request fails with it. By
+    /// default each request is handled on its own, concurrently ([`each`]); a
+    /// [`BatchHandler`] run as [`Batched`] does the batch's work in one call.
+    fn handle_batch(
+        &self,
+        batch: Vec<(Self::Request, Context)>,
+    ) -> impl Future<Output = BatchResult<Self::Reply>> + Send {
+        async move { Ok(each(self, batch).await) }
+    }
+}
+
+/// Handle each request of `batch` on its own, concurrently, a panic caught per request.
+pub async fn each<H: Handler + ?Sized>(
+    handler: &H,
+    batch: Vec<(H::Request, Context)>,
+) -> Vec<Result<H::Reply, HandlerError>> {
+    let calls = batch.into_iter().map(|(request, context)| async move {
+        AssertUnwindSafe(handler.handle(request, &context)).catch_unwind().await.unwrap_or_else(|panic| {
+            Err(HandlerError::permanent(
+                crate::contract::failure::code::HANDLER_PANICKED,
+                panic_message(panic.as_ref()),
+            ))
+        })
+    });
+    futures::future::join_all(calls).await
+}
+
+/// The text of a caught panic, for the dead-letter copy.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+    format!("the handler panicked: {}", text.unwrap_or("(no message)"))
+}
+
+/// What a batch call returns: one result per request, or the failure of the whole call.
+pub type BatchResult<R> = Result<Vec<Result<R, HandlerError>>, HandlerError>;
+
+/// A worker's business logic for batches of requests: a bulk write or a bulk API call
+/// does far more per second than one call per request. Run it as [`Batched`] with
+/// `--batch-size` and `--batch-wait`; everything else stays per request (docs/delivery.md,
+/// "Batches").
+pub trait BatchHandler: Send + Sync + 'static {
+    /// The request payload (validated against [`BatchHandler::REQUEST_SCHEMA`] first).
+    type Request: DeserializeOwned + Clone + Send + Sync;
+    /// The reply payload.
+    type Reply: Serialize + Send;
+
+    /// The worker's name: default queue names, fingerprints, logs.
+    const NAME: &'static str;
+    /// The JSON Schema (text) every request payload must satisfy.
+    const REQUEST_SCHEMA: &'static str;
+    /// The Protocol Buffers codec, as [`Handler::PROTOBUF`].
+    const PROTOBUF: Option<Protobuf<Self::Request, Self::Reply>> = None;
+    /// The handler's tables for `--inbox`, as [`Handler::INBOX_SCHEMA`].
+    const INBOX_SCHEMA: &'static str = "";
+
+    /// Handle a batch: up to `--batch-size` requests, each with its own context, one
+    /// result per request in their order (a reply, a transient or a permanent error); or
+    /// `Err` when the whole call failed (the database is down), which fails each request.
+    /// With `--inbox` every context holds the batch's one transaction.
+    fn handle_batch(
+        &self,
+        batch: Vec<(Self::Request, Context)>,
+    ) -> impl Future<Output = BatchResult<Self::Reply>> + Send;
+}
+
+/// Runs a [`BatchHandler`] as a worker: `courier::app::main(Batched(MyHandler))`. Without
+/// `--batch-size` each request is a batch of one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Batched<B>(pub B);
+
+impl<B: BatchHandler> Handler for Batched<B> {
+    type Request = B::Request;
+    type Reply = B::Reply;
+
+    const NAME: &'static str = B::NAME;
+    const REQUEST_SCHEMA: &'static str = B::REQUEST_SCHEMA;
+    const PROTOBUF: Option<Protobuf<Self::Request, Self::Reply>> = B::PROTOBUF;
+    const INBOX_SCHEMA: &'static str = B::INBOX_SCHEMA;
+
+    async fn handle(&self, request: Self::Request, context: &Context) -> Result<Self::Reply, HandlerError> {
+        let mut results = self.0.handle_batch(vec![(request, context.clone())]).await?;
+        match (results.pop(), results.is_empty()) {
+            (Some(result), true) => result,
+            _ => Err(wrong_count(1)),
+        }
+    }
+
+    fn handle_batch(
+        &self,
+        batch: Vec<(Self::Request, Context)>,
+    ) -> impl Future<Output = BatchResult<Self::Reply>> + Send {
+        self.0.handle_batch(batch)
+    }
+}
+
+/// A batch call returned another number of results than it had requests: a bug of the
+/// handler, which no retry fixes.
+pub(crate) fn wrong_count(requests: usize) -> HandlerError {
+    HandlerError::permanent(
+        crate::contract::failure::code::BATCH_RESULTS_MISMATCH,
+        format!("the batch handler did not return one result for each of its {requests} requests"),
+    )
 }
 
 /// What the handler may want to know about the delivery.

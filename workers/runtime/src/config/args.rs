@@ -84,6 +84,15 @@ pub struct ProcessingArgs {
     #[arg(long, env = "COURIER_HANDLER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub handler_timeout: Duration,
 
+    /// Requests handed to the handler in one call (a batch handler's bulk write); each is
+    /// still settled on its own. At most --concurrency. 1: one request per call.
+    #[arg(long, env = "COURIER_BATCH_SIZE", default_value_t = 1)]
+    pub batch_size: usize,
+
+    /// How long a batch waits to fill before it is handled with what it has.
+    #[arg(long, env = "COURIER_BATCH_WAIT", default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub batch_wait: Duration,
+
     /// Largest accepted payload in bytes; larger ones are dead-lettered as too-large.
     #[arg(long, env = "COURIER_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,

@@ -18,7 +18,7 @@ pub use args::{ClientArgs, WorkerArgs};
 pub(crate) use broker::ClientLimits;
 pub use error::ConfigError;
 use error::invalid;
-pub use settings::{InboxSettings, Settings};
+pub use settings::{BatchSettings, InboxSettings, Settings};
 
 /// The default of `--max-payload-bytes`.
 pub(crate) const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;

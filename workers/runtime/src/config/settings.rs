@@ -30,8 +30,10 @@ pub struct Settings {
     pub reply_allow: Vec<String>,
     /// Messages processed at once.
     pub concurrency: usize,
-    /// Time limit of one handler invocation.
+    /// Time limit of one handler invocation (a whole batch's call with `batch`).
     pub handler_timeout: Duration,
+    /// Requests per handler call, and how long a batch waits to fill; `None`: one request per call.
+    pub batch: Option<BatchSettings>,
     /// Largest accepted payload.
     pub max_payload_bytes: usize,
     /// Byte budget of requests in flight and their outputs ([`crate::budget`]).
@@ -52,6 +54,15 @@ pub struct Settings {
     pub http_addr: Option<std::net::SocketAddr>,
     /// The idempotent inbox, if any.
     pub inbox: Option<InboxSettings>,
+}
+
+/// How requests are gathered into batches (`--batch-size`, `--batch-wait`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// Requests per call at most (2..=concurrency).
+    pub size: usize,
+    /// How long the first request of a batch waits for the batch to fill.
+    pub wait: Duration,
 }
 
 /// Where the idempotent inbox keeps its rows, and for how long ([`crate::inbox`]).

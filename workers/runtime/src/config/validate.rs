@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::{
-    ClientLimits, ConfigError, InboxSettings, ObservabilityArgs, ProcessingArgs, QueueArgs, Settings, WorkerArgs,
-    invalid, is_valid_name,
+    BatchSettings, ClientLimits, ConfigError, InboxSettings, ObservabilityArgs, ProcessingArgs, QueueArgs, Settings,
+    WorkerArgs, invalid, is_valid_name,
 };
 #[cfg(feature = "amqp")]
 use crate::transport::amqp::topology::QUORUM_DELIVERY_LIMIT;
@@ -40,6 +40,7 @@ impl WorkerArgs {
             reply_allow: p.reply_allow.iter().map(|p| p.trim().to_owned()).collect(),
             concurrency: p.concurrency,
             handler_timeout: p.handler_timeout,
+            batch: p.batch_settings()?,
             max_payload_bytes: p.max_payload_bytes,
             max_in_flight_bytes: p.max_in_flight_bytes,
             retry,
@@ -151,6 +152,19 @@ impl ProcessingArgs {
             ));
         }
         Ok(())
+    }
+
+    /// Batches of more than one request; they fill from the handler slots, so no larger
+    /// than `--concurrency`.
+    fn batch_settings(&self) -> Result<Option<BatchSettings>, ConfigError> {
+        if !(1..=self.concurrency).contains(&self.batch_size) {
+            let why = format!("{} is outside 1..=--concurrency ({})", self.batch_size, self.concurrency);
+            return Err(invalid("batch-size", why));
+        }
+        if self.batch_wait.is_zero() || self.batch_wait >= self.handler_timeout {
+            return Err(invalid("batch-wait", "must be > 0 and below --handler-timeout"));
+        }
+        Ok((self.batch_size > 1).then_some(BatchSettings { size: self.batch_size, wait: self.batch_wait }))
     }
 
     /// The in-process retries and the broker-level tiers (an empty delay is no tier).

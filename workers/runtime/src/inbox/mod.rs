@@ -17,6 +17,7 @@
 //! the server is asked to cancel what it runs, the connection is closed (the server
 //! rolls the transaction back) and the request's transaction is over.
 
+mod batch;
 mod request;
 
 use std::{
@@ -24,6 +25,7 @@ use std::{
     time::Duration,
 };
 
+pub(crate) use batch::BatchClaim;
 pub use request::MAX_MESSAGE_ID_BYTES;
 pub(crate) use request::message_id_problem;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -86,6 +88,8 @@ struct Connection {
     claim: Statement,
     stored: Statement,
     store: Statement,
+    /// A batch's statements (`batch.rs`).
+    batch: batch::Statements,
 }
 
 /// A connection in use, with its place in the pool.
@@ -315,7 +319,8 @@ impl Connection {
                  WHERE worker = $1 AND message_id = $2"
             ),
         )?;
-        Ok(Self { client, claim, stored, store })
+        let batch = batch::Statements::prepare(&client).await?;
+        Ok(Self { client, claim, stored, store, batch })
     }
 }
 

@@ -24,6 +24,7 @@ pub struct Metrics {
     parked: IntCounter,
     answered_from_inbox: IntCounter,
     handler_seconds: Histogram,
+    batch_size: Histogram,
     in_flight: IntGauge,
     in_flight_bytes: IntGauge,
     ready: IntGaugeVec,
@@ -58,6 +59,13 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(handler_seconds.clone())).expect("registered once");
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new("courier_batch_size", "Requests per batch handler call (--batch-size).")
+                .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]),
+            &["worker"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(batch_size.clone())).expect("registered once");
         // Resident memory, CPU seconds, open file descriptors (Linux: /proc/self).
         #[cfg(target_os = "linux")]
         registry
@@ -105,6 +113,7 @@ impl Metrics {
                 "Requests answered again from the inbox (--inbox), without the handler: redeliveries and duplicates.",
             ),
             handler_seconds: handler_seconds.with_label_values(&[worker]),
+            batch_size: batch_size.with_label_values(&[worker]),
             in_flight: gauge("courier_in_flight", "Deliveries being processed.", &["worker"])
                 .with_label_values(&[worker]),
             in_flight_bytes: gauge(
@@ -207,6 +216,11 @@ impl Metrics {
     /// One handler invocation took `elapsed`.
     pub(crate) fn handler_took(&self, elapsed: Duration) {
         self.handler_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// A batch handler call with `requests` requests.
+    pub(crate) fn batch(&self, requests: usize) {
+        self.batch_size.observe(requests as f64);
     }
 
     /// Counts a delivery in flight until the guard is dropped.

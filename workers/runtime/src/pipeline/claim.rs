@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 
 use tracing::{debug, warn};
 
-use super::{INBOX, Pipeline, failure::Failure, in_flight::InFlight, settle::Settle};
+use super::{INBOX, Pipeline, batch::Claimable, failure::Failure, in_flight::InFlight, settle::Settle};
 use crate::{
     breaker::Call,
     contract::{
@@ -41,18 +41,41 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         ControlFlow::Break(match claimed {
             Ok(Claim::Mine(transaction)) => return ControlFlow::Continue(Some(transaction)),
             Ok(Claim::Answered(stored)) => {
-                debug!("Answered before; replying from the inbox.");
                 self.outputs.metrics.answered_from_inbox();
-                // In the codec it was stored in, whatever this copy says.
-                delivery.meta.codec = Codec::of_content_type(&stored.content_type).unwrap_or(delivery.meta.codec);
-                delivery.reply(stored.payload.into()).await
+                self.answered(delivery, stored).await
             }
-            Ok(Claim::Reused) => {
-                let why = "another request was answered under this courier-message-id; send a new id";
-                delivery.dead_letter(Failure::new(FailureKind::Permanent, code::DUPLICATE_MESSAGE_ID, why)).await
-            }
+            Ok(Claim::Reused) => self.reused(delivery).await,
             Err(error) => self.inbox_failed(delivery, error).await,
         })
+    }
+
+    /// In batches: what the batch's inbox claims for the request (`None` without a message
+    /// id), or the dead letter of an id the inbox cannot hold.
+    pub(super) async fn claimable(&self, delivery: &mut InFlight<'_, T>) -> ControlFlow<Settle, Option<Claimable>> {
+        let Some(id) = &delivery.meta.message_id else {
+            return ControlFlow::Continue(None);
+        };
+        if let Some(why) = inbox::message_id_problem(id) {
+            return ControlFlow::Break(
+                delivery.dead_letter(Failure::new(FailureKind::Decode, code::BAD_HEADER, why)).await,
+            );
+        }
+        let payload = delivery.message().payload.clone();
+        ControlFlow::Continue(Some(Claimable { message_id: id.clone(), payload, codec: delivery.meta.codec }))
+    }
+
+    /// The request was answered before: the stored reply again, without the handler.
+    pub(super) async fn answered(&self, delivery: &mut InFlight<'_, T>, stored: Stored) -> Settle {
+        debug!("Answered before; replying from the inbox.");
+        // In the codec it was stored in, whatever this copy says.
+        delivery.meta.codec = Codec::of_content_type(&stored.content_type).unwrap_or(delivery.meta.codec);
+        delivery.reply(stored.payload.into()).await
+    }
+
+    /// Another request was answered under the request's message id.
+    pub(super) async fn reused(&self, delivery: &mut InFlight<'_, T>) -> Settle {
+        let why = "another request was answered under this courier-message-id; send a new id";
+        delivery.dead_letter(Failure::new(FailureKind::Permanent, code::DUPLICATE_MESSAGE_ID, why)).await
     }
 
     /// Commit `reply` (the encoded payload, when the rounds ended in one) with the claim,

@@ -37,11 +37,19 @@ pub(super) struct Scripted {
     pub(super) script: Arc<Mutex<VecDeque<Result<(), HandlerError>>>>,
     /// The attempt of each call's context.
     pub(super) attempts: Arc<Mutex<Vec<u32>>>,
+    /// The size of each batch call.
+    pub(super) batches: Arc<Mutex<Vec<usize>>>,
+    /// Batch calls to come that fail as a whole (transiently).
+    pub(super) failing_batches: Arc<AtomicU32>,
 }
 
 impl Scripted {
     pub(super) fn calls(&self) -> u32 {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn batches(&self) -> Vec<usize> {
+        self.batches.lock().expect("not poisoned").clone()
     }
 
     pub(super) fn then(&self, outcomes: impl IntoIterator<Item = Result<(), HandlerError>>) {
@@ -78,6 +86,21 @@ impl Handler for Scripted {
             }
             _ => Ok(request),
         }
+    }
+
+    /// Each request on its own; a batch with a `short` request returns a result too few.
+    async fn handle_batch(&self, batch: Vec<(Self::Request, Context)>) -> crate::handler::BatchResult<Self::Reply> {
+        self.batches.lock().expect("not poisoned").push(batch.len());
+        let failing = self.failing_batches.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(HandlerError::transient("db_down", "the batch's database is down"));
+        }
+        let short = batch.iter().any(|(request, _)| request["op"] == "short");
+        let mut results = crate::handler::each(self, batch).await;
+        if short {
+            results.pop();
+        }
+        Ok(results)
     }
 }
 
@@ -156,6 +179,24 @@ impl Fixture {
         let charge = self.budget.admit(delivery.message.byte_len()).await;
         let slot = Slot::new(handler, Arc::clone(&self.confirms), charge);
         self.pipeline.deliver(delivery, slot).await;
+    }
+
+    /// Publish `messages` and run their deliveries to the end, concurrently.
+    pub(super) async fn deliver_together(&mut self, messages: Vec<Message>) {
+        let count = messages.len();
+        for message in &messages {
+            self.broker.publish(&self.topology.queue, message).await.expect("published");
+        }
+        let mut deliveries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let delivery = self.subscription.next().await.expect("the subscription goes on");
+            let handler = Arc::clone(&self.handlers).acquire_owned().await.expect("open");
+            let charge = self.budget.admit(delivery.message.byte_len()).await;
+            deliveries.push((delivery, Slot::new(handler, Arc::clone(&self.confirms), charge)));
+        }
+        let pipeline = &self.pipeline;
+        futures::future::join_all(deliveries.into_iter().map(|(delivery, slot)| pipeline.deliver(delivery, slot)))
+            .await;
     }
 
     /// What `queue` holds now, taken out of it.

@@ -3,6 +3,8 @@
 //! ```text
 //! admit.rs    size cap → contract headers → deadline → reply target → decode + schema
 //! claim.rs    --inbox: answered before → the stored reply; else claim the message id
+//! batch.rs    --batch-size: the handler's call gathers requests into a batch (with
+//!             --inbox, the batch's claims and commit in one transaction)
 //! round.rs    handler under a timeout, in-process retries with backoff (transient errors),
 //!             the circuit breaker (open: back to the broker unhandled, no round spent);
 //!             --retry-in-place: wait out the tier's delay here and run the next round
@@ -26,6 +28,7 @@
 //! future then holds the common path only (admit, the handler round, the reply, the ack).
 
 mod admit;
+mod batch;
 mod claim;
 mod failure;
 #[cfg(test)]
@@ -41,7 +44,15 @@ use std::{ops::ControlFlow, time::SystemTime};
 
 use tracing::{Instrument, info_span};
 
-use self::{admit::Rules, failure::Failure, in_flight::InFlight, outputs::Outputs, round::Rounds, settle::Settle};
+use self::{
+    admit::Rules,
+    batch::{Batches, Unhandled},
+    failure::Failure,
+    in_flight::InFlight,
+    outputs::Outputs,
+    round::Rounds,
+    settle::Settle,
+};
 pub(crate) use self::{settle::BREAKER_OPEN, slot::Slot};
 use crate::{
     breaker::Gate,
@@ -63,7 +74,7 @@ const INBOX: &str = "inbox";
 
 /// Everything needed to process deliveries of one worker; shared by all tasks.
 #[derive(Debug)]
-pub(crate) struct Pipeline<H, T> {
+pub(crate) struct Pipeline<H: Handler, T> {
     /// The business logic.
     handler: H,
     /// The compiled request schema.
@@ -72,6 +83,8 @@ pub(crate) struct Pipeline<H, T> {
     gate: Gate,
     /// The idempotent inbox (`--inbox`).
     inbox: Option<Inbox>,
+    /// The batch forming (`--batch-size`).
+    batches: Option<Batches<H>>,
     /// Where outputs go: the transport, settings, names, metrics, refusal counts.
     outputs: Outputs<T>,
 }
@@ -86,7 +99,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         gate: Gate,
         inbox: Option<Inbox>,
     ) -> Self {
-        Self { handler, schema, gate, inbox, outputs: Outputs::new(transport, settings, metrics) }
+        let batches = settings.batch.map(Batches::new);
+        Self { handler, schema, gate, inbox, batches, outputs: Outputs::new(transport, settings, metrics) }
     }
 
     /// Process one delivery and settle it. If the task is aborted (shutdown grace period
@@ -127,14 +141,19 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             Ok(request) => request,
             Err(failure) => return Box::pin(delivery.dead_letter(failure)).await,
         };
-        let transaction = match &self.inbox {
-            Some(inbox) => match Box::pin(self.claim(inbox, delivery)).await {
-                ControlFlow::Continue(transaction) => transaction,
+        let (transaction, claim) = match &self.inbox {
+            // A batch claims its requests together (`batch.rs`).
+            Some(_) if self.batches.is_some() => match Box::pin(self.claimable(delivery)).await {
+                ControlFlow::Continue(claim) => (None, claim),
                 ControlFlow::Break(settle) => return settle,
             },
-            None => None,
+            Some(inbox) => match Box::pin(self.claim(inbox, delivery)).await {
+                ControlFlow::Continue(transaction) => (transaction, None),
+                ControlFlow::Break(settle) => return settle,
+            },
+            None => (None, None),
         };
-        let result = match self.rounds(&request, delivery, transaction.as_ref()).await {
+        let result = match self.rounds(&request, delivery, transaction.as_ref(), claim.as_ref()).await {
             Rounds::Ended(result) => result,
             Rounds::GiveBack => {
                 if let Some(transaction) = transaction {
@@ -142,7 +161,16 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
                 }
                 return Settle::GiveBack;
             }
-            Rounds::Expired => return Box::pin(self.expired(delivery, transaction)).await,
+            Rounds::Expired => {
+                let why = "the request's deadline passed while it waited to be retried";
+                return Box::pin(self.expired(delivery, transaction, why)).await;
+            }
+            Rounds::Unhandled(Unhandled::Expired) => {
+                let why = "the request's deadline passed while its batch filled";
+                return Box::pin(self.expired(delivery, None, why)).await;
+            }
+            Rounds::Unhandled(Unhandled::Answered(stored)) => return Box::pin(self.answered(delivery, stored)).await,
+            Rounds::Unhandled(Unhandled::Reused) => return Box::pin(self.reused(delivery)).await,
         };
         let encoded = result.map(|reply| records::encode::<H>(&reply, delivery.meta.codec));
         if let Some(transaction) = transaction {
@@ -165,12 +193,17 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         Box::pin(delivery.dead_letter(failure)).await
     }
 
-    /// The request's deadline passed while it waited to be retried in place.
-    async fn expired(&self, delivery: &mut InFlight<'_, T>, transaction: Option<Transaction>) -> Settle {
+    /// The request's deadline passed while it waited (`why`): to be retried in place, or
+    /// for its batch to fill.
+    async fn expired(
+        &self,
+        delivery: &mut InFlight<'_, T>,
+        transaction: Option<Transaction>,
+        why: &'static str,
+    ) -> Settle {
         if let Some(transaction) = transaction {
             transaction.rollback().await;
         }
-        let why = "the request's deadline passed while it waited to be retried";
         delivery.dead_letter(Failure::new(FailureKind::Expired, code::DEADLINE_EXCEEDED, why)).await
     }
 }

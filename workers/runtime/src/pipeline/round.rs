@@ -7,16 +7,20 @@
 //! unhandled, without spending a round. A half-open breaker's probe runs its round to the
 //! end (`breaker/`).
 
-use std::{panic::AssertUnwindSafe, time::SystemTime};
+use std::{panic::AssertUnwindSafe, sync::Arc, time::SystemTime};
 
 use futures::FutureExt;
 use tracing::{debug, info};
 
-use super::{INBOX, Pipeline, in_flight::InFlight};
+use super::{
+    INBOX, Pipeline,
+    batch::{Answer, Claimable, Tally, Unhandled},
+    in_flight::InFlight,
+};
 use crate::{
     breaker::Call,
     contract::failure::{FailureKind, code},
-    handler::{Context, Handler, HandlerError},
+    handler::{Context, Handler, HandlerError, panic_message},
     inbox::{InboxError, Transaction},
     transport::{Source, Transport},
 };
@@ -30,26 +34,50 @@ pub(super) enum Rounds<R> {
     GiveBack,
     /// The request's deadline passed while it waited to be retried in place.
     Expired,
+    /// Its batch settled it without the handler.
+    Unhandled(Unhandled),
+}
+
+/// How one round ended.
+enum Round<R> {
+    /// The last call's result, and the handler invocations of the round.
+    Ended(Result<R, HandlerError>, u32),
+    /// The circuit breaker is open (before a call, or after the round failed).
+    GiveBack,
+    /// Its batch settled it without the handler.
+    Unhandled(Unhandled),
+}
+
+/// How one call ended.
+enum Called<R> {
+    /// The handler's result; in a batch, with the tally its call's requests share.
+    Result(Result<R, HandlerError>, Option<Arc<Tally>>),
+    /// The request's transaction is gone (a call cut short or timed out).
+    Lost(InboxError),
+    /// Its batch settled it without the handler.
+    Unhandled(Unhandled),
 }
 
 impl<H: Handler, T: Transport> Pipeline<H, T> {
     /// Run the handler's rounds for `request`: one, or with `--retry-in-place` one more per
     /// retry tier while they fail transiently. With an inbox, the calls run in the
-    /// request's `transaction`.
+    /// request's `transaction`; in batches, in their batch's (`claim`: what it claims).
     pub(super) async fn rounds(
         &self,
         request: &H::Request,
         delivery: &mut InFlight<'_, T>,
         transaction: Option<&Transaction>,
+        claim: Option<&Claimable>,
     ) -> Rounds<H::Reply> {
         let settings = &self.outputs.settings;
         let mut probe = delivery.held.slot.is_probe();
         loop {
-            let Some((result, invocations)) =
-                self.round(request, &delivery.meta, &delivery.source, probe, transaction).await
-            else {
-                return Rounds::GiveBack;
-            };
+            let (result, invocations) =
+                match self.round(request, &delivery.meta, &delivery.source, probe, transaction, claim).await {
+                    Round::Ended(result, invocations) => (result, invocations),
+                    Round::GiveBack => return Rounds::GiveBack,
+                    Round::Unhandled(unhandled) => return Rounds::Unhandled(unhandled),
+                };
             delivery.invocations = invocations;
             let tier = match &result {
                 Err(error) if error.is_transient() && settings.retry_in_place => {
@@ -75,8 +103,9 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
 
     /// One round: call the handler under its timeout, retrying transient errors
     /// in-process with exponential backoff. Returns the last result and the number of
-    /// invocations, or `None` when the circuit breaker is open before a call or after the
-    /// round failed (a probe's round runs to its end). The round's outcome feeds the breaker.
+    /// invocations, or `GiveBack` when the circuit breaker is open before a call or after
+    /// the round failed (a probe's round runs to its end). The round's outcome feeds the
+    /// breaker (a batch's call once, whatever the number of its requests).
     async fn round(
         &self,
         request: &H::Request,
@@ -84,7 +113,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         source: &Source,
         probe: bool,
         transaction: Option<&Transaction>,
-    ) -> Option<(Result<H::Reply, HandlerError>, u32)> {
+        claim: Option<&Claimable>,
+    ) -> Round<H::Reply> {
         let give_back = || !probe && self.gate.is_open();
         let mut backoff = self.outputs.settings.retry.backoff();
         let mut context = Context {
@@ -96,22 +126,25 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             inbox: transaction.cloned(),
         };
         let mut invocations = 0;
+        let ended = |result, invocations| if give_back() { Round::GiveBack } else { Round::Ended(result, invocations) };
         loop {
             if give_back() {
-                return None;
+                return Round::GiveBack;
             }
             invocations += 1;
             context.invocation = context.invocation.saturating_add(1);
-            let result = match self.call(request, &context).await {
-                Ok(result) => result,
+            let (result, tally) = match self.call(request, &context, claim).await {
+                Called::Result(result, tally) => (result, tally),
                 // The request's transaction is gone (a call cut short or timed out): no
                 // in-process round can use it; the next delivery claims anew.
-                Err(lost) => {
+                Called::Lost(lost) => {
                     self.gate.record(Call::Failed, Some(INBOX));
                     let error = HandlerError::transient(code::INBOX_UNAVAILABLE, lost).dependency(INBOX);
-                    return (!give_back()).then_some((Err(error), invocations));
+                    return ended(Err(error), invocations);
                 }
+                Called::Unhandled(unhandled) => return Round::Unhandled(unhandled),
             };
+            let news = |call| tally.as_ref().is_none_or(|tally| tally.first(call));
             match result {
                 Err(error) if error.is_transient() => match backoff.next() {
                     Some(delay) => {
@@ -119,28 +152,33 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
                         tokio::time::sleep(delay).await;
                     }
                     None => {
-                        self.gate.record(Call::Failed, error.dependency.as_deref());
-                        return (!give_back()).then_some((Err(error), invocations));
+                        if news(Call::Failed) {
+                            self.gate.record(Call::Failed, error.dependency.as_deref());
+                        }
+                        return ended(Err(error), invocations);
                     }
                 },
                 other => {
-                    if other.is_ok() {
+                    if other.is_ok() && news(Call::Passed) {
                         self.gate.record(Call::Passed, None);
                     }
-                    return Some((other, invocations));
+                    return Round::Ended(other, invocations);
                 }
             }
         }
     }
 
-    /// One handler call under its timeout, panics caught; with an inbox, what a failed
-    /// call wrote is rolled back (to the savepoint set after the claim), and `Err` when
-    /// that is impossible: the request's transaction is over.
-    async fn call(
-        &self,
-        request: &H::Request,
-        context: &Context,
-    ) -> Result<Result<H::Reply, HandlerError>, InboxError> {
+    /// One handler call: in a batch ([`Self::in_batch`]), or on its own under its timeout,
+    /// panics caught; with an inbox, what a failed call wrote is rolled back (to the
+    /// savepoint set after the claim), and `Lost` when that is impossible: the request's
+    /// transaction is over.
+    async fn call(&self, request: &H::Request, context: &Context, claim: Option<&Claimable>) -> Called<H::Reply> {
+        if let Some(batches) = &self.batches {
+            return match self.in_batch(batches, request, context, claim.cloned()).await {
+                Answer::Done(result, tally) => Called::Result(result, Some(tally)),
+                Answer::Unhandled(unhandled) => Called::Unhandled(unhandled),
+            };
+        }
         let limit = self.outputs.settings.handler_timeout;
         let call = AssertUnwindSafe(self.handler.handle(request.clone(), context)).catch_unwind();
         let started = std::time::Instant::now();
@@ -151,17 +189,13 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             Ok(Err(panic)) => Err(HandlerError::permanent(code::HANDLER_PANICKED, panic_message(panic.as_ref()))),
             Err(_) => Err(HandlerError::transient(code::TIMEOUT, format!("the handler took longer than {limit:?}"))),
         };
-        if let (Err(_), Some(transaction)) = (&result, &context.inbox) {
-            transaction.undo_call().await?;
+        if let (Err(_), Some(transaction)) = (&result, &context.inbox)
+            && let Err(lost) = transaction.undo_call().await
+        {
+            return Called::Lost(lost);
         }
-        Ok(result)
+        Called::Result(result, None)
     }
-}
-
-/// The text of a caught panic, for the dead-letter copy.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
-    format!("the handler panicked: {}", text.unwrap_or("(no message)"))
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ enum Turn {
 }
 
 /// A worker's consuming side, from its subscription to its delivery tasks.
-pub(super) struct Consumer<H, T: Transport> {
+pub(super) struct Consumer<H: Handler, T: Transport> {
     /// Where deliveries come from.
     subscription: Subscription<T::Acker>,
     /// Processes each delivery in its task.
