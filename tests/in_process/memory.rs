@@ -137,6 +137,129 @@ async fn the_inbox_keeps_only_the_writes_of_the_call_that_passed() {
     worker.await.expect("worker task").expect("worker ends cleanly");
 }
 
+/// A batch with the inbox (a real PostgreSQL): its requests are claimed, handled and
+/// committed in one transaction (their rows and inbox rows share one `xmin`); a request
+/// that fails is released and written by nobody, and its retry claims anew; one sent
+/// again is answered from the inbox and never enters a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_claimed_handled_and_committed_in_one_transaction() {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use courier::{
+        BatchHandler, BatchResult, BatchSettings, Context, HandlerError, MemoryBroker, Message, Settings, Transport,
+        contract::headers as h,
+    };
+
+    /// Writes the batch's `ok` and `flaky` requests in one insert; `fail` fails for good,
+    /// `flaky` transiently on its first call.
+    #[derive(Clone, Debug, Default)]
+    struct Rows(Arc<Mutex<Vec<usize>>>);
+    impl BatchHandler for Rows {
+        type Request = serde_json::Value;
+        type Reply = serde_json::Value;
+        const NAME: &'static str = "inbox-batch";
+        const REQUEST_SCHEMA: &'static str = "{}";
+        const INBOX_SCHEMA: &'static str = "CREATE TABLE IF NOT EXISTS inbox_test_batch (id text NOT NULL);";
+        async fn handle_batch(&self, batch: Vec<(Self::Request, Context)>) -> BatchResult<Self::Reply> {
+            self.0.lock().expect("sizes").push(batch.len());
+            let inbox = batch[0].1.inbox.clone().expect("the batch's transaction");
+            let mut ids = Vec::new();
+            let results = batch
+                .iter()
+                .map(|(request, context)| match request["op"].as_str() {
+                    Some("fail") => Err(HandlerError::permanent("scripted", "no")),
+                    Some("flaky") if context.invocation == 1 => Err(HandlerError::transient("scripted", "later")),
+                    _ => {
+                        ids.push(request["id"].as_str().unwrap_or_default().to_owned());
+                        Ok(serde_json::json!({ "id": request["id"] }))
+                    }
+                })
+                .collect();
+            inbox
+                .execute("INSERT INTO inbox_test_batch (id) SELECT unnest($1::text[])", &[&ids])
+                .await
+                .map_err(|e| HandlerError::transient("db", e))?;
+            Ok(results)
+        }
+    }
+
+    let url = courier_tests::postgres::url();
+    let broker = MemoryBroker::new();
+    let mut settings = Settings::defaults(Rows::NAME);
+    settings.batch = Some(BatchSettings { size: 4, wait: Duration::from_millis(500) });
+    settings.inbox = Some(courier::InboxSettings {
+        url,
+        retention: Duration::from_secs(60),
+        bounds: courier::InboxBounds { timeout: Duration::from_secs(5), connections: 16 },
+    });
+    broker.declare(&settings.topology()).await.expect("declare");
+    let handler = Rows::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(courier::run(
+        settings.clone(),
+        broker.clone(),
+        courier::Batched(handler.clone()),
+        stop.clone().cancelled_owned(),
+    ));
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let request = |op: &str| {
+        let id = format!("{run}-{op}");
+        let headers = [(h::MESSAGE_ID, id.as_str()), (h::CORRELATION_ID, id.as_str())];
+        Message {
+            payload: serde_json::json!({ "id": id, "op": op }).to_string().into(),
+            headers: headers.into_iter().map(|(k, v)| (k.into(), v.to_owned())).collect(),
+            key: None,
+        }
+    };
+    let ops = ["ok-1", "ok-2", "fail", "flaky"];
+    for op in ops {
+        broker.publish(&settings.queue, &request(op)).await.expect("publish");
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in ops {
+        let reply = broker.receive(&settings.replies, Duration::from_secs(10)).await.expect("a reply");
+        let id = reply.headers.get(h::CORRELATION_ID).cloned().unwrap_or_default();
+        statuses.insert(id.replace(&format!("{run}-"), ""), reply.headers.get(h::STATUS).cloned().unwrap_or_default());
+    }
+    let expected = [("fail", "error"), ("flaky", "ok"), ("ok-1", "ok"), ("ok-2", "ok")];
+    assert_eq!(statuses, expected.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect());
+    // Sent again: answered from the inbox, with the reply it got.
+    broker.publish(&settings.queue, &request("ok-1")).await.expect("publish");
+    let again = broker.receive(&settings.replies, Duration::from_secs(10)).await.expect("a reply");
+    assert_eq!(again.headers.get(h::STATUS).map(String::as_str), Some("ok"));
+    assert_eq!(*handler.0.lock().expect("sizes"), [4, 1], "one batch, then the flaky one's retry alone");
+
+    let database = courier_tests::postgres::connect().await;
+    let ids: Vec<String> = ops.iter().map(|op| format!("{run}-{op}")).collect();
+    let rows =
+        database.query("SELECT id FROM inbox_test_batch WHERE id = ANY($1) ORDER BY id", &[&ids]).await.expect("query");
+    let written: Vec<String> = rows.iter().map(|row| row.get::<_, String>(0).replace(&format!("{run}-"), "")).collect();
+    assert_eq!(written, ["flaky", "ok-1", "ok-2"], "each passed request written once, the failed one never");
+    let answered = database
+        .query(
+            "SELECT message_id FROM courier_inbox WHERE worker = $1 AND message_id = ANY($2) ORDER BY message_id",
+            &[&Rows::NAME, &ids],
+        )
+        .await
+        .expect("query");
+    assert_eq!(answered.len(), 3, "the failed request's claim released");
+    let first_batch: Vec<String> = [&ids[0], &ids[1]].into_iter().cloned().collect();
+    let transactions = database
+        .query(
+            "SELECT DISTINCT xmin::text FROM (SELECT xmin FROM inbox_test_batch WHERE id = ANY($1) \
+             UNION ALL SELECT xmin FROM courier_inbox WHERE worker = $2 AND message_id = ANY($1)) AS written",
+            &[&first_batch, &Rows::NAME],
+        )
+        .await
+        .expect("query");
+    assert_eq!(transactions.len(), 1, "the first batch's rows and inbox rows in one transaction");
+    stop.cancel();
+    worker.await.expect("worker task").expect("worker ends cleanly");
+}
+
 /// The byte budget (`--max-in-flight-bytes`): with room for 64 handlers but a budget of
 /// 1 MiB, requests of 400 KB run three at a time (admitted while less than the budget is
 /// held); with the default budget all six run at once. Every request is answered either way.

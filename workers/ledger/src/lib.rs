@@ -1,9 +1,14 @@
 //! The ledger: `{"payment": id, "account": a, "amount_cents": n}` → the account's balance
 //! after it. Each payment is recorded once, however often the broker delivers it: the
-//! entry is written in the idempotent inbox's transaction (`--inbox`), which commits it
-//! together with the record that the request was answered.
+//! entries are written in the idempotent inbox's transaction (`--inbox`), which commits
+//! them together with the record that their requests were answered.
+//!
+//! A batch handler: with `--batch-size` it records a whole batch with one multi-row insert
+//! in the batch's one transaction; without, each request is a batch of one.
 
-use courier::{Context, Handler, HandlerError};
+use std::collections::HashMap;
+
+use courier::{BatchHandler, BatchResult, Context, HandlerError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +45,7 @@ pub const DATABASE: &str = "ledger-db";
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Ledger;
 
-impl Handler for Ledger {
+impl BatchHandler for Ledger {
     type Request = Request;
     type Reply = Reply;
 
@@ -48,31 +53,66 @@ impl Handler for Ledger {
     const REQUEST_SCHEMA: &'static str = include_str!("../../../schemas/ledger/request.schema.json");
     const INBOX_SCHEMA: &'static str = include_str!("../schema.sql");
 
-    async fn handle(&self, request: Request, context: &Context) -> Result<Reply, HandlerError> {
-        let Some(transaction) = &context.inbox else {
+    /// Each payment's balance is the account's balance before the batch plus the batch's
+    /// earlier payments to it, summed here in 128 bits: no request's amount can make the
+    /// database refuse a statement the whole batch shares.
+    async fn handle_batch(&self, batch: Vec<(Request, Context)>) -> BatchResult<Reply> {
+        let Some(transaction) = batch.first().and_then(|(_, context)| context.inbox.clone()) else {
             return Err(HandlerError::permanent("inbox_required", "the ledger runs with --inbox postgres://…"));
         };
-        // A value the table refuses is this request's fault, not the database's.
-        let database = |error: courier::InboxError| match error.is_refusal() {
-            true => HandlerError::permanent("refused_by_database", error),
-            false => HandlerError::transient("database", error).dependency(DATABASE),
-        };
-        transaction
-            .execute(
-                "INSERT INTO ledger_entries (payment, account, amount_cents) VALUES ($1, $2, $3)",
-                &[&request.payment, &request.account, &request.amount_cents],
-            )
-            .await
-            .map_err(database)?;
+        let mut accounts: Vec<&str> = batch.iter().map(|(request, _)| request.account.as_str()).collect();
+        accounts.sort_unstable();
+        accounts.dedup();
         let rows = transaction
             .query(
-                "SELECT COALESCE(SUM(amount_cents), 0)::bigint FROM ledger_entries WHERE account = $1",
-                &[&request.account],
+                "SELECT account, SUM(amount_cents)::text FROM ledger_entries WHERE account = ANY($1) GROUP BY account",
+                &[&accounts],
             )
             .await
             .map_err(database)?;
-        let balance_cents = rows.first().map_or(0, |row| row.get(0));
-        Ok(Reply { payment: request.payment, balance_cents })
+        let mut balances: HashMap<String, i128> = HashMap::new();
+        for row in rows {
+            let sum: String = row.get(1);
+            balances.insert(row.get(0), sum.parse().map_err(|_| HandlerError::permanent("bad_sum", sum))?);
+        }
+        let (mut payments, mut booked_accounts, mut amounts) = (Vec::new(), Vec::new(), Vec::new());
+        let results: Vec<Result<Reply, HandlerError>> = batch
+            .iter()
+            .map(|(request, _)| {
+                if [&request.payment, &request.account].iter().any(|text| text.contains('\0')) {
+                    return Err(HandlerError::permanent("refused_by_database", "text with a NUL byte"));
+                }
+                let balance = balances.get(&request.account).copied().unwrap_or(0) + i128::from(request.amount_cents);
+                let balance_cents = i64::try_from(balance).map_err(|_| {
+                    HandlerError::permanent("balance_out_of_range", "the balance would not fit 64 bits")
+                })?;
+                balances.insert(request.account.clone(), balance);
+                payments.push(request.payment.as_str());
+                booked_accounts.push(request.account.as_str());
+                amounts.push(request.amount_cents);
+                Ok(Reply { payment: request.payment.clone(), balance_cents })
+            })
+            .collect();
+        if !payments.is_empty() {
+            transaction
+                .execute(
+                    "INSERT INTO ledger_entries (payment, account, amount_cents) \
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])",
+                    &[&payments, &booked_accounts, &amounts],
+                )
+                .await
+                .map_err(database)?;
+        }
+        Ok(results)
+    }
+}
+
+/// The database failed the batch: the database's health (transient), or, when it refused
+/// a value, the batch's data (permanent).
+fn database(error: courier::InboxError) -> HandlerError {
+    match error.is_refusal() {
+        true => HandlerError::permanent("refused_by_database", error),
+        false => HandlerError::transient("database", error).dependency(DATABASE),
     }
 }
 
@@ -104,7 +144,7 @@ mod tests {
             inbox: None,
         };
         let request = Request { payment: "p".into(), account: "a".into(), amount_cents: 1 };
-        let error = Ledger.handle(request, &context).await.expect_err("needs the inbox");
+        let error = Ledger.handle_batch(vec![(request, context)]).await.expect_err("needs the inbox");
         assert!(!error.is_transient());
     }
 }

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    courier::app::main(ledger::Ledger).await
+    courier::app::main(courier::Batched(ledger::Ledger)).await
 }
