@@ -17,11 +17,24 @@ use courier_tests::rabbitmq::{CONCURRENCY, PATIENCE, cleanup, greeter, greeter_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_load_loses_nothing() {
-    let (queue, replies) = names("kill9");
+    kill_9_mid_load("kill9", &[]).await;
+}
+
+/// The same with batches: the requests of the batches the kill cut short come back, and
+/// each ends with a reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_batch_loses_nothing() {
+    kill_9_mid_load("kill9-batch", &["--batch-size", "32", "--batch-wait", "20ms"]).await;
+}
+
+/// 10,000 requests; the first worker killed after 2,000 replies, a second one (`extra`
+/// flags for both) answers the rest.
+async fn kill_9_mid_load(test: &str, extra: &[&str]) {
+    let (queue, replies) = names(test);
     let client = RawClient::connect().await;
     client.declare(&queue).await;
     client.declare(&replies).await;
-    let mut first = greeter("kill9-a", &queue, &replies, &[]);
+    let mut first = greeter(&format!("{test}-a"), &queue, &replies, extra);
     let ids = client.publish_greetings(&queue, &replies, "k", 10_000).await;
     let mut seen = Replies::default();
     client.collect_replies(&replies, ids.len(), &mut seen, PATIENCE, |r| r.by_id.len() >= 2_000).await;
@@ -29,11 +42,11 @@ async fn kill_9_mid_load_loses_nothing() {
     first.kill9();
     let answered_before = seen.by_id.len();
 
-    let mut second = greeter("kill9-b", &queue, &replies, &[]);
+    let mut second = greeter(&format!("{test}-b"), &queue, &replies, extra);
     client.collect_replies(&replies, ids.len(), &mut seen, PATIENCE, |_| false).await;
     let missing = seen.missing(&ids);
     println!(
-        "kill -9 after {answered_before} replies: {} of {} answered, {} lost, {} duplicates",
+        "{test}: kill -9 after {answered_before} replies: {} of {} answered, {} lost, {} duplicates",
         seen.by_id.len(),
         ids.len(),
         missing.len(),

@@ -9,7 +9,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -129,7 +129,9 @@ macro_rules! contract_suite {
             bad_headers_are_answered_to_the_requester, protobuf_requests_are_answered_in_protobuf,
             reply_to_no_broker_can_name_is_unroutable,
             nothing_takes_the_message_and_the_handler_is_not_run_again, open_breaker_leaves_the_backlog_in_the_broker,
-            only_transient_failures_open_the_breaker, a_request_that_always_fails_is_not_probed_forever);
+            only_transient_failures_open_the_breaker, a_request_that_always_fails_is_not_probed_forever,
+            a_batch_settles_each_request_on_its_own, a_failed_batch_call_fails_each_of_its_requests,
+            a_request_expiring_while_its_batch_fills_is_dead_lettered);
     };
     (@each #[$attr:meta] $make:expr; $($name:ident),* $(,)?) => {
         $( #[$attr] async fn $name() { $crate::testing::$name($make).await; } )*
@@ -177,6 +179,10 @@ pub struct ScriptHandler {
     pub calls: CallLog,
     /// While set, `dependency` requests fail transiently, naming [`SCRIPTED_DEPENDENCY`].
     pub down: Arc<AtomicBool>,
+    /// The size of each batch call (`--batch-size`).
+    pub batches: Arc<Mutex<Vec<usize>>>,
+    /// Batch calls to come that fail as a whole, transiently.
+    pub failing_batches: Arc<AtomicU32>,
 }
 
 /// The dependency `dependency` requests fail on while [`ScriptHandler::down`] is set.
@@ -219,6 +225,15 @@ impl Handler for ScriptHandler {
             }
             _ => Ok(ScriptReply { echo: request.id }),
         }
+    }
+
+    /// Each request on its own ([`crate::each`]), unless the call is to fail as a whole.
+    async fn handle_batch(&self, batch: Vec<(ScriptRequest, Context)>) -> crate::BatchResult<ScriptReply> {
+        self.batches.lock().expect("batch log").push(batch.len());
+        if self.failing_batches.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(HandlerError::transient("scripted_batch_down", "the whole batch fails"));
+        }
+        Ok(crate::each(self, batch).await)
     }
 }
 
@@ -983,5 +998,91 @@ pub async fn a_request_that_always_fails_is_not_probed_forever<Hn: Harness>(harn
         answered.insert(header(&run.reply().await, h::CORRELATION_ID).to_owned());
     }
     assert!(ids.iter().all(|id| answered.contains(id)) && answered.contains(&poison));
+    run.stop().await;
+}
+
+/// Batches (`--batch-size 8`): sixteen requests, one of them poison and two flaky, are
+/// handed to the handler in batches of more than one (on Kafka at most one per ordering
+/// lane: the partition here); the poison one alone is dead-lettered, the flaky ones alone
+/// are called again, and every other request is answered once.
+pub async fn a_batch_settles_each_request_on_its_own<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |s| {
+        s.batch = Some(crate::BatchSettings { size: 8, wait: Duration::from_millis(300) });
+    })
+    .await;
+    let poison = run.send_script("permanent", 0).await;
+    let flaky = [run.send_script("flaky", 1).await, run.send_script("flaky", 1).await];
+    let mut echoes = Vec::new();
+    for _ in 0..13 {
+        echoes.push(run.send_script("echo", 0).await);
+    }
+    let mut statuses = HashMap::new();
+    for _ in 0..16 {
+        let reply = run.reply().await;
+        statuses.insert(header(&reply, h::CORRELATION_ID).to_owned(), header(&reply, h::STATUS).to_owned());
+    }
+    assert_eq!(statuses.len(), 16, "one reply each");
+    assert_eq!(statuses[&poison], "error");
+    assert!(echoes.iter().chain(&flaky).all(|id| statuses[id] == "ok"), "{statuses:?}");
+    let dead = run.dead_letter().await;
+    assert_eq!(header(&dead, h::CORRELATION_ID), poison, "only the poison request is dead-lettered");
+    assert!(run.dead_letter_within(QUIET).await.is_none());
+    assert!(flaky.iter().all(|id| run.calls(id).len() == 2), "the flaky ones called again");
+    assert!(echoes.iter().all(|id| run.calls(id).len() == 1), "the others once");
+    let batches = run.handler.batches.lock().expect("batch log").clone();
+    assert!(batches.iter().all(|size| (1..=8).contains(size)), "{batches:?}");
+    assert!(batches.iter().any(|size| *size > 1), "requests were batched: {batches:?}");
+    assert_eq!(batches.iter().sum::<usize>(), 18, "sixteen requests, two of them twice: {batches:?}");
+    run.stop().await;
+}
+
+/// A batch call that fails as a whole fails each of its requests transiently: each is
+/// retried (in a later batch) and answered.
+pub async fn a_failed_batch_call_fails_each_of_its_requests<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |s| {
+        s.batch = Some(crate::BatchSettings { size: 4, wait: Duration::from_millis(300) });
+    })
+    .await;
+    run.handler.failing_batches.store(1, Ordering::SeqCst);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(run.send_script("echo", 0).await);
+    }
+    for _ in 0..4 {
+        assert_eq!(header(&run.reply().await, h::STATUS), "ok");
+    }
+    assert!(ids.iter().all(|id| run.calls(id).len() == 1), "each handled once after the failed call");
+    let batches = run.handler.batches.lock().expect("batch log").clone();
+    assert_eq!(batches.iter().sum::<usize>(), 4 + batches[0], "the failed call's requests came again: {batches:?}");
+    assert!(run.dead_letter_within(QUIET).await.is_none());
+    run.stop().await;
+}
+
+/// A request whose deadline passes while its batch fills never reaches the handler: it
+/// is dead-lettered as `expired`.
+pub async fn a_request_expiring_while_its_batch_fills_is_dead_lettered<Hn: Harness>(harness: Hn) {
+    let run = Run::start(harness, |s| {
+        s.batch = Some(crate::BatchSettings { size: 8, wait: Duration::from_secs(4) });
+    })
+    .await;
+    // Consuming first (a Kafka consumer joins its group before it fetches).
+    run.send_script("echo", 0).await;
+    assert_eq!(header(&run.reply().await, h::STATUS), "ok");
+    let deadline = std::time::SystemTime::now() + Duration::from_secs(2);
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::json!({ "id": id, "op": "echo" }).to_string();
+    let deadline_header = crate::contract::timestamp::format(deadline);
+    run.send(body, &[(h::CORRELATION_ID, &id), (h::DEADLINE, &deadline_header)]).await;
+    if Hn::PAUSED_TIME {
+        // Admitted and waiting in its batch; then the wall clock passes the deadline
+        // (paused time does not move it).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(2_100));
+    }
+    let dead = run.dead_letter().await;
+    assert_eq!(header(&dead, h::FAILURE_CODE), crate::contract::failure::code::DEADLINE_EXCEEDED);
+    assert!(header(&dead, h::FAILURE_MESSAGE).contains("batch filled"), "{dead:?}");
+    assert!(run.calls(&id).is_empty(), "never handled");
+    assert_eq!(*run.handler.batches.lock().expect("batch log"), [1], "the first request's batch only");
     run.stop().await;
 }
