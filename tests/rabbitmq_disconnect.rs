@@ -169,8 +169,21 @@ async fn a_random_mix_through_kill_9_and_a_connection_cut_gives_each_request_its
 /// are allowed (a reply published but not acked before the crash); duplicate rows are not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_records_each_payment_once_through_a_crash_and_a_disconnect() {
+    ledger_through_a_crash_and_a_disconnect("ledger", &[]).await;
+}
+
+/// The same in batches of up to 50 (`--batch-size 50`): a batch's payments are claimed,
+/// written and committed in one transaction, and the batches the crash and the cut broke
+/// off are redone without a row twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_ledger_records_each_payment_once_through_a_crash_and_a_disconnect() {
+    ledger_through_a_crash_and_a_disconnect("ledger-batch", &["--batch-size", "50", "--batch-wait", "20ms"]).await;
+}
+
+/// 1,000 payments to the ledger (`extra` flags) through a kill -9 and a disconnect.
+async fn ledger_through_a_crash_and_a_disconnect(test: &str, extra: &[&str]) {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let (queue, replies) = names("ledger");
+    let (queue, replies) = names(test);
     let run = queue.trim_end_matches(".requests").to_owned();
     let client = RawClient::connect().await;
     client.declare(&queue).await;
@@ -188,12 +201,12 @@ async fn ledger_records_each_payment_once_through_a_crash_and_a_disconnect() {
         client.publish(&queue, payment.to_string().as_bytes(), properties).await;
     }
 
-    let mut first = ledger("ledger-a", &queue, &replies);
+    let mut first = ledger(&format!("{test}-a"), &queue, &replies, extra);
     let mut seen = Replies::default();
     client.collect_replies(&replies, ids.len(), &mut seen, PATIENCE, |r| r.by_id.len() >= 300).await;
     assert!(seen.by_id.len() >= 300, "progress before the crash:\n{}", first.tail());
     first.kill9();
-    let mut second = ledger("ledger-b", &queue, &replies);
+    let mut second = ledger(&format!("{test}-b"), &queue, &replies, extra);
     client.collect_replies(&replies, ids.len(), &mut seen, PATIENCE, |r| r.by_id.len() >= 600).await;
     drop(client);
     close_all_connections();
@@ -212,7 +225,7 @@ async fn ledger_records_each_payment_once_through_a_crash_and_a_disconnect() {
     let twice: Vec<_> = recorded.iter().filter(|(_, n)| **n > 1).collect();
     let missing = seen.missing(&ids);
     println!(
-        "ledger: {} answered ({} ok), {} duplicate replies, {} payments recorded, {} recorded more than once",
+        "{test}: {} answered ({} ok), {} duplicate replies, {} payments recorded, {} recorded more than once",
         seen.by_id.len(),
         seen.by_status.get("ok").copied().unwrap_or_default(),
         seen.duplicates(),
@@ -235,9 +248,11 @@ async fn ledger_records_each_payment_once_through_a_crash_and_a_disconnect() {
 }
 
 /// The ledger binary with the inbox, on the test broker.
-fn ledger(label: &str, queue: &str, replies: &str) -> courier_tests::process::Process {
+fn ledger(label: &str, queue: &str, replies: &str, extra: &[&str]) -> courier_tests::process::Process {
     let (url, inbox) = (courier_tests::rabbitmq::url(), courier_tests::postgres::url());
-    let args = ["--broker", &url, "--queue", queue, "--replies", replies, "--instance", label, "--inbox", &inbox];
+    let mut args =
+        vec!["--broker", &url, "--queue", queue, "--replies", replies, "--instance", label, "--inbox", &inbox];
+    args.extend_from_slice(extra);
     let mut process = courier_tests::process::Process::start("ledger", label, &args, &[]);
     process.wait_for_log("Consuming.", PATIENCE);
     process

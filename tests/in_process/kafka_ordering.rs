@@ -12,7 +12,7 @@ use courier::{
     transport::{Backlog, Transport, kafka::Ordering},
 };
 use courier_tests::{
-    in_place::{self, PATIENCE, send, start},
+    in_place::{self, PATIENCE, send, send_keyed, start},
     kafka::KafkaHarness,
 };
 use rdkafka::{
@@ -204,6 +204,50 @@ async fn the_breaker_holds_and_resumes_in_every_ordering_mode() {
         stop.cancel();
         worker.await.expect("worker");
     }
+}
+
+/// Batches (`--batch-size 4`) with `--ordering key` and `--retry-in-place`: records of
+/// four keys are handled in batches that hold several keys, a flaky record waits out its
+/// tier in place, and each key's replies and first calls come in publish order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_keep_each_keys_order_through_retries_in_place() {
+    let harness = KafkaHarness::mock().await;
+    let tiers = vec![Duration::from_millis(500)];
+    let (settings, transport, handler, stop, worker) =
+        start(&harness, Ordering::Key, tiers, ScriptHandler::default(), |s| {
+            s.retry_in_place = true;
+            s.batch = Some(courier::BatchSettings { size: 4, wait: Duration::from_millis(50) });
+        })
+        .await;
+    let keys = ["a", "b", "c", "d"];
+    let mut sent: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
+    for round in 0..6 {
+        for key in keys {
+            let flaky = (round, key) == (1, "a") || (round, key) == (3, "c");
+            let (op, n) = if flaky { ("flaky", 1) } else { ("echo", 0) };
+            sent.entry(key).or_default().push(send_keyed(&transport, &settings, key, op, n).await);
+        }
+    }
+    let mut order = Vec::new();
+    while order.len() < 24 {
+        let reply = harness.receive(&settings.replies, PATIENCE).await.expect("replies");
+        assert_eq!(reply.headers.get(h::STATUS).map(String::as_str), Some("ok"));
+        order.push(reply.headers.get(h::CORRELATION_ID).cloned().unwrap_or_default());
+    }
+    let calls = handler.calls.lock().expect("calls").clone();
+    for key in keys {
+        let ids = &sent[key];
+        let replied: Vec<&String> = order.iter().filter(|id| ids.contains(id)).collect();
+        assert_eq!(replied, ids.iter().collect::<Vec<_>>(), "key {key}: replies in publish order");
+        let mut started: Vec<_> = ids.iter().map(|id| (calls[id][0], id)).collect();
+        started.sort();
+        assert_eq!(started.iter().map(|(_, id)| *id).collect::<Vec<_>>(), ids.iter().collect::<Vec<_>>());
+    }
+    assert_eq!(calls[&sent["a"][1]].len(), 2, "the flaky record of key a ran twice");
+    let batches = handler.batches.lock().expect("batches").clone();
+    assert!(batches.iter().all(|size| (1..=4).contains(size)) && batches.iter().any(|size| *size > 1), "{batches:?}");
+    stop.cancel();
+    worker.await.expect("worker");
 }
 
 /// `--retry-in-place` on the mock cluster (the same scenarios run on tansu).

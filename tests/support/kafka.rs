@@ -378,6 +378,30 @@ impl KafkaClient {
         ids
     }
 
+    /// Publish requests given as (id, JSON body): the id is each one's key, message id and
+    /// correlation id; the `i`-th goes to partition `i % partitions`. Returns once every
+    /// one is acknowledged.
+    pub async fn publish_requests(&self, topic: &str, reply_to: &str, requests: &[(String, String)], partitions: i32) {
+        use rdkafka::{
+            message::{Header, OwnedHeaders},
+            producer::FutureRecord,
+        };
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for (i, (id, body)) in requests.iter().enumerate() {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "courier-message-id", value: Some(id) })
+                .insert(Header { key: "courier-correlation-id", value: Some(id) })
+                .insert(Header { key: "courier-reply-to", value: Some(reply_to) });
+            let partition = i32::try_from(i).unwrap_or_default() % partitions;
+            let record = FutureRecord::to(topic).key(id.as_str()).payload(body.as_str()).headers(headers);
+            pending.push(self.producer.send_result(record.partition(partition)).map_err(|(e, _)| e).expect("queue"));
+            if pending.len() >= 10_000 {
+                drain(&mut pending).await;
+            }
+        }
+        drain(&mut pending).await;
+    }
+
     /// Publish greeter requests with these ids (and correlation ids), all under `key`, in
     /// order; returns once every one is acknowledged.
     pub async fn publish_greetings_under(&self, topic: &str, reply_to: &str, key: &str, ids: &[String]) {

@@ -217,6 +217,28 @@ impl RawClient {
         ids
     }
 
+    /// Publish requests given as (id, JSON body), persistent, the id as message id and
+    /// correlation id, pipelining confirms in batches of 500.
+    pub async fn publish_requests(&self, queue: &str, reply_to: &str, requests: &[(String, String)]) {
+        for batch in requests.chunks(500) {
+            let mut confirms = Vec::with_capacity(batch.len());
+            for (id, body) in batch {
+                let props = lapin::BasicProperties::default()
+                    .with_message_id(id.as_str().into())
+                    .with_correlation_id(id.as_str().into())
+                    .with_reply_to(reply_to.into())
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2);
+                let publish =
+                    self.channel.basic_publish("".into(), queue.into(), Default::default(), body.as_bytes(), props);
+                confirms.push(publish.await.expect("publish"));
+            }
+            for confirm in confirms {
+                assert!(confirm.await.expect("confirm").is_ack());
+            }
+        }
+    }
+
     /// Every message waiting in `queue` now (acked as taken).
     pub async fn take(&self, queue: &str) -> Vec<Message> {
         let mut messages = Vec::new();

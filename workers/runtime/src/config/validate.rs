@@ -259,13 +259,23 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_size_of_one_is_no_batch() {
+        assert_eq!(parse(&[]).expect("valid").batch, None);
+        let batch = parse(&["--concurrency", "100", "--batch-size", "100"]).expect("valid").batch;
+        assert_eq!(batch, Some(BatchSettings { size: 100, wait: Duration::from_millis(10) }));
+    }
+
+    #[test]
     fn empty_delay_list_means_no_tiers() {
         assert!(parse(&["--retry-delays", ""]).expect("valid").retry.delays().is_empty());
     }
 
     #[test]
     fn bad_values_name_the_flag() {
-        let cases: [(&[&str], &str); 16] = [
+        let cases: [(&[&str], &str); 19] = [
+            (&["--batch-size", "0"], "--batch-size"),
+            (&["--batch-size", "65"], "--batch-size"),
+            (&["--batch-size", "8", "--batch-wait", "0s"], "--batch-wait"),
             (&["--concurrency", "0"], "--concurrency"),
             (&["--inbox", "mysql://db"], "--inbox"),
             (&["--inbox", "postgres://db", "--inbox-retention", "0s"], "--inbox-retention"),
