@@ -117,7 +117,7 @@ impl Replies {
 
 /// Where a run's requests go.
 enum Requests {
-    RabbitMq(RawClient),
+    RabbitMq(Box<RawClient>),
     Kafka(KafkaClient),
 }
 
@@ -142,7 +142,7 @@ async fn run(broker: Broker, size: usize, mock: &mut MockKafkaProcess) -> Figure
             let client = RawClient::connect().await;
             client.declare(&queue).await;
             client.declare(&replies).await;
-            (url(), Requests::RabbitMq(client))
+            (url(), Requests::RabbitMq(Box::new(client)))
         }
         Broker::Kafka => (format!("kafka://{bootstrap}"), Requests::Kafka(KafkaClient::new(bootstrap))),
     };
