@@ -16,7 +16,7 @@ use std::{
 
 use courier_tests::{
     kafka::{KafkaClient, MockKafkaProcess, reader},
-    measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_table},
+    measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_table_against},
     process::Process,
     rabbitmq::{RawClient, cleanup, names, url},
 };
@@ -62,12 +62,13 @@ async fn main() {
     }
     for (broker, title) in [(Broker::RabbitMq, "RabbitMQ"), (Broker::Kafka, "Kafka mock cluster, --ordering key")] {
         let rows: Vec<Figures> = batches.iter().map(|size| Figures::median(&figures[&(broker as u8, *size)])).collect();
-        print_table(
+        print_table_against(
             &format!(
                 "Ledger with the inbox on {title} ({} payments, --concurrency {CONCURRENCY}, 16 inbox connections; median of {rounds} alternated rounds; latency at half the peak rate; ratios to one request per call)",
                 messages()
             ),
             &rows,
+            "one",
         );
     }
 }

@@ -101,9 +101,14 @@ pub fn print_median_ratio(raw: &[Figures], worker: &[Figures]) {
 
 /// Print figures as a Markdown table, with each row's ratio to the first (the baseline).
 pub fn print_table(title: &str, rows: &[Figures]) {
+    print_table_against(title, rows, "raw");
+}
+
+/// [`print_table`], the first row's name in the ratio columns being `first`.
+pub fn print_table_against(title: &str, rows: &[Figures], first: &str) {
     println!("\n{title}\n");
     println!(
-        "| pipe | msg/s | CPU s / 10k msg | p50 latency | p99 latency | peak RSS | throughput vs raw | CPU vs raw |"
+        "| pipe | msg/s | CPU s / 10k msg | p50 latency | p99 latency | peak RSS | throughput vs {first} | CPU vs {first} |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let base = rows.first().cloned().unwrap_or_default();
