@@ -28,16 +28,12 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         inbox: &Inbox,
         delivery: &mut InFlight<'_, T>,
     ) -> ControlFlow<Settle, Option<Transaction>> {
-        let Some(id) = &delivery.meta.message_id else {
-            return ControlFlow::Continue(None);
+        let claimable = match self.claimable(delivery).await {
+            ControlFlow::Continue(Some(claimable)) => claimable,
+            ControlFlow::Continue(None) => return ControlFlow::Continue(None),
+            ControlFlow::Break(settle) => return ControlFlow::Break(settle),
         };
-        if let Some(why) = inbox::message_id_problem(id) {
-            return ControlFlow::Break(
-                delivery.dead_letter(Failure::new(FailureKind::Decode, code::BAD_HEADER, why)).await,
-            );
-        }
-        let payload = delivery.message().payload.clone();
-        let claimed = inbox.claim(id, &payload).await;
+        let claimed = inbox.claim(&claimable.message_id, &claimable.payload).await;
         ControlFlow::Break(match claimed {
             Ok(Claim::Mine(transaction)) => return ControlFlow::Continue(Some(transaction)),
             Ok(Claim::Answered(stored)) => {
@@ -49,8 +45,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         })
     }
 
-    /// In batches: what the batch's inbox claims for the request (`None` without a message
-    /// id), or the dead letter of an id the inbox cannot hold.
+    /// What the inbox claims for the request (`None` without a message id), or the dead
+    /// letter of an id the inbox cannot hold.
     pub(super) async fn claimable(&self, delivery: &mut InFlight<'_, T>) -> ControlFlow<Settle, Option<Claimable>> {
         let Some(id) = &delivery.meta.message_id else {
             return ControlFlow::Continue(None);
