@@ -10,8 +10,11 @@
 //! committed in one database transaction (`inbox/batch.rs`), and a request answered before
 //! is answered from the inbox without entering the call.
 //!
-//! A whole call that fails (an error, a panic, a timeout) fails each of its requests, and
-//! counts once for the circuit breaker: a call's requests share a [`Tally`].
+//! A whole call that fails (an error, a panic, a timeout) fails each of its requests
+//! transiently, and counts once for the circuit breaker: a call's requests share a
+//! [`Tally`]. After a panic or a timeout, which one request may cause, each is retried
+//! alone: then only the request that panics its call is dead-lettered
+//! (`handler_panicked`).
 
 use std::{
     panic::AssertUnwindSafe,
@@ -98,14 +101,22 @@ pub(super) enum Unhandled {
 }
 
 /// What the circuit breaker has heard of one call: a call counts once as passed and once as
-/// failed at most, however many of its requests end their rounds with it.
+/// failed at most, however many of its requests end their rounds with it. And whether its
+/// requests are retried one per call: a panic or a timeout of the whole call may be one
+/// request's doing, and alone the others pass.
 #[derive(Debug, Default)]
 pub(super) struct Tally {
     passed: AtomicBool,
     failed: AtomicBool,
+    alone: AtomicBool,
 }
 
 impl Tally {
+    /// Whether the call's requests are to be retried one per call.
+    pub(super) fn alone(&self) -> bool {
+        self.alone.load(Ordering::Relaxed)
+    }
+
     /// Whether `call` is news for the breaker (the first request of the call to report it).
     pub(super) fn first(&self, call: Call) -> bool {
         let seen = match call {
@@ -162,17 +173,22 @@ impl<H: Handler> Forming<H> {
 
 impl<H: Handler, T: Transport> Pipeline<H, T> {
     /// Handle `request` in a batch: join the forming one, run it when it is full or due,
-    /// and wait for this request's answer.
+    /// and wait for this request's answer; `alone`: in a batch of its own, at once.
     pub(super) async fn in_batch(
         &self,
         batches: &Batches<H>,
         request: &H::Request,
         context: &Context,
         claim: Option<Claimable>,
+        alone: bool,
     ) -> Answer<H::Reply> {
         let (answer, mut answered) = oneshot::channel();
         let span = tracing::Span::current();
         let entry = Entry { request: request.clone(), context: context.clone(), claim, span, answer };
+        if alone {
+            self.run_batch(vec![entry]).await;
+            return answered.await.unwrap_or_else(|_| cut_short());
+        }
         match batches.join(entry) {
             Ok(full) => self.run_batch(full).await,
             Err((batch, due)) => {
@@ -213,7 +229,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     async fn claimed_call(&self, mut live: Vec<Entry<H>>) {
         let tally = Arc::new(Tally::default());
         let Some(inbox) = &self.inbox else {
-            let results = self.call_batch(&live, None).await;
+            let (results, alone) = self.call_batch(&live, None).await;
+            tally.alone.store(alone, Ordering::Relaxed);
             return answer(live, results, &tally);
         };
         let keys: Vec<(&str, &[u8])> = live
@@ -249,7 +266,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             transaction.rollback().await;
             return;
         }
-        let mut results = self.call_batch(&handled, Some(&transaction)).await;
+        let (mut results, alone) = self.call_batch(&handled, Some(&transaction)).await;
+        tally.alone.store(alone, Ordering::Relaxed);
         let outcome = Outcome::of(&handled, &results);
         if let Err(error) = commit(&transaction, outcome).await {
             transaction.rollback().await;
@@ -258,12 +276,13 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         answer(handled, results, &tally);
     }
 
-    /// The handler's call under `--handler-timeout`, panics caught: one result per entry.
+    /// The handler's call under `--handler-timeout`, panics caught: one result per entry,
+    /// and whether they are to be retried one per call (a batch's panic or timeout).
     async fn call_batch(
         &self,
         entries: &[Entry<H>],
         transaction: Option<&Transaction>,
-    ) -> Vec<Result<H::Reply, HandlerError>> {
+    ) -> (Vec<Result<H::Reply, HandlerError>>, bool) {
         let count = entries.len();
         let batch = entries
             .iter()
@@ -278,14 +297,24 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(limit, call).await;
         self.outputs.metrics.handler_took(started.elapsed());
-        let whole = match outcome {
-            Ok(Ok(Ok(results))) if results.len() == count => return results,
-            Ok(Ok(Ok(_))) => wrong_count(count),
-            Ok(Ok(Err(error))) => error,
-            Ok(Err(panic)) => HandlerError::permanent(code::HANDLER_PANICKED, panic_message(panic.as_ref())),
-            Err(_) => HandlerError::transient(code::TIMEOUT, format!("the batch call took longer than {limit:?}")),
+        let (whole, alone) = match outcome {
+            Ok(Ok(Ok(results))) if results.len() == count => return (results, false),
+            Ok(Ok(Ok(_))) => (wrong_count(count), false),
+            Ok(Ok(Err(error))) => (error, false),
+            // A request alone that panics the call is what panics it, as a handler's.
+            Ok(Err(panic)) if count == 1 => {
+                (HandlerError::permanent(code::HANDLER_PANICKED, panic_message(panic.as_ref())), false)
+            }
+            Ok(Err(panic)) => {
+                let why = format!("{}; each request is retried alone", panic_message(panic.as_ref()));
+                (HandlerError::transient(code::HANDLER_PANICKED, why), true)
+            }
+            Err(_) => {
+                let why = format!("the batch call took longer than {limit:?}");
+                (HandlerError::transient(code::TIMEOUT, why), count > 1)
+            }
         };
-        (0..count).map(|_| Err(whole.clone())).collect()
+        ((0..count).map(|_| Err(whole.clone())).collect(), alone)
     }
 }
 
@@ -445,6 +474,18 @@ mod tests {
         let dead = worker.take_one(&worker.topology.dead_letter);
         assert_eq!(header(&dead, h::FAILURE_CODE), Some(code::DEADLINE_EXCEEDED));
         assert!(header(&dead, h::FAILURE_MESSAGE).is_some_and(|m| m.contains("batch filled")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_batch_call_panics_each_request_is_retried_alone() {
+        let mut worker = Fixture::new(batches_of(3, 50)).await;
+        worker.deliver_together(vec![request("ok"), request("explode"), request("ok")]).await;
+        assert_eq!(worker.handler.batches(), [3, 1, 1, 1], "one batch, then each request alone");
+        let dead = worker.take_one(&worker.topology.dead_letter);
+        assert_eq!(header(&dead, h::CORRELATION_ID), Some("c-explode"));
+        assert_eq!(header(&dead, h::FAILURE_CODE), Some(code::HANDLER_PANICKED));
+        let replies = worker.take(&worker.topology.replies);
+        assert_eq!(replies.iter().filter(|reply| header(reply, h::STATUS) == Some("ok")).count(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -70,7 +70,7 @@ impl Handler for Scripted {
         match request["op"].as_str() {
             Some("transient") => Err(HandlerError::transient("db_down", "the database is down")),
             Some("permanent") => Err(HandlerError::permanent("bad_name", "no such name")),
-            Some("panic") => panic!("scripted panic"),
+            Some("panic" | "explode") => panic!("scripted panic"),
             Some("stall") => {
                 // Blocks the thread: the wall clock moves, which paused tokio time does not.
                 std::thread::sleep(Duration::from_millis(400));
@@ -88,13 +88,15 @@ impl Handler for Scripted {
         }
     }
 
-    /// Each request on its own; a batch with a `short` request returns a result too few.
+    /// Each request on its own; a batch with a `short` request returns a result too few; a
+    /// batch of more than one with an `explode` request panics (alone, it panics in `handle`).
     async fn handle_batch(&self, batch: Vec<(Self::Request, Context)>) -> crate::handler::BatchResult<Self::Reply> {
         self.batches.lock().expect("not poisoned").push(batch.len());
         let failing = self.failing_batches.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if failing.is_ok() {
             return Err(HandlerError::transient("db_down", "the batch's database is down"));
         }
+        assert!(batch.len() == 1 || batch.iter().all(|(request, _)| request["op"] != "explode"), "the batch explodes");
         let short = batch.iter().any(|(request, _)| request["op"] == "short");
         let mut results = crate::handler::each(self, batch).await;
         if short {

@@ -126,6 +126,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             inbox: transaction.cloned(),
         };
         let mut invocations = 0;
+        // In batches: whether the next call is in a batch of its own.
+        let mut alone = false;
         let ended = |result, invocations| if give_back() { Round::GiveBack } else { Round::Ended(result, invocations) };
         loop {
             if give_back() {
@@ -133,7 +135,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             }
             invocations += 1;
             context.invocation = context.invocation.saturating_add(1);
-            let (result, tally) = match self.call(request, &context, claim).await {
+            let (result, tally) = match self.call(request, &context, claim, alone).await {
                 Called::Result(result, tally) => (result, tally),
                 // The request's transaction is gone (a call cut short or timed out): no
                 // in-process round can use it; the next delivery claims anew.
@@ -145,6 +147,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
                 Called::Unhandled(unhandled) => return Round::Unhandled(unhandled),
             };
             let news = |call| tally.as_ref().is_none_or(|tally| tally.first(call));
+            alone = tally.as_ref().is_some_and(|tally| tally.alone());
             match result {
                 Err(error) if error.is_transient() => match backoff.next() {
                     Some(delay) => {
@@ -168,13 +171,19 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         }
     }
 
-    /// One handler call: in a batch ([`Self::in_batch`]), or on its own under its timeout,
+    /// One handler call: in a batch ([`Self::in_batch`]; `alone`: of its own), or on its own under its timeout,
     /// panics caught; with an inbox, what a failed call wrote is rolled back (to the
     /// savepoint set after the claim), and `Lost` when that is impossible: the request's
     /// transaction is over.
-    async fn call(&self, request: &H::Request, context: &Context, claim: Option<&Claimable>) -> Called<H::Reply> {
+    async fn call(
+        &self,
+        request: &H::Request,
+        context: &Context,
+        claim: Option<&Claimable>,
+        alone: bool,
+    ) -> Called<H::Reply> {
         if let Some(batches) = &self.batches {
-            return match self.in_batch(batches, request, context, claim.cloned()).await {
+            return match self.in_batch(batches, request, context, claim.cloned(), alone).await {
                 Answer::Done(result, tally) => Called::Result(result, Some(tally)),
                 Answer::Unhandled(unhandled) => Called::Unhandled(unhandled),
             };
