@@ -66,6 +66,18 @@ async fn a_json_only_worker_refuses_protobuf_requests() {
 /// row, two identical replies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inbox_keeps_only_the_writes_of_the_call_that_passed() {
+    inbox_keeps_only_the_writes_of_the_call_that_passed(None).await;
+}
+
+/// The same with `--batch-size`: a plain handler's requests of one batch run one after
+/// the other in the batch's transaction, each from a savepoint its failure rolls back to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_batches_the_inbox_keeps_only_the_writes_of_the_call_that_passed() {
+    let batch = courier::BatchSettings { size: 4, wait: std::time::Duration::from_millis(50) };
+    inbox_keeps_only_the_writes_of_the_call_that_passed(Some(batch)).await;
+}
+
+async fn inbox_keeps_only_the_writes_of_the_call_that_passed(batch: Option<courier::BatchSettings>) {
     use std::{
         sync::{
             Arc,
@@ -105,6 +117,7 @@ async fn the_inbox_keeps_only_the_writes_of_the_call_that_passed() {
     let url = courier_tests::postgres::url();
     let broker = MemoryBroker::new();
     let mut settings = Settings::defaults(FailsOnce::NAME);
+    settings.batch = batch;
     settings.inbox = Some(courier::InboxSettings {
         url: url.clone(),
         retention: Duration::from_secs(60),
@@ -116,6 +129,34 @@ async fn the_inbox_keeps_only_the_writes_of_the_call_that_passed() {
     let worker =
         tokio::spawn(courier::run(settings.clone(), broker.clone(), handler.clone(), stop.clone().cancelled_owned()));
     let id = uuid::Uuid::new_v4().to_string();
+    let request = |id: &str| {
+        let headers = [(h::MESSAGE_ID, id), (h::CORRELATION_ID, id)];
+        Message {
+            payload: serde_json::json!({ "id": id }).to_string().into(),
+            headers: headers.into_iter().map(|(k, v)| (k.into(), v.to_owned())).collect(),
+            key: None,
+        }
+    };
+    let database = courier_tests::postgres::connect().await;
+    if batch.is_some() {
+        // Two requests in one batch: the first call fails, the second passes, and the
+        // batch commits; the failed one's write is not in it, its retry writes once.
+        let other = uuid::Uuid::new_v4().to_string();
+        for id in [&id, &other] {
+            broker.publish(&settings.queue, &request(id)).await.expect("publish");
+        }
+        for _ in 0..2 {
+            let reply = broker.receive(&settings.replies, Duration::from_secs(10)).await.expect("a reply");
+            assert_eq!(reply.headers.get(h::STATUS).map(String::as_str), Some("ok"));
+        }
+        assert_eq!(handler.0.load(Ordering::Relaxed), 3, "one failed call, two that passed");
+        for id in [&id, &other] {
+            let rows = database.query("SELECT call FROM inbox_test_writes WHERE id = $1", &[id]).await.expect("query");
+            assert_eq!(rows.len(), 1, "{id}: one write, from the call that passed");
+        }
+        stop.cancel();
+        return worker.await.expect("worker task").expect("worker ends cleanly");
+    }
     for _ in 0..2 {
         let headers = [(h::MESSAGE_ID, id.as_str()), (h::CORRELATION_ID, id.as_str())];
         let request = Message {
@@ -129,7 +170,6 @@ async fn the_inbox_keeps_only_the_writes_of_the_call_that_passed() {
         assert_eq!(reply.payload, br#"{"call":2}"#[..], "the same reply both times");
     }
     assert_eq!(handler.0.load(Ordering::Relaxed), 2, "two calls for the first delivery, none for the second");
-    let database = courier_tests::postgres::connect().await;
     let rows = database.query("SELECT call FROM inbox_test_writes WHERE id = $1", &[&id]).await.expect("query");
     let calls: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
     assert_eq!(calls, [2], "the failed call's write was rolled back");

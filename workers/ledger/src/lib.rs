@@ -54,13 +54,21 @@ impl BatchHandler for Ledger {
     const INBOX_SCHEMA: &'static str = include_str!("../schema.sql");
 
     /// Each payment's balance is the account's balance before the batch plus the batch's
-    /// earlier payments to it, summed here in 128 bits: no request's amount can make the
-    /// database refuse a statement the whole batch shares.
+    /// earlier payments to it, summed here in 128 bits, and text with a NUL never reaches
+    /// a statement: no request can make the database refuse a statement the whole batch
+    /// shares. A request failed here writes nothing (what a batch handler writes commits
+    /// with the batch, whatever that request's result).
     async fn handle_batch(&self, batch: Vec<(Request, Context)>) -> BatchResult<Reply> {
         let Some(transaction) = batch.first().and_then(|(_, context)| context.inbox.clone()) else {
             return Err(HandlerError::permanent("inbox_required", "the ledger runs with --inbox postgres://…"));
         };
-        let mut accounts: Vec<&str> = batch.iter().map(|(request, _)| request.account.as_str()).collect();
+        // Text PostgreSQL refuses (a NUL) is its request's fault: kept out of every statement.
+        let storable = |request: &Request| ![&request.payment, &request.account].iter().any(|t| t.contains('\0'));
+        let mut accounts: Vec<&str> = batch
+            .iter()
+            .filter(|(request, _)| storable(request))
+            .map(|(request, _)| request.account.as_str())
+            .collect();
         accounts.sort_unstable();
         accounts.dedup();
         let rows = transaction
@@ -79,7 +87,7 @@ impl BatchHandler for Ledger {
         let results: Vec<Result<Reply, HandlerError>> = batch
             .iter()
             .map(|(request, _)| {
-                if [&request.payment, &request.account].iter().any(|text| text.contains('\0')) {
+                if !storable(request) {
                     return Err(HandlerError::permanent("refused_by_database", "text with a NUL byte"));
                 }
                 let balance = balances.get(&request.account).copied().unwrap_or(0) + i128::from(request.amount_cents);

@@ -48,20 +48,41 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
-/// Handle each request of `batch` on its own, concurrently, a panic caught per request.
+/// Handle each request of `batch` on its own, a panic caught per request: concurrently;
+/// with `--inbox` (the batch's one transaction in every context) one after the other,
+/// each from a savepoint that its failure rolls back to, so that a failed request leaves
+/// none of its writes in what the batch commits.
 pub async fn each<H: Handler + ?Sized>(
     handler: &H,
     batch: Vec<(H::Request, Context)>,
 ) -> Vec<Result<H::Reply, HandlerError>> {
-    let calls = batch.into_iter().map(|(request, context)| async move {
+    let call = |request, context: Context| async move {
         AssertUnwindSafe(handler.handle(request, &context)).catch_unwind().await.unwrap_or_else(|panic| {
             Err(HandlerError::permanent(
                 crate::contract::failure::code::HANDLER_PANICKED,
                 panic_message(panic.as_ref()),
             ))
         })
-    });
-    futures::future::join_all(calls).await
+    };
+    let Some(transaction) = batch.first().and_then(|(_, context)| context.inbox.clone()) else {
+        return futures::future::join_all(batch.into_iter().map(|(request, context)| call(request, context))).await;
+    };
+    let lost = |error| {
+        HandlerError::transient(crate::contract::failure::code::INBOX_UNAVAILABLE, error)
+            .dependency(crate::inbox::DEPENDENCY)
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for (request, context) in batch {
+        let result = match transaction.savepoint().await {
+            Ok(()) => match call(request, context).await {
+                Err(failure) => transaction.undo_call().await.map_err(lost).and(Err(failure)),
+                passed => passed,
+            },
+            Err(error) => Err(lost(error)),
+        };
+        results.push(result);
+    }
+    results
 }
 
 /// The text of a caught panic, for the dead-letter copy.
@@ -95,7 +116,9 @@ pub trait BatchHandler: Send + Sync + 'static {
     /// Handle a batch: up to `--batch-size` requests, each with its own context, one
     /// result per request in their order (a reply, a transient or a permanent error); or
     /// `Err` when the whole call failed (the database is down), which fails each request.
-    /// With `--inbox` every context holds the batch's one transaction.
+    /// With `--inbox` every context holds the batch's one transaction: what is written
+    /// through it commits with the requests that passed, so write nothing for a request
+    /// you fail (or fail the whole call, which rolls everything back).
     fn handle_batch(
         &self,
         batch: Vec<(Self::Request, Context)>,

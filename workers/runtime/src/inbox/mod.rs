@@ -31,6 +31,8 @@ pub(crate) use request::message_id_problem;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, NoTls, Row, Statement, types::ToSql};
 
+/// The inbox's name as a dependency, for its circuit breaker.
+pub(crate) const DEPENDENCY: &str = "inbox";
 /// The inbox table, created at start-up.
 const SCHEMA: &str = include_str!("schema.sql");
 /// Set right after the claim; a failed handler call is rolled back to it.
@@ -407,6 +409,12 @@ impl Transaction {
     /// Run a query in the transaction.
     pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, InboxError> {
         self.0.lock().await.run(async |c: &Connection| c.client.query(sql, params).await).await
+    }
+
+    /// Set the savepoint a failed call is rolled back to ([`Self::undo_call`]): in a batch's
+    /// transaction, before each request a handler handles on its own.
+    pub(crate) async fn savepoint(&self) -> Result<(), InboxError> {
+        self.0.lock().await.run(async |c: &Connection| c.client.batch_execute(SAVEPOINT).await).await
     }
 
     /// Undo what a failed handler call wrote: back to the savepoint after the claim.

@@ -70,7 +70,7 @@ use crate::{
 };
 
 /// The circuit breaker's name for the inbox's database.
-const INBOX: &str = "inbox";
+const INBOX: &str = crate::inbox::DEPENDENCY;
 
 /// Everything needed to process deliveries of one worker; shared by all tasks.
 #[derive(Debug)]

@@ -48,6 +48,14 @@ enum Round<R> {
     Unhandled(Unhandled),
 }
 
+/// How a round's calls are made.
+struct Mode<'a> {
+    /// The half-open breaker's probe: the round runs to its end.
+    probe: bool,
+    /// In batches: each call a batch of its own (set once a call panicked or timed out).
+    alone: &'a mut bool,
+}
+
 /// How one call ended.
 enum Called<R> {
     /// The handler's result; in a batch, with the tally its call's requests share.
@@ -71,13 +79,18 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
     ) -> Rounds<H::Reply> {
         let settings = &self.outputs.settings;
         let mut probe = delivery.held.slot.is_probe();
+        // In batches: once a call of this request's panicked or timed out, its calls are
+        // batches of its own.
+        let mut alone = false;
         loop {
-            let (result, invocations) =
-                match self.round(request, &delivery.meta, &delivery.source, probe, transaction, claim).await {
-                    Round::Ended(result, invocations) => (result, invocations),
-                    Round::GiveBack => return Rounds::GiveBack,
-                    Round::Unhandled(unhandled) => return Rounds::Unhandled(unhandled),
-                };
+            let (result, invocations) = match self
+                .round(request, &delivery.meta, &delivery.source, Mode { probe, alone: &mut alone }, transaction, claim)
+                .await
+            {
+                Round::Ended(result, invocations) => (result, invocations),
+                Round::GiveBack => return Rounds::GiveBack,
+                Round::Unhandled(unhandled) => return Rounds::Unhandled(unhandled),
+            };
             delivery.invocations = invocations;
             let tier = match &result {
                 Err(error) if error.is_transient() && settings.retry_in_place => {
@@ -111,7 +124,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         request: &H::Request,
         meta: &crate::contract::headers::RequestMeta,
         source: &Source,
-        probe: bool,
+        Mode { probe, alone }: Mode<'_>,
         transaction: Option<&Transaction>,
         claim: Option<&Claimable>,
     ) -> Round<H::Reply> {
@@ -126,8 +139,6 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             inbox: transaction.cloned(),
         };
         let mut invocations = 0;
-        // In batches: whether the next call is in a batch of its own.
-        let mut alone = false;
         let ended = |result, invocations| if give_back() { Round::GiveBack } else { Round::Ended(result, invocations) };
         loop {
             if give_back() {
@@ -135,7 +146,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             }
             invocations += 1;
             context.invocation = context.invocation.saturating_add(1);
-            let (result, tally) = match self.call(request, &context, claim, alone).await {
+            let (result, tally) = match self.call(request, &context, claim, *alone).await {
                 Called::Result(result, tally) => (result, tally),
                 // The request's transaction is gone (a call cut short or timed out): no
                 // in-process round can use it; the next delivery claims anew.
@@ -147,7 +158,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
                 Called::Unhandled(unhandled) => return Round::Unhandled(unhandled),
             };
             let news = |call| tally.as_ref().is_none_or(|tally| tally.first(call));
-            alone = tally.as_ref().is_some_and(|tally| tally.alone());
+            *alone |= tally.as_ref().is_some_and(|tally| tally.alone());
             match result {
                 Err(error) if error.is_transient() => match backoff.next() {
                     Some(delay) => {
