@@ -89,6 +89,9 @@ pub async fn run<H: Handler, T: Transport>(
         budget.clone(),
     )));
     info!(worker = %settings.worker, queue = %topology.queue, concurrency = settings.concurrency, "Worker started.");
+    if let Some(warning) = settings.batch_warning() {
+        tracing::warn!(batch_size = settings.batch.map_or(1, |batch| batch.size), "{warning}");
+    }
     let (grace, concurrency) = (settings.shutdown_grace, settings.concurrency);
     let gate = Gate::new(settings.breaker.clone(), metrics.clone());
     let pipeline = Pipeline::new(handler, transport.clone(), schema, settings, metrics.clone(), gate.clone(), inbox);

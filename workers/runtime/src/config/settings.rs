@@ -97,6 +97,22 @@ impl Settings {
         naming::topology(&self.queue, self.retry.delays(), &self.replies, self.quorum)
     }
 
+    /// What an operator should know of `--batch-size` on this broker: with Kafka's
+    /// `--ordering partition` a batch holds one record per assigned partition at most, so
+    /// a larger one waits `--batch-wait` every time and never fills.
+    pub fn batch_warning(&self) -> Option<&'static str> {
+        #[cfg(feature = "kafka")]
+        if let (Some(_), Broker::Kafka(config)) = (&self.batch, &self.broker)
+            && config.ordering == crate::transport::kafka::Ordering::Partition
+        {
+            return Some(
+                "With --ordering partition a batch holds at most one record per assigned partition; a larger \
+                 --batch-size waits --batch-wait each time. Use --ordering key or none for larger batches.",
+            );
+        }
+        None
+    }
+
     /// Whether a request may ask for its reply at `destination`.
     pub fn reply_allowed(&self, destination: &str) -> bool {
         destination == self.replies || self.reply_allow.iter().any(|p| glob(p, destination))
@@ -106,6 +122,15 @@ impl Settings {
 #[cfg(all(test, feature = "amqp", feature = "kafka"))]
 mod tests {
     use crate::config::parse;
+
+    #[test]
+    fn batches_under_partition_ordering_are_warned_about() {
+        let kafka = ["--broker", "kafka://k:9092", "--batch-size", "8"];
+        assert!(parse(&kafka).expect("valid").batch_warning().is_some());
+        assert!(parse(&[&kafka[..], &["--ordering", "key"]].concat()).expect("valid").batch_warning().is_none());
+        assert!(parse(&["--broker", "kafka://k:9092"]).expect("valid").batch_warning().is_none());
+        assert!(parse(&["--broker", "amqp://h", "--batch-size", "8"]).expect("valid").batch_warning().is_none());
+    }
 
     #[test]
     fn reply_allowlist() {
