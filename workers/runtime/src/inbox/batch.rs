@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::{Client, Statement, types::ToSql};
 
-use super::{Connection, Inbox, InboxError, Open, Stored, Transaction, request};
+use super::{Connection, Inbox, InboxError, Open, Stored, Transaction, answered, request};
 
 /// What the batch's claim found for one of its requests.
 #[derive(Debug)]
@@ -44,7 +44,7 @@ impl Statements {
                  ON CONFLICT DO NOTHING RETURNING message_id"
             ),
             client.prepare(
-                "SELECT message_id, content_type, reply, request_digest FROM courier_inbox \
+                "SELECT content_type, reply, request_digest, message_id FROM courier_inbox \
                  WHERE worker = $1 AND message_id = ANY($2::text[])"
             ),
             client.prepare(
@@ -98,7 +98,7 @@ impl Inbox {
                 .shared
                 .within(checkout, async |c: &Connection| c.client.query(&c.batch.stored, &key).await)
                 .await?;
-            let stored: HashMap<String, tokio_postgres::Row> = rows.into_iter().map(|row| (row.get(0), row)).collect();
+            let stored: HashMap<String, tokio_postgres::Row> = rows.into_iter().map(|row| (row.get(3), row)).collect();
             (checkout, stored)
         };
         let claims = keys
@@ -116,17 +116,7 @@ impl Inbox {
                 }
                 // Gone since the claim saw it (expired meanwhile): asked again, as a twin is.
                 let Some(row) = stored.get(*id) else { return BatchClaim::Twin };
-                // A row from before digests were kept has none: taken as the same request.
-                let stored_digest: Option<Vec<u8>> = row.get(3);
-                if stored_digest.is_some_and(|stored| stored != digests[at]) {
-                    return BatchClaim::Reused;
-                }
-                let content_type: Option<String> = row.get(1);
-                let payload: Option<Vec<u8>> = row.get(2);
-                BatchClaim::Answered(Stored {
-                    content_type: content_type.unwrap_or_default(),
-                    payload: payload.unwrap_or_default(),
-                })
+                answered(row, &digests[at]).map_or(BatchClaim::Reused, BatchClaim::Answered)
             })
             .collect();
         let shared = std::sync::Arc::clone(&self.shared);

@@ -206,17 +206,7 @@ impl Inbox {
             })
             .await?;
         self.shared.give_back(checkout);
-        // A row from before digests were kept has none: taken as the same request.
-        let stored_digest: Option<Vec<u8>> = row.get(2);
-        if stored_digest.is_some_and(|stored| stored != digest) {
-            return Ok(Claim::Reused);
-        }
-        let content_type: Option<String> = row.get(0);
-        let payload: Option<Vec<u8>> = row.get(1);
-        Ok(Claim::Answered(Stored {
-            content_type: content_type.unwrap_or_default(),
-            payload: payload.unwrap_or_default(),
-        }))
+        Ok(answered(&row, &digest).map_or(Claim::Reused, Claim::Answered))
     }
 
     /// Remove the rows of this worker answered longer ago than `age`; how many.
@@ -237,6 +227,20 @@ impl Inbox {
         self.shared.give_back(checkout);
         Ok(removed)
     }
+}
+
+/// The stored reply of a message id answered before (a row whose first columns are
+/// `content_type, reply, request_digest`), for the request whose payload has `digest`;
+/// `None` when another request was answered under the id. A row from before digests were
+/// kept has none: taken as the same request.
+fn answered(row: &Row, digest: &[u8]) -> Option<Stored> {
+    let stored_digest: Option<Vec<u8>> = row.get(2);
+    if stored_digest.is_some_and(|stored| stored != digest) {
+        return None;
+    }
+    let content_type: Option<String> = row.get(0);
+    let payload: Option<Vec<u8>> = row.get(1);
+    Some(Stored { content_type: content_type.unwrap_or_default(), payload: payload.unwrap_or_default() })
 }
 
 impl Shared {
