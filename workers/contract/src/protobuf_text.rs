@@ -12,22 +12,43 @@ const MAX_DEPTH: usize = 8;
 /// The payload as `{field: value, …}`, or `None` when it is not a protobuf message
 /// (a truncated field, a wire type that does not exist, a field number 0).
 pub fn describe(payload: &[u8]) -> Option<String> {
+    describe_named(payload, &|_| None)
+}
+
+/// As [`describe`], with the names `name` gives a field by its path of field numbers from
+/// the top (`[1]`, then `[1, 2]` inside it); a field it does not name keeps its number.
+pub fn describe_named(payload: &[u8], name: &dyn Fn(&[u64]) -> Option<String>) -> Option<String> {
     let mut out = String::new();
-    message(payload, 0, &mut out)?;
+    message(payload, &mut Vec::new(), name, &mut out)?;
     Some(out)
 }
 
 /// A payload sent as protobuf (its `content-type` says so) as `(protobuf, N bytes) {…}`;
 /// `None` for any other payload, or protobuf that does not parse.
 pub fn describe_payload(headers: &Headers, payload: &[u8]) -> Option<String> {
+    describe_payload_named(headers, payload, &|_| None)
+}
+
+/// As [`describe_payload`], with field names as [`describe_named`] takes them.
+pub fn describe_payload_named(
+    headers: &Headers,
+    payload: &[u8],
+    name: &dyn Fn(&[u64]) -> Option<String>,
+) -> Option<String> {
     let content_type = headers.get(super::headers::CONTENT_TYPE)?;
     if Codec::of_content_type(content_type)? != Codec::Protobuf {
         return None;
     }
-    Some(format!("(protobuf, {} bytes) {}", payload.len(), describe(payload)?))
+    Some(format!("(protobuf, {} bytes) {}", payload.len(), describe_named(payload, name)?))
 }
 
-fn message(mut bytes: &[u8], depth: usize, out: &mut String) -> Option<()> {
+/// `path`: the field numbers leading to this message (its depth is their count).
+fn message(
+    mut bytes: &[u8],
+    path: &mut Vec<u64>,
+    name: &dyn Fn(&[u64]) -> Option<String>,
+    out: &mut String,
+) -> Option<()> {
     let mut fields = Vec::new();
     while !bytes.is_empty() {
         let key = varint(&mut bytes)?;
@@ -41,11 +62,18 @@ fn message(mut bytes: &[u8], depth: usize, out: &mut String) -> Option<()> {
             5 => format!("0x{:08x}", u32::from_le_bytes(take(&mut bytes, 4)?.try_into().ok()?)),
             2 => {
                 let len = usize::try_from(varint(&mut bytes)?).ok()?;
-                length_delimited(take(&mut bytes, len)?, depth)
+                let value = take(&mut bytes, len)?;
+                path.push(number);
+                let shown = length_delimited(value, path, name);
+                path.pop();
+                shown
             }
             _ => return None,
         };
-        fields.push(format!("{number}: {value}"));
+        path.push(number);
+        let label = name(path).unwrap_or_else(|| number.to_string());
+        path.pop();
+        fields.push(format!("{label}: {value}"));
     }
     out.push('{');
     out.push_str(&fields.join(", "));
@@ -54,15 +82,16 @@ fn message(mut bytes: &[u8], depth: usize, out: &mut String) -> Option<()> {
 }
 
 /// A string when it is readable text, else a nested message when it parses as one, else hex.
-fn length_delimited(bytes: &[u8], depth: usize) -> String {
+/// `path` leads to this field.
+fn length_delimited(bytes: &[u8], path: &mut Vec<u64>, name: &dyn Fn(&[u64]) -> Option<String>) -> String {
     if let Ok(text) = std::str::from_utf8(bytes)
         && !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
     {
         return format!("{text:?}");
     }
-    if depth < MAX_DEPTH {
+    if path.len() <= MAX_DEPTH {
         let mut nested = String::new();
-        if message(bytes, depth + 1, &mut nested).is_some() {
+        if message(bytes, path, name, &mut nested).is_some() {
             return nested;
         }
     }
@@ -113,6 +142,17 @@ mod tests {
         assert_eq!(describe(&nested).as_deref(), Some(r#"{1: {1: "decode", 2: "x", 3: "m"}}"#));
         assert_eq!(describe(&[0x0d, 1, 0, 0, 0]).as_deref(), Some("{1: 0x00000001}"));
         assert_eq!(describe(&[0x12, 2, 0xff, 0x00]).as_deref(), Some("{2: 0xff00}"));
+    }
+
+    #[test]
+    fn fields_are_named_by_their_path() {
+        let nested = ErrorReply::new("decode", "x", "m").encode(Codec::Protobuf);
+        let name = |path: &[u64]| match path {
+            [1] => Some("error".to_owned()),
+            [1, 2] => Some("code".to_owned()),
+            _ => None,
+        };
+        assert_eq!(describe_named(&nested, &name).as_deref(), Some(r#"{error: {1: "decode", code: "x", 3: "m"}}"#));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 compile_error!("the `courier` CLI works on a broker: build it with the `amqp` feature, the `kafka` feature, or both");
 
 mod asyncapi;
+mod console;
 mod dlq;
 mod topology;
 
@@ -14,7 +15,7 @@ use courier::{
 };
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Courier operations: topology, dead-letter queues, AsyncAPI documents.")]
+#[command(version, about = "Courier operations: topology, dead-letter queues and their console, AsyncAPI documents.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,6 +29,9 @@ enum Command {
     /// Dead-letter and parking queues: stats, show, replay, park, purge.
     #[command(subcommand)]
     Dlq(dlq::command::DlqCommand),
+    /// Serve the dead-letter console: workers' dead-letter and parking queues as web pages
+    /// (failure groups, growth, records), and replay, park or purge after a preview.
+    Console(console::ConsoleArgs),
     /// Print a worker's AsyncAPI 3.0 document: its channels, operations, messages in each
     /// codec and the contract's headers, from its published schemas and the queue names
     /// its flags give.
@@ -83,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", asyncapi::render(&args)?);
             Ok(())
         }
+        Command::Console(args) => console::main(args).await,
         Command::Dlq(command) => {
             let code = dlq::command::main(command).await?;
             std::process::exit(code);

@@ -13,6 +13,9 @@ pub struct Filter {
     /// Only records with this failure fingerprint (`courier-failure-fingerprint`).
     #[arg(long)]
     pub fingerprint: Option<String>,
+    /// Only the records of this message (`courier-message-id`): every copy of it.
+    #[arg(long)]
+    pub message_id: Option<String>,
     /// Only records of this failure kind (transient, permanent, decode, schema, too-large, expired, unroutable).
     #[arg(long)]
     pub kind: Option<String>,
@@ -37,6 +40,7 @@ impl Filter {
         let equal = |wanted: &Option<String>, actual: Option<&str>| wanted.as_deref().is_none_or(|w| Some(w) == actual);
         let failed_at = header(h::FAILURE_LAST_AT).and_then(timestamp::parse);
         equal(&self.fingerprint, header(h::FAILURE_FINGERPRINT))
+            && equal(&self.message_id, header(h::MESSAGE_ID))
             && equal(&self.kind, header(h::FAILURE_KIND))
             && equal(&self.source, header(h::FAILURE_SOURCE))
             && self.key.as_ref().is_none_or(|wanted| record.key.as_ref() == Some(wanted))
@@ -46,8 +50,9 @@ impl Filter {
 
     /// Whether no condition is given.
     pub fn is_empty(&self) -> bool {
-        let Self { fingerprint, kind, source, key, since, until } = self;
+        let Self { fingerprint, message_id, kind, source, key, since, until } = self;
         fingerprint.is_none()
+            && message_id.is_none()
             && kind.is_none()
             && source.is_none()
             && key.is_none()
@@ -100,6 +105,10 @@ mod tests {
         assert!(Filter { key: Some("k1".into()), ..Filter::default() }.matches(&r));
         assert!(!Filter { key: Some("k2".into()), ..Filter::default() }.matches(&r));
         assert!(!Filter { source: Some("q".into()), ..Filter::default() }.matches(&r));
+        assert!(!Filter { message_id: Some("m1".into()), ..Filter::default() }.matches(&r));
+        let mut with_id = r.clone();
+        with_id.headers.insert(h::name(h::MESSAGE_ID), "m1".into());
+        assert!(Filter { message_id: Some("m1".into()), ..Filter::default() }.matches(&with_id));
         let at = |s: &str| timestamp::parse(s);
         assert!(Filter { since: at("2029-12-31T00:00:00Z"), ..Filter::default() }.matches(&r));
         assert!(!Filter { since: at("2030-01-02T00:00:00Z"), ..Filter::default() }.matches(&r));
