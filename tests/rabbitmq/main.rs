@@ -5,6 +5,7 @@
 //! (`cargo test -p courier-tests --test rabbitmq rabbitmq_workers::`).
 
 mod alert_drill;
+mod console_rabbitmq;
 mod dlq_rabbitmq;
 mod gateway;
 mod inbox_trust;

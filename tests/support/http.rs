@@ -45,6 +45,13 @@ pub async fn post_as(port: u16, path: &str, content_type: &str, body: &[u8], hea
     exchange(port, &request).await
 }
 
+/// GET with extra headers.
+pub async fn get_as(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{extra}\r\n");
+    exchange(port, request.as_bytes()).await
+}
+
 async fn exchange(port: u16, request: &[u8]) -> Response {
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;

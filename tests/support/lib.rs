@@ -2,6 +2,8 @@
 //! raw broker clients, and helpers that run the real worker binaries.
 
 pub mod alerting;
+pub mod browser;
+pub mod console;
 pub mod dlq;
 pub mod http;
 pub mod in_place;

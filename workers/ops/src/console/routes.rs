@@ -81,7 +81,9 @@ pub fn router(console: Arc<Console>) -> Router {
 }
 
 /// No script, no frame, no other site's resource: a record that got past the escaping
-/// still could not run anything. Nothing is cached: pages show records.
+/// still could not run anything. Nothing is cached: pages show records. The referrer goes
+/// to this console only (with `no-referrer` a browser sends `Origin: null` on the
+/// console's own forms, which [`Access`] refuses).
 async fn guard_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     for (name, value) in [
@@ -91,7 +93,7 @@ async fn guard_headers(mut response: Response) -> Response {
              base-uri 'none'",
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
         (header::X_FRAME_OPTIONS, "DENY"),
     ] {
