@@ -240,7 +240,10 @@ mod tests {
         assert_eq!(act(Origin { fetch_site: Some("cross-site"), ..HERE }), Err(Refused::CrossSite));
         assert_eq!(act(Origin { fetch_site: Some("same-site"), ..HERE }), Err(Refused::CrossSite));
         assert_eq!(act(Origin { host: None, origin: Some("null"), fetch_site: None }), Err(Refused::CrossSite));
-        assert_eq!(access.sign_in(TOKEN, "me", Origin { origin: Some("http://evil.example"), ..HERE }), Err(Refused::CrossSite));
+        assert_eq!(
+            access.sign_in(TOKEN, "me", Origin { origin: Some("http://evil.example"), ..HERE }),
+            Err(Refused::CrossSite)
+        );
     }
 
     #[test]

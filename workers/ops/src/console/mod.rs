@@ -88,10 +88,7 @@ pub async fn main(args: ConsoleArgs) -> anyhow::Result<()> {
         "--queue and --replies name one worker's queues: give a single --worker with them"
     );
     let broker = args.client.broker(&args.workers[0])?;
-    anyhow::ensure!(
-        !broker.is_memory(),
-        "--broker is required: the in-memory broker lives inside a worker process"
-    );
+    anyhow::ensure!(!broker.is_memory(), "--broker is required: the in-memory broker lives inside a worker process");
     let mut queues = Vec::new();
     for worker in &args.workers {
         let (work_queue, _) = args.client.queues.names(naming::requests(worker), naming::replies(worker))?;
@@ -100,7 +97,8 @@ pub async fn main(args: ConsoleArgs) -> anyhow::Result<()> {
     let mut names = HashMap::new();
     for (worker, file, message) in &args.protos {
         let source = std::fs::read_to_string(file).with_context(|| format!("--proto {worker}={}", file.display()))?;
-        let parsed = FieldNames::parse(&source, message).map_err(|e| anyhow::anyhow!("--proto {}: {e}", file.display()))?;
+        let parsed =
+            FieldNames::parse(&source, message).map_err(|e| anyhow::anyhow!("--proto {}: {e}", file.display()))?;
         names.insert(worker.clone(), parsed);
     }
     let access = Access::new(args.token.as_deref()).map_err(anyhow::Error::msg)?;
@@ -119,10 +117,14 @@ pub async fn main(args: ConsoleArgs) -> anyhow::Result<()> {
         },
         names,
     });
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("--listen {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("--listen {}", args.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, writable, workers = ?args.workers, "Console serving.");
-    let bounds = serve::Bounds { header_timeout: Duration::from_secs(10), max_connections: serve::fitted_cap(256, serve::open_file_limit()) };
+    let bounds = serve::Bounds {
+        header_timeout: Duration::from_secs(10),
+        max_connections: serve::fitted_cap(256, serve::open_file_limit()),
+    };
     serve::serve(listener, routes::router(console), bounds, courier::shutdown_signal()).await;
     Ok(())
 }
@@ -137,7 +139,10 @@ mod tests {
             parse_proto("greeter=schemas/greeter/greeter.proto"),
             Ok(("greeter".into(), "schemas/greeter/greeter.proto".into(), "Request".into()))
         );
-        assert_eq!(parse_proto("shop=/p/shop.proto:Order"), Ok(("shop".into(), "/p/shop.proto".into(), "Order".into())));
+        assert_eq!(
+            parse_proto("shop=/p/shop.proto:Order"),
+            Ok(("shop".into(), "/p/shop.proto".into(), "Order".into()))
+        );
         assert!(parse_proto("no-equals").is_err());
     }
 }

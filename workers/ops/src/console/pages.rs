@@ -148,8 +148,7 @@ impl Counted {
     /// The counts of `summary`; `href` makes a group's link from its fingerprint.
     pub fn of(summary: &Summary, partial: bool, href: impl Fn(&str) -> String) -> Self {
         let owned = |tally: &scan::Tally| {
-            let mut all: Vec<(String, u64)> =
-                tally.largest_first().into_iter().map(|(v, n)| (or_none(v), n)).collect();
+            let mut all: Vec<(String, u64)> = tally.largest_first().into_iter().map(|(v, n)| (or_none(v), n)).collect();
             if tally.other > 0 {
                 all.push(("(others)".to_owned(), tally.other));
             }
@@ -175,7 +174,11 @@ impl Counted {
 fn row(summary: &Summary, g: &Group, href: impl Fn(&str) -> String) -> GroupRow {
     GroupRow {
         href: href(&g.fingerprint),
-        fingerprint: if g.fingerprint.is_empty() { "(no fingerprint: not Courier's)".to_owned() } else { g.fingerprint.clone() },
+        fingerprint: if g.fingerprint.is_empty() {
+            "(no fingerprint: not Courier's)".to_owned()
+        } else {
+            g.fingerprint.clone()
+        },
         kind: or_none(&g.kind),
         code: or_none(&g.code),
         source: or_none(&g.source),
@@ -373,7 +376,10 @@ pub struct MessagePage {
 mod tests {
     use super::*;
     use courier::contract::headers as h;
-    use courier::transport::{Message, dead_letters::{Record, RecordId}};
+    use courier::transport::{
+        Message,
+        dead_letters::{Record, RecordId},
+    };
 
     const SCRIPT: &str = "<script>document.title='owned'</script>";
 

@@ -186,7 +186,9 @@ mod tests {
 
     #[test]
     fn any_text_is_read_without_panicking() {
-        for text in ["", "message", "message {", "}}}", "message A { = 1; }", "message A { int32 a = ; }", "\"unterminated"] {
+        for text in
+            ["", "message", "message {", "}}}", "message A { = 1; }", "message A { int32 a = ; }", "\"unterminated"]
+        {
             let _ = FieldNames::parse(text, "A");
         }
     }

@@ -176,7 +176,12 @@ impl Queue {
     }
 
     /// Visit every record (for at most `bound`), removing and reordering nothing.
-    pub async fn scan(&self, broker: &Broker, bound: Duration, mut visit: impl FnMut(&Record)) -> Result<Scanned, QueueError> {
+    pub async fn scan(
+        &self,
+        broker: &Broker,
+        bound: Duration,
+        mut visit: impl FnMut(&Record),
+    ) -> Result<Scanned, QueueError> {
         let started = Instant::now();
         let _held = self.hold(bound).await?;
         let mut store = dlq::open(broker, &self.name, false).await?;
@@ -216,7 +221,9 @@ impl Queue {
                 parking: self.parking.clone(),
             },
             (Action::Park, Which::DeadLetters) => Operation::Park { parking: self.parking.clone() },
-            (Action::Park, Which::Parking) => return Err(QueueError::Refused("these records are parked already".into())),
+            (Action::Park, Which::Parking) => {
+                return Err(QueueError::Refused("these records are parked already".into()));
+            }
             (Action::Purge, _) => Operation::Purge,
         })
     }
@@ -378,7 +385,10 @@ mod tests {
     fn a_selection_becomes_the_clis_filter() {
         let group = Selection { fingerprint: Some("f".into()), message_id: None };
         let grouped = options(&group, Some(50), false).expect("a group");
-        assert_eq!((grouped.filter.fingerprint.as_deref(), grouped.rate, grouped.dry_run), (Some("f"), Some(50), false));
+        assert_eq!(
+            (grouped.filter.fingerprint.as_deref(), grouped.rate, grouped.dry_run),
+            (Some("f"), Some(50), false)
+        );
         let every = options(&Selection::default(), None, true).expect("every record");
         assert!(every.filter.is_empty());
         let unnamed = Selection { fingerprint: Some(String::new()), message_id: None };

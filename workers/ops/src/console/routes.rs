@@ -18,7 +18,10 @@ use serde::Deserialize;
 use super::{
     access::{self, Access, Origin, Refused, Session},
     jobs::{Jobs, Plan},
-    pages::{self, Base, Card, Counted, Forms, JobLink, JobPage, JobRow, JobsPage, MessagePage, Overview, PreviewPage, Records, SignIn},
+    pages::{
+        self, Base, Card, Counted, Forms, JobLink, JobPage, JobRow, JobsPage, MessagePage, Overview, PreviewPage,
+        Records, SignIn,
+    },
     proto::FieldNames,
     queues::{Action, Queue, QueueError, Which},
     scan::{Page, Selection, Summary},
@@ -112,7 +115,7 @@ fn peer(peer: &Peer) -> String {
     peer.as_ref().map_or_else(|| "unknown".to_owned(), |Extension(ConnectInfo(addr))| addr.to_string())
 }
 
-fn header_text<'a>(headers: &'a HeaderMap, name: impl header::AsHeaderName) -> Option<&'a str> {
+fn header_text(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -148,7 +151,9 @@ impl Console {
 fn render(status: StatusCode, page: &impl Template) -> Response {
     match page.render() {
         Ok(html) => (status, Html(html)).into_response(),
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("the page could not be rendered: {error}")).into_response(),
+        Err(error) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("the page could not be rendered: {error}")).into_response()
+        }
     }
 }
 
@@ -193,8 +198,7 @@ async fn overview(State(console): State<Arc<Console>>, headers: HeaderMap) -> Re
         match scanned {
             Ok(scanned) => {
                 read += scanned.read;
-                card.counted =
-                    Some(Counted::of(&summary, scanned.partial, |f| records_href(queue, Some(f), 1)));
+                card.counted = Some(Counted::of(&summary, scanned.partial, |f| records_href(queue, Some(f), 1)));
             }
             Err(QueueError::Busy(job)) => card.busy = Some(JobLink::of(&job)),
             Err(error) => card.error = Some(error.to_string()),
@@ -202,11 +206,8 @@ async fn overview(State(console): State<Arc<Console>>, headers: HeaderMap) -> Re
         cards.push(card);
     }
     let mut base = console.base(&headers, "Overview");
-    base.footer = format!(
-        "Read {read} record(s) of {} queue(s) in {} ms.",
-        console.queues.len(),
-        started.elapsed().as_millis()
-    );
+    base.footer =
+        format!("Read {read} record(s) of {} queue(s) in {} ms.", console.queues.len(), started.elapsed().as_millis());
     render(StatusCode::OK, &Overview { base, cards })
 }
 
@@ -310,13 +311,13 @@ fn admit<'c>(
     worker: &str,
     which: &str,
     form: &ActionForm,
-) -> Result<(Session, &'c Arc<Queue>, Action, Selection), Response> {
+) -> Result<(Session, &'c Arc<Queue>, Action, Selection), Box<Response>> {
     let session = console
         .access
         .authorize(header_text(headers, header::COOKIE), &form.form_token, origin(headers))
-        .map_err(|refused| refuse(console, headers, peer, refused))?;
-    let queue = console.queue(worker, which).ok_or_else(|| not_found(console, headers))?;
-    let action = Action::parse(&form.action).ok_or_else(|| not_found(console, headers))?;
+        .map_err(|refused| Box::new(refuse(console, headers, peer, refused)))?;
+    let queue = console.queue(worker, which).ok_or_else(|| Box::new(not_found(console, headers)))?;
+    let action = Action::parse(&form.action).ok_or_else(|| Box::new(not_found(console, headers)))?;
     let selection = Selection {
         fingerprint: form.fingerprint.clone(),
         message_id: form.message_id.clone().filter(|id| !id.is_empty()),
@@ -346,7 +347,7 @@ async fn preview(
 ) -> Response {
     let (session, queue, action, selection) = match admit(&console, &headers, &connection, &worker, &which, &form) {
         Ok(admitted) => admitted,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let settings = console.settings;
     let rate = form.rate.unwrap_or(settings.rate).clamp(1, settings.max_rate);
@@ -360,7 +361,12 @@ async fn preview(
     let found = match found {
         Ok(found) => found,
         Err(QueueError::Busy(job)) => {
-            return message(base, StatusCode::CONFLICT, "Busy", format!("An action runs on this queue: {}", JobLink::of(&job).text));
+            return message(
+                base,
+                StatusCode::CONFLICT,
+                "Busy",
+                format!("An action runs on this queue: {}", JobLink::of(&job).text),
+            );
         }
         Err(error) => return message(base, StatusCode::CONFLICT, "Cannot preview", error.to_string()),
     };
@@ -408,7 +414,7 @@ async fn run(
 ) -> Response {
     let (session, queue, action, selection) = match admit(&console, &headers, &connection, &worker, &which, &form) {
         Ok(admitted) => admitted,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let settings = console.settings;
     let rate = form.rate.unwrap_or(settings.rate).clamp(1, settings.max_rate);

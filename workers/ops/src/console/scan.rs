@@ -323,7 +323,10 @@ mod tests {
         let many: Vec<Message> = (0..MAX_GROUPS + 20).map(|i| record(&format!("f{i}"), &format!("c{i}"), 1)).collect();
         let s = summary(&many);
         assert_eq!((s.groups().len(), s.other_groups), (MAX_GROUPS, 20));
-        assert_eq!((s.codes.largest_first().len() as u64, s.codes.other), (MAX_VALUES as u64, (MAX_GROUPS + 20 - MAX_VALUES) as u64));
+        assert_eq!(
+            (s.codes.largest_first().len() as u64, s.codes.other),
+            (MAX_VALUES as u64, (MAX_GROUPS + 20 - MAX_VALUES) as u64)
+        );
         let huge = record(&"f".repeat(100_000), &"c".repeat(100_000), 1);
         let s = summary(&[huge]);
         assert_eq!(s.groups()[0].fingerprint.len(), MAX_FIELD);

@@ -59,10 +59,17 @@ impl RecordView {
         Self {
             id: record.id.to_string(),
             message_id: header(h::MESSAGE_ID),
-            key: message.key.as_deref().map(|k| h::truncate(&courier::contract::key::display(k), MAX_HEADER).to_owned()),
+            key: message
+                .key
+                .as_deref()
+                .map(|k| h::truncate(&courier::contract::key::display(k), MAX_HEADER).to_owned()),
             attempts: header(h::FAILURE_ATTEMPTS),
             failed_at,
-            headers: message.headers.iter().map(|(k, v)| (k.to_string(), h::truncate(v, MAX_HEADER).to_owned())).collect(),
+            headers: message
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), h::truncate(v, MAX_HEADER).to_owned()))
+                .collect(),
             format,
             payload,
             bytes: message.payload.len(),
@@ -124,7 +131,10 @@ mod tests {
 
     fn record(payload: &'static [u8], headers: &[(&str, &str)]) -> Record {
         let headers = headers.iter().map(|(k, v)| (h::name(k), (*v).to_owned())).collect();
-        Record { id: RecordId::Offset { partition: 1, offset: 7 }, message: Message { payload: payload.into(), headers, key: None } }
+        Record {
+            id: RecordId::Offset { partition: 1, offset: 7 },
+            message: Message { payload: payload.into(), headers, key: None },
+        }
     }
 
     #[test]
@@ -153,7 +163,11 @@ mod tests {
     fn other_bytes_are_shown_as_hex_with_their_text() {
         let view = RecordView::of(&record(b"\xff\x00<script>alert(1)</script>", &[]), None);
         assert_eq!(view.format, "hex");
-        assert!(view.payload.starts_with("00000000  ff 00 3c 73 63 72 69 70 74 3e 61 6c 65 72 74 28  ..<script>alert("), "{}", view.payload);
+        assert!(
+            view.payload.starts_with("00000000  ff 00 3c 73 63 72 69 70 74 3e 61 6c 65 72 74 28  ..<script>alert("),
+            "{}",
+            view.payload
+        );
         assert!(view.payload.contains("00000010  31 29 3c 2f 73 63 72 69 70 74 3e"), "{}", view.payload);
         let big = vec![b'x'; MAX_HEX + 5];
         let dump = hex_dump(&big);
@@ -175,8 +189,13 @@ mod tests {
         let long: &'static str = Box::leak("é".repeat(MAX_HEADER).into_boxed_str());
         let view = RecordView::of(&record(b"1", &[(h::MESSAGE_ID, long)]), None);
         assert!(view.message_id.len() <= MAX_HEADER);
-        let json: &'static [u8] = Box::leak(format!("\"{}\"", "a".repeat(MAX_SHOWN * 2)).into_bytes().into_boxed_slice());
+        let json: &'static [u8] =
+            Box::leak(format!("\"{}\"", "a".repeat(MAX_SHOWN * 2)).into_bytes().into_boxed_slice());
         let view = RecordView::of(&record(json, &[]), None);
-        assert!(view.payload.len() < MAX_SHOWN + 100 && view.payload.ends_with("characters more)"), "{}", view.payload.len());
+        assert!(
+            view.payload.len() < MAX_SHOWN + 100 && view.payload.ends_with("characters more)"),
+            "{}",
+            view.payload.len()
+        );
     }
 }

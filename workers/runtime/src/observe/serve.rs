@@ -80,8 +80,7 @@ pub async fn serve(listener: TcpListener, router: Router, bounds: Bounds, shutdo
             },
         };
         // The client's address, for handlers that log who asked (`ConnectInfo`).
-        let service =
-            TowerToHyperService::new(router.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer))));
+        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer))));
         let stopping = stopping.clone();
         connections.spawn(async move {
             let _slot = slot;
