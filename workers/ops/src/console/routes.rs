@@ -302,8 +302,22 @@ struct ActionForm {
     rate: Option<u32>,
 }
 
+/// An action's request that passed [`admit`].
+struct Admitted<'c> {
+    /// Who asks.
+    session: Session,
+    /// Which queue.
+    queue: &'c Arc<Queue>,
+    /// What to do.
+    action: Action,
+    /// To which records.
+    selection: Selection,
+    /// Records per second, within the console's bounds.
+    rate: u32,
+}
+
 /// The checks every action passes first: a session with its form token, a queue the
-/// console shows, an action that exists.
+/// console shows, an action that exists; the rate is kept within the console's bounds.
 fn admit<'c>(
     console: &'c Console,
     headers: &HeaderMap,
@@ -311,7 +325,7 @@ fn admit<'c>(
     worker: &str,
     which: &str,
     form: &ActionForm,
-) -> Result<(Session, &'c Arc<Queue>, Action, Selection), Box<Response>> {
+) -> Result<Admitted<'c>, Box<Response>> {
     let session = console
         .access
         .authorize(header_text(headers, header::COOKIE), &form.form_token, origin(headers))
@@ -322,7 +336,8 @@ fn admit<'c>(
         fingerprint: form.fingerprint.clone(),
         message_id: form.message_id.clone().filter(|id| !id.is_empty()),
     };
-    Ok((session, queue, action, selection))
+    let rate = form.rate.unwrap_or(console.settings.rate).clamp(1, console.settings.max_rate);
+    Ok(Admitted { session, queue, action, selection, rate })
 }
 
 fn refuse(console: &Console, headers: &HeaderMap, peer: &Peer, refused: Refused) -> Response {
@@ -345,12 +360,12 @@ async fn preview(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let (session, queue, action, selection) = match admit(&console, &headers, &connection, &worker, &which, &form) {
-        Ok(admitted) => admitted,
-        Err(response) => return *response,
-    };
+    let Admitted { session, queue, action, selection, rate } =
+        match admit(&console, &headers, &connection, &worker, &which, &form) {
+            Ok(admitted) => admitted,
+            Err(response) => return *response,
+        };
     let settings = console.settings;
-    let rate = form.rate.unwrap_or(settings.rate).clamp(1, settings.max_rate);
     let scope = scope(&selection);
     tracing::info!(
         operator = %session.operator, peer = %peer(&connection), action = action.name(), queue = %queue.name,
@@ -412,12 +427,12 @@ async fn run(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let (session, queue, action, selection) = match admit(&console, &headers, &connection, &worker, &which, &form) {
-        Ok(admitted) => admitted,
-        Err(response) => return *response,
-    };
+    let Admitted { session, queue, action, selection, rate } =
+        match admit(&console, &headers, &connection, &worker, &which, &form) {
+            Ok(admitted) => admitted,
+            Err(response) => return *response,
+        };
     let settings = console.settings;
-    let rate = form.rate.unwrap_or(settings.rate).clamp(1, settings.max_rate);
     let job = console.jobs.add(Plan {
         action: action.name(),
         queue: queue.name.clone(),
