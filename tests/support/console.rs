@@ -34,13 +34,16 @@ pub fn console(drill: &impl Drill, label: &str, token: Option<&str>) -> (Process
     (process, port)
 }
 
+/// A message id that tries to be markup, and to leave the attribute it is written into.
+const HOSTILE_ID: &str = r#"<b>id</b>" autofocus onfocus="window.__owned=5"#;
+
 /// A dead-letter record whose every shown field tries to be markup.
 pub fn hostile(drill: &impl Drill) -> Message {
     let mut record = dlq::dead_letter("hostile", drill.queue(), drill.replies(), FailureKind::Permanent);
     record.payload = r#"{"message":"<script>window.__owned=1</script>"}"#.into();
     record.headers.insert("x-note".into(), "<script>window.__owned=2</script>".into());
     record.headers.insert(h::name(h::FAILURE_MESSAGE), r#"<img src=x onerror="window.__owned=3">"#.into());
-    record.headers.insert(h::name(h::MESSAGE_ID), "<b>id</b>".into());
+    record.headers.insert(h::name(h::MESSAGE_ID), HOSTILE_ID.into());
     record
 }
 
@@ -81,7 +84,7 @@ pub async fn browse_preview_and_replay(drill: &mut impl Drill) {
         if url != home {
             assert!(text.contains("<script>window.__owned=1</script>"), "{text}");
             assert!(text.contains("<script>window.__owned=2</script>"), "{text}");
-            assert!(text.contains("<b>id</b>"), "{text}");
+            assert!(text.contains(HOSTILE_ID), "{text}");
         }
         let markup = browser.script("return document.querySelectorAll('script, img, b').length").await;
         assert_eq!(markup, 0, "a record's text became markup on {url}");
@@ -98,6 +101,18 @@ pub async fn browse_preview_and_replay(drill: &mut impl Drill) {
         std::fs::write(&path, browser.screenshot().await).expect("write the screenshot");
     }
 
+    // Signed in, the record's values are written into the action forms' attributes too:
+    // still data (the per-message form carries the id byte for byte), never markup.
+    browser.open(&group_url(port, &hostile_group)).await;
+    assert!(browser.count("#group-actions").await > 0, "signed in, a group can be acted on");
+    assert_eq!(
+        browser.script("return document.querySelectorAll('script, img, b, [onfocus], [autofocus]').length").await,
+        0
+    );
+    let carried = browser.script("return document.querySelector('input[name=message_id]').value").await;
+    assert_eq!(carried, HOSTILE_ID);
+    assert_eq!(browser.script("return typeof window.__owned").await, "undefined");
+
     let _fixed = dlq::greeter(drill, "console-fixed", false, &[]);
     // The largest group first: the greeter's twelve.
     browser.click("#queue-greeter-dlq a.group-link").await;
@@ -106,6 +121,8 @@ pub async fn browse_preview_and_replay(drill: &mut impl Drill) {
     assert_eq!(browser.text("#preview-count").await.as_deref(), Some("12"), "{}", browser.page_text().await);
     let destination = browser.text("#preview-destination").await.unwrap_or_default();
     assert!(destination.starts_with(&queue), "{destination}");
+    let planned = browser.text("ul.planned").await.unwrap_or_default();
+    assert!(planned.contains(&format!("replay to {queue}")), "{planned}");
     assert_eq!(dlq::dlq_total(drill, false), 13, "a preview changes nothing");
 
     browser.click("#confirm").await;
@@ -148,6 +165,16 @@ pub async fn actions_need_the_token_a_session_and_the_consoles_own_form(drill: &
     read_only.terminate();
 
     let (mut console, port) = console(drill, "console-guarded", Some(TOKEN));
+    let home = http::get_as(port, "/", &[]).await;
+    let head = home.head.to_lowercase();
+    for guard in
+        ["content-security-policy: default-src 'none'", "x-frame-options: deny", "x-content-type-options: nosniff"]
+    {
+        assert!(head.contains(guard), "no {guard:?} in\n{head}");
+    }
+    // A page elsewhere whose name points at this address (DNS rebinding) reads nothing.
+    let rebound = http::get_as(port, "/", &[("Host", &format!("evil.example:{port}"))]).await;
+    assert_eq!(rebound.status, 421, "{}", rebound.head);
     let run = "/queues/greeter/dlq/run";
     let refused = http::post_as(port, run, form, purge("x").as_bytes(), &[]).await;
     assert_eq!(refused.status, 403, "no session");
@@ -249,6 +276,7 @@ pub async fn ten_thousand_records_are_paged(drill: &mut impl Drill) {
     assert_eq!(browser.count("article.record").await, 50);
     assert_eq!(browser.count("#next").await, 0, "the last page");
     let peak = peak_memory_kib(console.pid());
+    assert!(peak > 0, "no VmHWM in /proc/{}/status", console.pid());
     println!("console peak memory (VmHWM) after paging 10,000 records: {} KiB", peak);
     assert!(peak < MAX_PEAK_KIB, "the console held {peak} KiB at its peak: it keeps more than a page");
     assert_eq!(dlq::dlq_total(drill, false), 10_000, "reading removes nothing");

@@ -48,7 +48,13 @@ pub async fn post_as(port: u16, path: &str, content_type: &str, body: &[u8], hea
 /// GET with extra headers.
 pub async fn get_as(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{extra}\r\n");
+    // A `Host` among `headers` replaces the default.
+    let host = if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        String::new()
+    } else {
+        format!("Host: 127.0.0.1:{port}\r\n")
+    };
+    let request = format!("GET {path} HTTP/1.1\r\n{host}Connection: close\r\n{extra}\r\n");
     exchange(port, request.as_bytes()).await
 }
 

@@ -42,6 +42,10 @@ pub struct ConsoleArgs {
     /// Where to serve the pages. The default keeps them on this machine.
     #[arg(long, env = "COURIER_CONSOLE_LISTEN", default_value = "127.0.0.1:9470")]
     listen: SocketAddr,
+    /// Host names the console answers to besides this machine's own (localhost,
+    /// 127.0.0.1, [::1], the --listen address): the name a proxy or a browser uses for it.
+    #[arg(long = "public-host", env = "COURIER_CONSOLE_PUBLIC_HOSTS", value_delimiter = ',')]
+    public_hosts: Vec<String>,
     /// The token an operator signs in with to replay, park or purge (at least 16
     /// characters). Without one the console is read-only.
     #[arg(long, env = "COURIER_CONSOLE_TOKEN", hide_env_values = true)]
@@ -70,6 +74,19 @@ pub struct ConsoleArgs {
     client: ClientArgs,
 }
 
+/// The host names a request may name: this machine's, the listen address's, the operator's.
+fn hosts(listen: SocketAddr, public: &[String]) -> Vec<String> {
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).to_vec();
+    if !listen.ip().is_unspecified() {
+        hosts.push(match listen {
+            SocketAddr::V4(v4) => v4.ip().to_string(),
+            SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+        });
+    }
+    hosts.extend(public.iter().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()));
+    hosts
+}
+
 fn parse_proto(value: &str) -> Result<(String, PathBuf, String), String> {
     let (worker, file) = value.split_once('=').ok_or("expected WORKER=FILE or WORKER=FILE:MESSAGE")?;
     let (file, message) = match file.rsplit_once(':') {
@@ -89,8 +106,11 @@ pub async fn main(args: ConsoleArgs) -> anyhow::Result<()> {
     );
     let broker = args.client.broker(&args.workers[0])?;
     anyhow::ensure!(!broker.is_memory(), "--broker is required: the in-memory broker lives inside a worker process");
+    let mut workers = args.workers.clone();
+    workers.sort();
+    workers.dedup();
     let mut queues = Vec::new();
-    for worker in &args.workers {
+    for worker in &workers {
         let (work_queue, _) = args.client.queues.names(naming::requests(worker), naming::replies(worker))?;
         queues.extend(Queue::of(worker, &work_queue).map(Arc::new));
     }
@@ -116,6 +136,8 @@ pub async fn main(args: ConsoleArgs) -> anyhow::Result<()> {
             scan_timeout: args.scan_timeout,
         },
         names,
+        hosts: hosts(args.listen, &args.public_hosts),
+        sign_in_gate: tokio::sync::Mutex::new(()),
     });
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("--listen {}", args.listen))?;
@@ -144,5 +166,23 @@ mod tests {
             Ok(("shop".into(), "/p/shop.proto".into(), "Order".into()))
         );
         assert!(parse_proto("no-equals").is_err());
+    }
+
+    #[test]
+    fn requests_must_name_a_host_the_console_knows() {
+        use routes::host_allowed;
+        let local = hosts("127.0.0.1:9470".parse().expect("an address"), &[]);
+        assert!(host_allowed("127.0.0.1:9470", &local));
+        assert!(host_allowed("LOCALHOST:9470", &local));
+        assert!(host_allowed("127.0.0.1", &local));
+        assert!(host_allowed("[::1]:9470", &local));
+        assert!(!host_allowed("evil.example:9470", &local), "DNS rebinding");
+        assert!(!host_allowed("", &local));
+        assert!(!host_allowed("localhost.evil.example", &local));
+        let public = hosts("0.0.0.0:9470".parse().expect("an address"), &["dlq.example.com".into()]);
+        assert!(host_allowed("dlq.example.com", &public));
+        assert!(!host_allowed("0.0.0.0:9470", &public));
+        let v6 = hosts("[fe80::1]:9470".parse().expect("an address"), &[]);
+        assert!(host_allowed("[fe80::1]:9470", &v6));
     }
 }

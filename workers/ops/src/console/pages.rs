@@ -93,8 +93,8 @@ pub struct Card {
 pub struct Counted {
     /// Records.
     pub total: u64,
-    /// Groups, listed or not.
-    pub group_count: usize,
+    /// Groups: the number listed, with `+` when more are counted together.
+    pub group_count: String,
     /// `(kind, records)`.
     pub kinds: Vec<(String, u64)>,
     /// `(code, records)`.
@@ -157,7 +157,7 @@ impl Counted {
         let groups: Vec<GroupRow> = summary.groups().into_iter().map(|g| row(summary, g, &href)).collect();
         Self {
             total: summary.total,
-            group_count: groups.len() + usize::from(summary.other_groups > 0),
+            group_count: format!("{}{}", groups.len(), if summary.other_groups > 0 { "+" } else { "" }),
             kinds: owned(&summary.kinds),
             codes: owned(&summary.codes),
             groups,
@@ -381,7 +381,7 @@ mod tests {
         dead_letters::{Record, RecordId},
     };
 
-    const SCRIPT: &str = "<script>document.title='owned'</script>";
+    const SCRIPT: &str = "\"' autofocus onfocus=x><script>document.title='owned'</script>";
 
     fn hostile() -> Message {
         let mut message = Message { payload: SCRIPT.as_bytes().to_vec().into(), ..Message::default() };
@@ -438,6 +438,7 @@ mod tests {
         for page in [&overview, &records] {
             assert!(!page.contains("<script"), "{page}");
             assert!(!page.contains("<b>"), "{page}");
+            assert!(!page.contains("\"' autofocus"), "a value left its attribute: {page}");
             assert!(page.contains("&#60;script&#62;") || page.contains("&lt;script&gt;"), "{page}");
         }
     }

@@ -120,6 +120,17 @@ pub enum QueueError {
     Refused(String),
 }
 
+/// The bounds of an action.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The loop guard of a replay from a dead-letter queue.
+    pub max_replays: u32,
+    /// Records per second.
+    pub rate: u32,
+    /// How long to wait for a page reading the queue.
+    pub wait: Duration,
+}
+
 /// How a scan went.
 #[derive(Clone, Copy, Debug)]
 pub struct Scanned {
@@ -260,10 +271,13 @@ impl Queue {
                 preview.planned.push((record_name(record), describe(planned)));
             }
             Event::Elsewhere(record, why) if preview.staying.len() < PREVIEW_LINES => {
-                preview.staying.push((record_name(record), why.to_string()));
+                preview.staying.push((
+                    record_name(record),
+                    courier::contract::headers::truncate(&why.to_string(), 300).to_owned(),
+                ));
             }
             Event::Failed(record, why) if preview.staying.len() < PREVIEW_LINES => {
-                preview.staying.push((record_name(record), why.to_owned()));
+                preview.staying.push((record_name(record), courier::contract::headers::truncate(why, 300).to_owned()));
             }
             _ => {}
         };
@@ -274,23 +288,28 @@ impl Queue {
         Ok(preview)
     }
 
-    /// Start `action` on `selection` as `job`, at `rate` records a second; returns at once.
+    /// Start `action` on `selection` as the job `job` records once the queue is held (a
+    /// page's read of it waited for at most `limits.wait`); returns at once.
     pub async fn start(
         self: &Arc<Self>,
         broker: &Broker,
         action: Action,
         selection: &Selection,
-        max_replays: u32,
-        rate: u32,
-        job: Arc<Job>,
-    ) -> Result<(), QueueError> {
-        let operation = self.operation(action, max_replays)?;
-        let options = options(selection, Some(rate), false)?;
-        let held = self.hold(Duration::ZERO).await?;
+        limits: Limits,
+        job: impl FnOnce() -> Arc<Job>,
+    ) -> Result<Arc<Job>, QueueError> {
+        let operation = self.operation(action, limits.max_replays)?;
+        let options = options(selection, Some(limits.rate), false)?;
+        let held = self.hold(limits.wait).await?;
+        // Recorded only once it holds the queue: a refused action leaves no job behind.
+        let job = job();
         *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&job));
+        let started = Arc::clone(&job);
         let (queue, broker) = (Arc::clone(self), broker.clone());
         tokio::spawn(async move {
             let _held = held;
+            // Ended even if the run panics: a job left running would hold the queue for good.
+            let _ended = EndOnDrop(Arc::clone(&job));
             let outcome = async {
                 let mut store = dlq::open(&broker, &queue.name, true).await?;
                 let mut observe = |event: Event<'_>| {
@@ -321,7 +340,18 @@ impl Queue {
             }
             job.end(outcome.map_err(|error| error.to_string()));
         });
-        Ok(())
+        Ok(started)
+    }
+}
+
+/// Ends its job as failed when dropped while the job still runs.
+struct EndOnDrop(Arc<Job>);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        if self.0.running() {
+            self.0.end(Err("the action stopped unexpectedly (see the console's log)".into()));
+        }
     }
 }
 

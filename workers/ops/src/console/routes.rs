@@ -23,7 +23,7 @@ use super::{
         Records, SignIn,
     },
     proto::FieldNames,
-    queues::{Action, Queue, QueueError, Which},
+    queues::{Action, Limits, Queue, QueueError, Which},
     scan::{Page, Selection, Summary},
     view::RecordView,
 };
@@ -48,6 +48,11 @@ pub struct Console {
     pub settings: Settings,
     /// Worker → its request's protobuf field names.
     pub names: HashMap<String, FieldNames>,
+    /// Host names a request may be addressed to (without port).
+    pub hosts: Vec<String>,
+    /// One sign-in checked at a time, and a wrong token's pause inside it: guessing the
+    /// token takes [`WRONG_TOKEN_PAUSE`] a guess however many connections try.
+    pub sign_in_gate: tokio::sync::Mutex<()>,
 }
 
 /// The console's own settings: none of them comes from a request.
@@ -79,8 +84,35 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/sign-in", get(sign_in_form).post(sign_in))
         .route("/sign-out", post(sign_out))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&console), own_host))
         .layer(axum::middleware::map_response(guard_headers))
         .with_state(console)
+}
+
+/// Answer only requests addressed to this console by a name it knows (`--public-host`, or
+/// this machine's own names): a page elsewhere that points its own name at this address
+/// (DNS rebinding) is refused, and cannot read records through the operator's browser.
+async fn own_host(
+    State(console): State<Arc<Console>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = header_text(request.headers(), header::HOST).unwrap_or_default();
+    if request.uri().path() == "/healthz" || host_allowed(host, &console.hosts) {
+        return next.run(request).await;
+    }
+    tracing::warn!(host = %courier::contract::headers::truncate(host, 200), "Console request to an unknown host refused.");
+    let text = "this console does not answer to that host name: give it with --public-host";
+    (StatusCode::MISDIRECTED_REQUEST, text).into_response()
+}
+
+/// Whether `host` (a `Host` header: a name or address, perhaps with a port) is one of `hosts`.
+pub fn host_allowed(host: &str, hosts: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().map(|inner| format!("[{inner}]")).unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name).to_owned(),
+    };
+    hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(&name))
 }
 
 /// No script, no frame, no other site's resource: a record that got past the escaping
@@ -433,19 +465,30 @@ async fn run(
             Err(response) => return *response,
         };
     let settings = console.settings;
-    let job = console.jobs.add(Plan {
+    let plan = || Plan {
         action: action.name(),
         queue: queue.name.clone(),
         selection: scope(&selection),
         destination: queue.destination(action, settings.max_replays),
         rate,
         operator: session.operator.clone(),
-    });
-    let started = queue.start(&console.broker, action, &selection, settings.max_replays, rate, Arc::clone(&job)).await;
-    if let Err(error) = started {
-        job.end(Err(error.to_string()));
-        return message(console.base(&headers, "Not started"), StatusCode::CONFLICT, "Not started", error.to_string());
-    }
+    };
+    let started = queue
+        .start(
+            &console.broker,
+            action,
+            &selection,
+            Limits { max_replays: settings.max_replays, rate, wait: settings.scan_timeout },
+            || console.jobs.add(plan()),
+        )
+        .await;
+    let job = match started {
+        Ok(job) => job,
+        Err(error) => {
+            let base = console.base(&headers, "Not started");
+            return message(base, StatusCode::CONFLICT, "Not started", error.to_string());
+        }
+    };
     tracing::info!(
         job = job.id, operator = %session.operator, peer = %peer(&connection), action = job.action,
         queue = %job.queue, selection = %job.selection, destination = %job.destination, rate,
@@ -524,6 +567,7 @@ async fn sign_in(
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Response {
+    let _gate = console.sign_in_gate.lock().await;
     match console.access.sign_in(&form.token, &form.operator, origin(&headers)) {
         Ok(session) => {
             tracing::info!(operator = %session.operator, peer = %peer(&connection), "Console operator signed in.");

@@ -119,7 +119,7 @@ impl Summary {
         if let Some(b) = bucket {
             self.growth[b] += 1;
         }
-        let fingerprint = field(h::FAILURE_FINGERPRINT, MAX_FIELD);
+        let fingerprint = fingerprint(record).to_owned();
         if !self.groups.contains_key(&fingerprint) && self.groups.len() >= MAX_GROUPS {
             self.other_groups += 1;
             return;
@@ -153,6 +153,13 @@ impl Summary {
     pub fn is_new(&self, group: &Group) -> bool {
         group.span.oldest.is_some_and(|oldest| bucket(self.now, oldest).is_some())
     }
+}
+
+/// A record's failure fingerprint; "" without one, or with one too long to be Courier's
+/// (a group is named by its whole fingerprint, and a page or an action selects by it).
+fn fingerprint(record: &Message) -> &str {
+    let given = record.headers.get(h::FAILURE_FINGERPRINT).map_or("", String::as_str);
+    if given.len() <= MAX_FIELD { given } else { "" }
 }
 
 /// The bucket of the last hour a failure at `at` falls in (the last one for a time ahead
@@ -212,8 +219,7 @@ pub struct Selection {
 impl Selection {
     /// Whether `record` is selected.
     pub fn matches(&self, record: &Message) -> bool {
-        let header = |name| record.headers.get(name).map_or("", String::as_str);
-        self.fingerprint.as_deref().is_none_or(|f| header(h::FAILURE_FINGERPRINT) == f)
+        self.fingerprint.as_deref().is_none_or(|f| fingerprint(record) == f)
             && self.message_id.as_deref().is_none_or(|id| record.headers.get(h::MESSAGE_ID).is_some_and(|m| m == id))
     }
 }
@@ -328,8 +334,9 @@ mod tests {
             (MAX_VALUES as u64, (MAX_GROUPS + 20 - MAX_VALUES) as u64)
         );
         let huge = record(&"f".repeat(100_000), &"c".repeat(100_000), 1);
-        let s = summary(&[huge]);
-        assert_eq!(s.groups()[0].fingerprint.len(), MAX_FIELD);
+        let s = summary(std::slice::from_ref(&huge));
+        assert_eq!(s.groups()[0].fingerprint, "", "too long to be Courier's: with the records without one");
+        assert!(Selection { fingerprint: Some(String::new()), message_id: None }.matches(&huge));
         assert_eq!(s.codes.largest_first()[0].0.len(), MAX_FIELD);
     }
 

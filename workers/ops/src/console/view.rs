@@ -26,8 +26,10 @@ const MAX_HEADER: usize = 2048;
 pub struct RecordView {
     /// Its place in the dead-letter queue (`#3`, `2@41`).
     pub id: String,
-    /// `courier-message-id` ("" without one): the handle of the record's actions.
+    /// `courier-message-id` ("" without one), cut to [`MAX_HEADER`].
     pub message_id: String,
+    /// Whether the message can be acted on alone: it has an id, shown whole.
+    pub actionable: bool,
     /// The Kafka record key, as text or `hex:…`.
     pub key: Option<String>,
     /// `courier-failure-attempts`.
@@ -59,6 +61,7 @@ impl RecordView {
         Self {
             id: record.id.to_string(),
             message_id: header(h::MESSAGE_ID),
+            actionable: message.headers.get(h::MESSAGE_ID).is_some_and(|id| !id.is_empty() && id.len() <= MAX_HEADER),
             key: message
                 .key
                 .as_deref()
@@ -82,16 +85,45 @@ fn payload(record: &Record, names: Option<&FieldNames>) -> (&'static str, String
     if bytes.is_empty() {
         return ("empty", String::new());
     }
+    if bytes.len() > MAX_PARSED {
+        return ("hex", hex_dump(bytes));
+    }
     let name = |path: &[u64]| names.and_then(|names| names.name(path));
     if let Some(text) = describe_payload_named(&record.message.headers, bytes, &name) {
         return ("protobuf", shortened(&text));
     }
-    if bytes.len() <= MAX_PARSED
-        && let Ok(json) = serde_json::from_slice::<serde_json::Value>(bytes)
-    {
-        return ("JSON", shortened(&serde_json::to_string_pretty(&json).unwrap_or_default()));
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        return ("JSON", pretty(&json));
     }
     ("hex", hex_dump(bytes))
+}
+
+/// `json` pretty-printed, written no further than [`MAX_SHOWN`] bytes: deep nesting makes
+/// the indentation many times longer than the document.
+fn pretty(json: &serde_json::Value) -> String {
+    let mut capped = Capped(Vec::new());
+    let complete = serde_json::to_writer_pretty(&mut capped, json).is_ok();
+    let text = String::from_utf8_lossy(&capped.0).into_owned();
+    if complete { text } else { format!("{}\n… (cut at {MAX_SHOWN} bytes)", h::truncate(&text, MAX_SHOWN)) }
+}
+
+/// A writer that refuses to grow past [`MAX_SHOWN`] bytes.
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = MAX_SHOWN.saturating_sub(self.0.len());
+        if room == 0 {
+            return Err(std::io::Error::other("cut"));
+        }
+        let n = buf.len().min(room);
+        self.0.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn shortened(text: &str) -> String {
@@ -192,10 +224,16 @@ mod tests {
         let json: &'static [u8] =
             Box::leak(format!("\"{}\"", "a".repeat(MAX_SHOWN * 2)).into_bytes().into_boxed_slice());
         let view = RecordView::of(&record(json, &[]), None);
-        assert!(
-            view.payload.len() < MAX_SHOWN + 100 && view.payload.ends_with("characters more)"),
-            "{}",
-            view.payload.len()
-        );
+        assert!(view.payload.len() < MAX_SHOWN + 100 && view.payload.ends_with(" bytes)"), "{}", view.payload.len());
+        assert!(!RecordView::of(&record(b"1", &[(h::MESSAGE_ID, long)]), None).actionable, "a cut id selects nothing");
+        assert!(RecordView::of(&record(b"1", &[(h::MESSAGE_ID, "m")]), None).actionable);
+        // Deep nesting: the indentation would be many times the document.
+        let deep: &'static [u8] =
+            Box::leak(format!("{}{}", "[".repeat(120), "]".repeat(120)).into_bytes().into_boxed_slice());
+        let shown = RecordView::of(&record(deep, &[]), None).payload;
+        assert!(shown.len() < MAX_SHOWN + 100 && shown.ends_with(" bytes)"), "{}", shown.len());
+        // Protobuf beyond what is parsed is shown as hex.
+        let big: &'static [u8] = Box::leak(vec![0x08; MAX_PARSED + 2].into_boxed_slice());
+        assert_eq!(RecordView::of(&record(big, &[(h::CONTENT_TYPE, h::PROTOBUF)]), None).format, "hex");
     }
 }
