@@ -7,7 +7,7 @@
 //!
 //! Pages are rendered on the server ([`pages`]) with no script. Read-only unless started
 //! with a token ([`access`]). One file per part: what is counted ([`scan`]), how a record
-//! is shown ([`view`], [`proto`]), the queues and their actions ([`queues`], [`jobs`]),
+//! is shown ([`view`], [`proto`]), the queues and their actions ([`queues`], [`until`], [`jobs`]),
 //! the addresses ([`routes`]).
 
 pub mod access;
@@ -17,6 +17,7 @@ pub mod proto;
 pub mod queues;
 pub mod routes;
 pub mod scan;
+pub mod until;
 pub mod view;
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};

@@ -271,6 +271,8 @@ pub struct PreviewPage {
     pub queue: String,
     /// What would become of the records read.
     pub summary: crate::dlq::Summary,
+    /// The time bound ended the dry run before the last record.
+    pub partial: bool,
     /// Records the action itself would handle.
     pub count: u64,
     /// Records that would stay.

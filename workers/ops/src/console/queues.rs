@@ -15,7 +15,7 @@ use std::{
 use courier::{Broker, contract::naming};
 use tokio::sync::OwnedMutexGuard;
 
-use super::{jobs::Job, scan::Selection};
+use super::{jobs::Job, scan::Selection, until::Until};
 use crate::dlq::{self, DeadLetterStore as _, Filter, Operation, Record, RunOptions, Summary, run::Event};
 
 /// Records read per batch while scanning.
@@ -151,6 +151,8 @@ pub struct Preview {
     pub planned: Vec<(String, String)>,
     /// The first records that would stay, and why.
     pub staying: Vec<(String, String)>,
+    /// The time bound ended it before the last record.
+    pub partial: bool,
 }
 
 impl Queue {
@@ -281,9 +283,12 @@ impl Queue {
             }
             _ => {}
         };
-        let ran = tokio::time::timeout(bound, dlq::run::run(&mut store, &operation, &options, &mut observe)).await;
+        let mut until = Until::new(&mut store, tokio::time::Instant::now() + bound);
+        let ran = dlq::run::run(&mut until, &operation, &options, &mut observe).await;
+        let partial = until.ran_out;
         let closed = store.close().await;
-        preview.summary = ran.map_err(|_| QueueError::Refused(format!("the preview took longer than {bound:?}")))??;
+        preview.summary = ran?;
+        preview.partial = partial;
         closed?;
         Ok(preview)
     }

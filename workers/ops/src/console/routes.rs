@@ -435,6 +435,7 @@ async fn preview(
         scope,
         queue: format!("{} ({}'s {})", queue.name, queue.worker, queue.which.label()),
         summary: s,
+        partial: found.partial,
         count,
         staying_count: s.elsewhere + s.failed,
         destination: queue.destination(action, settings.max_replays),
