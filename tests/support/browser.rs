@@ -70,11 +70,12 @@ impl Browser {
         self.text("body").await.unwrap_or_default()
     }
 
-    /// The text of the first element matching `css`, if there is one.
+    /// The text of the first element matching `css`, if there is one (`None` too when the
+    /// page reloaded between finding the element and reading it: a job's page reloads itself).
     pub async fn text(&self, css: &str) -> Option<String> {
         let element = self.find(css).await?;
-        let text = self.command("GET", &format!("/element/{element}/text"), Value::Null).await;
-        Some(text.as_str().unwrap_or_default().to_owned())
+        let (status, text) = self.call("GET", &format!("/session/{}/element/{element}/text", self.session), None).await;
+        (status == 200).then(|| text["value"].as_str().unwrap_or_default().to_owned())
     }
 
     /// How many elements match `css`.
