@@ -20,18 +20,8 @@ const KEPT: usize = 100;
 pub struct Job {
     /// Its number, in the page's address.
     pub id: u64,
-    /// `replay`, `park` or `purge`.
-    pub action: &'static str,
-    /// The queue it reads.
-    pub queue: String,
-    /// Which records, in words.
-    pub selection: String,
-    /// Where they go, in words.
-    pub destination: String,
-    /// Records per second.
-    pub rate: u32,
-    /// Who started it.
-    pub operator: String,
+    /// What it does, to which records, in whose name.
+    pub plan: Plan,
     /// When.
     pub started: SystemTime,
     /// The same, for the elapsed time.
@@ -117,12 +107,7 @@ impl Jobs {
     pub fn add(&self, plan: Plan) -> Arc<Job> {
         let job = Arc::new(Job {
             id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
-            action: plan.action,
-            queue: plan.queue,
-            selection: plan.selection,
-            destination: plan.destination,
-            rate: plan.rate,
-            operator: plan.operator,
+            plan,
             started: SystemTime::now(),
             clock: Instant::now(),
             state: Mutex::new(State::default()),
@@ -186,6 +171,6 @@ mod tests {
         let kept = jobs.newest_first();
         assert_eq!(kept.len(), KEPT);
         assert!(jobs.get(running.id).is_some(), "a running job is never forgotten");
-        assert_eq!(kept[0].rate, KEPT as u32 + 5);
+        assert_eq!(kept[0].plan.rate, KEPT as u32 + 5);
     }
 }

@@ -45,9 +45,9 @@ impl JobLink {
             href: format!("/jobs/{}", job.id),
             text: format!(
                 "{} {} by {}: {} read, {} replayed, {} parked, {} purged",
-                job.action,
-                job.selection,
-                job.operator,
+                job.plan.action,
+                job.plan.selection,
+                job.plan.operator,
                 state.summary.read,
                 state.summary.replayed,
                 state.summary.parked,

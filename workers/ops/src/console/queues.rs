@@ -198,30 +198,23 @@ impl Queue {
         let started = Instant::now();
         let _held = self.hold(bound).await?;
         let mut store = dlq::open(broker, &self.name, false).await?;
-        let mut scanned = Scanned { read: 0, partial: false, took: Duration::ZERO };
-        let deadline = started + bound;
+        let mut until = Until::new(&mut store, (started + bound).into());
+        let mut read = 0;
         let outcome = loop {
-            let batch = match tokio::time::timeout_at(deadline.into(), store.next_batch(SCAN_BATCH)).await {
-                Ok(Ok(batch)) => batch,
-                Ok(Err(error)) => break Err(error),
-                Err(_) => {
-                    scanned.partial = true;
-                    break Ok(());
+            match until.next_batch(SCAN_BATCH).await {
+                Ok(batch) if batch.is_empty() => break Ok(()),
+                Ok(batch) => {
+                    read += batch.len() as u64;
+                    batch.iter().for_each(&mut visit);
                 }
-            };
-            if batch.is_empty() {
-                break Ok(());
-            }
-            for record in &batch {
-                scanned.read += 1;
-                visit(record);
+                Err(error) => break Err(error),
             }
         };
+        let partial = until.ran_out;
         let closed = store.close().await;
         outcome?;
         closed?;
-        scanned.took = started.elapsed();
-        Ok(scanned)
+        Ok(Scanned { read, partial, took: started.elapsed() })
     }
 
     /// The operation `action` is on this queue, as `courier dlq` builds it.
@@ -332,13 +325,13 @@ impl Queue {
             let s = outcome.as_ref().ok().copied().unwrap_or_else(|| job.state().summary);
             match &outcome {
                 Ok(_) => tracing::info!(
-                    job = job.id, operator = %job.operator, action = job.action, queue = %job.queue,
-                    selection = %job.selection, read = s.read, replayed = s.replayed, parked = s.parked,
+                    job = job.id, operator = %job.plan.operator, action = job.plan.action, queue = %job.plan.queue,
+                    selection = %job.plan.selection, read = s.read, replayed = s.replayed, parked = s.parked,
                     purged = s.purged, skipped = s.skipped, elsewhere = s.elsewhere, failed = s.failed,
                     "Console action finished."
                 ),
                 Err(error) => tracing::warn!(
-                    job = job.id, operator = %job.operator, action = job.action, queue = %job.queue,
+                    job = job.id, operator = %job.plan.operator, action = job.plan.action, queue = %job.plan.queue,
                     %error, read = s.read, replayed = s.replayed, parked = s.parked, purged = s.purged,
                     "Console action failed; every batch settled before the error stays settled."
                 ),

@@ -491,8 +491,8 @@ async fn run(
         }
     };
     tracing::info!(
-        job = job.id, operator = %session.operator, peer = %peer(&connection), action = job.action,
-        queue = %job.queue, selection = %job.selection, destination = %job.destination, rate,
+        job = job.id, operator = %session.operator, peer = %peer(&connection), action = job.plan.action,
+        queue = %job.plan.queue, selection = %job.plan.selection, destination = %job.plan.destination, rate,
         "Console action started."
     );
     Redirect::to(&format!("/jobs/{}", job.id)).into_response()
@@ -529,9 +529,9 @@ async fn jobs(State(console): State<Arc<Console>>, headers: HeaderMap) -> Respon
             JobRow {
                 href: format!("/jobs/{}", job.id),
                 id: job.id,
-                what: format!("{} {}", job.action, job.selection),
-                queue: job.queue.clone(),
-                operator: job.operator.clone(),
+                what: format!("{} {}", job.plan.action, job.plan.selection),
+                queue: job.plan.queue.clone(),
+                operator: job.plan.operator.clone(),
                 started: pages::when(Some(job.started)),
                 state: match state.ended {
                     None => format!("running: {} read", state.summary.read),
