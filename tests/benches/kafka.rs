@@ -36,13 +36,15 @@ const ROUNDS: usize = 3;
 const TANSU_MESSAGES: usize = 150_000;
 
 /// What runs: the raw pipe (`contract`: writing the wire contract's reply, key and five
-/// headers, as the worker does), the RustStream greeter, or the greeter with (ordering,
-/// handler delay, concurrency).
+/// headers, as the worker does), the RustStream greeter, the greeter with (ordering,
+/// handler delay, concurrency), or another build of it (`Compared`: its binary's name in
+/// the target directory, and the same three).
 #[derive(Clone, Copy)]
 enum Pipe<'a> {
     Raw { contract: bool },
     RustStream,
     Greeter(&'a str, Option<Duration>, usize),
+    Compared(&'a str, &'a str, usize),
 }
 
 /// The peer's binary, built by `scripts/bench` into this target directory.
@@ -114,6 +116,13 @@ async fn main() {
     let peer = peer_built();
     let (mut raw, mut contract, mut none, mut partition) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut ruststream, mut key) = (Vec::new(), Vec::new());
+    // COURIER_BENCH_COMPARE=NAME: another build of the greeter, copied into the target
+    // directory as NAME, runs the `none` and `partition` rows too, in the same rounds.
+    let compared = std::env::var("COURIER_BENCH_COMPARE").ok();
+    let compared_names = compared.as_deref().map(|binary| {
+        (format!("{none_name} [{binary}]"), format!("greeter worker, ordering partition (concurrency 64) [{binary}]"))
+    });
+    let (mut compared_none, mut compared_partition) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         raw.push(run(&mut mock, "raw rdkafka pipe", RAW).await);
         contract.push(run(&mut mock, RAW_CONTRACT_NAME, RAW_CONTRACT).await);
@@ -123,6 +132,21 @@ async fn main() {
         none.push(run(&mut mock, &none_name, Pipe::Greeter("none", None, concurrency)).await);
         partition.push(run(&mut mock, partition_name, Pipe::Greeter("partition", None, 64)).await);
         key.push(run(&mut mock, key_name, Pipe::Greeter("key", None, 1024)).await);
+        if let (Some(binary), Some((none_name, partition_name))) = (compared.as_deref(), &compared_names) {
+            compared_none.push(run(&mut mock, none_name, Pipe::Compared(binary, "none", concurrency)).await);
+            compared_partition.push(run(&mut mock, partition_name, Pipe::Compared(binary, "partition", 64)).await);
+            for (before, this) in [(&compared_none, &none), (&compared_partition, &partition)] {
+                let (before, this) = (&before[round - 1], &this[round - 1]);
+                println!(
+                    "round {round}: {} {:.0} msg/s against {binary}'s {:.0} msg/s ({:.2}x); CPU {:.2}x",
+                    this.name,
+                    this.rate,
+                    before.rate,
+                    this.rate / before.rate,
+                    this.cpu_per_10k / before.cpu_per_10k
+                );
+            }
+        }
         print_round(round, &raw[round - 1], &none[round - 1]);
     }
     print_median_ratio(&raw, &none);
@@ -137,6 +161,8 @@ async fn main() {
             &[raw, Figures::median(&contract)][..],
             &medians(&ruststream),
             &[Figures::median(&none), Figures::median(&partition), Figures::median(&key)],
+            &medians(&compared_none),
+            &medians(&compared_partition),
         ]
         .concat(),
     );
@@ -235,9 +261,10 @@ fn tansu_messages() -> usize {
 
 /// One run of `pipe` on `broker`.
 async fn run(broker: &mut Broker, name: &str, pipe: Pipe<'_>) -> Figures {
-    let worker = match pipe {
-        Pipe::Greeter(ordering, delay, concurrency) => Some((ordering, delay, concurrency)),
-        Pipe::Raw { .. } | Pipe::RustStream => None,
+    let (binary, worker) = match pipe {
+        Pipe::Greeter(ordering, delay, concurrency) => ("greeter", Some((ordering, delay, concurrency))),
+        Pipe::Compared(binary, ordering, concurrency) => (binary, Some((ordering, None, concurrency))),
+        Pipe::Raw { .. } | Pipe::RustStream => ("", None),
     };
     let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
     let (queue, replies, group) =
@@ -313,7 +340,7 @@ async fn run(broker: &mut Broker, name: &str, pipe: Pipe<'_>) -> Figures {
             if delay.is_some() {
                 env.push(("GREETER_LATENCY_MS", latency.as_str()));
             }
-            Process::start_under(&wrapper, "greeter", &format!("bench-kafka-{ordering}-{concurrency}"), &args, &env)
+            Process::start_under(&wrapper, binary, &format!("bench-kafka-{ordering}-{concurrency}"), &args, &env)
         }
     };
     let pid = process.pid();

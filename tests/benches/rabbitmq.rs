@@ -37,16 +37,25 @@ const ROUNDS: usize = 3;
 async fn main() {
     let rounds = std::env::var("COURIER_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS).max(1);
     let (mut raw, mut worker, mut protobuf, mut inbox) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // COURIER_BENCH_COMPARE=NAME: another build of the greeter, copied into the target
+    // directory as NAME, runs the JSON row too, in the same rounds.
+    let compared = std::env::var("COURIER_BENCH_COMPARE").ok();
+    let compared_name = compared.as_deref().map(|binary| format!("greeter worker [{binary}]"));
+    let mut before = Vec::new();
     for round in 1..=rounds {
         raw.push(run("raw lapin pipe", "raw-amqp-pipe", Codec::Json, false).await);
         worker.push(run("greeter worker", "greeter", Codec::Json, false).await);
+        if let (Some(binary), Some(name)) = (compared.as_deref(), &compared_name) {
+            before.push(run(name, binary, Codec::Json, false).await);
+            print_round(round, &raw[round - 1], &before[round - 1]);
+        }
         protobuf.push(run("greeter worker, protobuf", "greeter", Codec::Protobuf, false).await);
         inbox.push(run("greeter worker, inbox", "greeter", Codec::Json, true).await);
         for pipe in [&worker, &protobuf, &inbox] {
             print_round(round, &raw[round - 1], &pipe[round - 1]);
         }
     }
-    for pipe in [&worker, &protobuf, &inbox] {
+    for pipe in [&worker, &protobuf, &inbox, &before].into_iter().filter(|pipe| !pipe.is_empty()) {
         print_median_ratio(&raw, pipe);
     }
     print_table(
@@ -54,7 +63,11 @@ async fn main() {
             "RabbitMQ ({} persistent messages, prefetch {PREFETCH}, confirms; median of {rounds} alternated rounds; latency at half the peak rate)",
             messages()
         ),
-        &[Figures::median(&raw), Figures::median(&worker), Figures::median(&protobuf), Figures::median(&inbox)],
+        &[
+            &[Figures::median(&raw), Figures::median(&worker), Figures::median(&protobuf), Figures::median(&inbox)][..],
+            &(if before.is_empty() { Vec::new() } else { vec![Figures::median(&before)] }),
+        ]
+        .concat(),
     );
 }
 
