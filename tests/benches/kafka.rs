@@ -118,7 +118,7 @@ async fn main() {
     let (mut ruststream, mut key) = (Vec::new(), Vec::new());
     // COURIER_BENCH_COMPARE=NAME: another build of the greeter, copied into the target
     // directory as NAME, runs the `none` and `partition` rows too, in the same rounds.
-    let compared = std::env::var("COURIER_BENCH_COMPARE").ok();
+    let compared = std::env::var("COURIER_BENCH_COMPARE").ok().filter(|binary| !binary.is_empty());
     let compared_names = compared.as_deref().map(|binary| {
         (format!("{none_name} [{binary}]"), format!("greeter worker, ordering partition (concurrency 64) [{binary}]"))
     });

@@ -29,6 +29,9 @@ const MESSAGES: usize = 30_000;
 const PREFETCH: &str = "64";
 const LATENCY_PHASE: Duration = Duration::from_secs(4);
 
+/// The raw lapin pipe's binary (`tests/bin/raw_amqp_pipe.rs`).
+const RAW_BINARY: &str = "raw-amqp-pipe";
+
 /// Rounds of (raw, worker), alternated so that both see the same drift of the shared
 /// machine; the table shows each pipe's median. COURIER_BENCH_ROUNDS overrides.
 const ROUNDS: usize = 3;
@@ -39,11 +42,11 @@ async fn main() {
     let (mut raw, mut worker, mut protobuf, mut inbox) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // COURIER_BENCH_COMPARE=NAME: another build of the greeter, copied into the target
     // directory as NAME, runs the JSON row too, in the same rounds.
-    let compared = std::env::var("COURIER_BENCH_COMPARE").ok();
+    let compared = std::env::var("COURIER_BENCH_COMPARE").ok().filter(|binary| !binary.is_empty());
     let compared_name = compared.as_deref().map(|binary| format!("greeter worker [{binary}]"));
     let mut before = Vec::new();
     for round in 1..=rounds {
-        raw.push(run("raw lapin pipe", "raw-amqp-pipe", Codec::Json, false).await);
+        raw.push(run("raw lapin pipe", RAW_BINARY, Codec::Json, false).await);
         worker.push(run("greeter worker", "greeter", Codec::Json, false).await);
         if let (Some(binary), Some(name)) = (compared.as_deref(), &compared_name) {
             before.push(run(name, binary, Codec::Json, false).await);
@@ -89,7 +92,8 @@ async fn run(name: &str, binary: &str, codec: Codec, inbox: bool) -> Figures {
 
     let url = url();
     let database = courier_tests::postgres::url();
-    let mut args: Vec<&str> = if binary == "greeter" {
+    // The raw pipe takes its arguments in order; a greeter (or an earlier build of it) flags.
+    let mut args: Vec<&str> = if binary != RAW_BINARY {
         vec![
             "--broker",
             &url,
