@@ -16,7 +16,10 @@ use std::{
 use courier::transport::kafka::{KafkaTransport, Ordering};
 use courier_tests::{
     kafka::{KafkaClient, MockKafkaProcess, config, reader},
-    measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_median_ratio, print_round, print_table},
+    measure::{
+        Figures, cpu_seconds, medians, peak_rss_mib, percentile, print_against, print_median_ratio, print_round,
+        print_table,
+    },
     process::Process,
 };
 use rdkafka::{Message as _, consumer::StreamConsumer, message::Headers as _};
@@ -136,15 +139,7 @@ async fn main() {
             compared_none.push(run(&mut mock, none_name, Pipe::Compared(binary, "none", concurrency)).await);
             compared_partition.push(run(&mut mock, partition_name, Pipe::Compared(binary, "partition", 64)).await);
             for (before, this) in [(&compared_none, &none), (&compared_partition, &partition)] {
-                let (before, this) = (&before[round - 1], &this[round - 1]);
-                println!(
-                    "round {round}: {} {:.0} msg/s against {binary}'s {:.0} msg/s ({:.2}x); CPU {:.2}x",
-                    this.name,
-                    this.rate,
-                    before.rate,
-                    this.rate / before.rate,
-                    this.cpu_per_10k / before.cpu_per_10k
-                );
+                print_against(round, binary, &before[round - 1], &this[round - 1]);
             }
         }
         print_round(round, &raw[round - 1], &none[round - 1]);
@@ -232,11 +227,6 @@ async fn slow_rows(cluster: &mut Broker, raw_rate: f64) {
             println!("| {ordering} | {concurrency} | {:.0} | {target:.0} | {met} |", figures.rate);
         }
     }
-}
-
-/// The median of a pipe's rounds, none for a pipe that did not run.
-fn medians(rounds: &[Figures]) -> Vec<Figures> {
-    if rounds.is_empty() { Vec::new() } else { vec![Figures::median(rounds)] }
 }
 
 /// Whether the RustStream greeter is built (`scripts/bench` builds it); a note when not.

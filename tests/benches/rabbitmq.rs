@@ -17,7 +17,10 @@ use std::{
 
 use courier::contract::codec::Codec;
 use courier_tests::{
-    measure::{Figures, cpu_seconds, peak_rss_mib, percentile, print_median_ratio, print_round, print_table},
+    measure::{
+        Figures, cpu_seconds, medians, peak_rss_mib, percentile, print_against, print_median_ratio, print_round,
+        print_table,
+    },
     process::Process,
     rabbitmq::{RawClient, cleanup, greeting, names, url},
 };
@@ -51,6 +54,7 @@ async fn main() {
         if let (Some(binary), Some(name)) = (compared.as_deref(), &compared_name) {
             before.push(run(name, binary, Codec::Json, false).await);
             print_round(round, &raw[round - 1], &before[round - 1]);
+            print_against(round, binary, &before[round - 1], &worker[round - 1]);
         }
         protobuf.push(run("greeter worker, protobuf", "greeter", Codec::Protobuf, false).await);
         inbox.push(run("greeter worker, inbox", "greeter", Codec::Json, true).await);
@@ -68,7 +72,7 @@ async fn main() {
         ),
         &[
             &[Figures::median(&raw), Figures::median(&worker), Figures::median(&protobuf), Figures::median(&inbox)][..],
-            &(if before.is_empty() { Vec::new() } else { vec![Figures::median(&before)] }),
+            &medians(&before),
         ]
         .concat(),
     );

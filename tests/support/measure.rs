@@ -93,6 +93,24 @@ pub fn print_round(round: usize, raw: &Figures, worker: &Figures) {
     );
 }
 
+/// One alternated round's line for two builds of a pipe (`COURIER_BENCH_COMPARE`): this
+/// build's throughput and CPU against the earlier build's (`before`, named `earlier`).
+pub fn print_against(round: usize, earlier: &str, before: &Figures, this: &Figures) {
+    println!(
+        "round {round}: {} {:.0} msg/s against {earlier}'s {:.0} msg/s ({:.2}x); CPU {:.2}x",
+        this.name,
+        this.rate,
+        before.rate,
+        this.rate / before.rate,
+        this.cpu_per_10k / before.cpu_per_10k
+    );
+}
+
+/// The median of a row's rounds as the table's row, or no row when it did not run.
+pub fn medians(rounds: &[Figures]) -> Vec<Figures> {
+    if rounds.is_empty() { Vec::new() } else { vec![Figures::median(rounds)] }
+}
+
 /// Print the median of the rounds' throughput ratios (worker ÷ raw, round by round).
 pub fn print_median_ratio(raw: &[Figures], worker: &[Figures]) {
     let ratios = raw.iter().zip(worker).map(|(r, w)| w.rate / r.rate).collect();
