@@ -29,6 +29,8 @@ use lapin::{BasicProperties, options::BasicConsumeOptions, types::FieldTable};
 
 /// Requests per run (COURIER_BENCH_MESSAGES overrides).
 const MESSAGES: usize = 30_000;
+/// The raw pipe's prefetch and the worker's `--concurrency` (COURIER_BENCH_PREFETCH
+/// overrides).
 const PREFETCH: &str = "64";
 const LATENCY_PHASE: Duration = Duration::from_secs(4);
 
@@ -67,8 +69,9 @@ async fn main() {
     }
     print_table(
         &format!(
-            "RabbitMQ ({} persistent messages, prefetch {PREFETCH}, confirms; median of {rounds} alternated rounds; latency at half the peak rate)",
-            messages()
+            "RabbitMQ ({} persistent messages, prefetch {}, confirms; median of {rounds} alternated rounds; latency at half the peak rate)",
+            messages(),
+            prefetch()
         ),
         &[
             &[Figures::median(&raw), Figures::median(&worker), Figures::median(&protobuf), Figures::median(&inbox)][..],
@@ -76,6 +79,14 @@ async fn main() {
         ]
         .concat(),
     );
+}
+
+/// [`PREFETCH`], or COURIER_BENCH_PREFETCH when it is a number.
+fn prefetch() -> String {
+    std::env::var("COURIER_BENCH_PREFETCH")
+        .ok()
+        .filter(|p| p.parse::<u16>().is_ok())
+        .unwrap_or_else(|| PREFETCH.to_owned())
 }
 
 fn messages() -> usize {
@@ -96,6 +107,7 @@ async fn run(name: &str, binary: &str, codec: Codec, inbox: bool) -> Figures {
 
     let url = url();
     let database = courier_tests::postgres::url();
+    let prefetch = prefetch();
     // The raw pipe takes its arguments in order; a greeter (or an earlier build of it) flags.
     let mut args: Vec<&str> = if binary != RAW_BINARY {
         vec![
@@ -106,12 +118,12 @@ async fn run(name: &str, binary: &str, codec: Codec, inbox: bool) -> Figures {
             "--replies",
             &replies,
             "--concurrency",
-            PREFETCH,
+            &prefetch,
             "--retry-delays",
             "",
         ]
     } else {
-        vec![&url, &queue, PREFETCH]
+        vec![&url, &queue, &prefetch]
     };
     if inbox {
         args.extend(["--inbox", &database]);
