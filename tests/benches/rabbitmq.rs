@@ -81,11 +81,12 @@ async fn main() {
     );
 }
 
-/// [`PREFETCH`], or COURIER_BENCH_PREFETCH when it is a number.
+/// [`PREFETCH`], or COURIER_BENCH_PREFETCH when it is a number from 1 (0 would be no
+/// limit for the raw pipe and a refused `--concurrency` for the worker).
 fn prefetch() -> String {
     std::env::var("COURIER_BENCH_PREFETCH")
         .ok()
-        .filter(|p| p.parse::<u16>().is_ok())
+        .filter(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
         .unwrap_or_else(|| PREFETCH.to_owned())
 }
 
