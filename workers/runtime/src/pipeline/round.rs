@@ -194,7 +194,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         alone: bool,
     ) -> Called<H::Reply> {
         if let Some(batches) = &self.batches {
-            return match self.in_batch(batches, request, context, claim.cloned(), alone).await {
+            // Boxed: off the common path, and the largest of the steps.
+            return match Box::pin(self.in_batch(batches, request, context, claim.cloned(), alone)).await {
                 Answer::Done(result, tally) => Called::Result(result, Some(tally)),
                 Answer::Unhandled(unhandled) => Called::Unhandled(unhandled),
             };
