@@ -23,7 +23,7 @@ use crate::{
     observe::Metrics,
     retry::RetryPolicy,
     schema::RequestSchema,
-    transport::{Message, Subscription, Topology, Transport, memory::MemoryBroker},
+    transport::{Delivery, Message, Subscription, Topology, Transport, memory::MemoryBroker},
 };
 
 /// A handler told what to do by its request's `op`: `ok` (echo the request), `transient`,
@@ -173,14 +173,30 @@ impl Fixture {
 
     /// Run the next delivery of the work queue to the end (a redelivery, a retried copy).
     pub(super) async fn deliver_next(&mut self) {
+        let (delivery, slot) = self.next_delivery().await;
+        self.pipeline.deliver(delivery, slot).await;
+    }
+
+    /// The next delivery of the work queue, with its handler slot and byte charge.
+    async fn next_delivery(&mut self) -> (Delivery<<MemoryBroker as Transport>::Acker>, Slot) {
         let delivery = tokio::time::timeout(Duration::from_secs(600), self.subscription.next())
             .await
             .expect("a delivery within ten minutes")
             .expect("the subscription goes on");
         let handler = Arc::clone(&self.handlers).acquire_owned().await.expect("open");
         let charge = self.budget.admit(delivery.message.byte_len()).await;
-        let slot = Slot::new(handler, Arc::clone(&self.confirms), charge);
-        self.pipeline.deliver(delivery, slot).await;
+        (delivery, Slot::new(handler, Arc::clone(&self.confirms), charge))
+    }
+
+    /// Publish `message` and run its delivery to the end; returns the size of the
+    /// delivery's future, which the consume loop copies into fresh memory per message.
+    pub(super) async fn deliver_measured(&mut self, message: Message) -> usize {
+        self.broker.publish(&self.topology.queue, &message).await.expect("published");
+        let (delivery, slot) = self.next_delivery().await;
+        let delivering = self.pipeline.deliver(delivery, slot);
+        let size = std::mem::size_of_val(&delivering);
+        delivering.await;
+        size
     }
 
     /// Publish `messages` and run their deliveries to the end, concurrently.

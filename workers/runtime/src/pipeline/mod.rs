@@ -23,9 +23,10 @@
 //! crash at any point loses nothing (at-least-once).
 //!
 //! A delivery's future is allocated per message and copied when it is created, so the
-//! steps off the common path (dead letters, retry tiers, the inbox, waits in place,
-//! unconfirmed outputs) are boxed where the path branches off to them (`Box::pin`): the
-//! future then holds the common path only (admit, the handler round, the reply, the ack).
+//! steps off the common path (dead letters, retry tiers, the inbox, batches, waits in
+//! place, unconfirmed outputs) are boxed where the path branches off to them (`Box::pin`):
+//! the future then holds the common path only (admit, the handler round, the reply, the
+//! ack; a test in `round.rs` bounds its size).
 
 mod admit;
 mod batch;

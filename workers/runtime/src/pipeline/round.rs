@@ -280,6 +280,17 @@ mod tests {
         assert_eq!(worker.handler.calls(), 3, "no round after the deadline");
     }
 
+    /// The consume loop copies each delivery's future into fresh memory, so the steps off
+    /// the common path are boxed where it branches to them: with the batch's step nested
+    /// in every call, this future was 8,080 bytes (2,888 boxed) in a test build.
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_future_holds_the_common_path_only() {
+        let mut worker = Fixture::new(settings()).await;
+        let size = worker.deliver_measured(request("ok")).await;
+        assert!(size <= 4096, "the delivery's future is {size} bytes: box the step that grew it");
+        assert_eq!(header(&worker.take_one(&worker.topology.replies), h::STATUS), Some("ok"));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_open_breaker_gives_the_delivery_back_unhandled() {
         let policy = Policy::new(1, 1.0, 0, Duration::from_secs(30), Duration::from_secs(60), 1).expect("valid");
