@@ -50,16 +50,30 @@ async fn main() {
     let compared = std::env::var("COURIER_BENCH_COMPARE").ok().filter(|binary| !binary.is_empty());
     let compared_name = compared.as_deref().map(|binary| format!("greeter worker [{binary}]"));
     let mut before = Vec::new();
+    let mut order = vec![Row::Raw, Row::Worker];
+    order.extend(compared.is_some().then_some(Row::Compared));
+    order.extend([Row::Protobuf, Row::Inbox]);
     for round in 1..=rounds {
-        raw.push(run("raw lapin pipe", RAW_BINARY, Codec::Json, false).await);
-        worker.push(run("greeter worker", "greeter", Codec::Json, false).await);
-        if let (Some(binary), Some(name)) = (compared.as_deref(), &compared_name) {
-            before.push(run(name, binary, Codec::Json, false).await);
+        // Each round starts one row later, so that no row keeps the place after another
+        // (the broker still busy with the last row's queue).
+        for row in order.iter().cycle().skip(round - 1).take(order.len()) {
+            match row {
+                Row::Raw => raw.push(run("raw lapin pipe", RAW_BINARY, Codec::Json, false).await),
+                Row::Worker => worker.push(run("greeter worker", "greeter", Codec::Json, false).await),
+                Row::Compared => {
+                    let (binary, name) = compared.as_deref().zip(compared_name.as_deref()).expect("a compared build");
+                    before.push(run(name, binary, Codec::Json, false).await);
+                }
+                Row::Protobuf => {
+                    protobuf.push(run("greeter worker, protobuf", "greeter", Codec::Protobuf, false).await)
+                }
+                Row::Inbox => inbox.push(run("greeter worker, inbox", "greeter", Codec::Json, true).await),
+            }
+        }
+        if let Some(binary) = compared.as_deref() {
             print_round(round, &raw[round - 1], &before[round - 1]);
             print_against(round, binary, &before[round - 1], &worker[round - 1]);
         }
-        protobuf.push(run("greeter worker, protobuf", "greeter", Codec::Protobuf, false).await);
-        inbox.push(run("greeter worker, inbox", "greeter", Codec::Json, true).await);
         for pipe in [&worker, &protobuf, &inbox] {
             print_round(round, &raw[round - 1], &pipe[round - 1]);
         }
@@ -79,6 +93,16 @@ async fn main() {
         ]
         .concat(),
     );
+}
+
+/// The rows of a round.
+#[derive(Clone, Copy)]
+enum Row {
+    Raw,
+    Worker,
+    Compared,
+    Protobuf,
+    Inbox,
 }
 
 /// [`PREFETCH`], or COURIER_BENCH_PREFETCH when it is a number from 1 (0 would be no
