@@ -54,8 +54,8 @@ async fn main() {
     order.extend(compared.is_some().then_some(Row::Compared));
     order.extend([Row::Protobuf, Row::Inbox]);
     for round in 1..=rounds {
-        // Each round starts one row later, so that no row keeps the place after another
-        // (the broker still busy with the last row's queue).
+        // Each round starts one row later, so that no row always runs right after the same
+        // one (the broker may still be busy with that row's queue).
         for row in order.iter().cycle().skip(round - 1).take(order.len()) {
             match row {
                 Row::Raw => raw.push(run("raw lapin pipe", RAW_BINARY, Codec::Json, false).await),
