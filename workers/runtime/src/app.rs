@@ -89,8 +89,8 @@ async fn close_within<T: Send + 'static>(bound: std::time::Duration, transport: 
     }
 }
 
-/// Run the consume loop as a task of the runtime, not on `main`'s thread: a task spawned
-/// from a runtime thread goes to that thread's own queue, one spawned from outside goes
+/// Run the consume loop as a task of the runtime, not on `main`'s thread: a task woken
+/// from a runtime thread goes to that thread's own queue, one woken from outside goes
 /// through the shared queue and wakes a sleeping thread, once per message.
 async fn on_runtime_thread(
     worker: impl std::future::Future<Output = Result<(), worker::WorkerError>> + Send + 'static,

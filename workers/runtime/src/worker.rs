@@ -4,6 +4,7 @@
 mod background;
 mod consume;
 mod periodic;
+mod runners;
 #[cfg(test)]
 mod tests;
 
@@ -55,8 +56,8 @@ pub enum WorkerError {
 /// ([`crate::breaker`]).
 ///
 /// Run it as a task (`tokio::spawn`), as [`crate::app::main`] does, not directly in a
-/// `block_on`: it spawns a task per message, and spawns from outside the runtime's threads
-/// go through the shared queue and wake a thread each time.
+/// `block_on`: it wakes a delivery loop per message, and a task woken from outside the
+/// runtime's threads goes through the shared queue and wakes a thread each time.
 pub async fn run<H: Handler, T: Transport>(
     settings: Settings,
     transport: T,

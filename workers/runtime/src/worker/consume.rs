@@ -1,16 +1,13 @@
 //! The consume loop: take a delivery when the circuit breaker, a handler slot and the byte
-//! budget allow, and run it as a task; at the end, let the tasks finish within the grace
-//! period and hand what is left back to the broker.
+//! budget allow, and hand it to a delivery loop (`runners.rs`); at the end, let the
+//! deliveries finish within the grace period and hand what is left back to the broker.
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use tokio::{
-    sync::{Semaphore, watch},
-    task::JoinSet,
-};
+use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
-use super::WorkerError;
+use super::{WorkerError, runners::Runners};
 use crate::{
     breaker::{Gate, Say},
     budget::Budget,
@@ -47,11 +44,11 @@ enum Turn {
     Stop(Result<(), WorkerError>),
 }
 
-/// A worker's consuming side, from its subscription to its delivery tasks.
+/// A worker's consuming side, from its subscription to its delivery loops.
 pub(super) struct Consumer<H: Handler, T: Transport> {
     /// Where deliveries come from.
     subscription: Subscription<T::Acker>,
-    /// Processes each delivery in its task.
+    /// Processes each delivery.
     pipeline: Arc<Pipeline<H, T>>,
     /// The transport, asked for a failure it cannot recover from.
     transport: T,
@@ -66,9 +63,9 @@ pub(super) struct Consumer<H: Handler, T: Transport> {
     permits: Arc<Semaphore>,
     /// Places among the outputs awaiting a confirm.
     confirms: Arc<Semaphore>,
-    /// In-flight deliveries. Aborting one drops its unsettled acker, which returns the
-    /// message to the broker.
-    in_flight: JoinSet<()>,
+    /// Runs the in-flight deliveries. Dropping one drops its unsettled acker, which
+    /// returns the message to the broker.
+    in_flight: Runners,
     /// The half-open breaker's probes: one permit per delivery allowed at once.
     probes: Option<Arc<Semaphore>>,
     /// What the subscription was last told (telling it takes a lock: only on a change).
@@ -95,7 +92,7 @@ impl<H: Handler, T: Transport> Consumer<H, T> {
             metrics,
             permits: Arc::new(Semaphore::new(concurrency)),
             confirms: Arc::new(Semaphore::new(concurrency * CONFIRMS_PER_HANDLER)),
-            in_flight: JoinSet::new(),
+            in_flight: Runners::per_thread(),
             probes: None,
             intake: Intake::Full,
         }
@@ -107,9 +104,6 @@ impl<H: Handler, T: Transport> Consumer<H, T> {
         tokio::pin!(shutdown);
         let mut turns: u32 = 0;
         loop {
-            while let Some(done) = self.in_flight.try_join_next() {
-                report(done);
-            }
             if let Some(failure) = self.transport.failure() {
                 return Err(WorkerError::Transport(TransportError::Broker(failure)));
             }
@@ -153,7 +147,7 @@ impl<H: Handler, T: Transport> Consumer<H, T> {
                     delivery = self.subscription.next() => match delivery {
                         Some(delivery) => {
                             self.metrics.requeued(BREAKER_OPEN);
-                            self.in_flight.spawn(give_back(delivery));
+                            self.in_flight.run(give_back(delivery));
                         }
                         None => return Turn::Stop(Err(WorkerError::SubscriptionEnded)),
                     },
@@ -175,7 +169,8 @@ impl<H: Handler, T: Transport> Consumer<H, T> {
         }
     }
 
-    /// Take the next delivery, then its handler slot and its bytes, and run it as a task.
+    /// Take the next delivery, then its handler slot and its bytes, and hand it to a
+    /// delivery loop.
     async fn take<S: Future<Output = ()>>(
         &mut self,
         probe: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -210,11 +205,7 @@ impl<H: Handler, T: Transport> Consumer<H, T> {
         };
         let pipeline = Arc::clone(&self.pipeline);
         let slot = Slot::new(permit, Arc::clone(&self.confirms), charge).probe(probe);
-        // Boxed: the pipeline's future is a few KiB, and a task's future is copied when
-        // spawned and again when its output is taken.
-        self.in_flight.spawn(async move {
-            Box::pin(pipeline.deliver(delivery, slot)).await;
-        });
+        self.in_flight.run(async move { pipeline.deliver(delivery, slot).await });
         Turn::Take(None)
     }
 
@@ -222,20 +213,13 @@ impl<H: Handler, T: Transport> Consumer<H, T> {
     /// deliveries `grace` to finish, return the rest to the broker, and wait (bounded) for
     /// the subscription to close.
     pub(super) async fn stop(self, grace: Duration) {
-        let Self { subscription, mut in_flight, transport, .. } = self;
+        let Self { subscription, in_flight, transport, .. } = self;
         let closed = subscription.close();
         drop(transport);
         info!(in_flight = in_flight.len(), ?grace, "Stopping: letting in-flight messages finish.");
-        let drained = tokio::time::timeout(grace, async {
-            while let Some(done) = in_flight.join_next().await {
-                report(done);
-            }
-        })
-        .await;
-        if drained.is_err() {
-            warn!(in_flight = in_flight.len(), "Grace period over; returning unfinished messages to the broker.");
-            in_flight.abort_all();
-            while in_flight.join_next().await.is_some() {}
+        let unfinished = in_flight.finish(grace).await;
+        if unfinished > 0 {
+            warn!(in_flight = unfinished, "Grace period over; returned the unfinished messages to the broker.");
         }
         if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
             warn!("The broker subscription did not close within {CLOSE_TIMEOUT:?}; what finished last may be redone.");
@@ -255,13 +239,5 @@ impl<H: Handler, T: Transport> Consumer<H, T> {
 async fn give_back<A: Acker>(delivery: Delivery<A>) {
     if let Err(error) = delivery.acker.nack().await {
         warn!(%error, "Could not give a delivery back; the broker will deliver it again.");
-    }
-}
-
-/// A delivery task ended: only a bug in the runtime itself can make it fail (handler
-/// panics are caught by the pipeline).
-fn report(done: Result<(), tokio::task::JoinError>) {
-    if let Err(error) = done {
-        tracing::error!(%error, "A delivery task failed; its message returns to the broker.");
     }
 }
