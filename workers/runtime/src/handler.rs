@@ -29,7 +29,10 @@ pub trait Handler: Send + Sync + 'static {
     /// writes through [`Context::inbox`], created idempotently (`CREATE TABLE IF NOT EXISTS`).
     const INBOX_SCHEMA: &'static str = "";
 
-    /// Handle one request. Called again for retries, with the same request.
+    /// Handle one request. Called again for retries, with the same request. Deliveries
+    /// share a few loops (one per runtime thread): work that blocks its thread (CPU-bound
+    /// work, blocking I/O) goes to `tokio::task::spawn_blocking`, or it holds up the
+    /// deliveries of its loop.
     fn handle(
         &self,
         request: Self::Request,

@@ -129,7 +129,7 @@ impl Redeliveries {
     }
 }
 
-/// [`Redeliveries`] shared by the delivery tasks. Nearly every delivery finds nothing
+/// [`Redeliveries`] shared by the deliveries. Nearly every delivery finds nothing
 /// counted: that answer is an atomic load, not a lock (and no identity to compute).
 #[derive(Debug)]
 pub(crate) struct Shared {

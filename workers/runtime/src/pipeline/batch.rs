@@ -1,6 +1,6 @@
 //! Batches (`--batch-size`, `--batch-wait`): requests admitted one by one, each in its own
-//! delivery task and handler slot, are handed to the handler together, and each gets its
-//! own result back to take its own path (reply, retry, dead letter, ack).
+//! delivery and handler slot, are handed to the handler together, and each gets its own
+//! result back to take its own path (reply, retry, dead letter, ack).
 //!
 //! A batch forms as requests arrive. The request that fills it runs it at once; otherwise,
 //! when the first one has waited `--batch-wait`, whichever of its requests wakes first runs
@@ -40,7 +40,7 @@ use crate::{
     transport::Transport,
 };
 
-/// The batch forming now, shared by the delivery tasks.
+/// The batch forming now, shared by the deliveries.
 pub(super) struct Batches<H: Handler> {
     /// Size and wait.
     settings: BatchSettings,

@@ -205,7 +205,9 @@ impl<H: Handler, T: Transport> Consumer<H, T> {
         };
         let pipeline = Arc::clone(&self.pipeline);
         let slot = Slot::new(permit, Arc::clone(&self.confirms), charge).probe(probe);
-        self.in_flight.run(async move { pipeline.deliver(delivery, slot).await });
+        // The delivery's future (a few KiB) is boxed where it is created, once: the job
+        // handed to the loop holds what it needs to create it.
+        self.in_flight.run(async move { Box::pin(pipeline.deliver(delivery, slot)).await });
         Turn::Take(None)
     }
 

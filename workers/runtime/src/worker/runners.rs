@@ -20,8 +20,9 @@ use futures::{FutureExt as _, StreamExt as _, stream::FuturesUnordered};
 use tokio::{sync::mpsc, task::JoinSet};
 use tracing::error;
 
-/// A delivery (or a delivery given back), boxed: its future is a few KiB, and a box is
-/// moved by its pointer.
+/// A delivery (or a delivery given back), boxed: a box is moved by its pointer. A job
+/// should be small where it is created, and create its large future when first polled
+/// (a future is copied whole when it is moved, and moving it into a box is a copy).
 type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The delivery loops, and the deliveries handed to them that have not ended.
