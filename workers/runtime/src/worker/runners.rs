@@ -1,7 +1,7 @@
 //! Where deliveries run: one long-lived task per runtime thread, each polling its share of
-//! the deliveries as futures of its own. A task per delivery cost an aligned allocation, a
-//! turn of the scheduler and a join set's bookkeeping per message; one task for all
-//! deliveries kept them on one core (docs/benchmarks.md).
+//! the deliveries as futures of its own. A task per delivery would cost an aligned
+//! allocation, a turn of the scheduler and a join set's bookkeeping per message; one task
+//! for all deliveries would keep them on one core (docs/benchmarks.md).
 
 use std::{
     any::Any,
