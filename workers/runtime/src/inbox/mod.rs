@@ -348,7 +348,7 @@ struct Open {
 }
 
 impl Drop for Open {
-    /// A transaction neither committed nor rolled back (its task was cancelled): its
+    /// A transaction neither committed nor rolled back (its future was dropped): its
     /// connection is closed, never pooled, and the server rolls it back.
     fn drop(&mut self) {
         if let Some(checkout) = self.checkout.take()

@@ -104,7 +104,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         Self { handler, schema, gate, inbox, batches, outputs: Outputs::new(transport, settings, metrics) }
     }
 
-    /// Process one delivery and settle it. If the task is aborted (shutdown grace period
+    /// Process one delivery and settle it. If its future is dropped (shutdown grace period
     /// over), the unsettled acker is dropped and the broker delivers the message again.
     pub(crate) async fn deliver(&self, delivery: Delivery<T::Acker>, slot: Slot) {
         let metrics = &self.outputs.metrics;
