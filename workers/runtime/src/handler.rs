@@ -90,8 +90,13 @@ pub async fn each<H: Handler + ?Sized>(
 
 /// The text of a caught panic, for the dead-letter copy.
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    format!("the handler panicked: {}", panic_text(panic))
+}
+
+/// What a caught panic says, when it says it in text.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
     let text = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
-    format!("the handler panicked: {}", text.unwrap_or("(no message)"))
+    text.unwrap_or("(no message)")
 }
 
 /// What a batch call returns: one result per request, or the failure of the whole call.

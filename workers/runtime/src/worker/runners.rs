@@ -20,6 +20,8 @@ use futures::{FutureExt as _, StreamExt as _, stream::FuturesUnordered};
 use tokio::{sync::mpsc, task::JoinSet};
 use tracing::error;
 
+use crate::handler::panic_text;
+
 /// A delivery (or a delivery given back), boxed: a box is moved by its pointer. A job
 /// should be small where it is created, and create its large future when first polled
 /// (a future is copied whole when it is moved, and moving it into a box is a copy).
@@ -129,12 +131,7 @@ async fn run(mut jobs: mpsc::UnboundedReceiver<Job>, running: Arc<AtomicUsize>) 
 /// Only a bug in the runtime itself can make a delivery panic: handler panics are caught
 /// by the pipeline.
 fn report(panic: &(dyn Any + Send)) {
-    let message = panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)");
-    error!(panic = message, "A delivery failed; its message returns to the broker.");
+    error!(panic = panic_text(panic), "A delivery failed; its message returns to the broker.");
 }
 
 #[cfg(test)]
