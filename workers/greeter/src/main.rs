@@ -6,13 +6,12 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     // Drill switches (docs/operations.md): a broken dependency, one broken while a file
     // exists, a slow dependency.
     let dependency_down = std::env::var("GREETER_DEPENDENCY_DOWN").is_ok_and(|v| v == "1");
     let down_while = std::env::var_os("GREETER_DEPENDENCY_DOWN_FILE").map(std::path::PathBuf::from);
     let latency =
         std::env::var("GREETER_LATENCY_MS").ok().and_then(|v| v.parse().ok()).map(std::time::Duration::from_millis);
-    courier::app::main(greeter::Greeter { dependency_down, down_while, latency }).await
+    courier::app::main(greeter::Greeter { dependency_down, down_while, latency })
 }

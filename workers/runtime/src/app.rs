@@ -8,15 +8,21 @@ use crate::{
     worker,
 };
 
-/// Run `handler` as a worker process configured by flags and environment variables.
-/// Without `--broker` it runs on the embedded in-memory broker with the dev console.
-pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
+/// Run `handler` as a worker process configured by flags and environment variables, on
+/// a runtime of `--runtime-threads` threads. Without `--broker` it runs on the embedded
+/// in-memory broker with the dev console.
+pub fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
     let args = WorkerArgs::parse();
-    let settings = args.settings(H::NAME)?;
-    // The console owns the terminal: only warnings and errors are logged beside it.
-    let default_level = if settings.broker.is_memory() { "warn" } else { "info" };
-    init_logging(&args.observability.log_format, default_level);
-    let outcome = run(settings, handler).await;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let threads = runtime_threads(args.processing.runtime_threads, cores);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+    let outcome = runtime.block_on(async {
+        let settings = args.settings(H::NAME)?;
+        // The console owns the terminal: only warnings and errors are logged beside it.
+        let default_level = if settings.broker.is_memory() { "warn" } else { "info" };
+        init_logging(&args.observability.log_format, default_level);
+        run(settings, handler).await
+    });
     otlp::flush();
     // The process ends here, not in the runtime's teardown: a broker client still closing
     // (on the thread of `close_within`, or held by a blocking call the broker does not
@@ -26,6 +32,16 @@ pub async fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
         eprintln!("Error: {error:?}");
     }
     std::process::exit(if outcome.is_ok() { 0 } else { 1 });
+}
+
+/// The runtime's threads: as chosen, or one fewer than the process's `cores` (at least
+/// one). The broker client does its network and protocol work on threads of its own
+/// (librdkafka's per broker and its producer's poller; lapin's I/O loop): with a runtime
+/// thread on every core, the runtime's threads keep parking and being woken as
+/// deliveries pass between tasks, which cost a 2-core worker more CPU per message than
+/// the second thread added (docs/benchmarks.md, "Runtime threads").
+fn runtime_threads(chosen: Option<std::num::NonZeroUsize>, cores: usize) -> usize {
+    chosen.map_or_else(|| cores.saturating_sub(1).max(1), std::num::NonZeroUsize::get)
 }
 
 /// How long closing the broker clients may take after the shutdown grace (Kafka: the
@@ -111,5 +127,21 @@ pub fn init_logging(format: &str, default_level: &str) {
     let result = tracing_subscriber::registry().with(filter).with(output).with(otlp::layer()).try_init();
     if let Err(error) = result {
         eprintln!("logging already initialised: {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use super::runtime_threads;
+
+    #[test]
+    fn the_runtime_leaves_the_broker_client_a_core_unless_told_otherwise() {
+        assert_eq!(runtime_threads(None, 1), 1);
+        assert_eq!(runtime_threads(None, 2), 1);
+        assert_eq!(runtime_threads(None, 8), 7);
+        assert_eq!(runtime_threads(None, 0), 1, "an unknown count runs one thread");
+        assert_eq!(runtime_threads(NonZeroUsize::new(4), 2), 4, "a chosen count is kept");
     }
 }

@@ -80,6 +80,11 @@ pub struct ProcessingArgs {
     #[arg(long, env = "COURIER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
 
+    /// Threads of the worker's async runtime [default: the CPUs the process may use, less
+    /// one for the broker client's own threads; at least 1].
+    #[arg(long, env = "COURIER_RUNTIME_THREADS")]
+    pub runtime_threads: Option<std::num::NonZeroUsize>,
+
     /// Time limit of one handler invocation; a timeout is a transient failure.
     #[arg(long, env = "COURIER_HANDLER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub handler_timeout: Duration,
