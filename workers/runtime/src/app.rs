@@ -21,9 +21,10 @@ pub fn main<H: Handler>(handler: H) -> anyhow::Result<()> {
         // The console owns the terminal: only warnings and errors are logged beside it.
         let default_level = if settings.broker.is_memory() { "warn" } else { "info" };
         init_logging(&args.observability.log_format, default_level);
-        run(settings, handler).await
+        let outcome = run(settings, handler).await;
+        otlp::flush();
+        outcome
     });
-    otlp::flush();
     // The process ends here, not in the runtime's teardown: a broker client still closing
     // (on the thread of `close_within`, or held by a blocking call the broker does not
     // answer) would hold that teardown for up to librdkafka's session timeout. What it
