@@ -1,10 +1,10 @@
 //! The greeter worker process. Flags: `greeter --help`; without `--broker` it runs the
 //! dev console on the embedded in-memory broker.
 
-/// mimalloc: the pipeline allocates a few small strings per message, and glibc's
-/// malloc was a third of the worker's CPU time under load.
+/// mimalloc (`courier-allocator`): the pipeline allocates a few small strings per message,
+/// and glibc's malloc was a third of the worker's CPU time under load.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: courier_allocator::MiMalloc = courier_allocator::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     // Drill switches (docs/operations.md): a broken dependency, one broken while a file
