@@ -6,7 +6,7 @@
 //! the size is at most 1 KiB; otherwise (a delivery's future, a payload) it takes the
 //! generic path and may over-allocate. Every mimalloc block is aligned to 8 bytes (its
 //! smallest size class is one word), so a layout aligned to at most 8 needs only
-//! `mi_malloc` (docs/benchmarks.md, "Instructions per message").
+//! `mi_malloc` (docs/benchmarks.md, "The allocator").
 //!
 //! ```ignore
 //! #[global_allocator]
