@@ -202,8 +202,9 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         }
         let limit = self.outputs.settings.handler_timeout;
         let call = AssertUnwindSafe(self.handler.handle(request.clone(), context)).catch_unwind();
-        let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(limit, call).await;
+        // One clock read for the timeout's deadline and the call's duration.
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::time::timeout_at(started + limit, call).await;
         self.outputs.metrics.handler_took(started.elapsed());
         let result = match outcome {
             Ok(Ok(result)) => result,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use rdkafka::{
+    Message as _,
     error::{KafkaError, RDKafkaErrorCode},
     producer::{FutureRecord, Producer},
 };
@@ -29,12 +30,13 @@ impl KafkaTransport {
         if let Some(key) = &message.key {
             record = record.key(&key[..]);
         }
-        let full_since = std::time::Instant::now();
+        // The clock is read only once the queue is full.
+        let mut full_since = None;
         let delivery = loop {
             match self.shared.producer.send_result(record) {
                 Ok(delivery) => break delivery,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
-                    if full_since.elapsed() < ENQUEUE_TIMEOUT =>
+                    if full_since.get_or_insert_with(std::time::Instant::now).elapsed() < ENQUEUE_TIMEOUT =>
                 {
                     record = returned;
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -42,11 +44,12 @@ impl KafkaTransport {
                 Err((error, _)) => return Err(self.publish_error(destination, size, error)),
             }
         };
-        let (transport, destination) = (self.clone(), destination.to_owned());
+        let transport = self.clone();
         Ok(Box::pin(async move {
             match delivery.await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err((error, _))) => Err(transport.publish_error(&destination, size, error)),
+                // The record given back names its topic: no copy of it per send.
+                Ok(Err((error, record))) => Err(transport.publish_error(record.topic(), size, error)),
                 Err(_) => Err(PublishError::Unavailable("the producer dropped the message".into())),
             }
         }))
