@@ -17,7 +17,6 @@
 //! (`handler_panicked`).
 
 use std::{
-    panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -26,7 +25,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures::FutureExt;
 use tokio::{sync::oneshot, time::Instant};
 use tracing::{Instrument, info_span};
 
@@ -293,10 +291,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             .collect();
         self.outputs.metrics.batch(count);
         let limit = self.outputs.settings.handler_timeout;
-        let call = AssertUnwindSafe(self.handler.handle_batch(batch)).catch_unwind();
-        let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(limit, call).await;
-        self.outputs.metrics.handler_took(started.elapsed());
+        let outcome = self.timed(self.handler.handle_batch(batch)).await;
         let (whole, alone) = match outcome {
             Ok(Ok(Ok(results))) if results.len() == count => return (results, false),
             Ok(Ok(Ok(_))) => (wrong_count(count), false),

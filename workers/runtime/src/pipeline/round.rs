@@ -201,11 +201,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             };
         }
         let limit = self.outputs.settings.handler_timeout;
-        let call = AssertUnwindSafe(self.handler.handle(request.clone(), context)).catch_unwind();
-        // One clock read for the timeout's deadline and the call's duration.
-        let started = tokio::time::Instant::now();
-        let outcome = tokio::time::timeout_at(started + limit, call).await;
-        self.outputs.metrics.handler_took(started.elapsed());
+        let outcome = self.timed(self.handler.handle(request.clone(), context)).await;
         let result = match outcome {
             Ok(Ok(result)) => result,
             Ok(Err(panic)) => Err(HandlerError::permanent(code::HANDLER_PANICKED, panic_message(panic.as_ref()))),
@@ -217,6 +213,19 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             return Called::Lost(lost);
         }
         Called::Result(result, None)
+    }
+
+    /// A handler call under `--handler-timeout`, its panic caught and its duration counted
+    /// (one clock read serves the deadline and the duration).
+    pub(super) async fn timed<F: Future>(
+        &self,
+        call: F,
+    ) -> Result<std::thread::Result<F::Output>, tokio::time::error::Elapsed> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.outputs.settings.handler_timeout;
+        let outcome = tokio::time::timeout_at(deadline, AssertUnwindSafe(call).catch_unwind()).await;
+        self.outputs.metrics.handler_took(started.elapsed());
+        outcome
     }
 }
 
