@@ -30,13 +30,14 @@ pub(super) struct Rules<'a> {
 }
 
 /// The request `message` decoded, or why it is refused. `bad` is the first contract header
-/// that did not parse (from [`RequestMeta::parse`]); `now` is compared to the deadline.
+/// that did not parse (from [`RequestMeta::parse`]); `now` tells the time, asked only of
+/// a request with a deadline.
 pub(super) fn admit<H: Handler>(
     rules: &Rules<'_>,
     message: &Message,
     meta: &RequestMeta,
     bad: Option<BadHeader>,
-    now: SystemTime,
+    now: impl FnOnce() -> SystemTime,
 ) -> Result<H::Request, Failure> {
     let Rules { settings, schema, name_problem } = rules;
     if message.payload.len() > settings.max_payload_bytes {
@@ -51,7 +52,7 @@ pub(super) fn admit<H: Handler>(
         let why = format!("worker {} takes application/json only", settings.worker);
         return Err(Failure::new(FailureKind::Decode, code::UNSUPPORTED_CONTENT_TYPE, why));
     }
-    if meta.deadline.is_some_and(|deadline| deadline <= now) {
+    if meta.deadline.is_some_and(|deadline| deadline <= now()) {
         let why = "the request's deadline passed before processing";
         return Err(Failure::new(FailureKind::Expired, code::DEADLINE_EXCEEDED, why));
     }
@@ -93,7 +94,7 @@ mod tests {
         let rules = Rules { settings, schema: &schema, name_problem: &no_long_names };
         let (meta, bad) = RequestMeta::parse(&message.headers);
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        admit::<Scripted>(&rules, message, &meta, bad, now).map_err(|failure| (failure.kind, failure.code))
+        admit::<Scripted>(&rules, message, &meta, bad, || now).map_err(|failure| (failure.kind, failure.code))
     }
 
     fn request(payload: &'static str, headers: &[(&'static str, &str)]) -> Message {

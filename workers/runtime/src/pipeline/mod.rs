@@ -138,7 +138,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         let transport = &self.outputs.transport;
         let name_problem = |name: &str| transport.name_problem(name);
         let rules = Rules { settings: &self.outputs.settings, schema: &self.schema, name_problem: &name_problem };
-        let request = match admit::admit::<H>(&rules, delivery.message(), &delivery.meta, bad, SystemTime::now()) {
+        let request = match admit::admit::<H>(&rules, delivery.message(), &delivery.meta, bad, SystemTime::now) {
             Ok(request) => request,
             Err(failure) => return Box::pin(delivery.dead_letter(failure)).await,
         };

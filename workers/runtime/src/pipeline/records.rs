@@ -60,13 +60,19 @@ fn reply_headers(meta: &RequestMeta, instance: &str, status: Status) -> Headers 
     let mut headers = Headers::with_capacity(8);
     headers.insert(h::CONTENT_TYPE.into(), meta.codec.content_type().into());
     headers.insert(h::CORRELATION_ID.into(), meta.correlation_id.clone());
-    headers.insert(h::MESSAGE_ID.into(), uuid::Uuid::new_v4().to_string());
+    headers.insert(h::MESSAGE_ID.into(), message_id());
     headers.insert(h::REPLIED_BY.into(), instance.to_owned());
     headers.insert(h::STATUS.into(), status.as_str().to_owned());
     if let Some(traceparent) = &meta.traceparent {
         headers.insert(h::TRACEPARENT.into(), traceparent.clone());
     }
     headers
+}
+
+/// A new message id: a random UUID, lowercase and hyphenated, written into its buffer
+/// directly (`to_string` goes through the formatting machinery, ~150 instructions more).
+fn message_id() -> String {
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
 }
 
 /// What a failure's copies say of it.
@@ -168,6 +174,15 @@ mod tests {
     fn kafka_source() -> Source {
         let position = Position { topic: "greeter.requests".into(), partition: 2, offset: 41 };
         Source { queue: Arc::from("greeter.requests"), position: Some(position) }
+    }
+
+    #[test]
+    fn a_message_id_is_a_new_lowercase_hyphenated_uuid_each_time() {
+        let (first, second) = (message_id(), message_id());
+        let parsed = uuid::Uuid::parse_str(&first).expect("a UUID");
+        assert_eq!(first, parsed.hyphenated().to_string(), "lowercase, hyphenated");
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_ne!(first, second);
     }
 
     #[test]

@@ -305,14 +305,18 @@ impl Dispatcher {
         };
         let position = Position { topic: Arc::clone(&partition.0), partition: partition.1, offset };
         let source = Source { queue: Arc::clone(&self.queue), position: Some(position) };
-        // A retry-topic record is due its tier's delay after it was written (at most that
-        // delay from now, whatever its timestamp says).
-        let due = delay.map(|delay| {
-            let written = retry_due::written_at(record.timestamp().to_millis());
-            Instant::now() + retry_due::hold(written, delay, SystemTime::now())
-        });
         let pending = Pending { message, source, partition, offset, lane, epoch, released: false };
-        self.scheduler.arrive(pending, due, Instant::now());
+        match delay {
+            // A retry-topic record is due its tier's delay after it was written (at most that
+            // delay from now, whatever its timestamp says).
+            Some(delay) => {
+                let written = retry_due::written_at(record.timestamp().to_millis());
+                let now = Instant::now();
+                self.scheduler.arrive_due(pending, now + retry_due::hold(written, delay, SystemTime::now()), now);
+            }
+            // A work-topic record waits for its lane only: the clock is not read.
+            None => self.scheduler.arrive(pending),
+        }
     }
 
     /// The worker takes no more records: store the offsets of those it still finishes,

@@ -120,19 +120,23 @@ impl<R: Record> Scheduler<R> {
         }
     }
 
-    /// A record received: held until `due` when that is after `now` (a retry-topic record
-    /// not yet due; its partition is paused meanwhile), else queued behind its lane.
-    pub(super) fn arrive(&mut self, record: R, due: Option<Instant>, now: Instant) {
+    /// A record received: queued behind its lane.
+    pub(super) fn arrive(&mut self, record: R) {
         self.bytes += record.bytes();
-        match due.filter(|due| *due > now) {
-            Some(due) => {
-                self.sequence += 1;
-                *self.held_per_partition.entry(record.partition().clone()).or_default() += 1;
-                self.held.insert((due, self.sequence), record);
-                self.pauses_changed = true;
-            }
-            None => self.admit(record, false),
+        self.admit(record, false);
+    }
+
+    /// A retry-topic record received: held until `due` when that is after `now` (its
+    /// partition is paused meanwhile), else queued behind its lane.
+    pub(super) fn arrive_due(&mut self, record: R, due: Instant, now: Instant) {
+        if due <= now {
+            return self.arrive(record);
         }
+        self.bytes += record.bytes();
+        self.sequence += 1;
+        *self.held_per_partition.entry(record.partition().clone()).or_default() += 1;
+        self.held.insert((due, self.sequence), record);
+        self.pauses_changed = true;
     }
 
     /// When the first held record is due.

@@ -177,7 +177,10 @@ impl Model {
                 self.arrived += 1;
                 self.buffered.insert(rec.id, rec.clone());
                 self.fresh.insert(rec.id);
-                self.scheduler.arrive(rec, due, self.now);
+                match due {
+                    Some(due) => self.scheduler.arrive_due(rec, due, self.now),
+                    None => self.scheduler.arrive(rec),
+                }
             }
             Op::Take => self.take(),
             Op::Ack(i) => {
@@ -378,10 +381,9 @@ fn a_lane_runs_one_record_at_a_time_in_offset_order_and_other_lanes_go_by() {
     let p = partition("work", 0);
     let (a, b) = (Lane::Key(p.clone(), b"a".to_vec()), Lane::Key(p.clone(), b"b".to_vec()));
     let mut s = Scheduler::new(LIMITS);
-    let now = Instant::now();
-    s.arrive(rec(0, a.clone(), 0), None, now);
-    s.arrive(rec(1, a.clone(), 1), None, now);
-    s.arrive(rec(2, b.clone(), 2), None, now);
+    s.arrive(rec(0, a.clone(), 0));
+    s.arrive(rec(1, a.clone(), 1));
+    s.arrive(rec(2, b.clone(), 2));
     assert_eq!(take(&mut s), Some(0));
     assert_eq!(take(&mut s), Some(2), "b goes by while a is busy");
     assert_eq!(take(&mut s), None);
@@ -396,7 +398,7 @@ fn a_retry_record_is_held_and_its_partition_paused_until_due() {
     let now = Instant::now();
     let mut r = rec(0, Lane::Free, 0);
     r.partition = retry.clone();
-    s.arrive(r, Some(now + Duration::from_millis(300)), now);
+    s.arrive_due(r, now + Duration::from_millis(300), now);
     assert!(s.take_pauses_changed() && s.pauses(&retry));
     assert_eq!(s.next_due(), Some(now + Duration::from_millis(300)));
     s.release_due(now + Duration::from_millis(299));
@@ -410,9 +412,8 @@ fn a_retry_record_is_held_and_its_partition_paused_until_due() {
 fn a_record_that_comes_back_goes_before_its_lanes_later_records() {
     let lane = Lane::Partition(partition("work", 0));
     let mut s = Scheduler::new(LIMITS);
-    let now = Instant::now();
     for i in 0..3 {
-        s.arrive(rec(i, lane.clone(), i as i64), None, now);
+        s.arrive(rec(i, lane.clone(), i as i64));
     }
     let first = s.next_ready(|_| true).expect("first");
     s.redeliver(first, true);
@@ -432,13 +433,12 @@ fn records_piling_up_behind_a_held_lane_pause_its_partition_until_it_moves_on() 
     let p = partition("work", 0);
     let lane = Lane::Partition(p.clone());
     let mut s = Scheduler::new(LIMITS);
-    let now = Instant::now();
-    s.arrive(rec(0, lane.clone(), 0), None, now);
+    s.arrive(rec(0, lane.clone(), 0));
     assert_eq!(take(&mut s), Some(0));
     s.hold(&lane, true);
     for i in 1..=LIMITS.waiting_behind_held_lane {
         assert!(!s.pauses(&p));
-        s.arrive(rec(i, lane.clone(), i as i64), None, now);
+        s.arrive(rec(i, lane.clone(), i as i64));
     }
     assert!(s.take_pauses_changed() && s.pauses(&p));
     s.lane_free(&lane);
@@ -452,7 +452,7 @@ fn a_full_buffer_that_hands_out_nothing_throttles_after_the_stall_and_resumes_ha
     let mut s = Scheduler::new(limits);
     let now = Instant::now();
     for i in 0..4 {
-        s.arrive(rec(i, lane.clone(), i as i64), None, now);
+        s.arrive(rec(i, lane.clone(), i as i64));
     }
     assert!(!s.reading());
     assert_eq!(s.throttle(now), Some(now + MAX_READ_STALL));
@@ -477,11 +477,11 @@ fn a_hand_out_restarts_the_stall() {
     let limits = Limits { records: 2, ..LIMITS };
     let mut s = Scheduler::new(limits);
     let now = Instant::now();
-    s.arrive(rec(0, Lane::Free, 0), None, now);
-    s.arrive(rec(1, Lane::Free, 1), None, now);
+    s.arrive(rec(0, Lane::Free, 0));
+    s.arrive(rec(1, Lane::Free, 1));
     s.throttle(now);
     assert_eq!(take(&mut s), Some(0));
-    s.arrive(rec(2, Lane::Free, 2), None, now);
+    s.arrive(rec(2, Lane::Free, 2));
     let later = now + MAX_READ_STALL;
     assert_eq!(s.throttle(later), Some(later + MAX_READ_STALL));
 }
@@ -491,15 +491,14 @@ fn a_partition_stays_paused_while_another_held_lane_of_it_is_crowded() {
     let p = partition("work", 0);
     let (a, b) = (Lane::Key(p.clone(), b"a".to_vec()), Lane::Key(p.clone(), b"b".to_vec()));
     let mut s = Scheduler::new(LIMITS);
-    let now = Instant::now();
     let mut offset = 0;
     for lane in [&a, &b] {
-        s.arrive(rec(offset as usize, lane.clone(), offset), None, now);
+        s.arrive(rec(offset as usize, lane.clone(), offset));
         offset += 1;
         assert!(s.next_ready(|_| true).is_some());
         s.hold(lane, true);
         for _ in 0..LIMITS.waiting_behind_held_lane {
-            s.arrive(rec(offset as usize, lane.clone(), offset), None, now);
+            s.arrive(rec(offset as usize, lane.clone(), offset));
             offset += 1;
         }
     }
