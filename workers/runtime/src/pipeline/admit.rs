@@ -151,6 +151,17 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_is_read_only_for_a_request_with_a_deadline() {
+        let settings = Settings::defaults("scripted");
+        let schema = RequestSchema::compile(Scripted::REQUEST_SCHEMA).expect("compiles");
+        let rules = Rules { settings: &settings, schema: &schema, name_problem: &|_: &str| None };
+        let message = request(r#"{"op":"ok"}"#, &[]);
+        let (meta, bad) = RequestMeta::parse(&message.headers);
+        let no_clock = || -> SystemTime { panic!("the clock was read for a request without a deadline") };
+        assert!(admit::<Scripted>(&rules, &message, &meta, bad, no_clock).is_ok());
+    }
+
+    #[test]
     fn the_checks_run_in_order_so_the_first_problem_is_the_one_reported() {
         // Too large, a bad header and not JSON: the size is what it is refused for.
         let settings = Settings { max_payload_bytes: 4, ..Settings::defaults("scripted") };

@@ -70,7 +70,7 @@ fn reply_headers(meta: &RequestMeta, instance: &str, status: Status) -> Headers 
 }
 
 /// A new message id: a random UUID, lowercase and hyphenated, written into its buffer
-/// directly (`to_string` goes through the formatting machinery, ~150 instructions more).
+/// directly rather than through the formatting machinery (`to_string`).
 fn message_id() -> String {
     uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
 }
