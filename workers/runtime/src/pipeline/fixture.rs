@@ -185,7 +185,7 @@ impl Fixture {
             .expect("the subscription goes on");
         let handler = Arc::clone(&self.handlers).acquire_owned().await.expect("open");
         let charge = self.budget.admit(delivery.message.byte_len()).await;
-        (delivery, Slot::new(handler, Arc::clone(&self.confirms), charge))
+        (delivery, Slot::new(handler, Arc::clone(&self.confirms), charge, None))
     }
 
     /// Publish `message` and run its delivery to the end; returns the size of the
@@ -210,7 +210,7 @@ impl Fixture {
             let delivery = self.subscription.next().await.expect("the subscription goes on");
             let handler = Arc::clone(&self.handlers).acquire_owned().await.expect("open");
             let charge = self.budget.admit(delivery.message.byte_len()).await;
-            deliveries.push((delivery, Slot::new(handler, Arc::clone(&self.confirms), charge)));
+            deliveries.push((delivery, Slot::new(handler, Arc::clone(&self.confirms), charge, None)));
         }
         let pipeline = &self.pipeline;
         futures::future::join_all(deliveries.into_iter().map(|(delivery, slot)| pipeline.deliver(delivery, slot)))

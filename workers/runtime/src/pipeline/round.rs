@@ -129,7 +129,8 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
         claim: Option<&Claimable>,
     ) -> Round<H::Reply> {
         let give_back = || !probe && self.gate.is_open();
-        let mut backoff = self.outputs.settings.retry.backoff();
+        // The backoff is built at the first transient failure: most rounds have none.
+        let (retry, mut backoff) = (&self.outputs.settings.retry, None);
         let mut context = Context {
             correlation_id: meta.correlation_id.clone(),
             attempt: meta.attempt,
@@ -160,7 +161,7 @@ impl<H: Handler, T: Transport> Pipeline<H, T> {
             let news = |call| tally.as_ref().is_none_or(|tally| tally.first(call));
             *alone |= tally.as_ref().is_some_and(|tally| tally.alone());
             match result {
-                Err(error) if error.is_transient() => match backoff.next() {
+                Err(error) if error.is_transient() => match backoff.get_or_insert_with(|| retry.backoff()).next() {
                     Some(delay) => {
                         debug!(%error, ?delay, invocations, "Transient failure; retrying in-process.");
                         tokio::time::sleep(delay).await;

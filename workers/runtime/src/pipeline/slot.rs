@@ -30,15 +30,15 @@ pub(crate) struct Slot {
 
 impl Slot {
     /// A slot holding one of `handlers`; it moves to one of `confirms` when handed off.
-    /// `bytes` is the request's charge; its outputs are added to it.
-    pub(crate) fn new(handler: OwnedSemaphorePermit, confirms: Arc<Semaphore>, bytes: Charge) -> Self {
-        Self { probe: None, handler: Some(handler), confirming: None, confirms, bytes }
-    }
-
-    /// The same, for a probe of the half-open circuit breaker.
-    pub(crate) fn probe(mut self, probe: Option<OwnedSemaphorePermit>) -> Self {
-        self.probe = probe;
-        self
+    /// `bytes` is the request's charge; its outputs are added to it. `probe`: the half-open
+    /// circuit breaker's permit, when the delivery is one of its probes.
+    pub(crate) fn new(
+        handler: OwnedSemaphorePermit,
+        confirms: Arc<Semaphore>,
+        bytes: Charge,
+        probe: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        Self { probe, handler: Some(handler), confirming: None, confirms, bytes }
     }
 
     /// Whether the delivery is one of the half-open breaker's probes.
@@ -86,7 +86,7 @@ mod tests {
 
     async fn slot(handlers: &Arc<Semaphore>, confirms: &Arc<Semaphore>) -> Slot {
         let handler = Arc::clone(handlers).acquire_owned().await.expect("open");
-        Slot::new(handler, Arc::clone(confirms), Budget::new(1 << 20).admit(10).await)
+        Slot::new(handler, Arc::clone(confirms), Budget::new(1 << 20).admit(10).await, None)
     }
 
     #[tokio::test(start_paused = true)]

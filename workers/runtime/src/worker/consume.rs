@@ -204,7 +204,7 @@ impl<H: Handler, T: Transport> Consumer<H, T> {
             () = shutdown.as_mut() => return Turn::Stop(Ok(())),
         };
         let pipeline = Arc::clone(&self.pipeline);
-        let slot = Slot::new(permit, Arc::clone(&self.confirms), charge).probe(probe);
+        let slot = Slot::new(permit, Arc::clone(&self.confirms), charge, probe);
         // The delivery's future (a few KiB) is boxed where it is created, once: the job
         // handed to the loop holds what it needs to create it.
         self.in_flight.run(async move { Box::pin(pipeline.deliver(delivery, slot)).await });
