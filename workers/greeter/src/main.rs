@@ -1,12 +1,14 @@
 //! The greeter worker process. Flags: `greeter --help`; without `--broker` it runs the
 //! dev console on the embedded in-memory broker.
 
-/// mimalloc (`courier-allocator`): the pipeline allocates a few small strings per message,
-/// and glibc's malloc was a third of the worker's CPU time under load.
+/// mimalloc (`courier-allocator`), for Rust's allocations and the C libraries' (`malloc`):
+/// the pipeline allocates a few small strings per message and librdkafka about ten, and
+/// glibc's malloc was a third of the worker's CPU time under load.
 #[global_allocator]
 static ALLOCATOR: courier_allocator::MiMalloc = courier_allocator::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    courier_allocator::return_memory_promptly();
     // Drill switches (docs/operations.md): a broken dependency, one broken while a file
     // exists, a slow dependency.
     let dependency_down = std::env::var("GREETER_DEPENDENCY_DOWN").is_ok_and(|v| v == "1");
