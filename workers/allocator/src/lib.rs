@@ -11,17 +11,16 @@
 //! It is the process's `malloc` too (libmimalloc-sys's `override` feature): librdkafka's
 //! allocations, about ten per Kafka record, allocated on one of its threads and freed on
 //! another, cost 4,350 instructions per record in glibc's malloc and 1,860 fewer in
-//! mimalloc. [`return_memory_promptly`] keeps the peak RSS where glibc's was: without it
-//! mimalloc keeps freed pages for a second and serves librdkafka's fetch buffers from its
-//! arenas, and a worker's peak RSS rose from ~50 MiB to 82–88 MiB (docs/benchmarks.md,
-//! "The allocator").
+//! mimalloc. [`unmap_large_blocks`] keeps the peak RSS near glibc's: without it mimalloc
+//! serves librdkafka's fetch and produce buffers from its arenas and keeps them, and a
+//! worker's peak RSS rose from ~50 MiB to 82–88 MiB (docs/benchmarks.md, "The allocator").
 //!
 //! ```ignore
 //! #[global_allocator]
 //! static ALLOCATOR: courier_allocator::MiMalloc = courier_allocator::MiMalloc;
 //!
 //! fn main() {
-//!     courier_allocator::return_memory_promptly();
+//!     courier_allocator::unmap_large_blocks();
 //!     // …
 //! }
 //! ```
@@ -38,12 +37,13 @@ use libmimalloc_sys::{
 /// The alignment every mimalloc block has (a word).
 const BLOCK_ALIGN: usize = std::mem::size_of::<usize>();
 
-/// mimalloc's options ([`return_memory_promptly`] sets two): their places in `mi_option_e`
+/// mimalloc's options ([`unmap_large_blocks`] sets one): their places in `mi_option_e`
 /// (`mimalloc.h` of the mimalloc that libmimalloc-sys builds; a test checks their defaults).
 mod option {
     use std::ffi::{c_int, c_long};
 
     /// How long freed pages are kept before they go back to the OS (ms).
+    #[cfg(test)]
     pub(super) const PURGE_DELAY: c_int = 15;
     /// The largest block an arena serves (KiB); larger ones are mapped for themselves and
     /// unmapped when freed.
@@ -59,16 +59,15 @@ mod option {
     }
 }
 
-/// Have mimalloc give memory back as glibc's malloc does: freed pages at once, and blocks
-/// over 128 KiB (librdkafka's fetch and produce buffers) mapped for themselves and unmapped
-/// when freed. The environment (`MIMALLOC_PURGE_DELAY`, `MIMALLOC_ARENA_MAX_OBJECT_SIZE`)
-/// still decides where it sets them. Call it first thing in `main`.
-pub fn return_memory_promptly() {
-    // SAFETY: setting an option's value is what these calls are for; mimalloc reads the
-    // value when it next purges or allocates a large block.
+/// Have mimalloc treat large blocks as glibc's malloc does: a block over 128 KiB
+/// (librdkafka's fetch and produce buffers) is mapped for itself and unmapped when freed,
+/// not kept in an arena. `MIMALLOC_ARENA_MAX_OBJECT_SIZE` (KiB), when set, decides instead.
+/// Call it first thing in `main`.
+pub fn unmap_large_blocks() {
+    // SAFETY: setting an option's value is what this call is for; mimalloc reads it when it
+    // next allocates a large block.
     #[allow(unsafe_code)]
     unsafe {
-        option::mi_option_set_default(option::PURGE_DELAY, 0);
         option::mi_option_set_default(option::ARENA_MAX_OBJECT_SIZE, 128);
     }
 }
@@ -189,8 +188,8 @@ mod tests {
         // a second's purge delay, 2 GiB (in KiB) for an arena's largest block.
         assert_eq!(read(option::PURGE_DELAY), 1_000);
         assert_eq!(read(option::ARENA_MAX_OBJECT_SIZE), 2 * 1024 * 1024);
-        return_memory_promptly();
-        assert_eq!(read(option::PURGE_DELAY), 0);
+        unmap_large_blocks();
+        assert_eq!(read(option::PURGE_DELAY), 1_000, "left as it was");
         assert_eq!(read(option::ARENA_MAX_OBJECT_SIZE), 128);
         let block = vec![1u8; 1 << 20];
         assert_eq!(block.iter().map(|b| usize::from(*b)).sum::<usize>(), 1 << 20, "a large block still works");

@@ -8,7 +8,7 @@
 static ALLOCATOR: courier_allocator::MiMalloc = courier_allocator::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    courier_allocator::return_memory_promptly();
+    courier_allocator::unmap_large_blocks();
     // Drill switches (docs/operations.md): a broken dependency, one broken while a file
     // exists, a slow dependency.
     let dependency_down = std::env::var("GREETER_DEPENDENCY_DOWN").is_ok_and(|v| v == "1");
