@@ -147,7 +147,7 @@ impl<H: Handler, T: Transport> Consumer<H, T> {
                     delivery = self.subscription.next() => match delivery {
                         Some(delivery) => {
                             self.metrics.requeued(BREAKER_OPEN);
-                            self.in_flight.run(give_back(delivery));
+                            self.in_flight.run(Box::pin(give_back(delivery)));
                         }
                         None => return Turn::Stop(Err(WorkerError::SubscriptionEnded)),
                     },
@@ -205,9 +205,9 @@ impl<H: Handler, T: Transport> Consumer<H, T> {
         };
         let pipeline = Arc::clone(&self.pipeline);
         let slot = Slot::new(permit, Arc::clone(&self.confirms), charge, probe);
-        // The delivery's future (a few KiB) is boxed where it is created, once: the job
-        // handed to the loop holds what it needs to create it.
-        self.in_flight.run(async move { Box::pin(pipeline.deliver(delivery, slot)).await });
+        // The delivery's future (a few KiB) is boxed where it is created: one copy of it
+        // and one allocation per message.
+        self.in_flight.run(Box::pin(async move { pipeline.deliver(delivery, slot).await }));
         Turn::Take(None)
     }
 

@@ -22,10 +22,9 @@ use tracing::error;
 
 use crate::handler::panic_text;
 
-/// A delivery (or a delivery given back), boxed: a box is moved by its pointer. A job
-/// should be small where it is created, and create its large future when first polled
-/// (a future is copied whole when it is moved, and moving it into a box is a copy).
-type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A delivery (or a delivery given back), boxed where it is created: a box is moved by
+/// its pointer, and a future is copied whole whenever it is moved (into a box too).
+pub(super) type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The delivery loops, and the deliveries handed to them that have not ended.
 pub(super) struct Runners {
@@ -61,11 +60,11 @@ impl Runners {
     }
 
     /// Run `job` in the next loop.
-    pub(super) fn run(&mut self, job: impl Future<Output = ()> + Send + 'static) {
+    pub(super) fn run(&mut self, job: Job) {
         self.running.fetch_add(1, Ordering::Relaxed);
         let queue = &self.queues[self.next];
         self.next = (self.next + 1) % self.queues.len();
-        if queue.send(Box::pin(job)).is_err() {
+        if queue.send(job).is_err() {
             // Only a loop that ended can refuse, and loops end only once their queue is
             // dropped (or a bug aborted one): the job, dropped, returns its message.
             self.running.fetch_sub(1, Ordering::Relaxed);
@@ -155,10 +154,10 @@ mod tests {
         let ended = Arc::new(AtomicUsize::new(0));
         for n in 0..10u64 {
             let ended = Arc::clone(&ended);
-            runners.run(async move {
+            runners.run(Box::pin(async move {
                 tokio::time::sleep(Duration::from_millis(n * 10)).await;
                 ended.fetch_add(1, Ordering::SeqCst);
-            });
+            }));
         }
         assert_eq!(runners.len(), 10);
         assert_eq!(runners.finish(Duration::from_secs(1)).await, 0);
@@ -169,12 +168,12 @@ mod tests {
     async fn a_panicking_job_ends_alone() {
         let mut runners = Runners::new(1);
         let ended = Arc::new(AtomicBool::new(false));
-        runners.run(async { panic!("a bug") });
+        runners.run(Box::pin(async { panic!("a bug") }));
         let flag = Arc::clone(&ended);
-        runners.run(async move {
+        runners.run(Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
             flag.store(true, Ordering::SeqCst);
-        });
+        }));
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(runners.len(), 1, "the panicked job has ended, the other runs");
         assert_eq!(runners.finish(Duration::from_secs(1)).await, 0);
@@ -186,11 +185,11 @@ mod tests {
         let mut runners = Runners::new(2);
         let returned = Arc::new(AtomicBool::new(false));
         let acker = Returned(Arc::clone(&returned));
-        runners.run(async move {
+        runners.run(Box::pin(async move {
             let _acker = acker;
             std::future::pending::<()>().await;
-        });
-        runners.run(async {});
+        }));
+        runners.run(Box::pin(async {}));
         assert_eq!(runners.finish(Duration::from_secs(5)).await, 1);
         assert!(returned.load(Ordering::SeqCst), "the unfinished job was dropped");
     }
@@ -202,10 +201,10 @@ mod tests {
         let ended = Arc::new(AtomicUsize::new(0));
         for _ in 0..1_000 {
             let ended = Arc::clone(&ended);
-            runners.run(async move {
+            runners.run(Box::pin(async move {
                 tokio::task::yield_now().await;
                 ended.fetch_add(1, Ordering::SeqCst);
-            });
+            }));
         }
         assert_eq!(runners.finish(Duration::from_secs(10)).await, 0);
         assert_eq!(ended.load(Ordering::SeqCst), 1_000);
