@@ -20,7 +20,7 @@ use tokio::time::Instant;
 pub(super) type Partition = (Arc<str>, i32);
 
 /// Which records must not run at the same time.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Lane {
     /// One at a time per partition.
     Partition(Partition),
@@ -28,6 +28,23 @@ pub(super) enum Lane {
     Key(Partition, Vec<u8>),
     /// No constraint.
     Free,
+}
+
+/// A lane's hash leaves out its topic's name but for the name's length: a worker reads a
+/// handful of topics, lanes of one length and partition number compare their names on a
+/// collision, and equal lanes still hash alike. Hashing the name took a fifth of the
+/// scheduler's cost per record with partition ordering, which hashes a lane four times.
+impl std::hash::Hash for Lane {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        if let Some((topic, partition)) = self.partition() {
+            state.write_usize(topic.len());
+            state.write_i32(*partition);
+        }
+        if let Self::Key(_, key) = self {
+            key.hash(state);
+        }
+    }
 }
 
 impl Lane {

@@ -392,6 +392,21 @@ fn a_lane_runs_one_record_at_a_time_in_offset_order_and_other_lanes_go_by() {
 }
 
 #[test]
+fn lanes_of_topics_whose_names_hash_alike_stay_apart() {
+    // A lane's hash takes its topic name's length only: these two collide.
+    let (work, kept) = (Lane::Partition(partition("work", 3)), Lane::Partition(partition("kept", 3)));
+    let mut s = Scheduler::new(LIMITS);
+    s.arrive(rec(0, work.clone(), 0));
+    s.arrive(rec(1, kept.clone(), 0));
+    s.arrive(rec(2, work.clone(), 1));
+    assert_eq!(take(&mut s), Some(0));
+    assert_eq!(take(&mut s), Some(1), "the other topic's lane goes by");
+    assert_eq!(take(&mut s), None, "the first lane is busy");
+    s.lane_free(&work);
+    assert_eq!(take(&mut s), Some(2));
+}
+
+#[test]
 fn a_retry_record_is_held_and_its_partition_paused_until_due() {
     let retry = partition("retry", 0);
     let mut s = Scheduler::new(LIMITS);
