@@ -24,7 +24,7 @@ use crate::handler::panic_text;
 
 /// A delivery (or a delivery given back), boxed where it is created: a box is moved by
 /// its pointer, and a future is copied whole whenever it is moved (into a box too).
-pub(super) type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The delivery loops, and the deliveries handed to them that have not ended.
 pub(super) struct Runners {

@@ -32,8 +32,8 @@ pub(super) enum Lane {
 
 /// A lane's hash leaves out its topic's name but for the name's length: a worker reads a
 /// handful of topics, lanes of one length and partition number compare their names on a
-/// collision, and equal lanes still hash alike. Hashing the name took a fifth of the
-/// scheduler's cost per record with partition ordering, which hashes a lane four times.
+/// collision, and equal lanes still hash alike. Hashing the name cost the dispatcher about
+/// 150 instructions per record with partition ordering (docs/benchmarks.md).
 impl std::hash::Hash for Lane {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         std::mem::discriminant(self).hash(state);
