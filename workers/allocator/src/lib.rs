@@ -1,5 +1,5 @@
-//! The workers' global allocator: mimalloc, asked for an aligned block only where the
-//! alignment needs one.
+//! The workers' allocator: mimalloc, asked for an aligned block only where the alignment
+//! needs one, and the process's `malloc`.
 //!
 //! The `mimalloc` crate's allocator calls `mi_malloc_aligned` for every allocation. Its
 //! fast path takes a block only when the free block at hand happens to be aligned and
@@ -11,9 +11,10 @@
 //! It is the process's `malloc` too (libmimalloc-sys's `override` feature): librdkafka's
 //! allocations, about ten per Kafka record, made on one of its threads and freed on
 //! another, go to mimalloc rather than glibc (a Kafka worker's allocation calls, Rust's
-//! and C's, went from 4,876 to 2,734 instructions per record). [`unmap_large_blocks`] keeps the peak RSS near glibc's: without it mimalloc
-//! serves librdkafka's fetch and produce buffers from its arenas and keeps them, and a
-//! worker's peak RSS rose from ~50 MiB to 82–88 MiB (docs/benchmarks.md, "The allocator").
+//! and C's, went from 4,876 to 2,734 instructions per record). [`unmap_large_blocks`]
+//! keeps the peak RSS near glibc's: without it mimalloc serves librdkafka's fetch and
+//! produce buffers from its arenas and keeps them, and a worker's peak RSS rose from
+//! ~50 MiB to 82–88 MiB (docs/benchmarks.md, "The allocator").
 //!
 //! ```ignore
 //! #[global_allocator]
