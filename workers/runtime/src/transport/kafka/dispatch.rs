@@ -10,7 +10,7 @@ use std::{
 use foldhash::{HashSet, HashSetExt as _};
 use futures::{FutureExt as _, StreamExt as _};
 use rdkafka::{
-    Message as _, TopicPartitionList,
+    Message as _, Offset, TopicPartitionList,
     consumer::{Consumer, MessageStream, StreamConsumer},
     message::BorrowedMessage,
 };
@@ -21,11 +21,8 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{
-    Ordering, RebalanceContext, Tracking,
-    rebalance::store_offsets,
-    retry_due,
+    Ordering, RebalanceContext, Tracking, retry_due,
     scheduler::{Lane, Limits, Partition, Record, Scheduler},
-    store_pace::{STORE_INTERVAL, StorePace},
 };
 use crate::transport::{Acker, Delivery, Intake, Message, Position, Source, Subscription, Topology, TransportError};
 
@@ -46,6 +43,9 @@ const MAX_EVENTS_PER_TURN: usize = 1_024;
 /// Records taken in one turn of the loop when librdkafka already holds them, beyond the
 /// one that woke it: a turn of the loop costs more than taking a record.
 const MAX_RECORDS_PER_TURN: usize = 256;
+
+/// Offsets to store, one per partition (the last, highest, wins).
+type Stores = Vec<(Partition, i64)>;
 
 /// A record received and not yet finished.
 #[derive(Clone, Debug)]
@@ -123,8 +123,6 @@ pub(super) fn start(
         wanted,
         stopped: false,
         applied: None,
-        unstored: false,
-        pace: StorePace::new(STORE_INTERVAL),
     };
     let (closed, done) = tokio::sync::oneshot::channel();
     tokio::spawn(dispatcher.run(closed));
@@ -159,10 +157,6 @@ struct Dispatcher {
     stopped: bool,
     /// (assignment epoch, throttled, stopped) when the pauses were last applied.
     applied: Option<(u64, bool, bool)>,
-    /// Offsets wait in [`Tracking::unstored`] (a revocation may have stored them since).
-    unstored: bool,
-    /// When they are stored.
-    pace: StorePace,
 }
 
 impl Dispatcher {
@@ -186,10 +180,6 @@ impl Dispatcher {
         let consumer = Arc::clone(&self.consumer);
         let mut records = consumer.stream();
         let out = self.out.clone();
-        // Reset only when a store falls due: a timer made anew each turn costs more.
-        let store_timer = tokio::time::sleep_until(Instant::now());
-        tokio::pin!(store_timer);
-        let mut store_armed = None;
         loop {
             self.stopped = *self.wanted.borrow_and_update() == Intake::Stopped;
             if !self.stopped {
@@ -198,19 +188,10 @@ impl Dispatcher {
             if self.out.is_closed() {
                 return;
             }
-            let now = Instant::now();
-            if self.unstored && self.pace.unstored(now) {
-                self.store(now);
-            }
-            if let Some(due) = self.pace.due().filter(|due| store_armed != Some(*due)) {
-                store_timer.as_mut().reset(due);
-                store_armed = Some(due);
-            }
-            let stall_at = self.scheduler.throttle(now);
+            let stall_at = self.scheduler.throttle(Instant::now());
             self.apply_pauses();
             let reading = self.stopped || self.scheduler.reading();
-            // Acks first: their offsets wait in `unstored` before a rebalance served by `recv`
-            // stores and commits them.
+            // Acks first: their offsets are stored before a rebalance served by `recv` commits.
             let step = tokio::select! {
                 biased;
                 Some(event) = self.events.recv() => Step::Event(event),
@@ -220,7 +201,6 @@ impl Dispatcher {
                 },
                 () = sleep_until(self.scheduler.next_due()) => Step::Due,
                 () = sleep_until(stall_at.filter(|_| !reading)) => Step::Stalled,
-                () = &mut store_timer, if self.pace.due().is_some() => Step::Store,
                 changed = self.wanted.changed() => match changed {
                     Ok(()) => Step::Intake,
                     Err(_) => return,
@@ -242,8 +222,8 @@ impl Dispatcher {
                 }
                 Step::Event(event) => self.handle_events(event),
                 Step::Due => self.scheduler.release_due(Instant::now()),
-                // The throttle, the intake or the store is applied on the next turn.
-                Step::Stalled | Step::Intake | Step::Store => {}
+                // The throttle, or the intake, is applied on the next turn.
+                Step::Stalled | Step::Intake => {}
                 Step::Room(permit) => {
                     // A rebalance served while waiting may have made the front record stale.
                     if let Some(pending) = self.next_ready() {
@@ -343,11 +323,11 @@ impl Dispatcher {
     /// until the last acker is gone (a record given back stays unstored, for the next owner).
     async fn drain(&mut self) {
         self.events_tx = None;
-        self.store(Instant::now());
+        let mut stores = Stores::new();
         while let Some(event) = self.events.recv().await {
             if let Event::Acked(pending) = event {
-                self.finish(pending);
-                self.store(Instant::now());
+                self.finish(pending, &mut stores);
+                self.store(&mut stores);
             }
         }
     }
@@ -362,27 +342,31 @@ impl Dispatcher {
     }
 
     /// Handle `first` and whatever else the ackers sent meanwhile (up to a bound, so
-    /// reading and handing out go on under a stream of acks).
+    /// reading and handing out go on under a stream of acks), storing offsets once.
     fn handle_events(&mut self, first: Event) {
-        self.handle(first);
+        let mut stores = Stores::new();
+        self.handle(first, &mut stores);
         for _ in 0..MAX_EVENTS_PER_TURN {
             let Ok(event) = self.events.try_recv() else { break };
-            self.handle(event);
+            self.handle(event, &mut stores);
         }
+        self.store(&mut stores);
     }
 
     /// A finished record: the offset to store when its partition's finished prefix grew
-    /// ([`Tracking::unstored`], stored by [`StorePace`]), and its lane to the next record.
-    fn finish(&mut self, pending: Pending) {
-        {
+    /// (in `stores`), and its lane to the next record.
+    fn finish(&mut self, pending: Pending, stores: &mut Stores) {
+        let next = {
             let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
-            let next = match tracking.partitions.get_mut(&pending.partition) {
+            match tracking.partitions.get_mut(&pending.partition) {
                 Some((epoch, offsets)) if *epoch == pending.epoch => offsets.finish(pending.offset),
                 _ => None,
-            };
-            if let Some(next) = next {
-                tracking.unstore(&pending.partition, next);
-                self.unstored = true;
+            }
+        };
+        if let Some(next) = next {
+            match stores.iter_mut().find(|(partition, _)| *partition == pending.partition) {
+                Some((_, stored)) => *stored = next,
+                None => stores.push((pending.partition.clone(), next)),
             }
         }
         if !pending.released {
@@ -390,17 +374,27 @@ impl Dispatcher {
         }
     }
 
-    /// Store the offsets waiting in librdkafka, at `now`.
-    fn store(&mut self, now: Instant) {
-        let unstored = std::mem::take(&mut self.tracking.lock().unwrap_or_else(|p| p.into_inner()).unstored);
-        store_offsets(&*self.consumer, unstored);
-        self.unstored = false;
-        self.pace.stored(now);
+    /// Store the offsets of `stores` in librdkafka (committed every 100 ms, on a
+    /// rebalance and on close).
+    fn store(&self, stores: &mut Stores) {
+        if stores.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::with_capacity(stores.len());
+        for ((topic, partition), next) in stores.drain(..) {
+            if let Err(error) = list.add_partition_offset(&topic, partition, Offset::Offset(next)) {
+                warn!(%error, %topic, partition, "Could not store an offset.");
+            }
+        }
+        if let Err(error) = self.consumer.store_offsets(&list) {
+            // The assignment moved on meanwhile: the new owner redoes what is unstored.
+            debug!(%error, "Could not store offsets.");
+        }
     }
 
-    fn handle(&mut self, event: Event) {
+    fn handle(&mut self, event: Event, stores: &mut Stores) {
         match event {
-            Event::Acked(pending) => self.finish(pending),
+            Event::Acked(pending) => self.finish(pending, stores),
             Event::LaneFree(lane) => self.scheduler.lane_free(&lane),
             Event::Hold(lane, held) => self.hold(&lane, held),
             Event::Redeliver(mut pending) => {
@@ -519,7 +513,6 @@ enum Step<'c> {
     Due,
     Stalled,
     Intake,
-    Store,
     Room(mpsc::Permit<'c, Delivery<KafkaAcker>>),
 }
 

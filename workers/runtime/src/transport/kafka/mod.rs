@@ -31,7 +31,6 @@ mod publish;
 mod rebalance;
 mod retry_due;
 mod scheduler;
-mod store_pace;
 mod subscribe;
 mod topic_limits;
 mod topics;

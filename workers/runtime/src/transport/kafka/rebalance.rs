@@ -4,11 +4,11 @@
 use std::sync::{Arc, Mutex};
 
 use rdkafka::{
-    ClientContext, Offset, TopicPartitionList,
+    ClientContext,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol},
     error::RDKafkaErrorCode,
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{liveness, offsets};
 
@@ -26,37 +26,6 @@ pub(crate) struct Tracking {
     /// Ordering lanes held by a record retrying in place, per partition that has any
     /// (kept by the dispatcher, read by the lag sampler).
     pub(crate) held_lanes: foldhash::HashMap<(Arc<str>, i32), usize>,
-    /// Offsets to store that librdkafka does not have yet, one per partition (the highest):
-    /// the dispatcher stores them at most every [`STORE_INTERVAL`](super::store_pace), a
-    /// revocation before its commit.
-    pub(crate) unstored: Vec<((Arc<str>, i32), i64)>,
-}
-
-impl Tracking {
-    /// `next` is the offset to store for `partition` (higher than any kept for it before).
-    pub(super) fn unstore(&mut self, partition: &(Arc<str>, i32), next: i64) {
-        match self.unstored.iter_mut().find(|(p, _)| p == partition) {
-            Some((_, stored)) => *stored = next,
-            None => self.unstored.push((partition.clone(), next)),
-        }
-    }
-}
-
-/// Store `offsets` in librdkafka (committed every 100 ms, on a revocation and on close).
-pub(super) fn store_offsets(consumer: &impl Consumer<RebalanceContext>, offsets: Vec<((Arc<str>, i32), i64)>) {
-    if offsets.is_empty() {
-        return;
-    }
-    let mut list = TopicPartitionList::with_capacity(offsets.len());
-    for ((topic, partition), next) in offsets {
-        if let Err(error) = list.add_partition_offset(&topic, partition, Offset::Offset(next)) {
-            warn!(%error, %topic, partition, "Could not store an offset.");
-        }
-    }
-    if let Err(error) = consumer.store_offsets(&list) {
-        // The assignment moved on meanwhile: the new owner redoes what is unstored.
-        debug!(%error, "Could not store offsets.");
-    }
 }
 
 /// Consumer callbacks: on revocation, forget the revoked partitions' in-flight work
@@ -91,7 +60,6 @@ impl ConsumerContext for RebalanceContext {
                 self.liveness.set_assigned(false);
             }
             let mut tracking = self.tracking.lock().unwrap_or_else(|p| p.into_inner());
-            let unstored = std::mem::take(&mut tracking.unstored);
             for element in revoked.elements() {
                 let partition = (Arc::from(element.topic()), element.partition());
                 tracking.partitions.remove(&partition);
@@ -99,8 +67,6 @@ impl ConsumerContext for RebalanceContext {
             }
             let held = tracking.partitions.len();
             drop(tracking);
-            // What finished before the revocation is committed with it.
-            store_offsets(consumer, unstored);
             if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
                 // Nothing stored yet is a normal case, not a problem.
                 if error.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
