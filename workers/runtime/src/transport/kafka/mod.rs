@@ -6,9 +6,9 @@
 //! are finished ([`offsets`]); librdkafka commits stored offsets every 100 ms and on
 //! close. A nacked message is handed out again by the dispatcher; its offset stays
 //! unstored until it finishes, so a crash never skips it. The dispatcher ([`dispatch`])
-//! reads the consumer and stores offsets (when: [`store_pace`]); which record goes next is
-//! its [`scheduler`]'s decision, without I/O. Dead-letter topics are read and settled, for
-//! `courier dlq`, by [`KafkaDeadLetterStore`].
+//! reads the consumer and stores offsets; which record goes next is its [`scheduler`]'s
+//! decision, without I/O. Dead-letter topics are read and settled, for `courier dlq`, by
+//! [`KafkaDeadLetterStore`].
 //!
 //! The parts: [`config`] holds what the transport is configured with, [`connect`] starts
 //! it, [`topics`] looks up and creates topics, [`publish`] produces, [`subscribe`] starts
