@@ -84,10 +84,25 @@ impl Browser {
         found.as_array().map_or(0, Vec::len)
     }
 
-    /// Click the first element matching `css` (which must exist).
+    /// Click the first element matching `css` (which must exist), a link or a form's
+    /// button, and wait until the page it leads to has loaded: the click's answer may come
+    /// before the browser has left the page it was on.
     pub async fn click(&self, css: &str) {
         let element = self.find(css).await.unwrap_or_else(|| panic!("no {css} on the page"));
+        self.script("window.__courier_clicked = true").await;
         self.command("POST", &format!("/element/{element}/click"), json!({})).await;
+        let arrived = json!({
+            "script": "return document.readyState === 'complete' && window.__courier_clicked === undefined",
+            "args": []
+        });
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        // Mid-navigation the script may be refused: that is not arriving yet.
+        while self.call("POST", &format!("/session/{}/execute/sync", self.session), Some(arrived.clone())).await.1["value"]
+            != true
+        {
+            assert!(tokio::time::Instant::now() < deadline, "clicking {css} led to no new page");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Type `text` into the first element matching `css`.
@@ -101,7 +116,8 @@ impl Browser {
         self.command("POST", "/execute/sync", json!({ "script": script, "args": [] })).await
     }
 
-    /// Reload until the element `css` shows text containing `wanted`; its text.
+    /// Wait until the element `css` shows text containing `wanted` (a page that reloads
+    /// itself, as a job's does, is read again); its text.
     pub async fn wait_for_text(&self, css: &str, wanted: &str) -> String {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
