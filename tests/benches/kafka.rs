@@ -32,6 +32,9 @@ const NOOP_PARTITIONS: i32 = 12;
 const SLOW_PARTITIONS: i32 = 3;
 const LATENCY_PHASE: Duration = Duration::from_secs(3);
 const SLOW: Duration = Duration::from_millis(20);
+/// The slow handler's deep-backlog row: librdkafka hands over each partition's fetch as a
+/// run of its records, and every lane must still be reached (about 30 s of work).
+const SLOW_BACKLOG: usize = 4_500;
 /// Rounds of (raw, none, partition), alternated so that every pipe sees the same drift
 /// of the shared machine; the table shows each pipe's median. COURIER_BENCH_ROUNDS overrides.
 const ROUNDS: usize = 3;
@@ -41,13 +44,15 @@ const TANSU_MESSAGES: usize = 150_000;
 /// What runs: the raw pipe (`contract`: writing the wire contract's reply, key and five
 /// headers, as the worker does), the RustStream greeter, the greeter with (ordering,
 /// handler delay, concurrency), or another build of it (`Compared`: its binary's name in
-/// the target directory, and the same three).
+/// the target directory, and the same three), or the slow handler with (ordering,
+/// concurrency) and this many requests waiting (`Backlog`).
 #[derive(Clone, Copy)]
 enum Pipe<'a> {
     Raw { contract: bool },
     RustStream,
     Greeter(&'a str, Option<Duration>, usize),
     Compared(&'a str, &'a str, usize),
+    Backlog(&'a str, usize, usize),
 }
 
 /// The peer's binary, built by `scripts/bench` into this target directory.
@@ -95,15 +100,18 @@ impl Broker {
 #[tokio::main]
 async fn main() {
     let mut mock = Broker::Mock(MockKafkaProcess::start(&[]));
-    // COURIER_BENCH_SLOW=key:64 runs just that slow-handler case (for experiments).
-    if let Some((ordering, concurrency)) = std::env::var("COURIER_BENCH_SLOW")
-        .ok()
-        .as_deref()
-        .and_then(|s| s.split_once(':'))
-        .map(|(o, c)| (o.to_owned(), c.to_owned()))
-    {
-        let concurrency: usize = concurrency.parse().expect("COURIER_BENCH_SLOW=<ordering>:<concurrency>");
-        let figures = run(&mut mock, "slow", Pipe::Greeter(&ordering, Some(SLOW), concurrency)).await;
+    // COURIER_BENCH_SLOW=key:64 runs just that slow-handler case (for experiments);
+    // partition:64:4500 with that many requests waiting.
+    if let Ok(slow) = std::env::var("COURIER_BENCH_SLOW") {
+        let usage = "COURIER_BENCH_SLOW=<ordering>:<concurrency>[:<requests waiting>]";
+        let mut parts = slow.split(':');
+        let ordering = parts.next().unwrap_or_default();
+        let concurrency: usize = parts.next().and_then(|c| c.parse().ok()).expect(usage);
+        let pipe = match parts.next() {
+            Some(backlog) => Pipe::Backlog(ordering, concurrency, backlog.parse().expect(usage)),
+            None => Pipe::Greeter(ordering, Some(SLOW), concurrency),
+        };
+        let figures = run(&mut mock, "slow", pipe).await;
         println!("slow {ordering} {concurrency}: {:.0} msg/s", figures.rate);
         return;
     }
@@ -227,6 +235,10 @@ async fn slow_rows(cluster: &mut Broker, raw_rate: f64) {
             println!("| {ordering} | {concurrency} | {:.0} | {target:.0} | {met} |", figures.rate);
         }
     }
+    let target = 0.9 * f64::from(SLOW_PARTITIONS) / SLOW.as_secs_f64();
+    let figures = run(cluster, "slow-partition-backlog", Pipe::Backlog("partition", 64, SLOW_BACKLOG)).await;
+    let met = if figures.rate >= target { "yes" } else { "NO" };
+    println!("| partition, {SLOW_BACKLOG} waiting | 64 | {:.0} | {target:.0} | {met} |", figures.rate);
 }
 
 /// Whether the RustStream greeter is built (`scripts/bench` builds it); a note when not.
@@ -251,10 +263,13 @@ fn tansu_messages() -> usize {
 
 /// One run of `pipe` on `broker`.
 async fn run(broker: &mut Broker, name: &str, pipe: Pipe<'_>) -> Figures {
-    let (binary, worker) = match pipe {
-        Pipe::Greeter(ordering, delay, concurrency) => ("greeter", Some((ordering, delay, concurrency))),
-        Pipe::Compared(binary, ordering, concurrency) => (binary, Some((ordering, None, concurrency))),
-        Pipe::Raw { .. } | Pipe::RustStream => ("", None),
+    let (binary, worker, backlog) = match pipe {
+        Pipe::Greeter(ordering, delay, concurrency) => ("greeter", Some((ordering, delay, concurrency)), None),
+        Pipe::Backlog(ordering, concurrency, backlog) => {
+            ("greeter", Some((ordering, Some(SLOW), concurrency)), Some(backlog))
+        }
+        Pipe::Compared(binary, ordering, concurrency) => (binary, Some((ordering, None, concurrency)), None),
+        Pipe::Raw { .. } | Pipe::RustStream => ("", None, None),
     };
     let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
     let (queue, replies, group) =
@@ -264,8 +279,9 @@ async fn run(broker: &mut Broker, name: &str, pipe: Pipe<'_>) -> Figures {
     let (dlq, parking) = (format!("{queue}.dlq"), format!("{queue}.parking"));
     broker.create(&[&queue, &replies, &dlq, &parking], partitions).await;
     let on_tansu = matches!(broker, Broker::Tansu { .. });
-    let messages = match worker {
-        Some((ordering, Some(delay), concurrency)) => {
+    let messages = match (backlog, worker) {
+        (Some(backlog), _) => backlog,
+        (None, Some((ordering, Some(delay), concurrency))) => {
             let lanes = if ordering == "partition" { concurrency.min(partitions as usize) } else { concurrency };
             ((lanes as f64 / delay.as_secs_f64()) * 4.0).clamp(100.0, 10_000.0) as usize
         }
