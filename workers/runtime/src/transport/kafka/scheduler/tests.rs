@@ -300,8 +300,9 @@ impl Model {
         assert!(self.fresh.len() <= LIMITS.records, "the buffer's limit holds for records read");
         // Reading stops short of that limit only with enough buffered and as many records
         // able to go next as the worker runs at once.
+        let free = s.ready.iter().filter(|r| r.lane == Lane::Free).count();
+        assert_eq!(s.ready_free, free, "ready records of no lane");
         if !s.reading() && s.buffered() < LIMITS.records && s.bytes < LIMITS.bytes {
-            let free = s.ready.iter().filter(|r| r.lane == Lane::Free).count();
             assert!(s.buffered() >= LIMITS.enough && free + s.waiting.len() >= LANES);
         }
         // Every waiting lane is owned by exactly one record, ready or handed out.
