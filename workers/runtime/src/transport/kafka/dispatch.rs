@@ -29,15 +29,13 @@ use crate::transport::{Acker, Delivery, Intake, Message, Position, Source, Subsc
 /// Delay before a nacked record is handed out again.
 const REDELIVERY_DELAY: Duration = Duration::from_millis(500);
 
-/// Records the dispatcher may buffer at most; at the limit (or at its byte limit, the
-/// transport's `buffer_bytes`, or at [`Limits::enough`]) it stops reading from the
-/// consumer, and librdkafka's own prefetch limit (`queued.max.messages.kbytes`, the same
-/// bytes, on top of this buffer) then stops its fetching. Pausing instead would cost
-/// throughput: librdkafka drops what it prefetched and takes up to a second to fetch again
-/// after a resume (docs/benchmarks.md, "Why the transports' defaults").
+/// Records the dispatcher may buffer; at the limit (or at its byte limit, the transport's
+/// `buffer_bytes`) it stops reading from the consumer, and librdkafka's own prefetch limit
+/// (`queued.max.messages.kbytes`, the same bytes, on top of this buffer) then stops its
+/// fetching. Pausing instead would cost throughput: librdkafka drops what it prefetched
+/// and takes up to a second to fetch again after a resume (docs/benchmarks.md, "Why the
+/// transports' defaults").
 const MIN_BUFFERED_RECORDS: usize = 10_000;
-/// Records the dispatcher buffers at least before [`Limits::enough`] stops its reading.
-const MIN_ENOUGH_RECORDS: usize = 1_000;
 /// See [`Limits::waiting_behind_held_lane`].
 const MAX_WAITING_BEHIND_HELD_LANE: usize = 1_000;
 /// Ackers' events handled in one turn of the loop, beyond the one that woke it.
@@ -104,10 +102,8 @@ pub(super) fn start(
     let (out, receiver) = mpsc::channel(prefetch.max(1));
     let (intake, wanted) = crate::transport::intake();
     let (events_tx, events) = mpsc::unbounded_channel();
-    let enough = prefetch.max(1) * 4 + 100;
     let limits = Limits {
-        records: enough.max(MIN_BUFFERED_RECORDS),
-        enough: enough.max(MIN_ENOUGH_RECORDS),
+        records: (prefetch.max(1) * 4 + 100).max(MIN_BUFFERED_RECORDS),
         bytes: buffer_bytes,
         waiting_behind_held_lane: MAX_WAITING_BEHIND_HELD_LANE,
     };
@@ -115,7 +111,6 @@ pub(super) fn start(
         consumer,
         tracking,
         ordering,
-        prefetch: prefetch.max(1),
         queue: topology.queue.as_str().into(),
         topics: std::iter::once((topology.queue.as_str().into(), None))
             .chain(topology.retry_tiers.iter().map(|t| (t.name.as_str().into(), Some(t.delay))))
@@ -140,8 +135,6 @@ struct Dispatcher {
     consumer: Arc<StreamConsumer<RebalanceContext>>,
     tracking: Arc<Mutex<Tracking>>,
     ordering: Ordering,
-    /// The records the worker takes at once.
-    prefetch: usize,
     /// The work topic (the `source` of every delivery, retries included).
     queue: Arc<str>,
     /// Every topic seen, with its retry delay when it is a retry topic (a handful: looked
@@ -444,15 +437,6 @@ impl Dispatcher {
             self.applied = Some(state);
             tracking.partitions.keys().cloned().collect()
         };
-        // With partition ordering one record per work-topic partition runs at a time.
-        let lanes = match self.ordering {
-            Ordering::Partition => match assignment.iter().filter(|(topic, _)| *topic == self.queue).count() {
-                0 => self.prefetch,
-                partitions => partitions.min(self.prefetch),
-            },
-            Ordering::Key | Ordering::None => self.prefetch,
-        };
-        self.scheduler.set_lanes(lanes);
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
         // A revoked partition stays in `paused`: librdkafka keeps a partition paused across

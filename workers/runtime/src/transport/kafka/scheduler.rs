@@ -77,13 +77,6 @@ pub(super) const MAX_READ_STALL: Duration = Duration::from_secs(1);
 pub(super) struct Limits {
     /// Records received and not handed out; at the limit the dispatcher stops reading.
     pub records: usize,
-    /// Records enough to keep the worker busy: reading stops at these already once as many
-    /// records could go next as the worker runs at once ([`Scheduler::set_lanes`]). A
-    /// record waits in the buffer about as long as the buffer takes to empty, and one read
-    /// long before it runs has left the processor's caches (docs/benchmarks.md). Only at
-    /// `records` otherwise: librdkafka hands over each partition's fetch as a run of its
-    /// records, and a lane runs only what reached the buffer.
-    pub enough: usize,
     /// Their payload bytes.
     pub bytes: usize,
     /// Records that may wait behind a lane whose record retries in place before its
@@ -105,8 +98,6 @@ pub(super) struct Scheduler<R> {
     busy: HashSet<Lane>,
     /// Records free to go, waiting for room in the worker's channel.
     ready: VecDeque<R>,
-    /// Those of them of no lane ([`Lane::Free`]).
-    ready_free: usize,
     /// Retry records not yet due, by due time.
     held: BTreeMap<(Instant, u64), R>,
     held_per_partition: HashMap<Partition, usize>,
@@ -124,8 +115,6 @@ pub(super) struct Scheduler<R> {
     throttled: bool,
     /// Held retries or crowding changed which partitions [`Scheduler::pauses`].
     pauses_changed: bool,
-    /// Records the worker runs at once, at most ([`Limits::enough`]).
-    lanes: usize,
 }
 
 impl<R: Record> Scheduler<R> {
@@ -136,7 +125,6 @@ impl<R: Record> Scheduler<R> {
             waiting_len: 0,
             busy: HashSet::new(),
             ready: VecDeque::new(),
-            ready_free: 0,
             held: BTreeMap::new(),
             held_per_partition: HashMap::new(),
             sequence: 0,
@@ -146,14 +134,7 @@ impl<R: Record> Scheduler<R> {
             full_since: None,
             throttled: false,
             pauses_changed: false,
-            lanes: usize::MAX,
         }
-    }
-
-    /// The worker runs at most `lanes` records at once (its handler slots, or with
-    /// partition ordering as many of them as it has partitions).
-    pub(super) fn set_lanes(&mut self, lanes: usize) {
-        self.lanes = lanes;
     }
 
     /// A record received: queued behind its lane.
@@ -208,9 +189,6 @@ impl<R: Record> Scheduler<R> {
     pub(super) fn next_ready(&mut self, current: impl Fn(&R) -> bool) -> Option<R> {
         while let Some(record) = self.ready.pop_front() {
             self.bytes -= record.bytes();
-            if *record.lane() == Lane::Free {
-                self.ready_free -= 1;
-            }
             if current(&record) {
                 self.full_since = None;
                 return Some(record);
@@ -226,7 +204,6 @@ impl<R: Record> Scheduler<R> {
     pub(super) fn redeliver(&mut self, record: R, owns_lane: bool) {
         self.bytes += record.bytes();
         if owns_lane {
-            self.ready_free += usize::from(*record.lane() == Lane::Free);
             self.ready.push_front(record);
         } else {
             self.admit(record, true);
@@ -239,9 +216,7 @@ impl<R: Record> Scheduler<R> {
     fn admit(&mut self, record: R, again: bool) {
         let lane = record.lane();
         if *lane == Lane::Free || !self.busy.contains(lane) {
-            if *lane == Lane::Free {
-                self.ready_free += 1;
-            } else {
+            if *lane != Lane::Free {
                 self.busy.insert(lane.clone());
             }
             if again {
@@ -333,18 +308,7 @@ impl<R: Record> Scheduler<R> {
 
     /// Whether the buffer is at its limit: no more records are read.
     pub(super) fn is_full(&self) -> bool {
-        self.buffered() >= self.limit() || self.bytes >= self.limits.bytes
-    }
-
-    /// The records buffered at most now: [`Limits::enough`] while as many records could go
-    /// next (each ready one of no lane, and the first behind each busy lane) as the worker
-    /// runs at once, else [`Limits::records`].
-    fn limit(&self) -> usize {
-        if self.ready_free + self.waiting.len() >= self.lanes {
-            self.limits.enough.min(self.limits.records)
-        } else {
-            self.limits.records
-        }
+        self.buffered() >= self.limits.records || self.bytes >= self.limits.bytes
     }
 
     /// Whether the consumer is read: while there is room, or while throttled (every
@@ -358,7 +322,7 @@ impl<R: Record> Scheduler<R> {
     /// when it must be looked at again (while full and not yet throttled).
     pub(super) fn throttle(&mut self, now: Instant) -> Option<Instant> {
         if self.throttled {
-            self.throttled = self.buffered() >= self.limit() / 2 || self.bytes >= self.limits.bytes / 2;
+            self.throttled = self.buffered() >= self.limits.records / 2 || self.bytes >= self.limits.bytes / 2;
             if !self.throttled {
                 tracing::info!(buffered = self.buffered(), "Buffer half empty: resuming every partition.");
             }

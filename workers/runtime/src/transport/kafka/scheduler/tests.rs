@@ -38,9 +38,7 @@ impl Record for Rec {
     }
 }
 
-const LIMITS: Limits = Limits { records: 12, enough: 6, bytes: 600, waiting_behind_held_lane: 3 };
-/// The model's work partitions: its worker runs as many records at once.
-const LANES: usize = 2;
+const LIMITS: Limits = Limits { records: 12, bytes: 600, waiting_behind_held_lane: 3 };
 
 fn partition(topic: &str, n: i32) -> Partition {
     (Arc::from(topic), n)
@@ -118,10 +116,8 @@ struct Model {
 
 impl Model {
     fn new(ordering: u8) -> Self {
-        let mut scheduler = Scheduler::new(LIMITS);
-        scheduler.set_lanes(LANES);
         Self {
-            scheduler,
+            scheduler: Scheduler::new(LIMITS),
             ordering,
             now: Instant::now(),
             next_id: 0,
@@ -298,13 +294,6 @@ impl Model {
         assert_eq!(s.buffered(), self.buffered.len(), "records buffered");
         assert_eq!(s.bytes, self.buffered.values().map(|r| r.bytes).sum::<usize>(), "bytes buffered");
         assert!(self.fresh.len() <= LIMITS.records, "the buffer's limit holds for records read");
-        // Reading stops short of that limit only with enough buffered and as many records
-        // able to go next as the worker runs at once.
-        let free = s.ready.iter().filter(|r| r.lane == Lane::Free).count();
-        assert_eq!(s.ready_free, free, "ready records of no lane");
-        if !s.reading() && s.buffered() < LIMITS.records && s.bytes < LIMITS.bytes {
-            assert!(s.buffered() >= LIMITS.enough && free + s.waiting.len() >= LANES);
-        }
         // Every waiting lane is owned by exactly one record, ready or handed out.
         let owners = |lane: &Lane| {
             s.ready.iter().filter(|r| r.lane == *lane).count()
@@ -496,38 +485,6 @@ fn a_full_buffer_that_hands_out_nothing_throttles_after_the_stall_and_resumes_ha
     assert_eq!(take(&mut s), Some(2));
     s.throttle(now + MAX_READ_STALL);
     assert!(!s.throttled() && s.reading());
-}
-
-#[test]
-fn reading_stops_at_enough_only_once_every_lane_has_a_record_to_go_next() {
-    let limits = Limits { records: 12, enough: 4, ..LIMITS };
-    let (p0, p1) = (Lane::Partition(partition("work", 0)), Lane::Partition(partition("work", 1)));
-    let mut s = Scheduler::new(limits);
-    s.set_lanes(2);
-    // A run of one partition's records, as librdkafka hands over a fetch: read on past
-    // `enough`, to reach the other partition's records behind it.
-    for i in 0..8 {
-        s.arrive(rec(i, p0.clone(), i as i64));
-    }
-    assert!(s.reading(), "one lane's run is read past enough");
-    assert_eq!(take(&mut s), Some(0));
-    s.arrive(rec(8, p1.clone(), 0));
-    assert!(s.reading(), "nothing to go after p1's first record");
-    s.arrive(rec(9, p1.clone(), 1));
-    assert!(!s.reading(), "a record to go next on each lane: enough");
-    assert_eq!(take(&mut s), Some(8));
-    assert!(!s.reading());
-    s.lane_free(&p1);
-    assert!(s.reading(), "p1's next record goes: nothing behind it");
-    // Without a record for every lane, reading stops at `records`.
-    let mut s = Scheduler::new(limits);
-    s.set_lanes(2);
-    for i in 0..11 {
-        s.arrive(rec(i, p0.clone(), i as i64));
-        assert!(s.reading());
-    }
-    s.arrive(rec(11, p0.clone(), 11));
-    assert!(!s.reading(), "the buffer's limit");
 }
 
 #[test]
